@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod clock;
+pub mod memory;
+pub mod model;
+pub mod step;
+pub mod working_memory;
+
+pub use clock::{Clock, SystemClock};
+pub use memory::{Memory, MemoryId, Region, RegionError, Role};
+pub use model::{ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage};
+pub use working_memory::{WorkingMemory, WorkingMemoryError};

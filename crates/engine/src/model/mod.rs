@@ -1,0 +1,234 @@
+//! The one door between the engine and a language model.
+//!
+//! The engine depends on [`LanguageModel`] only. Implementations: [`openai::OpenAiModel`] (any
+//! OpenAI-compatible server), and [`cassette`]'s recording and replaying models for offline runs.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::memory::{Memory, Role};
+
+/// A boxed, sendable future; what dyn-compatible async traits in this crate return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A chat-completion model.
+///
+/// Dyn-compatible on purpose: souls hold an `Arc<dyn LanguageModel>` chosen at run time.
+pub trait LanguageModel: Send + Sync + fmt::Debug {
+    /// Completes `request`. Implementations retry what is worth retrying themselves and report the
+    /// final failure as a [`ModelError`].
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>>;
+}
+
+impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        (**self).complete(request)
+    }
+}
+
+impl<M: LanguageModel + ?Sized> LanguageModel for &M {
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        (**self).complete(request)
+    }
+}
+
+/// One message as the model sees it. `Debug` redacts the content.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+    /// Optional speaker name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message without a name.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage { role, content: content.into(), name: None }
+    }
+}
+
+impl From<&Memory> for ChatMessage {
+    fn from(memory: &Memory) -> Self {
+        ChatMessage {
+            role: memory.role,
+            content: memory.content.clone(),
+            name: memory.name.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ChatMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatMessage")
+            .field("role", &self.role)
+            .field("content", &format_args!("<{} chars redacted>", self.content.chars().count()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A JSON Schema the answer must follow (OpenAI's `response_format: json_schema`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseSchema {
+    /// A short identifier (`^[a-zA-Z0-9_-]{1,64}$`).
+    pub name: String,
+    /// The schema itself.
+    pub schema: serde_json::Value,
+    /// Ask the server to enforce the schema strictly.
+    pub strict: bool,
+}
+
+/// How to ask: everything but the messages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatOptions {
+    /// A model name or an alias the implementation resolves (`fast`, `quality`); `None` uses the
+    /// implementation's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Upper bound on the answer's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Structured output: the answer must be JSON following this schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<ResponseSchema>,
+    /// Per-attempt time limit; `None` uses the implementation's default. Not part of what a
+    /// cassette matches on.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+}
+
+/// A chat-completion request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation, in order.
+    pub messages: Vec<ChatMessage>,
+    /// How to ask.
+    #[serde(flatten)]
+    pub options: ChatOptions,
+}
+
+/// Tokens spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens in the answer.
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, rhs: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + rhs.prompt_tokens,
+            completion_tokens: self.completion_tokens + rhs.completion_tokens,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Usage) {
+        *self = *self + rhs;
+    }
+}
+
+/// A model's answer. `Debug` redacts the content.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The answer's text (JSON text when a schema was asked for).
+    pub content: String,
+    /// Tokens spent on this request, retries included.
+    pub usage: Usage,
+    /// The model that answered, as the server named it.
+    pub model: String,
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("content", &format_args!("<{} chars redacted>", self.content.chars().count()))
+            .field("usage", &self.usage)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Why a model call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The server answered with an error status.
+    #[error("model server answered HTTP {status}: {message}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The server's error message (never the request).
+        message: String,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// No answer within the time limit.
+    #[error("model call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection failed before an answer arrived.
+    #[error("could not reach the model server: {0}")]
+    Transport(String),
+    /// The server answered 2xx with something that is not a usable completion.
+    #[error("model server sent an unusable answer: {0}")]
+    InvalidResponse(String),
+    /// The configuration cannot work (unknown alias, bad base URL, ...).
+    #[error("model configuration: {0}")]
+    Config(String),
+    /// Every attempt allowed by the retry policy failed.
+    #[error("model call failed after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: Box<ModelError>,
+    },
+    /// A replaying model has no recorded answer for this request.
+    #[error("no recorded answer for this request\n{diff}")]
+    NotRecorded {
+        /// How the request differs from the closest recorded one.
+        diff: String,
+    },
+    /// A cassette could not be read or written.
+    #[error("cassette {path}: {reason}")]
+    Cassette {
+        /// The cassette's path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl ModelError {
+    /// Whether trying the same request again may succeed: 429, 5xx, time-outs and broken
+    /// connections.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ModelError::Http { status, .. } => *status == 429 || (500..=599).contains(status),
+            ModelError::Timeout(_) | ModelError::Transport(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Persistence for souls: the turn contract and its stores. Filled by the persistence work.

@@ -1,0 +1,1 @@
+//! The souls that ship. Filled by the souls work.

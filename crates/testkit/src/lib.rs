@@ -1,0 +1,6 @@
+//! Test support shared by every crate's tests.
+//!
+//! Only services that cannot run on a test machine get doubles here, and each double speaks the
+//! real wire protocol over a real socket: the code under test cannot tell it from the service.
+
+pub mod openai;
