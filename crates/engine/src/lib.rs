@@ -8,5 +8,14 @@ pub mod working_memory;
 
 pub use clock::{Clock, SystemClock};
 pub use memory::{Memory, MemoryId, Region, RegionError, Role};
-pub use model::{ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage};
+pub use model::{
+    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage,
+};
 pub use working_memory::{WorkingMemory, WorkingMemoryError};
+pub mod process;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Re-exports the registration macros expand to, so authors need no `inventory` dependency.
+    pub use inventory;
+}

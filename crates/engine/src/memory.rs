@@ -249,7 +249,10 @@ impl fmt::Debug for Memory {
         f.debug_struct("Memory")
             .field("id", &self.id)
             .field("role", &self.role)
-            .field("content", &format_args!("<{} chars redacted>", self.content.chars().count()))
+            .field(
+                "content",
+                &format_args!("<{} chars redacted>", self.content.chars().count()),
+            )
             .field("name", &self.name.as_ref().map(|_| "<redacted>"))
             .field("region", &self.region)
             .field("timestamp", &self.timestamp)
@@ -266,8 +269,14 @@ mod tests {
         assert_eq!(Region::new("default"), Err(RegionError::Reserved));
         assert!(matches!(Region::new(""), Err(RegionError::Invalid(_))));
         assert!(matches!(Region::new("Core"), Err(RegionError::Invalid(_))));
-        assert!(matches!(Region::new(&"a".repeat(65)), Err(RegionError::Invalid(_))));
-        assert_eq!(Region::new("user_model-2").map(|r| r.to_string()), Ok("user_model-2".into()));
+        assert!(matches!(
+            Region::new(&"a".repeat(65)),
+            Err(RegionError::Invalid(_))
+        ));
+        assert_eq!(
+            Region::new("user_model-2").map(|r| r.to_string()),
+            Ok("user_model-2".into())
+        );
     }
 
     #[test]

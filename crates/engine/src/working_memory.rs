@@ -39,7 +39,9 @@ pub struct WorkingMemory {
 #[non_exhaustive]
 pub enum WorkingMemoryError {
     /// The JSON form has a version this build does not read.
-    #[error("working memory JSON version {found} is not supported (this build reads version {JSON_VERSION})")]
+    #[error(
+        "working memory JSON version {found} is not supported (this build reads version {JSON_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version found.
         found: u32,
@@ -102,7 +104,8 @@ impl WorkingMemory {
 
     /// The memories of `region`, in order.
     pub fn region(&self, region: &Region) -> impl Iterator<Item = &Memory> {
-        self.iter().filter(move |m| m.region.as_ref() == Some(region))
+        self.iter()
+            .filter(move |m| m.region.as_ref() == Some(region))
     }
 
     /// The memories without a region (the conversation), in order.
@@ -273,7 +276,9 @@ impl WorkingMemory {
 
     fn from_form(form: JsonForm) -> Result<Self, WorkingMemoryError> {
         if form.version != JSON_VERSION {
-            return Err(WorkingMemoryError::UnsupportedVersion { found: form.version });
+            return Err(WorkingMemoryError::UnsupportedVersion {
+                found: form.version,
+            });
         }
         let mut seen = std::collections::HashSet::with_capacity(form.memories.len());
         for memory in &form.memories {

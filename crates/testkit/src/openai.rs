@@ -40,14 +40,20 @@ impl Reply {
 
     /// An error status without `Retry-After`.
     pub fn status(status: u16) -> Self {
-        Reply::Status { status, retry_after: None }
+        Reply::Status {
+            status,
+            retry_after: None,
+        }
     }
 
     fn template(&self) -> ResponseTemplate {
         match self {
             Reply::Content(content) => completion(content, 10, 5),
             Reply::ContentWithUsage(content, prompt, done) => completion(content, *prompt, *done),
-            Reply::Status { status, retry_after } => {
+            Reply::Status {
+                status,
+                retry_after,
+            } => {
                 let mut template = ResponseTemplate::new(*status).set_body_json(json!({
                     "error": {
                         "message": format!("scripted status {status}"),
@@ -95,7 +101,11 @@ struct Scripted(Script);
 
 impl Respond for Scripted {
     fn respond(&self, _request: &Request) -> ResponseTemplate {
-        let next = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+        let next = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         match next {
             Some(reply) => reply.template(),
             None => ResponseTemplate::new(500).set_body_json(json!({
@@ -151,7 +161,10 @@ impl OpenAiDouble {
 
     /// Scripted answers not yet served.
     pub fn remaining(&self) -> usize {
-        self.script.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The JSON bodies of every chat-completion request received so far, in order.

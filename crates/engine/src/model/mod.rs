@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};
 
+pub mod cassette;
+#[cfg(feature = "openai")]
+pub mod openai;
+pub mod retry;
+
 /// A boxed, sendable future; what dyn-compatible async traits in this crate return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -22,17 +27,26 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait LanguageModel: Send + Sync + fmt::Debug {
     /// Completes `request`. Implementations retry what is worth retrying themselves and report the
     /// final failure as a [`ModelError`].
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>>;
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>>;
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         (**self).complete(request)
     }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for &M {
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, ModelError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         (**self).complete(request)
     }
 }
@@ -52,7 +66,11 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message without a name.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        ChatMessage { role, content: content.into(), name: None }
+        ChatMessage {
+            role,
+            content: content.into(),
+            name: None,
+        }
     }
 }
 
@@ -70,7 +88,10 @@ impl fmt::Debug for ChatMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChatMessage")
             .field("role", &self.role)
-            .field("content", &format_args!("<{} chars redacted>", self.content.chars().count()))
+            .field(
+                "content",
+                &format_args!("<{} chars redacted>", self.content.chars().count()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +185,10 @@ pub struct Completion {
 impl fmt::Debug for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completion")
-            .field("content", &format_args!("<{} chars redacted>", self.content.chars().count()))
+            .field(
+                "content",
+                &format_args!("<{} chars redacted>", self.content.chars().count()),
+            )
             .field("usage", &self.usage)
             .field("model", &self.model)
             .finish()

@@ -1,1 +1,250 @@
-//! Cognitive steps.
+//! Cognitive steps: one model call that reads working memory and yields a typed value and the
+//! memory it leaves behind.
+//!
+//! A step says three things (see [`CognitiveStep`]): the *command* appended after working memory,
+//! the *format* of the answer (free text, or JSON following a schema), and how to *interpret* the
+//! answer into a value and an optional memory. [`run_step`] (or [`Mind::run`]) sends the request,
+//! interprets the answer, gives the model **one** chance to repair an answer it could not use,
+//! and returns a typed [`StepError`] after that — never a panic.
+//!
+//! Built-in steps live in [`builtins`]; [`typed`] builds an author's step around any
+//! `serde` + `schemars` type.
+
+pub mod builtins;
+mod mind;
+mod typed;
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::memory::{Memory, Role};
+use crate::model::{
+    ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, ResponseSchema, Usage,
+};
+use crate::working_memory::WorkingMemory;
+
+pub use builtins::{
+    brainstorm, decision, external_dialog, instruction, internal_monologue, mental_query, summarize,
+};
+pub use mind::Mind;
+pub use typed::{TypedStep, typed};
+
+/// What shape the model's answer must have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerFormat {
+    /// Free text.
+    Text,
+    /// JSON following the schema (sent as structured-output `response_format`).
+    Json(ResponseSchema),
+}
+
+/// Why an answer could not be used; shown to the model in the repair attempt, so it must not
+/// contain anything the model should not see (it never does: it describes the answer's shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAnswer(pub String);
+
+impl fmt::Display for InvalidAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One kind of thinking the soul can do.
+pub trait CognitiveStep: Send + Sync {
+    /// What the step yields.
+    type Value: Send;
+
+    /// A short name for logs and metrics (`external_dialog`, `assess_mood`, ...).
+    fn name(&self) -> &str;
+
+    /// The instruction sent after working memory, as a system message.
+    fn command(&self, memory: &WorkingMemory) -> String;
+
+    /// The answer's format; free text unless overridden.
+    fn format(&self) -> AnswerFormat {
+        AnswerFormat::Text
+    }
+
+    /// Options this step asks for (a temperature, say); the caller's options fill the rest.
+    fn options(&self) -> ChatOptions {
+        ChatOptions::default()
+    }
+
+    /// Checks the step's own arguments before any model call (a decision needs choices, ...).
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Turns the model's answer into the value and the memory to append (if any). The runner
+    /// stamps that memory with the clock's time.
+    fn interpret(
+        &self,
+        memory: &WorkingMemory,
+        answer: &str,
+    ) -> Result<(Self::Value, Option<Memory>), InvalidAnswer>;
+}
+
+/// What a step produced.
+#[derive(Debug, Clone)]
+pub struct StepOutput<V> {
+    /// Working memory after the step.
+    pub memory: WorkingMemory,
+    /// The step's value.
+    pub value: V,
+    /// Tokens spent, the repair attempt included.
+    pub usage: Usage,
+}
+
+impl<V> StepOutput<V> {
+    /// The new working memory and the value.
+    pub fn into_parts(self) -> (WorkingMemory, V) {
+        (self.memory, self.value)
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The model call failed (after the model's own retries).
+    #[error("step `{step}`: {source}")]
+    Model {
+        /// The step's name.
+        step: String,
+        /// The model's error.
+        #[source]
+        source: ModelError,
+    },
+    /// The model's answer was unusable twice in a row (the first answer and the repair).
+    #[error("step `{step}`: the model's answer was unusable after one repair attempt: {reason}")]
+    InvalidAnswer {
+        /// The step's name.
+        step: String,
+        /// Why the last answer was unusable.
+        reason: String,
+    },
+    /// The step's own arguments cannot work; no model call was made.
+    #[error("step `{step}` is misconfigured: {reason}")]
+    Misconfigured {
+        /// The step's name.
+        step: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Runs `step` once against `model` on `memory`; `options` are the caller's defaults, under the
+/// step's own. The appended memory is stamped `now`.
+pub async fn run_step<S: CognitiveStep + ?Sized>(
+    step: &S,
+    model: &dyn LanguageModel,
+    memory: &WorkingMemory,
+    options: &ChatOptions,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StepOutput<S::Value>, StepError> {
+    step.validate().map_err(|reason| StepError::Misconfigured {
+        step: step.name().to_owned(),
+        reason,
+    })?;
+    let mut request = ChatRequest {
+        messages: memory.to_messages(),
+        options: merged(options, step.options()),
+    };
+    request
+        .messages
+        .push(ChatMessage::new(Role::System, step.command(memory)));
+    if let AnswerFormat::Json(schema) = step.format() {
+        request.options.response_schema = Some(schema);
+    }
+
+    let model_error = |source| StepError::Model {
+        step: step.name().to_owned(),
+        source,
+    };
+    let first = model.complete(&request).await.map_err(model_error)?;
+    let mut usage = first.usage;
+    let (value, appended) = match step.interpret(memory, &first.content) {
+        Ok(interpreted) => interpreted,
+        Err(reason) => {
+            tracing::debug!(
+                step = step.name(),
+                "unusable answer; asking the model to repair it"
+            );
+            request
+                .messages
+                .push(ChatMessage::new(Role::Assistant, first.content));
+            request
+                .messages
+                .push(ChatMessage::new(Role::System, repair_prompt(step, &reason)));
+            let second = model.complete(&request).await.map_err(model_error)?;
+            usage += second.usage;
+            step.interpret(memory, &second.content)
+                .map_err(|reason| StepError::InvalidAnswer {
+                    step: step.name().to_owned(),
+                    reason: reason.0,
+                })?
+        }
+    };
+    let memory = match appended {
+        Some(mut appended) => {
+            appended.timestamp = now;
+            memory.with_memory(appended)
+        }
+        None => memory.clone(),
+    };
+    Ok(StepOutput {
+        memory,
+        value,
+        usage,
+    })
+}
+
+fn merged(caller: &ChatOptions, step: ChatOptions) -> ChatOptions {
+    ChatOptions {
+        model: step.model.or_else(|| caller.model.clone()),
+        temperature: step.temperature.or(caller.temperature),
+        max_tokens: step.max_tokens.or(caller.max_tokens),
+        response_schema: step
+            .response_schema
+            .or_else(|| caller.response_schema.clone()),
+        timeout: step.timeout.or(caller.timeout),
+    }
+}
+
+fn repair_prompt<S: CognitiveStep + ?Sized>(step: &S, reason: &InvalidAnswer) -> String {
+    match step.format() {
+        AnswerFormat::Json(_) => format!(
+            "Your last answer could not be used: {reason}. Answer again with only a JSON object \
+             that follows the requested schema, and nothing else."
+        ),
+        AnswerFormat::Text => format!(
+            "Your last answer could not be used: {reason}. Answer again, following the \
+             instructions exactly."
+        ),
+    }
+}
+
+/// Parses a JSON answer strictly into `T`. The only leniency: surrounding white space and one
+/// Markdown code fence, which OpenAI-compatible servers without structured output often add.
+pub fn parse_json<T: DeserializeOwned>(answer: &str) -> Result<T, InvalidAnswer> {
+    let trimmed = answer.trim();
+    let unfenced = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed)
+        .trim();
+    // The position, not serde's message: the message quotes the answer, which may quote a person.
+    serde_json::from_str(unfenced).map_err(|e| {
+        let problem = match e.classify() {
+            serde_json::error::Category::Data => "JSON, but not of the expected shape",
+            _ => "not valid JSON",
+        };
+        InvalidAnswer(format!(
+            "it is {problem} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}

@@ -1,0 +1,544 @@
+//! The [`LanguageModel`] for OpenAI and any OpenAI-compatible chat-completions server, built on
+//! `async-openai`.
+//!
+//! Calls go through `async-openai`'s `Client::chat().create()`, but the HTTP exchange itself runs
+//! in this module's own tower service, installed with `Client::with_http_service`. That service
+//! exists for three reasons:
+//!
+//! * `async-openai` 0.43 wraps its default executor in its own retry layer (three retries on 429,
+//!   5xx and connect errors); installing a service replaces that executor, so [`RetryPolicy`] is
+//!   the only retrying there is. (The `reqwest` client's own retrying of protocol NACKs is turned
+//!   off too.)
+//! * The service sees the response headers, so it reads `Retry-After` (and OpenAI's finer
+//!   `retry-after-ms`) into [`ModelError::Http::retry_after`], which the retry policy honours.
+//! * It turns error statuses and unusable bodies into [`ModelError`]s itself. `async-openai`
+//!   would log such bodies at `warn`/`error`, and a body can quote the conversation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig as ClientConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, CreateChatCompletionResponse, ResponseFormat,
+    ResponseFormatJsonSchema,
+};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use serde_json::Value;
+
+use super::retry::{RetryPolicy, parse_retry_after, retry};
+use super::{
+    BoxFuture, ChatMessage, ChatRequest, Completion, LanguageModel, ModelError, ResponseSchema,
+    Usage,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::memory::Role;
+
+/// The longest server error message kept in a [`ModelError::Http`]; some servers send pages.
+const MAX_ERROR_MESSAGE_CHARS: usize = 500;
+
+/// Where and how to reach an OpenAI-compatible server. `Debug` redacts the API key.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    base_url: String,
+    api_key: String,
+    default_model: String,
+    aliases: BTreeMap<String, String>,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl OpenAiConfig {
+    /// A configuration for the server at `base_url` (up to and including the version,
+    /// `https://api.openai.com/v1`), authenticating with `api_key` (empty for servers that need
+    /// none) and using `default_model` when a request names none. Requests time out after 60 s
+    /// per attempt and are retried by [`RetryPolicy::default`].
+    pub fn new(
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+        default_model: impl Into<String>,
+    ) -> Self {
+        OpenAiConfig {
+            base_url: base_url.into(),
+            api_key: api_key.into(),
+            default_model: default_model.into(),
+            aliases: BTreeMap::new(),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Lets requests say `alias` (`fast`, `quality`) for `model` (`gpt-4o-mini`, `gpt-4o`), so
+    /// souls name a kind of model and deployment picks the actual one.
+    pub fn with_alias(mut self, alias: impl Into<String>, model: impl Into<String>) -> Self {
+        self.aliases.insert(alias.into(), model.into());
+        self
+    }
+
+    /// The time limit for one attempt, answer body included; [`super::ChatOptions::timeout`]
+    /// overrides it per request.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How failed attempts are retried.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The model a request for `requested` goes to: the default for `None`, the aliased model
+    /// for an alias, and any other name unchanged (it is taken to be a model name).
+    pub fn resolve_model<'a>(&'a self, requested: Option<&'a str>) -> &'a str {
+        match requested {
+            None => &self.default_model,
+            Some(name) => self.aliases.get(name).map_or(name, String::as_str),
+        }
+    }
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .field("default_model", &self.default_model)
+            .field("aliases", &self.aliases)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// A [`LanguageModel`] speaking the OpenAI chat-completions protocol.
+///
+/// Each attempt is bounded by the per-attempt timeout; failed attempts are retried by the
+/// configured [`RetryPolicy`]. [`Completion::usage`] is the successful attempt's usage: failed
+/// attempts report none (an attempt that timed out may still have cost tokens on the server,
+/// which no answer tells us).
+pub struct OpenAiModel {
+    config: OpenAiConfig,
+    /// The `async-openai` configuration, built once from `config`.
+    client_config: ClientConfig,
+    http: reqwest::Client,
+}
+
+impl OpenAiModel {
+    /// A model for `config`. Fails with [`ModelError::Config`] when the base URL is not an
+    /// `http(s)` URL, the default model or the timeout is empty, or the API key cannot be sent
+    /// in an HTTP header (a stray newline, say).
+    pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
+        let url = reqwest::Url::parse(&config.base_url)
+            .map_err(|e| ModelError::Config(format!("the base URL is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ModelError::Config(format!(
+                "the base URL must be http or https, not {}",
+                url.scheme()
+            )));
+        }
+        if config.default_model.trim().is_empty() {
+            return Err(ModelError::Config("the default model is empty".into()));
+        }
+        if config.request_timeout.is_zero() {
+            return Err(ModelError::Config("the request timeout is zero".into()));
+        }
+        // async-openai builds this header with `unwrap`; check it here instead of panicking there.
+        if HeaderValue::from_str(&format!("Bearer {}", config.api_key)).is_err() {
+            return Err(ModelError::Config(
+                "the API key contains characters an HTTP header cannot carry".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| ModelError::Config(format!("could not create the HTTP client: {e}")))?;
+        // Organisation and project are set empty so that nothing comes from the environment
+        // (async-openai reads OPENAI_ORG_ID and OPENAI_PROJECT_ID otherwise).
+        let client_config = ClientConfig::new()
+            .with_api_base(config.base_url.trim_end_matches('/'))
+            .with_api_key(config.api_key.clone())
+            .with_org_id("")
+            .with_project_id("");
+        Ok(OpenAiModel {
+            config,
+            client_config,
+            http,
+        })
+    }
+
+    fn to_request(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
+        let options = &request.options;
+        CreateChatCompletionRequest {
+            messages: request.messages.iter().map(to_message).collect(),
+            model: self
+                .config
+                .resolve_model(options.model.as_deref())
+                .to_owned(),
+            temperature: options.temperature,
+            // `max_completion_tokens` only: it is the field OpenAI documents now, and its
+            // reasoning models reject the deprecated `max_tokens` (so sending both fails there).
+            // A compatible server that only knows `max_tokens` ignores the field and answers
+            // unbounded, which costs tokens but does not fail the call.
+            max_completion_tokens: options.max_tokens,
+            response_format: options.response_schema.as_ref().map(to_response_format),
+            ..CreateChatCompletionRequest::default()
+        }
+    }
+
+    async fn attempt(
+        &self,
+        request: CreateChatCompletionRequest,
+        timeout: Duration,
+    ) -> Result<CreateChatCompletionResponse, ModelError> {
+        // A client per attempt, because the service carries the attempt's timeout; building one
+        // clones two handles and the configuration, no connections.
+        let client = Client::build(self.http.clone(), self.client_config.clone())
+            .with_http_service(HttpService {
+                http: self.http.clone(),
+                timeout,
+            });
+        client
+            .chat()
+            .create(request)
+            .await
+            .map_err(|e| from_openai_error(e, timeout))
+    }
+}
+
+impl fmt::Debug for OpenAiModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiModel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LanguageModel for OpenAiModel {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        Box::pin(async move {
+            let body = self.to_request(request);
+            let timeout = request
+                .options
+                .timeout
+                .unwrap_or(self.config.request_timeout);
+            tracing::debug!(
+                model = %body.model,
+                messages = body.messages.len(),
+                "chat completion request"
+            );
+            let response =
+                retry(&self.config.retry, || self.attempt(body.clone(), timeout)).await?;
+            to_completion(response)
+        })
+    }
+}
+
+fn to_message(message: &ChatMessage) -> ChatCompletionRequestMessage {
+    let content = message.content.clone();
+    let name = message.name.clone();
+    match message.role {
+        Role::System => ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+            content: content.into(),
+            name,
+        }),
+        Role::User => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+            content: content.into(),
+            name,
+        }),
+        Role::Assistant => {
+            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                content: Some(content.into()),
+                name,
+                ..ChatCompletionRequestAssistantMessage::default()
+            })
+        }
+    }
+}
+
+fn to_response_format(schema: &ResponseSchema) -> ResponseFormat {
+    ResponseFormat::JsonSchema {
+        json_schema: ResponseFormatJsonSchema {
+            description: None,
+            name: schema.name.clone(),
+            schema: schema.schema.clone(),
+            strict: Some(schema.strict),
+        },
+    }
+}
+
+fn to_completion(response: CreateChatCompletionResponse) -> Result<Completion, ModelError> {
+    let usage = response
+        .usage
+        .map(|usage| Usage {
+            prompt_tokens: usage.prompt_tokens.into(),
+            completion_tokens: usage.completion_tokens.into(),
+        })
+        .unwrap_or_default();
+    let choice = response
+        .choices
+        .into_iter()
+        .min_by_key(|choice| choice.index)
+        .ok_or_else(|| ModelError::InvalidResponse("the answer has no choices".into()))?;
+    // The refusal's text is not quoted: it may repeat the conversation.
+    let content = match (choice.message.content, choice.message.refusal) {
+        (Some(content), _) => content,
+        (None, Some(_)) => {
+            return Err(ModelError::InvalidResponse(
+                "the model refused to answer".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ModelError::InvalidResponse(
+                "the first choice has no content".into(),
+            ));
+        }
+    };
+    Ok(Completion {
+        content,
+        usage,
+        model: response.model,
+    })
+}
+
+/// Turns what `async-openai` reports into a [`ModelError`]. [`HttpService`] answers every status
+/// and body itself, so only its boxed errors arrive in practice; the other arms keep a future
+/// `async-openai` that reports differently from leaking a body into an error message.
+fn from_openai_error(error: OpenAIError, timeout: Duration) -> ModelError {
+    match error {
+        OpenAIError::Boxed(boxed) => match boxed.downcast::<ModelError>() {
+            Ok(error) => *error,
+            Err(other) => ModelError::Transport(other.to_string()),
+        },
+        OpenAIError::Reqwest(error) => from_reqwest_error(error, timeout),
+        OpenAIError::ApiError(api) => ModelError::Http {
+            status: api.status_code.as_u16(),
+            message: api.api_error.message,
+            retry_after: None,
+        },
+        OpenAIError::JSONDeserialize(error, _body) => {
+            ModelError::InvalidResponse(describe_json_error(&error))
+        }
+        OpenAIError::InvalidArgument(reason) => ModelError::Config(reason),
+        other => ModelError::Transport(other.to_string()),
+    }
+}
+
+fn from_reqwest_error(error: reqwest::Error, timeout: Duration) -> ModelError {
+    if error.is_timeout() {
+        return ModelError::Timeout(timeout);
+    }
+    // Without the URL: a proxy's URL can carry credentials. The causes say what failed.
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ModelError::Transport(text)
+}
+
+/// Where a body failed to parse, not serde's message: that quotes the offending value, which
+/// may be the model's answer.
+fn describe_json_error(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let problem = match error.classify() {
+        Category::Syntax | Category::Eof => "is not valid JSON",
+        Category::Data => "is JSON but not a chat completion",
+        Category::Io => "could not be read",
+    };
+    format!(
+        "the body {problem} (line {}, column {})",
+        error.line(),
+        error.column()
+    )
+}
+
+/// The tower service `async-openai` sends each request through: one HTTP exchange within
+/// `timeout`, with error statuses and unusable bodies turned into [`ModelError`]s (boxed, as
+/// `async-openai` wants) and `Retry-After` read from the headers.
+#[derive(Debug, Clone)]
+struct HttpService {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl tower::Service<HttpRequestFactory> for HttpService {
+    type Response = reqwest::Response;
+    type Error = OpenAIError;
+    type Future = BoxFuture<'static, Result<reqwest::Response, OpenAIError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), OpenAIError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, factory: HttpRequestFactory) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            service
+                .exchange(factory)
+                .await
+                .map_err(|e| OpenAIError::Boxed(Box::new(e)))
+        })
+    }
+}
+
+impl HttpService {
+    async fn exchange(self, factory: HttpRequestFactory) -> Result<reqwest::Response, ModelError> {
+        let mut request = factory
+            .build()
+            .await
+            .map_err(|e| ModelError::Config(format!("could not build the request: {e}")))?;
+        // reqwest's per-request timeout covers connecting, waiting and reading the body.
+        *request.timeout_mut() = Some(self.timeout);
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| from_reqwest_error(e, self.timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| from_reqwest_error(e, self.timeout))?;
+        tracing::debug!(
+            status = status.as_u16(),
+            bytes = body.len(),
+            "model server answered"
+        );
+        if !status.is_success() {
+            return Err(ModelError::Http {
+                status: status.as_u16(),
+                message: error_message(status, &body),
+                retry_after: retry_after(&headers),
+            });
+        }
+        if let Err(error) = serde_json::from_slice::<CreateChatCompletionResponse>(&body) {
+            return Err(ModelError::InvalidResponse(describe_json_error(&error)));
+        }
+        // async-openai reads the response again; hand it the same status, headers and body.
+        let mut rebuilt = http::Response::new(reqwest::Body::from(body));
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok(reqwest::Response::from(rebuilt))
+    }
+}
+
+/// The server's own words from an error body (OpenAI's `error.message`, or the shapes common
+/// compatible servers use), shortened; for anything else, the status and the body's size.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let message = json.as_ref().and_then(|json| {
+        ["/error/message", "/error", "/message", "/detail"]
+            .iter()
+            .find_map(|pointer| json.pointer(pointer).and_then(Value::as_str))
+    });
+    match message {
+        Some(message) => message.chars().take(MAX_ERROR_MESSAGE_CHARS).collect(),
+        None => format!(
+            "{} ({} byte body without an error message)",
+            status.canonical_reason().unwrap_or("error"),
+            body.len()
+        ),
+    }
+}
+
+/// How long the server asked us to wait: OpenAI's `retry-after-ms` when present (it is finer
+/// than the standard header), else `Retry-After` in seconds or as an HTTP-date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    header("retry-after-ms")
+        .and_then(|millis| millis.trim().parse::<f64>().ok())
+        .and_then(|millis| Duration::try_from_secs_f64(millis / 1000.0).ok())
+        .or_else(|| {
+            header(RETRY_AFTER.as_str())
+                .and_then(|value| parse_retry_after(value, SystemClock.now()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_ms_wins_over_retry_after() {
+        let map = headers(&[("retry-after-ms", "1500"), ("retry-after", "9")]);
+        assert_eq!(retry_after(&map), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn unusable_retry_after_values_are_ignored() {
+        let map = headers(&[("retry-after-ms", "-3"), ("retry-after", "later")]);
+        assert_eq!(retry_after(&map), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn error_messages_come_from_the_body_when_it_has_one() {
+        let openai = br#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#;
+        assert_eq!(
+            error_message(StatusCode::TOO_MANY_REQUESTS, openai),
+            "Rate limit reached"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_REQUEST, br#"{"detail":"bad model"}"#),
+            "bad model"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b"<html>proxy</html>"),
+            "Bad Gateway (18 byte body without an error message)"
+        );
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(2000));
+        assert_eq!(
+            error_message(StatusCode::BAD_REQUEST, long.as_bytes()).len(),
+            500
+        );
+    }
+
+    #[test]
+    fn json_errors_do_not_quote_the_body() {
+        let error =
+            serde_json::from_str::<CreateChatCompletionResponse>(r#"{"choices": "secret words"}"#)
+                .unwrap_err();
+        let described = describe_json_error(&error);
+        assert!(!described.contains("secret"), "{described}");
+    }
+
+    #[test]
+    fn aliases_resolve_and_other_names_pass_through() {
+        let config = OpenAiConfig::new("http://localhost/v1", "key", "base-model")
+            .with_alias("fast", "gpt-4o-mini");
+        assert_eq!(config.resolve_model(None), "base-model");
+        assert_eq!(config.resolve_model(Some("fast")), "gpt-4o-mini");
+        assert_eq!(config.resolve_model(Some("quality")), "quality");
+    }
+}

@@ -1,0 +1,431 @@
+//! Retrying failed model calls: capped exponential backoff with full jitter, and the server's
+//! `Retry-After` when it sends one.
+//!
+//! Model implementations call [`retry`] around one attempt; it retries only what
+//! [`ModelError::is_retryable`] calls worth retrying (429, 5xx, time-outs, broken connections) and
+//! reports the final failure as [`ModelError::RetriesExhausted`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::ModelError;
+
+/// How often and how patiently to retry a failed model call.
+///
+/// Between attempts it waits what the server asked for (`Retry-After`, capped by
+/// [`with_max_retry_after`](Self::with_max_retry_after)); without that, a random delay between
+/// zero and `base_delay · 2^(retry − 1)`, capped by [`with_max_delay`](Self::with_max_delay)
+/// ("full jitter"), so that many souls hitting the same rate limit do not retry in lockstep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Four attempts, 250 ms base delay, 8 s maximum backoff, `Retry-After` honoured up to 30 s.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that makes exactly one attempt.
+    pub fn no_retries() -> Self {
+        RetryPolicy::default().with_max_attempts(1)
+    }
+
+    /// Attempts in all, the first included; at least one (zero is read as one).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// The backoff before the first retry, doubled for each further one (before jitter).
+    pub fn with_base_delay(mut self, base_delay: Duration) -> Self {
+        self.base_delay = base_delay;
+        self
+    }
+
+    /// The longest backoff between two attempts when the server gave no `Retry-After`.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// The longest wait granted to a server's `Retry-After`; a longer request is cut to this, so
+    /// a misbehaving server cannot stall a conversation for minutes.
+    pub fn with_max_retry_after(mut self, max_retry_after: Duration) -> Self {
+        self.max_retry_after = max_retry_after;
+        self
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// How long to wait before retry number `retry` (1 for the second attempt) after `error`:
+    /// the error's `Retry-After` capped by the policy's maximum, or else the jittered backoff.
+    pub fn delay_before_retry(&self, retry: u32, error: &ModelError) -> Duration {
+        self.delay_with_rng(retry, error, &mut fastrand::Rng::new())
+    }
+
+    fn delay_with_rng(&self, retry: u32, error: &ModelError, rng: &mut fastrand::Rng) -> Duration {
+        match error {
+            ModelError::Http {
+                retry_after: Some(asked),
+                ..
+            } => (*asked).min(self.max_retry_after),
+            _ => self.backoff(retry, rng),
+        }
+    }
+
+    /// Full jitter: uniform in `[0, min(max_delay, base_delay · 2^(retry − 1))]`.
+    fn backoff(&self, retry: u32, rng: &mut fastrand::Rng) -> Duration {
+        let doublings = retry.saturating_sub(1);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.max_delay);
+        let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.u64(0..=ceiling_nanos))
+    }
+}
+
+/// Reads a `Retry-After` header value: delay-seconds (`"120"`) or an HTTP-date
+/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, counted from `now`; a date in the past means "now").
+/// Anything else is `None`, and the policy's own backoff applies.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    // IMF-fixdate, the HTTP-date form servers send, is valid RFC 2822.
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (date.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Runs `op` until it succeeds, fails with an error that is not retryable, or `policy` allows no
+/// more attempts, waiting [`RetryPolicy::delay_before_retry`] between attempts.
+///
+/// A non-retryable error is returned as it is, at once; when the attempts run out the last error
+/// comes back inside [`ModelError::RetriesExhausted`]. Retries are logged at `warn` with the
+/// error (which never holds message contents or secrets), nothing else.
+pub async fn retry<F, Fut, T>(policy: &RetryPolicy, op: F) -> Result<T, ModelError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ModelError>>,
+{
+    retry_with_sleep(policy, op, tokio::time::sleep).await
+}
+
+/// [`retry`] with the waiting injected, so tests can see the delays without waiting them.
+async fn retry_with_sleep<F, Fut, T, S, SleepFut>(
+    policy: &RetryPolicy,
+    mut op: F,
+    mut sleep: S,
+) -> Result<T, ModelError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ModelError>>,
+    S: FnMut(Duration) -> SleepFut,
+    SleepFut: Future<Output = ()>,
+{
+    let mut attempt = 1;
+    loop {
+        let error = match op().await {
+            Ok(value) => {
+                if attempt > 1 {
+                    tracing::debug!(attempt, "model call succeeded after retrying");
+                }
+                return Ok(value);
+            }
+            Err(error) => error,
+        };
+        if !error.is_retryable() {
+            return Err(error);
+        }
+        if attempt >= policy.max_attempts {
+            tracing::warn!(attempts = attempt, error = %error, "model call failed; no attempts left");
+            return Err(ModelError::RetriesExhausted {
+                attempts: attempt,
+                last: Box::new(error),
+            });
+        }
+        let delay = policy.delay_before_retry(attempt, &error);
+        tracing::warn!(
+            attempt,
+            max_attempts = policy.max_attempts,
+            delay = ?delay,
+            error = %error,
+            "model call failed; retrying"
+        );
+        sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn http(status: u16, retry_after: Option<Duration>) -> ModelError {
+        ModelError::Http {
+            status,
+            message: "scripted".into(),
+            retry_after,
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+            .with_base_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_retry_after(Duration::from_secs(10))
+    }
+
+    #[test]
+    fn backoff_stays_under_the_doubling_ceiling_and_the_maximum() {
+        let policy = policy();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for retry in 1..=40 {
+            let ceiling = Duration::from_millis(100)
+                .saturating_mul(2u32.saturating_pow(retry - 1))
+                .min(Duration::from_secs(1));
+            for _ in 0..200 {
+                let delay =
+                    policy.delay_with_rng(retry, &ModelError::Timeout(Duration::ZERO), &mut rng);
+                assert!(delay <= ceiling, "retry {retry}: {delay:?} > {ceiling:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_grows() {
+        let policy = policy();
+        let mut rng = fastrand::Rng::with_seed(42);
+        let first: Vec<Duration> = (0..200).map(|_| policy.backoff(1, &mut rng)).collect();
+        let fourth: Vec<Duration> = (0..200).map(|_| policy.backoff(4, &mut rng)).collect();
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "delays are not jittered: {distinct:?}"
+        );
+        // Retry 1 never exceeds 100 ms; retry 4 may reach 800 ms and, over 200 draws, does exceed 100 ms.
+        assert!(first.iter().all(|d| *d <= Duration::from_millis(100)));
+        assert!(fourth.iter().any(|d| *d > Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let policy = RetryPolicy::default()
+            .with_base_delay(Duration::MAX)
+            .with_max_delay(Duration::from_secs(5));
+        let mut rng = fastrand::Rng::with_seed(1);
+        for retry in [1, 64, u32::MAX] {
+            assert!(policy.backoff(retry, &mut rng) <= Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff() {
+        let policy = policy();
+        for asked in [
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        ] {
+            assert_eq!(policy.delay_before_retry(1, &http(429, Some(asked))), asked);
+            assert_eq!(policy.delay_before_retry(3, &http(503, Some(asked))), asked);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let policy = policy();
+        assert_eq!(
+            policy.delay_before_retry(1, &http(429, Some(Duration::from_secs(3600)))),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn without_retry_after_the_backoff_applies() {
+        let policy = policy();
+        for _ in 0..100 {
+            assert!(policy.delay_before_retry(1, &http(500, None)) <= Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn max_attempts_is_at_least_one() {
+        assert_eq!(
+            RetryPolicy::default().with_max_attempts(0).max_attempts(),
+            1
+        );
+        assert_eq!(RetryPolicy::no_retries().max_attempts(), 1);
+        assert_eq!(RetryPolicy::default().max_attempts(), 4);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates_parse() {
+        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("1.5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    /// Runs `retry_with_sleep` over scripted outcomes; returns the result, the attempts made and
+    /// the delays it asked to sleep.
+    async fn run(
+        policy: &RetryPolicy,
+        outcomes: Vec<Result<&'static str, ModelError>>,
+    ) -> (Result<&'static str, ModelError>, usize, Vec<Duration>) {
+        let script = RefCell::new(VecDeque::from(outcomes));
+        let attempts = RefCell::new(0);
+        let slept = RefCell::new(Vec::new());
+        let result = retry_with_sleep(
+            policy,
+            || {
+                *attempts.borrow_mut() += 1;
+                let next = script.borrow_mut().pop_front().expect("the script ran out");
+                async move { next }
+            },
+            |delay| {
+                slept.borrow_mut().push(delay);
+                async {}
+            },
+        )
+        .await;
+        (result, attempts.into_inner(), slept.into_inner())
+    }
+
+    #[tokio::test]
+    async fn success_needs_no_retry() {
+        let (result, attempts, slept) = run(&policy(), vec![Ok("done")]).await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!(attempts, 1);
+        assert!(slept.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_is_retried_after_the_servers_delay() {
+        let outcomes = vec![
+            Err(http(429, Some(Duration::from_secs(3)))),
+            Err(http(429, Some(Duration::ZERO))),
+            Ok("done"),
+        ];
+        let (result, attempts, slept) = run(&policy(), outcomes).await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!(attempts, 3);
+        assert_eq!(slept, vec![Duration::from_secs(3), Duration::ZERO]);
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_after_waits_only_the_cap() {
+        let outcomes = vec![Err(http(503, Some(Duration::from_secs(600)))), Ok("done")];
+        let (result, _, slept) = run(&policy(), outcomes).await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!(slept, vec![Duration::from_secs(10)]);
+    }
+
+    #[tokio::test]
+    async fn persistent_failures_exhaust_the_budget() {
+        let policy = policy().with_max_attempts(3);
+        let outcomes = (0..3).map(|_| Err(http(500, None))).collect();
+        let (result, attempts, slept) = run(&policy, outcomes).await;
+        assert_eq!(attempts, 3);
+        assert_eq!(slept.len(), 2);
+        assert!(slept.iter().all(|d| *d <= Duration::from_millis(200)));
+        match result.unwrap_err() {
+            ModelError::RetriesExhausted { attempts, last } => {
+                assert_eq!(attempts, 3);
+                assert!(matches!(*last, ModelError::Http { status: 500, .. }));
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn time_outs_and_transport_failures_are_retried() {
+        let outcomes = vec![
+            Err(ModelError::Timeout(Duration::from_secs(1))),
+            Err(ModelError::Transport("connection reset".into())),
+            Ok("done"),
+        ];
+        let (result, attempts, _) = run(&policy(), outcomes).await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!(attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn a_non_retryable_error_returns_at_once() {
+        let outcomes = vec![Err(http(400, None))];
+        let (result, attempts, slept) = run(&policy(), outcomes).await;
+        assert!(matches!(
+            result.unwrap_err(),
+            ModelError::Http { status: 400, .. }
+        ));
+        assert_eq!(attempts, 1);
+        assert!(slept.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_non_retryable_error_after_a_retry_is_returned_as_it_is() {
+        let outcomes = vec![
+            Err(http(500, None)),
+            Err(ModelError::InvalidResponse("no choices".into())),
+        ];
+        let (result, attempts, _) = run(&policy(), outcomes).await;
+        assert!(matches!(
+            result.unwrap_err(),
+            ModelError::InvalidResponse(_)
+        ));
+        assert_eq!(attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn one_attempt_means_no_retry() {
+        let outcomes = vec![Err(http(429, Some(Duration::ZERO)))];
+        let (result, attempts, slept) = run(&RetryPolicy::no_retries(), outcomes).await;
+        assert!(matches!(
+            result.unwrap_err(),
+            ModelError::RetriesExhausted { attempts: 1, .. }
+        ));
+        assert_eq!(attempts, 1);
+        assert!(slept.is_empty());
+    }
+}

@@ -1,0 +1,360 @@
+//! What a mental process receives ([`ProcessContext`]) and returns ([`Next`]).
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::memory::{Memory, Role};
+use crate::process::kv::{KeyValueMemory, MemoryError};
+use crate::step::{Mind, StepError};
+use crate::working_memory::WorkingMemory;
+
+/// Something the soul perceives: a person's message, or a scheduled event coming due.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Perception {
+    /// What kind of perception.
+    pub kind: PerceptionKind,
+    /// The text (a message body, or the event's content).
+    pub content: String,
+    /// Optional speaker name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Data that travels with it into working memory (an SMS's sid, ...).
+    #[serde(default)]
+    pub metadata: Value,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// The kinds of perception.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PerceptionKind {
+    /// A message from the person.
+    Message,
+    /// A scheduled event came due; `process`, if set, runs for this perception instead of the
+    /// current process (once; the current process stays unless that run transitions).
+    Event {
+        /// The event's id.
+        id: EventId,
+        /// The process to run for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<String>,
+    },
+}
+
+impl Perception {
+    /// A message perceived at `at`.
+    pub fn message(content: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Perception {
+            kind: PerceptionKind::Message,
+            content: content.into(),
+            name: None,
+            metadata: Value::Object(serde_json::Map::new()),
+            at,
+        }
+    }
+
+    /// The memory the default integrator appends for this perception.
+    pub fn to_memory(&self) -> Memory {
+        let mut memory = Memory::new(Role::User, self.content.clone(), self.at);
+        memory.name = self.name.clone();
+        if self.metadata.is_object() {
+            memory.metadata = self.metadata.clone();
+        }
+        if let PerceptionKind::Event { id, .. } = &self.kind {
+            memory = memory.with_metadata("event_id", serde_json::json!(id));
+        }
+        memory
+    }
+}
+
+impl fmt::Debug for Perception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Perception")
+            .field("kind", &self.kind)
+            .field(
+                "content",
+                &format_args!("<{} chars redacted>", self.content.chars().count()),
+            )
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A scheduled event's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+/// A perception to deliver later ("check in tomorrow at 9").
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledEvent {
+    /// Its id, for cancelling.
+    pub id: EventId,
+    /// When it comes due.
+    pub at: DateTime<Utc>,
+    /// The process to run for it, or `None` for whichever is current then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// The perception's text.
+    pub content: String,
+    /// Data for the perception.
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+impl fmt::Debug for ScheduledEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScheduledEvent")
+            .field("id", &self.id)
+            .field("at", &self.at)
+            .field("process", &self.process)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a process did besides thinking: replies, scheduled and cancelled events.
+#[derive(Debug, Default)]
+pub(crate) struct Actions {
+    pub(crate) replies: Vec<String>,
+    pub(crate) scheduled: Vec<ScheduledEvent>,
+    pub(crate) cancelled: Vec<EventId>,
+}
+
+/// Everything a process can see and do during one run. Cheap to clone; clones share the turn.
+#[derive(Clone)]
+pub struct ProcessContext {
+    pub(crate) memory: WorkingMemory,
+    pub(crate) mind: Mind,
+    pub(crate) process: &'static str,
+    pub(crate) params: Value,
+    pub(crate) invocation_count: u32,
+    pub(crate) previous_process: Option<String>,
+    pub(crate) perception: Arc<Perception>,
+    pub(crate) soul_memory: KeyValueMemory,
+    pub(crate) process_memory: KeyValueMemory,
+    pub(crate) actions: Arc<Mutex<Actions>>,
+    pub(crate) replies: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl ProcessContext {
+    /// Working memory as this process starts.
+    pub fn memory(&self) -> &WorkingMemory {
+        &self.memory
+    }
+
+    /// The mind to run cognitive steps with.
+    pub fn mind(&self) -> &Mind {
+        &self.mind
+    }
+
+    /// The name of the running process.
+    pub fn process_name(&self) -> &'static str {
+        self.process
+    }
+
+    /// The params the process was entered with, as a `T`.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
+        serde_json::from_value(self.params.clone()).map_err(ProcessError::Params)
+    }
+
+    /// The raw params (`null` when none were given).
+    pub fn params_json(&self) -> &Value {
+        &self.params
+    }
+
+    /// How many times this process ran before in a row (0 on its first run).
+    pub fn invocation_count(&self) -> u32 {
+        self.invocation_count
+    }
+
+    /// The process that ran before the current one took over, if any.
+    pub fn previous_process(&self) -> Option<&str> {
+        self.previous_process.as_deref()
+    }
+
+    /// What the soul is responding to.
+    pub fn perception(&self) -> &Perception {
+        &self.perception
+    }
+
+    /// Memory that lives across processes and sessions.
+    pub fn soul_memory(&self) -> &KeyValueMemory {
+        &self.soul_memory
+    }
+
+    /// Memory of this process, dropped when the process changes or the session times out.
+    pub fn process_memory(&self) -> &KeyValueMemory {
+        &self.process_memory
+    }
+
+    /// The time now, by the engine's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.mind.clock().now()
+    }
+
+    fn actions(&self) -> MutexGuard<'_, Actions> {
+        self.actions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Says `text` to the person. The reply reaches the caller's channel at once, before the turn
+    /// ends, and is part of the outcome.
+    pub fn speak(&self, text: impl Into<String>) {
+        let text = text.into();
+        if let Some(replies) = &self.replies {
+            // The caller may have stopped listening; the reply is still in the outcome.
+            let _ = replies.send(text.clone());
+        }
+        self.actions().replies.push(text);
+    }
+
+    /// A debug line from the author's process (never at `info`: it may quote the person).
+    pub fn log(&self, message: impl fmt::Display) {
+        tracing::debug!(process = self.process, "{message}");
+    }
+
+    /// Schedules `content` to be perceived at `at`, by `process` (or the current process then).
+    pub fn schedule(
+        &self,
+        at: DateTime<Utc>,
+        process: Option<&str>,
+        content: impl Into<String>,
+    ) -> EventId {
+        let event = ScheduledEvent {
+            id: EventId(Uuid::now_v7()),
+            at,
+            process: process.map(str::to_owned),
+            content: content.into(),
+            metadata: Value::Object(serde_json::Map::new()),
+        };
+        let id = event.id;
+        self.actions().scheduled.push(event);
+        id
+    }
+
+    /// Cancels a scheduled event (one scheduled earlier in this turn, or in an earlier turn).
+    pub fn cancel_scheduled(&self, id: EventId) {
+        let mut actions = self.actions();
+        let before = actions.scheduled.len();
+        actions.scheduled.retain(|e| e.id != id);
+        if actions.scheduled.len() == before {
+            actions.cancelled.push(id);
+        }
+    }
+}
+
+impl fmt::Debug for ProcessContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessContext")
+            .field("process", &self.process)
+            .field("invocation_count", &self.invocation_count)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where to go after a process run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The next process.
+    pub process: String,
+    /// Its params.
+    pub params: Value,
+    /// Run it at once on the same perception instead of waiting for the next one.
+    pub run_now: bool,
+}
+
+/// What a process returns: the new working memory and, optionally, a transition.
+///
+/// A transition is explicit, and always has the same effect — even to the current process: the
+/// invocation count restarts at 0, process memory starts empty, and the params are replaced.
+/// `Next::stay` keeps all three.
+#[derive(Debug, Clone)]
+pub struct Next {
+    pub(crate) memory: WorkingMemory,
+    pub(crate) transition: Option<Transition>,
+}
+
+impl Next {
+    /// Stay in the current process.
+    pub fn stay(memory: WorkingMemory) -> Self {
+        Next {
+            memory,
+            transition: None,
+        }
+    }
+
+    /// Go to `process` with no params, from the next perception on.
+    pub fn to(process: impl Into<String>, memory: WorkingMemory) -> Self {
+        Next {
+            memory,
+            transition: Some(Transition {
+                process: process.into(),
+                params: Value::Null,
+                run_now: false,
+            }),
+        }
+    }
+
+    /// The same transition with `params` (ignored by `stay`).
+    pub fn with_params(mut self, params: Value) -> Self {
+        if let Some(transition) = &mut self.transition {
+            transition.params = params;
+        }
+        self
+    }
+
+    /// The same transition, run at once on the same perception (ignored by `stay`). At most
+    /// [`RUN_NOW_LIMIT`](crate::process::RUN_NOW_LIMIT) in a row.
+    pub fn run_now(mut self) -> Self {
+        if let Some(transition) = &mut self.transition {
+            transition.run_now = true;
+        }
+        self
+    }
+
+    /// The working memory.
+    pub fn memory(&self) -> &WorkingMemory {
+        &self.memory
+    }
+
+    /// The transition, if any.
+    pub fn transition(&self) -> Option<&Transition> {
+        self.transition.as_ref()
+    }
+}
+
+/// What a process returns.
+pub type ProcessResult = Result<Next, ProcessError>;
+
+/// Why a process failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// A cognitive step failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
+    /// Soul or process memory could not be read or written.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The params are not of the expected type.
+    #[error("the process params are not of the expected type: {0}")]
+    Params(#[source] serde_json::Error),
+    /// Anything else the author wants to fail with.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProcessError {
+    /// A failure with the author's message.
+    pub fn failed(message: impl Into<String>) -> Self {
+        ProcessError::Failed(message.into())
+    }
+}

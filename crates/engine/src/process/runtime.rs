@@ -1,0 +1,573 @@
+//! One turn: `state + perception → outcome`, in two parts — the main process (whose replies
+//! stream out as they are spoken) and then the subprocesses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::memory::{Memory, MemoryId};
+use crate::model::{LanguageModel, Usage};
+use crate::process::context::{
+    Actions, EventId, Perception, PerceptionKind, ProcessContext, ProcessError, ScheduledEvent,
+};
+use crate::process::kv::{KeyValueMemory, MemoryChanges};
+use crate::process::registry::{Process, Soul};
+use crate::step::Mind;
+use crate::working_memory::WorkingMemory;
+
+/// How many "run now" transitions may follow each other in one turn; the next one is an error.
+pub const RUN_NOW_LIMIT: usize = 10;
+
+/// Which process a session is in, as stored between turns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessState {
+    /// The current process.
+    pub name: String,
+    /// Its params.
+    #[serde(default)]
+    pub params: Value,
+    /// How many times it has run since it was entered.
+    #[serde(default)]
+    pub invocation_count: u32,
+    /// The process before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+/// Everything a turn starts from, as loaded by the caller.
+#[derive(Debug, Clone)]
+pub struct SoulState {
+    /// The stored process state; `None` for a new (or timed-out) session.
+    pub process: Option<ProcessState>,
+    /// Soul memory.
+    pub soul_memory: BTreeMap<String, Value>,
+    /// Process memories by process name (the current process's and the subprocesses').
+    pub process_memories: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Working memory from the last turn (snapshot or rebuilt from history).
+    pub working_memory: WorkingMemory,
+}
+
+impl SoulState {
+    /// The state of a soul meeting someone for the first time.
+    pub fn new(soul_name: &str) -> Self {
+        SoulState {
+            process: None,
+            soul_memory: BTreeMap::new(),
+            process_memories: BTreeMap::new(),
+            working_memory: WorkingMemory::new(soul_name),
+        }
+    }
+
+    /// This state after the main part of a turn, as a store would record it; lets a program
+    /// keep a conversation in memory without any store.
+    pub fn apply_main(&mut self, outcome: &MainOutcome) {
+        outcome.soul_memory.apply_to(&mut self.soul_memory);
+        for (process, changes) in &outcome.process_memory {
+            changes.apply_to(self.process_memories.entry(process.clone()).or_default());
+        }
+        self.process_memories.retain(|_, values| !values.is_empty());
+        self.process = Some(outcome.process.clone());
+        self.working_memory = outcome.working_memory.clone();
+    }
+
+    /// This state after the subprocesses of a turn; a cancelled outcome changes nothing.
+    pub fn apply_subprocesses(&mut self, outcome: &SubprocessOutcome) {
+        if outcome.cancelled {
+            return;
+        }
+        outcome.soul_memory.apply_to(&mut self.soul_memory);
+        for (process, changes) in &outcome.process_memory {
+            changes.apply_to(self.process_memories.entry(process.clone()).or_default());
+        }
+        if let Some(memory) = &outcome.working_memory {
+            self.working_memory = memory.clone();
+        }
+    }
+}
+
+/// Why a turn failed. A failed turn has no outcome: nothing of it is to be stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    /// A process failed.
+    #[error("process `{process}` failed: {source}")]
+    Process {
+        /// The process.
+        process: String,
+        /// Its error.
+        #[source]
+        source: ProcessError,
+    },
+    /// A process transitioned to a process the soul does not have.
+    #[error("process `{from}` transitioned to `{to}`, which soul `{soul}` does not have")]
+    UnknownProcess {
+        /// The soul.
+        soul: String,
+        /// The process that asked.
+        from: String,
+        /// The missing process.
+        to: String,
+    },
+    /// More than [`RUN_NOW_LIMIT`] run-now transitions in a row.
+    #[error("more than {RUN_NOW_LIMIT} run-now transitions in a row: {}", .chain.join(" → "))]
+    RunNowLimit {
+        /// The processes run, in order.
+        chain: Vec<String>,
+    },
+}
+
+/// The main part of a turn's outcome: what to store at commit, and what to send.
+pub struct MainOutcome {
+    /// Replies, in the order spoken.
+    pub replies: Vec<String>,
+    /// Memories this turn added (besides the perception's), in working-memory order.
+    pub appended: Vec<Memory>,
+    /// The id of the perception's memory (stored by the caller when the message arrived).
+    pub perception_memory: Option<MemoryId>,
+    /// Soul memory changes.
+    pub soul_memory: MemoryChanges,
+    /// Process memory changes by process name; `cleared` marks a process that was left or entered.
+    pub process_memory: BTreeMap<String, MemoryChanges>,
+    /// The process state to store.
+    pub process: ProcessState,
+    /// The stored process name that was not registered and was replaced by the initial process.
+    pub corrected_from: Option<String>,
+    /// The processes that ran, in order.
+    pub processes_run: Vec<String>,
+    /// Events to schedule.
+    pub scheduled: Vec<ScheduledEvent>,
+    /// Events to cancel.
+    pub cancelled_events: Vec<EventId>,
+    /// Working memory after the main process (the snapshot to store).
+    pub working_memory: WorkingMemory,
+    /// Tokens spent.
+    pub usage: Usage,
+    carry: Carry,
+}
+
+/// What the subprocesses continue from; private so callers cannot build a half-turn.
+struct Carry {
+    session: String,
+    generation: u64,
+    cancel: CancellationToken,
+    perception: Arc<Perception>,
+    soul_memory: KeyValueMemory,
+    process_memories: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+impl fmt::Debug for MainOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MainOutcome")
+            .field("replies", &self.replies.len())
+            .field("appended", &self.appended.len())
+            .field("process", &self.process.name)
+            .field("processes_run", &self.processes_run)
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subprocesses' part of a turn's outcome.
+#[derive(Debug, Default)]
+pub struct SubprocessOutcome {
+    /// A newer turn of the same session began; everything below is empty and must not be stored.
+    pub cancelled: bool,
+    /// Subprocesses that failed (their changes are dropped; the others' are kept).
+    pub failed: Vec<String>,
+    /// Replies the subprocesses spoke, to send after the main replies.
+    pub replies: Vec<String>,
+    /// Memories the subprocesses added or replaced, in working-memory order.
+    pub appended: Vec<Memory>,
+    /// Soul memory changes.
+    pub soul_memory: MemoryChanges,
+    /// Process memory changes by subprocess name.
+    pub process_memory: BTreeMap<String, MemoryChanges>,
+    /// Events to schedule.
+    pub scheduled: Vec<ScheduledEvent>,
+    /// Events to cancel.
+    pub cancelled_events: Vec<EventId>,
+    /// Working memory after the subprocesses (the snapshot to store), if they ran.
+    pub working_memory: Option<WorkingMemory>,
+    /// Tokens spent.
+    pub usage: Usage,
+}
+
+/// Runs turns of one soul.
+pub struct Runtime {
+    soul: Arc<Soul>,
+    model: Arc<dyn LanguageModel>,
+    clock: Arc<dyn Clock>,
+    /// The latest turn per session, so a newer one can cancel an older one's subprocesses.
+    latest: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("soul", &self.soul.name())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Current {
+    process: Process,
+    params: Value,
+    invocation_count: u32,
+    previous: Option<String>,
+    memory: KeyValueMemory,
+}
+
+impl Current {
+    /// The same process run; the memory handle is shared, so changes stay visible here.
+    fn share(&self) -> Current {
+        Current {
+            process: self.process,
+            params: self.params.clone(),
+            invocation_count: self.invocation_count,
+            previous: self.previous.clone(),
+            memory: self.memory.clone(),
+        }
+    }
+}
+
+fn cleared() -> MemoryChanges {
+    MemoryChanges {
+        cleared: true,
+        ..MemoryChanges::default()
+    }
+}
+
+impl Runtime {
+    /// A runtime for `soul`, thinking with `model` and telling time by `clock`.
+    pub fn new(soul: Arc<Soul>, model: Arc<dyn LanguageModel>, clock: Arc<dyn Clock>) -> Self {
+        Runtime {
+            soul,
+            model,
+            clock,
+            latest: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The soul.
+    pub fn soul(&self) -> &Arc<Soul> {
+        &self.soul
+    }
+
+    fn mind(&self) -> Mind {
+        Mind::new(self.model.clone(), self.clock.clone()).with_options(self.soul.chat_options())
+    }
+
+    /// Runs the integrator and the main process (with its run-now chain) for `perception`.
+    /// Each reply is sent on `replies` the moment it is spoken. Starting a turn cancels the
+    /// subprocesses still running for an earlier turn of the same `session`.
+    pub async fn run_main(
+        &self,
+        session: &str,
+        state: SoulState,
+        perception: Perception,
+        replies: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<MainOutcome, TurnError> {
+        let (generation, cancel) = self.start_generation(session);
+        let mind = self.mind();
+        let perception = Arc::new(perception);
+        let soul_memory = KeyValueMemory::new(state.soul_memory);
+        let actions = Arc::new(Mutex::new(Actions::default()));
+
+        let (stored, corrected_from) = self.validated(state.process);
+        let stored_memory = state
+            .process_memories
+            .get(&stored.name)
+            .cloned()
+            .unwrap_or_default();
+        let mut current = Current {
+            process: self
+                .soul
+                .process(&stored.name)
+                .unwrap_or_else(|| self.soul.initial_process()),
+            params: stored.params,
+            invocation_count: stored.invocation_count,
+            previous: stored.previous,
+            memory: KeyValueMemory::new(stored_memory),
+        };
+        // A scheduled event aimed at a process runs that process once; the current one stays
+        // current unless that run transitions.
+        let mut aimed = self.aimed_process(&perception).map(|process| Current {
+            process,
+            params: Value::Null,
+            invocation_count: 0,
+            previous: Some(current.process.name.to_owned()),
+            memory: KeyValueMemory::new(
+                state
+                    .process_memories
+                    .get(process.name)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        });
+
+        let integrated = self.soul.integrate(state.working_memory, &perception);
+        let perception_memory = integrated.last().map(|m| m.id);
+        let mut memory = integrated.clone();
+        let mut process_memory: BTreeMap<String, MemoryChanges> = BTreeMap::new();
+        let mut processes_run = Vec::new();
+        let mut run_now_in_a_row = 0;
+
+        loop {
+            let is_aimed = aimed.is_some();
+            let running = aimed.take().unwrap_or_else(|| current.share());
+            let name = running.process.name;
+            processes_run.push(name.to_owned());
+            let context = ProcessContext {
+                memory: memory.clone(),
+                mind: mind.clone(),
+                process: name,
+                params: running.params.clone(),
+                invocation_count: running.invocation_count,
+                previous_process: running.previous.clone(),
+                perception: perception.clone(),
+                soul_memory: soul_memory.clone(),
+                process_memory: running.memory.clone(),
+                actions: actions.clone(),
+                replies: replies.clone(),
+            };
+            let next =
+                (running.process.run)(context)
+                    .await
+                    .map_err(|source| TurnError::Process {
+                        process: name.to_owned(),
+                        source,
+                    })?;
+            memory = next.memory;
+
+            let Some(transition) = next.transition else {
+                process_memory
+                    .entry(name.to_owned())
+                    .or_default()
+                    .merge(running.memory.changes());
+                if !is_aimed {
+                    current.invocation_count += 1;
+                }
+                break;
+            };
+            let target = self.soul.process(&transition.process).ok_or_else(|| {
+                TurnError::UnknownProcess {
+                    soul: self.soul.name().to_owned(),
+                    from: name.to_owned(),
+                    to: transition.process.clone(),
+                }
+            })?;
+            // Leaving a process drops its memory; so does leaving the current process by way of
+            // an aimed one. The entered process starts empty even if old rows linger.
+            let mut left = vec![name];
+            if is_aimed {
+                left.push(current.process.name);
+            }
+            for left in left.into_iter().chain([target.name]) {
+                process_memory
+                    .entry(left.to_owned())
+                    .or_default()
+                    .merge(cleared());
+            }
+            current = Current {
+                process: target,
+                params: transition.params,
+                invocation_count: 0,
+                previous: Some(name.to_owned()),
+                memory: KeyValueMemory::cleared(),
+            };
+            if !transition.run_now {
+                break;
+            }
+            run_now_in_a_row += 1;
+            if run_now_in_a_row > RUN_NOW_LIMIT {
+                processes_run.push(target.name.to_owned());
+                return Err(TurnError::RunNowLimit {
+                    chain: processes_run,
+                });
+            }
+        }
+
+        let actions = std::mem::take(&mut *actions.lock().unwrap_or_else(PoisonError::into_inner));
+        let appended = appended_since(&integrated, &memory);
+        Ok(MainOutcome {
+            replies: actions.replies,
+            appended,
+            perception_memory,
+            soul_memory: soul_memory.changes(),
+            process_memory,
+            process: ProcessState {
+                name: current.process.name.to_owned(),
+                params: current.params,
+                invocation_count: current.invocation_count,
+                previous: current.previous,
+            },
+            corrected_from,
+            processes_run,
+            scheduled: actions.scheduled,
+            cancelled_events: actions.cancelled,
+            working_memory: memory,
+            usage: mind.usage(),
+            carry: Carry {
+                session: session.to_owned(),
+                generation,
+                cancel,
+                perception,
+                soul_memory: soul_memory.snapshot(),
+                process_memories: state.process_memories,
+            },
+        })
+    }
+
+    /// Runs the subprocesses, in the soul's order, on the main part's working memory. One that
+    /// fails is logged and its changes dropped; the others go on. If a newer turn of the same
+    /// session starts meanwhile, the work stops and the outcome says `cancelled`.
+    pub async fn run_subprocesses(&self, main: &MainOutcome) -> SubprocessOutcome {
+        let carry = &main.carry;
+        let mind = self.mind();
+        let mut outcome = SubprocessOutcome::default();
+        let mut memory = main.working_memory.clone();
+        let mut soul_memory = carry.soul_memory.snapshot();
+        for subprocess in self.soul.subprocesses() {
+            let process_memory = KeyValueMemory::new(
+                carry
+                    .process_memories
+                    .get(subprocess.name)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            // Each subprocess works on copies, so a failure leaves no half-made change behind.
+            let attempt_soul_memory = soul_memory.snapshot();
+            let actions = Arc::new(Mutex::new(Actions::default()));
+            let context = ProcessContext {
+                memory: memory.clone(),
+                mind: mind.clone(),
+                process: subprocess.name,
+                params: Value::Null,
+                invocation_count: 0,
+                previous_process: None,
+                perception: carry.perception.clone(),
+                soul_memory: attempt_soul_memory.clone(),
+                process_memory: process_memory.clone(),
+                actions: actions.clone(),
+                replies: None,
+            };
+            let result = tokio::select! {
+                biased;
+                () = carry.cancel.cancelled() => {
+                    tracing::debug!(subprocess = subprocess.name, "cancelled by a newer turn");
+                    return SubprocessOutcome { cancelled: true, ..SubprocessOutcome::default() };
+                }
+                result = (subprocess.run)(context) => result,
+            };
+            match result {
+                Ok(next) => {
+                    memory = next.memory;
+                    outcome.soul_memory.merge(attempt_soul_memory.changes());
+                    soul_memory = attempt_soul_memory.snapshot();
+                    let changes = process_memory.changes();
+                    if !changes.is_empty() {
+                        outcome
+                            .process_memory
+                            .insert(subprocess.name.to_owned(), changes);
+                    }
+                    let actions = std::mem::take(
+                        &mut *actions.lock().unwrap_or_else(PoisonError::into_inner),
+                    );
+                    outcome.replies.extend(actions.replies);
+                    outcome.scheduled.extend(actions.scheduled);
+                    outcome.cancelled_events.extend(actions.cancelled);
+                }
+                Err(error) => {
+                    tracing::warn!(subprocess = subprocess.name, %error, "subprocess failed; its changes are dropped");
+                    outcome.failed.push(subprocess.name.to_owned());
+                }
+            }
+        }
+        if carry.cancel.is_cancelled() {
+            return SubprocessOutcome {
+                cancelled: true,
+                ..SubprocessOutcome::default()
+            };
+        }
+        self.end_generation(&carry.session, carry.generation);
+        outcome.appended = appended_since(&main.working_memory, &memory);
+        outcome.working_memory = Some(memory);
+        outcome.usage = mind.usage();
+        outcome
+    }
+
+    fn start_generation(&self, session: &str) -> (u64, CancellationToken) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, older)) = latest.insert(session.to_owned(), (generation, token.clone())) {
+            older.cancel();
+        }
+        (generation, token)
+    }
+
+    fn end_generation(&self, session: &str, generation: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if latest.get(session).is_some_and(|(g, _)| *g == generation) {
+            latest.remove(session);
+        }
+    }
+
+    /// The stored state if its process is registered; otherwise the initial process, and the
+    /// name that was replaced (the seed's auto-correction).
+    fn validated(&self, stored: Option<ProcessState>) -> (ProcessState, Option<String>) {
+        let initial = || ProcessState {
+            name: self.soul.initial_process().name.to_owned(),
+            params: Value::Null,
+            invocation_count: 0,
+            previous: None,
+        };
+        match stored {
+            None => (initial(), None),
+            Some(state) if self.soul.process(&state.name).is_some() => (state, None),
+            Some(state) => {
+                tracing::warn!(
+                    soul = self.soul.name(),
+                    stored = %state.name,
+                    "stored process is not registered; starting over in the initial process"
+                );
+                (initial(), Some(state.name))
+            }
+        }
+    }
+
+    fn aimed_process(&self, perception: &Perception) -> Option<Process> {
+        let PerceptionKind::Event {
+            process: Some(name),
+            ..
+        } = &perception.kind
+        else {
+            return None;
+        };
+        let process = self.soul.process(name);
+        if process.is_none() {
+            tracing::warn!(soul = self.soul.name(), process = %name, "event aimed at an unknown process; the current process answers it");
+        }
+        process
+    }
+}
+
+/// The memories of `after` that `before` does not have, in `after`'s order.
+fn appended_since(before: &WorkingMemory, after: &WorkingMemory) -> Vec<Memory> {
+    let known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
+    after
+        .iter()
+        .filter(|m| !known.contains(&m.id))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,293 @@
+//! Working memory: region placement, ordering, immutability and the JSON round trip.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use soul_engine::{Memory, Region, Role, WorkingMemory, WorkingMemoryError};
+
+fn region(name: &str) -> Region {
+    Region::new(name).unwrap()
+}
+
+fn contents(wm: &WorkingMemory) -> Vec<&str> {
+    wm.iter().map(|m| m.content.as_str()).collect()
+}
+
+fn conversation() -> WorkingMemory {
+    WorkingMemory::new("Samantha")
+        .with_memory(Memory::user("hi"))
+        .with_memory(Memory::assistant("hello"))
+}
+
+#[test]
+fn operations_leave_the_original_untouched() {
+    let original = conversation();
+    let snapshot = original.clone();
+    let _ = original.with_memory(Memory::user("more"));
+    let _ = original.with_region(Region::core(), [Memory::system("persona")]);
+    let _ = original.filter(|_| false);
+    let _ = original.map(|m| Memory {
+        content: "changed".into(),
+        ..m.clone()
+    });
+    let _ = original.with_region_order([Region::core()]).unwrap();
+    assert_eq!(original, snapshot);
+    assert_eq!(contents(&original), ["hi", "hello"]);
+}
+
+#[test]
+fn a_new_region_goes_before_the_first_unregioned_memory() {
+    let wm = WorkingMemory::new("S")
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_memory(Memory::user("hi"))
+        .with_memory(Memory::assistant("hello"))
+        .with_region(Region::summary(), [Memory::system("they said hi")]);
+    assert_eq!(contents(&wm), ["persona", "they said hi", "hi", "hello"]);
+    assert_eq!(wm.get(1).unwrap().region, Some(Region::summary()));
+}
+
+#[test]
+fn a_new_region_goes_last_when_every_memory_has_a_region() {
+    let wm = WorkingMemory::new("S")
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_region(Region::summary(), [Memory::system("s")]);
+    assert_eq!(contents(&wm), ["persona", "s"]);
+}
+
+#[test]
+fn replacing_a_region_keeps_its_place_and_drops_all_its_old_memories() {
+    let wm = WorkingMemory::new("S")
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_memory_in(region("notes"), Memory::system("n1"))
+        .with_memory(Memory::user("hi"))
+        .with_memory_in(region("notes"), Memory::system("n2"))
+        .with_region(
+            region("notes"),
+            [Memory::system("n3"), Memory::system("n4")],
+        );
+    assert_eq!(contents(&wm), ["persona", "n3", "n4", "hi"]);
+}
+
+#[test]
+fn replacing_a_region_never_touches_unregioned_memories() {
+    let wm = conversation().with_region(region("notes"), Vec::new());
+    assert_eq!(contents(&wm), ["hi", "hello"]);
+    assert!(
+        Region::new("default").is_err(),
+        "`default` cannot name a region"
+    );
+}
+
+#[test]
+fn region_order_sorts_now_and_places_later_memories() {
+    let wm = conversation()
+        .with_memory_in(Region::summary(), Memory::system("summary"))
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_region_order([Region::core(), Region::summary()])
+        .unwrap();
+    assert_eq!(contents(&wm), ["persona", "summary", "hi", "hello"]);
+
+    let later = wm
+        .with_memory_in(Region::core(), Memory::system("persona 2"))
+        .with_memory(Memory::user("again"))
+        .with_memory_in(region("unlisted"), Memory::system("u"));
+    assert_eq!(
+        contents(&later),
+        [
+            "persona",
+            "persona 2",
+            "summary",
+            "hi",
+            "hello",
+            "again",
+            "u"
+        ]
+    );
+    assert_eq!(later.region_order(), [Region::core(), Region::summary()]);
+}
+
+#[test]
+fn region_order_survives_filter_slice_concat_prepend_and_map() {
+    let order = [Region::core(), Region::summary()];
+    let wm = conversation().with_region_order(order.clone()).unwrap();
+    let derived = [
+        wm.filter(|m| m.role == Role::User),
+        wm.slice(0..1),
+        wm.concat(&conversation()),
+        wm.prepend([Memory::user("first")]),
+        wm.map(Clone::clone),
+        wm.without_regions(&[Region::core()]),
+    ];
+    for d in derived {
+        assert_eq!(d.region_order(), order);
+    }
+    let moved = wm.prepend([Memory::user("x")]).map(|m| {
+        if m.content == "hello" {
+            m.clone().in_region(Region::core())
+        } else {
+            m.clone()
+        }
+    });
+    assert_eq!(
+        contents(&moved),
+        ["hello", "x", "hi"],
+        "map re-sorts moved memories"
+    );
+}
+
+#[test]
+fn region_order_rejects_duplicates() {
+    let err = conversation()
+        .with_region_order([Region::core(), Region::core()])
+        .unwrap_err();
+    assert!(matches!(err, WorkingMemoryError::DuplicateRegionInOrder(r) if r == Region::core()));
+}
+
+#[test]
+fn region_filters_select_and_exclude() {
+    let wm = conversation()
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_memory_in(Region::summary(), Memory::system("summary"));
+    assert_eq!(
+        contents(&wm.with_only_regions(&[Region::core()])),
+        ["persona"]
+    );
+    assert_eq!(
+        contents(&wm.without_regions(&[Region::core(), Region::summary()])),
+        ["hi", "hello"]
+    );
+    assert_eq!(wm.region(&Region::summary()).count(), 1);
+    assert_eq!(wm.unregioned().count(), 2);
+}
+
+#[test]
+fn slice_find_len_and_friends() {
+    let wm = conversation().with_memory(Memory::user("third"));
+    assert_eq!(wm.len(), 3);
+    assert!(!wm.is_empty());
+    assert_eq!(contents(&wm.slice(1..)), ["hello", "third"]);
+    assert_eq!(contents(&wm.slice(..=0)), ["hi"]);
+    assert_eq!(
+        contents(&wm.slice(2..99)),
+        ["third"],
+        "out-of-range ends are clamped"
+    );
+    assert!(wm.slice(5..).is_empty());
+    assert_eq!(
+        wm.find(|m| m.role == Role::Assistant).unwrap().content,
+        "hello"
+    );
+    assert_eq!(wm.last().unwrap().content, "third");
+    assert_eq!(
+        contents(&wm.prepend([Memory::system("p")])),
+        ["p", "hi", "hello", "third"]
+    );
+}
+
+#[test]
+fn json_round_trip_is_exact() {
+    let at = Utc.with_ymd_and_hms(2026, 11, 24, 9, 30, 0).unwrap()
+        + chrono::Duration::nanoseconds(123_456_789);
+    let wm = WorkingMemory::new("Samantha")
+        .with_memory_in(Region::core(), Memory::new(Role::System, "persona ✨", at))
+        .with_memory(
+            Memory::new(Role::User, "hi\nthere \"quoted\"", at)
+                .with_name("ann")
+                .with_metadata("sid", json!("SM123"))
+                .with_metadata("nested", json!({"a": [1, 2.5, null]})),
+        )
+        .with_region_order([Region::core(), Region::summary()])
+        .unwrap();
+
+    let text = serde_json::to_string(&wm).unwrap();
+    let back: WorkingMemory = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, wm);
+    assert_eq!(
+        serde_json::to_string(&back).unwrap(),
+        text,
+        "byte-identical re-serialization"
+    );
+    assert_eq!(WorkingMemory::from_json(wm.to_json()).unwrap(), wm);
+    assert_eq!(back.region_order(), [Region::core(), Region::summary()]);
+    assert_eq!(back.get(1).unwrap().timestamp, at, "nanoseconds survive");
+}
+
+#[test]
+fn json_form_is_documented_shape() {
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    let memory = Memory::new(Role::User, "hi", at);
+    let id = memory.id;
+    let wm = WorkingMemory::new("S").with_memory(memory);
+    assert_eq!(
+        wm.to_json(),
+        json!({
+            "version": 1,
+            "soul_name": "S",
+            "region_order": [],
+            "memories": [{ "id": id, "role": "user", "content": "hi", "timestamp": "2026-01-02T03:04:05Z" }]
+        })
+    );
+}
+
+#[test]
+fn bad_json_is_a_typed_error() {
+    let future_version = json!({"version": 2, "soul_name": "S", "memories": []});
+    assert!(matches!(
+        WorkingMemory::from_json(future_version),
+        Err(WorkingMemoryError::UnsupportedVersion { found: 2 })
+    ));
+    let reserved_region = json!({"version": 1, "soul_name": "S", "memories": [
+        {"id": "018f0000-0000-7000-8000-000000000000", "role": "user", "content": "x",
+         "region": "default", "timestamp": "2026-01-02T03:04:05Z"}]});
+    assert!(matches!(
+        WorkingMemory::from_json(reserved_region),
+        Err(WorkingMemoryError::Json(_))
+    ));
+    let dup = json!({"id": "018f0000-0000-7000-8000-000000000000", "role": "user", "content": "x",
+                     "timestamp": "2026-01-02T03:04:05Z"});
+    let duplicate_ids = json!({"version": 1, "soul_name": "S", "memories": [dup.clone(), dup]});
+    assert!(matches!(
+        WorkingMemory::from_json(duplicate_ids),
+        Err(WorkingMemoryError::DuplicateMemoryId(_))
+    ));
+    assert!(WorkingMemory::from_json_str("{not json").is_err());
+    assert!(
+        WorkingMemory::from_json(
+            json!({"version": 1, "soul_name": "S", "memories": [], "extra": 1})
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn renders_chat_messages_in_region_order() {
+    let wm = conversation()
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_region_order([Region::core()])
+        .unwrap();
+    let messages = wm.to_messages();
+    let rendered: Vec<(Role, &str)> = messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        rendered,
+        [
+            (Role::System, "persona"),
+            (Role::User, "hi"),
+            (Role::Assistant, "hello")
+        ]
+    );
+}
+
+#[test]
+fn clones_share_memories_instead_of_copying_them() {
+    let big = (0..1000).fold(WorkingMemory::new("S"), |wm, i| {
+        wm.with_memory(Memory::user(i.to_string()))
+    });
+    let appended = big.with_memory(Memory::user("one more"));
+    // Same allocation behind the first memory: structure is shared, not deep-copied.
+    assert!(std::ptr::eq(big.get(0).unwrap(), appended.get(0).unwrap()));
+    assert_eq!(appended.len(), 1001);
+    assert_eq!(big.len(), 1000);
+}
