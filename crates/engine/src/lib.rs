@@ -19,3 +19,8 @@ pub mod __private {
     //! Re-exports the registration macros expand to, so authors need no `inventory` dependency.
     pub use inventory;
 }
+
+pub mod guide {
+    //! The authoring guide (`docs/authoring.md`): how to write, register and test a soul.
+    #![doc = include_str!("../../../docs/authoring.md")]
+}

@@ -1,59 +1,39 @@
 //! Cassettes: recording real HTTP traffic, replaying it offline, and the ways a replay diverges.
+//!
+//! Recording runs the real OpenAI model against the OpenAI double from `soul-testkit`, so the
+//! whole file needs the `openai` feature.
+#![cfg(feature = "openai")]
 
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use soul_engine::model::ResponseSchema;
 use soul_engine::model::cassette::{
     CASSETTE_VERSION, Cassette, CassetteErrorKind, RecordingModel, ReplayingModel,
 };
-use soul_engine::model::{BoxFuture, ResponseSchema};
+use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
+use soul_engine::model::retry::RetryPolicy;
 use soul_engine::{
     ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Role, Usage,
 };
+use soul_testkit::openai::{OpenAiDouble, Reply};
 use tempfile::TempDir;
 
-/// A model that answers from a script, in order; an `Err` entry makes that call fail.
-#[derive(Debug)]
-struct Scripted(Mutex<Vec<Result<&'static str, u16>>>);
+/// Recognisable, so its absence from a cassette is meaningful.
+const FAKE_KEY: &str = "sk-cassette-test-FAKE-KEY-8f3a1c9d";
 
-impl Scripted {
-    fn new(mut answers: Vec<Result<&'static str, u16>>) -> Self {
-        answers.reverse();
-        Scripted(Mutex::new(answers))
-    }
+/// The real OpenAI model talking to `double`. No retries: a scripted error status is the call's
+/// outcome.
+fn openai(double: &OpenAiDouble) -> OpenAiModel {
+    let config = OpenAiConfig::new(double.base_url(), FAKE_KEY, "double-default-model")
+        .with_retry(RetryPolicy::no_retries());
+    OpenAiModel::new(config).expect("the double's URL is valid")
 }
 
-impl LanguageModel for Scripted {
-    fn complete<'a>(
-        &'a self,
-        _request: &'a ChatRequest,
-    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
-        let next = self
-            .0
-            .lock()
-            .expect("the script lock is never poisoned")
-            .pop()
-            .expect("the script has an answer for every call");
-        Box::pin(async move {
-            match next {
-                Ok(content) => Ok(Completion {
-                    content: content.to_owned(),
-                    usage: Usage {
-                        prompt_tokens: 7,
-                        completion_tokens: 3,
-                    },
-                    model: "scripted".to_owned(),
-                }),
-                Err(status) => Err(ModelError::Http {
-                    status,
-                    message: "scripted failure".to_owned(),
-                    retry_after: None,
-                }),
-            }
-        })
-    }
+/// A recorder around [`openai`], writing to `path`.
+fn recording(double: &OpenAiDouble, path: &Path) -> RecordingModel<OpenAiModel> {
+    RecordingModel::new(openai(double), path).expect("the cassette can be created")
 }
 
 fn request(messages: &[(Role, &str)]) -> ChatRequest {
@@ -92,24 +72,19 @@ fn conversation() -> Vec<ChatRequest> {
     ]
 }
 
-/// Records `requests` through a scripted model answering `answers` and returns the cassette path.
-async fn record(
-    dir: &TempDir,
-    requests: &[ChatRequest],
-    answers: &[&'static str],
-) -> std::path::PathBuf {
+/// Records `requests` over HTTP, the double answering `answers` in order (7 prompt and 3
+/// completion tokens each), and returns the cassette path.
+async fn record(dir: &TempDir, requests: &[ChatRequest], answers: &[&str]) -> std::path::PathBuf {
     let path = dir.path().join("recorded.json");
-    let model = RecordingModel::new(
-        Scripted::new(answers.iter().map(|a| Ok(*a)).collect()),
-        &path,
-    )
-    .expect("the cassette can be created");
-    for request in requests {
-        model
-            .complete(request)
-            .await
-            .expect("the scripted model answers");
+    let double = OpenAiDouble::start().await;
+    for answer in answers {
+        double.push(Reply::ContentWithUsage((*answer).to_owned(), 7, 3));
     }
+    let model = recording(&double, &path);
+    for request in requests {
+        model.complete(request).await.expect("the double answers");
+    }
+    assert_eq!(double.remaining(), 0, "every scripted answer was asked for");
     path
 }
 
@@ -294,19 +269,32 @@ async fn failed_calls_are_not_recorded() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("failures.json");
     let requests = conversation();
-    let model =
-        RecordingModel::new(Scripted::new(vec![Err(503), Ok("one"), Err(400)]), &path).unwrap();
+    let double = OpenAiDouble::start().await;
+    double
+        .push(Reply::status(503))
+        .push_content("one")
+        .push(Reply::status(400));
+    let model = recording(&double, &path);
 
-    assert!(matches!(
-        model.complete(&requests[0]).await,
-        Err(ModelError::Http { status: 503, .. })
-    ));
+    let unavailable = model.complete(&requests[0]).await;
+    // A retryable status, so the retry policy reports it after its one attempt.
+    assert!(
+        matches!(
+            &unavailable,
+            Err(ModelError::RetriesExhausted { attempts: 1, last })
+                if matches!(**last, ModelError::Http { status: 503, .. })
+        ),
+        "{unavailable:?}"
+    );
     assert_eq!(model.complete(&requests[0]).await.unwrap().content, "one");
-    assert!(matches!(
-        model.complete(&requests[1]).await,
-        Err(ModelError::Http { status: 400, .. })
-    ));
+    let refused = model.complete(&requests[1]).await;
+    assert!(
+        matches!(refused, Err(ModelError::Http { status: 400, .. })),
+        "{refused:?}"
+    );
 
+    // All three reached the server; only the one that succeeded is kept.
+    assert_eq!(double.requests().await.len(), 3);
     assert_eq!(model.recorded(), 1);
     let cassette = Cassette::load(&path).unwrap();
     assert_eq!(cassette.interactions.len(), 1);
@@ -318,11 +306,12 @@ async fn the_file_is_a_complete_cassette_after_every_interaction() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("growing.json");
     let requests = conversation();
-    let model = RecordingModel::new(
-        Scripted::new(vec![Ok("one"), Ok("two"), Ok("three")]),
-        &path,
-    )
-    .unwrap();
+    let double = OpenAiDouble::start().await;
+    double
+        .push_content("one")
+        .push_content("two")
+        .push_content("three");
+    let model = recording(&double, &path);
     assert_eq!(
         Cassette::load(&path).unwrap().interactions.len(),
         0,
@@ -384,7 +373,7 @@ async fn the_file_is_pretty_versioned_json_in_the_documented_shape() {
     assert!(interaction["request"].get("timeout").is_none());
     assert_eq!(interaction["response"]["content"], "{\"mood\":\"low\"}");
     assert_eq!(interaction["response"]["usage"]["prompt_tokens"], 7);
-    assert_eq!(interaction["response"]["model"], "scripted");
+    assert_eq!(interaction["response"]["model"], "double-model");
 
     let replayed = ReplayingModel::open(&path)
         .unwrap()
@@ -512,13 +501,18 @@ fn malformed_files_are_refused_with_a_position_and_no_contents() {
     }
 }
 
-#[test]
-fn recording_to_an_unwritable_path_fails_before_any_model_call() {
+#[tokio::test]
+async fn recording_to_an_unwritable_path_fails_before_any_model_call() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("no-such-directory").join("cassette.json");
-    let error = RecordingModel::new(Scripted::new(vec![]), &path).unwrap_err();
+    let double = OpenAiDouble::start().await;
+    let error = RecordingModel::new(openai(&double), &path).unwrap_err();
     assert!(matches!(error.kind, CassetteErrorKind::Io(_)), "{error:?}");
     assert_eq!(error.path, path);
+    assert!(
+        double.requests().await.is_empty(),
+        "the server was never asked"
+    );
 }
 
 #[tokio::test]
@@ -526,7 +520,9 @@ async fn a_failed_write_is_an_error_and_the_interaction_is_not_kept() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("blocked.json");
     let requests = conversation();
-    let model = RecordingModel::new(Scripted::new(vec![Ok("lost"), Ok("kept")]), &path).unwrap();
+    let double = OpenAiDouble::start().await;
+    double.push_content("lost").push_content("kept");
+    let model = recording(&double, &path);
 
     // A directory where the cassette should go: the rename over it fails.
     fs::remove_file(&path).unwrap();
@@ -535,6 +531,11 @@ async fn a_failed_write_is_an_error_and_the_interaction_is_not_kept() {
     assert!(
         matches!(&error, ModelError::Cassette { path: p, .. } if p.ends_with("blocked.json")),
         "{error:?}"
+    );
+    assert_eq!(
+        double.requests().await.len(),
+        1,
+        "the server did answer; only the write failed"
     );
     assert_eq!(model.recorded(), 0);
     assert_eq!(
@@ -555,8 +556,9 @@ async fn debug_output_shows_counts_and_paths_but_no_contents() {
     let dir = TempDir::new().unwrap();
     let requests = conversation();
     let path = dir.path().join("debug.json");
-    let recording =
-        RecordingModel::new(Scripted::new(vec![Ok("you are not alone")]), &path).unwrap();
+    let double = OpenAiDouble::start().await;
+    double.push_content("you are not alone");
+    let recording = recording(&double, &path);
     recording.complete(&requests[0]).await.unwrap();
     let replay = ReplayingModel::open(&path).unwrap();
     let cassette = Cassette::load(&path).unwrap();
@@ -576,105 +578,87 @@ async fn debug_output_shows_counts_and_paths_but_no_contents() {
     assert!(format!("{replay:?}").contains("interactions: 1"));
 }
 
-/// Recording real HTTP traffic: the OpenAI-compatible model against the double.
-#[cfg(feature = "openai")]
-mod through_openai {
-    use super::*;
-    use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-    use soul_testkit::openai::{OpenAiDouble, Reply};
+// Recording real HTTP traffic end to end, and what of it reaches the file.
 
-    /// Recognisable, so its absence from a cassette is meaningful.
-    const FAKE_KEY: &str = "sk-cassette-test-FAKE-KEY-8f3a1c9d";
+#[tokio::test]
+async fn a_conversation_recorded_over_http_replays_identically_with_no_server() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("conversation.json");
+    let requests = conversation();
 
-    async fn recording(double: &OpenAiDouble, path: &Path) -> RecordingModel<OpenAiModel> {
-        let config = OpenAiConfig::new(double.base_url(), FAKE_KEY, "double-default-model");
-        RecordingModel::new(
-            OpenAiModel::new(config).expect("the double's URL is valid"),
-            path,
-        )
-        .expect("the cassette can be created")
+    let double = OpenAiDouble::start().await;
+    double
+        .push(Reply::ContentWithUsage(
+            "I'm sorry. What happened?".into(),
+            31,
+            7,
+        ))
+        .push(Reply::ContentWithUsage(
+            "That sounds humiliating.".into(),
+            52,
+            5,
+        ))
+        .push(Reply::ContentWithUsage("Any time. I'm here.".into(), 70, 6));
+    let model = recording(&double, &path);
+    let mut recorded = Vec::new();
+    for request in &requests {
+        recorded.push(model.complete(request).await.unwrap());
+    }
+    assert_eq!(double.requests().await.len(), 3);
+    assert_eq!(double.remaining(), 0);
+    assert_eq!(model.recorded(), 3);
+    drop(model);
+    // No server from here on: a replay that touched the network would fail.
+    drop(double);
+
+    let replay = ReplayingModel::open(&path).unwrap();
+    for (request, expected) in requests.iter().zip(&recorded) {
+        assert_eq!(replay.complete(request).await.unwrap(), *expected);
+    }
+    assert_eq!(recorded[1].content, "That sounds humiliating.");
+    assert_eq!(
+        recorded[1].usage,
+        Usage {
+            prompt_tokens: 52,
+            completion_tokens: 5
+        }
+    );
+    assert_eq!(recorded[1].model, "double-model");
+    replay.finish().unwrap();
+    assert!(matches!(
+        replay.complete(&requests[0]).await,
+        Err(ModelError::NotRecorded { .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_api_key_never_reaches_the_cassette() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("secret.json");
+    let double = OpenAiDouble::start().await;
+    double.push_content("one").push_content("two");
+    let model = recording(&double, &path);
+    for request in &conversation()[..2] {
+        model.complete(request).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_conversation_recorded_over_http_replays_identically_with_no_server() {
-        let dir = TempDir::new().unwrap();
-        let path = dir.path().join("conversation.json");
-        let requests = conversation();
+    // The key did travel, so its absence from the file below means something.
+    let headers = double.request_headers().await;
+    let authorization = headers[0]
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .unwrap();
+    assert_eq!(authorization.1, format!("Bearer {FAKE_KEY}"));
 
-        let double = OpenAiDouble::start().await;
-        double
-            .push(Reply::ContentWithUsage(
-                "I'm sorry. What happened?".into(),
-                31,
-                7,
-            ))
-            .push(Reply::ContentWithUsage(
-                "That sounds humiliating.".into(),
-                52,
-                5,
-            ))
-            .push(Reply::ContentWithUsage("Any time. I'm here.".into(), 70, 6));
-        let model = recording(&double, &path).await;
-        let mut recorded = Vec::new();
-        for request in &requests {
-            recorded.push(model.complete(request).await.unwrap());
-        }
-        assert_eq!(double.requests().await.len(), 3);
-        assert_eq!(double.remaining(), 0);
-        assert_eq!(model.recorded(), 3);
-        drop(model);
-        // No server from here on: a replay that touched the network would fail.
-        drop(double);
-
-        let replay = ReplayingModel::open(&path).unwrap();
-        for (request, expected) in requests.iter().zip(&recorded) {
-            assert_eq!(replay.complete(request).await.unwrap(), *expected);
-        }
-        assert_eq!(recorded[1].content, "That sounds humiliating.");
-        assert_eq!(
-            recorded[1].usage,
-            Usage {
-                prompt_tokens: 52,
-                completion_tokens: 5
-            }
-        );
-        assert_eq!(recorded[1].model, "double-model");
-        replay.finish().unwrap();
-        assert!(matches!(
-            replay.complete(&requests[0]).await,
-            Err(ModelError::NotRecorded { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn the_api_key_never_reaches_the_cassette() {
-        let dir = TempDir::new().unwrap();
-        let path = dir.path().join("secret.json");
-        let double = OpenAiDouble::start().await;
-        double.push_content("one").push_content("two");
-        let model = recording(&double, &path).await;
-        for request in &conversation()[..2] {
-            model.complete(request).await.unwrap();
-        }
-
-        // The key did travel, so its absence from the file below means something.
-        let headers = double.request_headers().await;
-        let authorization = headers[0]
-            .iter()
-            .find(|(name, _)| name == "authorization")
-            .unwrap();
-        assert_eq!(authorization.1, format!("Bearer {FAKE_KEY}"));
-
-        let bytes = fs::read(&path).unwrap();
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(
-            text.contains("\"content\": \"two\""),
-            "the file holds the recording: {text}"
-        );
-        assert!(!text.contains(FAKE_KEY), "{text}");
-        assert!(!text.contains("8f3a1c9d"), "{text}");
-        assert!(!text.to_lowercase().contains("bearer"), "{text}");
-        assert!(!text.to_lowercase().contains("authorization"), "{text}");
-        assert!(!format!("{model:?}").contains("8f3a1c9d"), "{model:?}");
-    }
+    let bytes = fs::read(&path).unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(
+        text.contains("\"content\": \"two\""),
+        "the file holds the recording: {text}"
+    );
+    assert!(!text.contains(FAKE_KEY), "{text}");
+    assert!(!text.contains("8f3a1c9d"), "{text}");
+    assert!(!text.to_lowercase().contains("bearer"), "{text}");
+    assert!(!text.to_lowercase().contains("authorization"), "{text}");
+    assert!(!format!("{model:?}").contains("8f3a1c9d"), "{model:?}");
 }

@@ -1,5 +1,6 @@
 //! `OpenAiModel` against the OpenAI double over real HTTP: request mapping, answers, retries,
 //! time-outs and typed errors.
+#![cfg(feature = "openai")]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The process runtime: transitions, invocation counts, memories, the run-now bound, subprocess
 //! isolation and ordering, scheduled events — with the model behind the OpenAI double.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! Every built-in cognitive step, and an author's typed step, against the OpenAI-compatible
 //! double over real HTTP.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use std::sync::Arc;

@@ -1,1 +1,164 @@
-//! Persistence for souls: the turn contract and its stores. Filled by the persistence work.
+//! Persistence for souls: the turn contract and its stores.
+//!
+//! A turn costs two round trips to the database: [`Store::begin_turn`] stores the inbound
+//! message and either starts the turn (loading everything it needs under a lease) or reports it
+//! as a duplicate or queued behind the running turn; [`Store::commit_turn`] applies the turn's
+//! changes atomically, stores its replies for delivery, releases the lease and starts the
+//! session's next waiting message, if any. Both are atomic.
+//!
+//! Backends: [`PgStore`] (PostgreSQL or Supabase's database, through SQL functions defined in
+//! `migrations/`) and [`SqliteStore`] (one local file, no server). Both pass the same
+//! conformance suite (the `conformance` feature). The design is in `docs/persistence.md`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Duration, Utc};
+use soul_engine::Memory;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+pub mod migrations;
+mod postgres;
+mod sqlite;
+mod types;
+mod wire;
+
+pub use error::{Result, StoreError};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use types::{
+    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, Inbound, Lease,
+    MemoryChange, NewEvent, OutboundMessage, OutboundRef, ProcessMemoryChange, ProcessState,
+    Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+};
+
+/// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Where souls live between messages.
+///
+/// Every operation takes the time it should consider "now" from the caller, so that leases,
+/// timeouts and retention are decided by one clock (the gateway's) and tests are deterministic.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Stores an inbound message and, unless it is a duplicate or another worker holds the
+    /// session, starts its turn: load or create the session, apply the session timeout, take the
+    /// lease, bump the version, validate the process state and load memories, history and the
+    /// latest snapshot. When a dead worker left older messages waiting, the turn started is for
+    /// the oldest of them (per-session order); this message then comes from a later commit.
+    fn begin_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome>;
+
+    /// Commits a turn begun under `commit.lease_token`: applies the changes, stores the replies
+    /// as outbound messages pending delivery, marks the inbound message done, and starts the
+    /// session's next waiting message (returned in [`CommitOutcome::next`]) or releases the
+    /// lease. Fails with [`StoreError::LeaseLost`] when another worker took the session over.
+    fn commit_turn<'a>(
+        &'a self,
+        commit: &'a TurnCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, CommitOutcome>;
+
+    /// Applies subprocess changes if the session's version is still `commit.version`, that is,
+    /// no newer turn began meanwhile.
+    fn commit_subprocess<'a>(
+        &'a self,
+        commit: &'a SubprocessCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, SubprocessOutcome>;
+
+    /// Extends a running turn's lease to `now + lease_for` (for a turn that may outlast it).
+    /// Fails with [`StoreError::LeaseLost`] once another worker has taken the session over.
+    fn renew_lease(
+        &self,
+        session: SessionId,
+        lease: Lease,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Lease>;
+
+    /// Takes over a session whose lease is free or expired and starts its oldest waiting
+    /// message (re-running a turn whose worker died). `None` when the lease is live or nothing
+    /// waits.
+    fn resume_turn<'a>(
+        &'a self,
+        session: SessionId,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Option<Box<TurnContext>>>;
+
+    /// Sessions with waiting messages and no live lease (for a sweeper calling
+    /// [`Store::resume_turn`]).
+    fn stalled_sessions(&self, now: DateTime<Utc>, limit: u32) -> StoreFuture<'_, Vec<SessionId>>;
+
+    /// The session of an address; `None` (not an error) when there is none.
+    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>>;
+
+    /// The latest `limit` messages (0: all), oldest first, of one region (`"default"` is the
+    /// unregioned conversation) or of all. Empty when the address is unknown.
+    fn history<'a>(
+        &'a self,
+        address: &'a Address,
+        region: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<Memory>>;
+
+    /// Moves an outbound message's delivery status forward; `false` when the message is unknown
+    /// or already at or past that status.
+    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool>;
+
+    /// Outbound messages still pending that were stored at or before `older_than`, oldest
+    /// first: after a restart, replies that may or may not have been sent.
+    fn pending_deliveries(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<OutboundMessage>>;
+
+    /// Records that a person opted out of (or back into) messages; `false` when unknown.
+    fn set_opt_out<'a>(
+        &'a self,
+        address: &'a Address,
+        opted_out: bool,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Claims up to `limit` due events for `claim_for`; an event not completed by then is
+    /// claimed again later.
+    fn claim_due_events(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        claim_for: Duration,
+    ) -> StoreFuture<'_, Vec<ScheduledEvent>>;
+
+    /// Removes a handled event; `false` if it is gone or was rescheduled meanwhile.
+    fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool>;
+
+    /// Deletes the messages older than `days` days (of one person, or of everyone) and returns
+    /// how many were deleted.
+    fn delete_messages_older_than<'a>(
+        &'a self,
+        address: Option<&'a Address>,
+        days: u32,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, u64>;
+
+    /// Everything stored about one person, as JSON; `None` when unknown.
+    fn export_user<'a>(
+        &'a self,
+        address: &'a Address,
+    ) -> StoreFuture<'a, Option<serde_json::Value>>;
+
+    /// Deletes everything stored about one person; `false` when unknown.
+    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool>;
+}

@@ -4,3 +4,5 @@
 //! real wire protocol over a real socket: the code under test cannot tell it from the service.
 
 pub mod openai;
+pub mod postgres;
+pub mod twilio;

@@ -61,6 +61,9 @@ pub struct ModelSettings {
 pub struct SoulRegistration {
     /// Its name, unique among souls.
     pub name: &'static str,
+    /// The name it goes by in conversation ("Sage"): working memory's soul name, which steps use
+    /// to phrase instructions and to strip "Sage said:" from answers.
+    pub display_name: &'static str,
     /// The persona, placed in the `core` region as system memories.
     pub persona: &'static [&'static str],
     /// The process a new session starts in.
@@ -98,9 +101,19 @@ pub struct Soul {
 }
 
 impl Soul {
-    /// The soul's name.
+    /// The soul's registered name.
     pub fn name(&self) -> &'static str {
         self.registration.name
+    }
+
+    /// The name it goes by in conversation.
+    pub fn display_name(&self) -> &'static str {
+        self.registration.display_name
+    }
+
+    /// The state of this soul meeting someone for the first time.
+    pub fn new_state(&self) -> crate::process::SoulState {
+        crate::process::SoulState::new(self.display_name())
     }
 
     /// The process a new session starts in.
@@ -302,10 +315,20 @@ impl fmt::Display for Process {
 
 /// Registers an async fn as a main mental process of a soul.
 ///
-/// ```ignore
-/// soul_engine::mental_process!(soul = "samantha", name = "small_talk", small_talk);
-/// async fn small_talk(cx: ProcessContext) -> ProcessResult { ... }
 /// ```
+/// use soul_engine::process::{Next, ProcessContext, ProcessResult};
+///
+/// soul_engine::mental_process!(soul = "sam", name = "small_talk", small_talk);
+///
+/// async fn small_talk(cx: ProcessContext) -> ProcessResult {
+///     cx.speak("Hello!");
+///     Ok(Next::stay(cx.memory().clone()))
+/// }
+/// # soul_engine::soul! { name: "sam", persona: &[], initial_process: "small_talk" }
+/// # fn main() { soul_engine::process::Registry::load().unwrap(); }
+/// ```
+///
+/// See the [authoring guide](crate::guide).
 #[macro_export]
 macro_rules! mental_process {
     (soul = $soul:literal, name = $name:literal, $function:path $(,)?) => {
@@ -352,19 +375,32 @@ macro_rules! __register_process {
 
 /// Registers a soul.
 ///
-/// ```ignore
+/// ```
 /// soul_engine::soul! {
 ///     name: "samantha",
-///     persona: &["You are Samantha, ..."],
+///     display_name: "Samantha",
+///     persona: &["You are Samantha, a warm companion."],
 ///     initial_process: "introduction",
 ///     subprocesses: &["summarize"],
-///     model: soul_engine::process::ModelSettings { model: Some("quality"), temperature: Some(0.7), max_tokens: None },
+///     model: soul_engine::process::ModelSettings {
+///         model: Some("quality"),
+///         temperature: Some(0.7),
+///         max_tokens: None,
+///     },
 /// }
+/// # use soul_engine::process::{Next, ProcessContext, ProcessResult};
+/// # soul_engine::mental_process!(soul = "samantha", name = "introduction", keep);
+/// # soul_engine::subprocess!(soul = "samantha", name = "summarize", keep);
+/// # async fn keep(cx: ProcessContext) -> ProcessResult { Ok(Next::stay(cx.memory().clone())) }
+/// # fn main() { soul_engine::process::Registry::load().unwrap(); }
 /// ```
+///
+/// `display_name` (default: `name`), `subprocesses`, `integrator` and `model` are optional.
 #[macro_export]
 macro_rules! soul {
     (
         name: $name:literal,
+        $(display_name: $display_name:expr,)?
         persona: $persona:expr,
         initial_process: $initial:literal
         $(, subprocesses: $subprocesses:expr)?
@@ -375,6 +411,7 @@ macro_rules! soul {
         $crate::__private::inventory::submit! {
             $crate::process::SoulRegistration {
                 name: $name,
+                display_name: $crate::__first!($($display_name,)? $name),
                 persona: $persona,
                 initial_process: $initial,
                 subprocesses: $crate::__first!($($subprocesses,)? &[]),
@@ -427,6 +464,7 @@ mod tests {
     ) -> &'static SoulRegistration {
         Box::leak(Box::new(SoulRegistration {
             name,
+            display_name: name,
             persona: &[],
             initial_process: initial,
             subprocesses,

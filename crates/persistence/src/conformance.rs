@@ -1,0 +1,1401 @@
+//! The conformance suite: every behaviour of the turn contract, written once and run against
+//! every backend.
+//!
+//! A backend's test file implements [`Harness`] (how to open another store on the test's
+//! database) and invokes [`conformance_suite!`](crate::conformance_suite), which makes one
+//! `#[tokio::test]` per function of this module. The functions panic on a failed expectation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use soul_engine::{Memory, Region, Role};
+
+use crate::{
+    Address, BeginOutcome, Changes, DeliveryStatus, DeliveryUpdate, Inbound, MemoryChange,
+    NewEvent, OutboundRef, ProcessMemoryChange, ProcessState, Processes, Store, StoreError,
+    StoreFuture, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+};
+
+/// One test's database, fresh and empty.
+pub trait Harness: Send + Sync {
+    /// Opens a store on the test's database. Every call opens a new one (its own connections),
+    /// as another gateway process would.
+    fn open(&self) -> StoreFuture<'_, Arc<dyn Store>>;
+}
+
+/// Instantiates every conformance test for a backend: `conformance_suite!(harness_expr)`, where
+/// the expression evaluates (awaited) to a [`Harness`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_suite!(@tests $harness;
+            first_message_creates_session_with_seed_defaults,
+            no_row_is_not_an_error,
+            invalid_settings_change_nothing,
+            soul_memory_upserts_on_session_and_key,
+            process_memory_upserts_on_session_process_and_key,
+            history_is_latest_first_limited_and_regioned,
+            timeout_starts_new_session_and_clears_ephemeral_state,
+            repeated_external_id_is_a_duplicate,
+            busy_session_queues_and_commit_hands_over_next,
+            unregistered_process_state_is_corrected,
+            expired_lease_is_taken_over,
+            renewed_lease_is_not_taken_over,
+            subprocess_commit_is_refused_after_newer_turn,
+            delivery_status_only_moves_forward,
+            opt_out_is_recorded,
+            due_events_are_claimed_and_completed,
+            old_messages_are_deleted,
+            export_and_erase_one_user,
+            concurrent_first_messages_make_one_session,
+            many_senders_many_workers_exactly_once_in_order,
+        );
+    };
+    (@tests $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $harness.await;
+                $crate::conformance::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn minutes(n: i64) -> Duration {
+    Duration::minutes(n)
+}
+
+fn settings() -> TurnSettings {
+    TurnSettings::new(
+        "aria",
+        Processes::new("initial", ["initial", "listening", "closing"]),
+    )
+}
+
+fn address(n: usize) -> Address {
+    Address::new(format!("+1555{n:07}"))
+}
+
+fn inbound(from: &Address, body: &str, sid: Option<&str>, at: DateTime<Utc>) -> Inbound {
+    Inbound {
+        from: from.clone(),
+        body: body.to_owned(),
+        external_id: sid.map(str::to_owned),
+        received_at: at,
+    }
+}
+
+async fn open(harness: &dyn Harness) -> Arc<dyn Store> {
+    harness.open().await.expect("open store")
+}
+
+async fn start(store: &dyn Store, message: &Inbound, now: DateTime<Utc>) -> Box<TurnContext> {
+    match store
+        .begin_turn(message, &settings(), now)
+        .await
+        .expect("begin")
+    {
+        BeginOutcome::Started(turn) => turn,
+        other => panic!("expected a started turn, got {other:?}"),
+    }
+}
+
+fn reply(text: &str, at: DateTime<Utc>) -> Memory {
+    Memory::new(Role::Assistant, text, at)
+}
+
+/// Commits `commit`, expecting no next turn.
+async fn commit(store: &dyn Store, commit: &TurnCommit, now: DateTime<Utc>) {
+    let outcome = store
+        .commit_turn(commit, &settings(), now)
+        .await
+        .expect("commit");
+    assert!(outcome.next.is_none(), "nothing was queued");
+}
+
+/// One full turn with one reply and the given changes.
+async fn turn(
+    store: &dyn Store,
+    from: &Address,
+    body: &str,
+    at: DateTime<Utc>,
+    changes: Changes,
+) -> Box<TurnContext> {
+    let context = start(store, &inbound(from, body, None, at), at).await;
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies.push(reply(&format!("re: {body}"), at));
+    outcome.changes = changes;
+    commit(store, &outcome, at).await;
+    context
+}
+
+fn set(key: &str, value: serde_json::Value) -> MemoryChange {
+    MemoryChange::Set {
+        key: key.to_owned(),
+        value,
+    }
+}
+
+fn bodies(history: &[Memory]) -> Vec<String> {
+    history
+        .iter()
+        .map(|memory| memory.content.clone())
+        .collect()
+}
+
+/// A first message creates the session as the seed does and starts its turn.
+pub async fn first_message_creates_session_with_seed_defaults(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let context = start(&*store, &inbound(&from, "hello", Some("SM1"), t0()), t0()).await;
+    assert!(context.new_session);
+    assert!(!context.session_reset && !context.resumed);
+    assert_eq!(context.session.address, from);
+    assert_eq!(context.session.persona, "aria");
+    assert_eq!(context.session.session_number(), 1);
+    assert_eq!(context.session.last_session_started_at(), Some(t0()));
+    assert_eq!(context.session.first_contact_at, t0());
+    assert_eq!(context.session.total_messages, 1);
+    assert_eq!(context.process, ProcessState::new("initial", json!({})));
+    assert_eq!(context.corrected_from, None);
+    assert!(context.soul_memories.is_empty() && context.process_memories.is_empty());
+    assert!(context.snapshot.is_none());
+    assert_eq!(context.inbound.body, "hello");
+    assert_eq!(context.inbound.external_id.as_deref(), Some("SM1"));
+    assert_eq!(bodies(&context.history), ["hello"]);
+    let first = context.history.first().expect("one message");
+    assert_eq!(
+        (
+            first.role,
+            first.region.as_ref(),
+            first.timestamp,
+            first.id.0
+        ),
+        (Role::User, None, t0(), context.inbound.id),
+    );
+    assert!(context.lease.expires_at > t0());
+
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies.push(reply("hi there", t0()));
+    commit(&*store, &outcome, t0()).await;
+    let session = store
+        .session(&from)
+        .await
+        .expect("session")
+        .expect("exists");
+    assert_eq!(session.total_messages, 2);
+    assert_eq!(session.id, context.session.id);
+    let later = start(
+        &*store,
+        &inbound(&from, "again", None, t0() + minutes(1)),
+        t0() + minutes(1),
+    )
+    .await;
+    assert!(!later.new_session);
+    assert!(later.version() > context.version());
+    assert_eq!(bodies(&later.history), ["hello", "hi there", "again"]);
+}
+
+/// Reading what is not there answers "nothing", never an error.
+pub async fn no_row_is_not_an_error(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let nobody = address(404);
+    assert!(store.session(&nobody).await.expect("session").is_none());
+    assert!(
+        store
+            .history(&nobody, None, 20)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(store.export_user(&nobody).await.expect("export").is_none());
+    assert!(!store.erase_user(&nobody).await.expect("erase"));
+    assert!(
+        !store
+            .set_opt_out(&nobody, true, t0())
+            .await
+            .expect("opt out")
+    );
+    assert_eq!(
+        store
+            .delete_messages_older_than(Some(&nobody), 1, t0())
+            .await
+            .expect("delete"),
+        0
+    );
+    assert!(
+        store
+            .stalled_sessions(t0(), 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+    assert!(
+        store
+            .pending_deliveries(t0(), 10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_due_events(t0(), 10, minutes(1))
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let update = DeliveryUpdate {
+        target: OutboundRef::ProviderId("SMnothing".into()),
+        status: DeliveryStatus::Delivered,
+        provider_id: None,
+        error: None,
+        at: t0(),
+    };
+    assert!(!store.update_delivery(&update).await.expect("delivery"));
+    // Removing a key that does not exist is fine too.
+    let from = address(1);
+    let changes = Changes {
+        soul_memory: vec![MemoryChange::Remove {
+            key: "missing".into(),
+        }],
+        ..Changes::default()
+    };
+    turn(&*store, &from, "hi", t0(), changes).await;
+}
+
+/// Settings no store can honour are refused before anything is stored.
+pub async fn invalid_settings_change_nothing(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let mut broken = settings();
+    broken.lease_for = Duration::zero();
+    let refused = store
+        .begin_turn(&inbound(&from, "a", None, t0()), &broken, t0())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    assert!(!refused.is_err_and(|error| error.is_retryable()));
+    assert!(store.session(&from).await.expect("session").is_none());
+    let context = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies.push(reply("re: a", t0()));
+    let refused = store.commit_turn(&outcome, &broken, t0()).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    commit(&*store, &outcome, t0()).await;
+    assert_eq!(
+        bodies(&store.history(&from, None, 0).await.expect("history")),
+        ["a", "re: a"]
+    );
+}
+
+/// `soul_memories` is unique on (session, key): a later set replaces, the last change in one
+/// commit wins, a removal deletes, and other sessions are untouched.
+pub async fn soul_memory_upserts_on_session_and_key(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let (alice, bob) = (address(1), address(2));
+    let changes = Changes {
+        soul_memory: vec![
+            set("name", json!("Al")),
+            set("name", json!("Alice")),
+            set("mood", json!(3)),
+        ],
+        ..Changes::default()
+    };
+    turn(&*store, &alice, "one", t0(), changes).await;
+    turn(
+        &*store,
+        &bob,
+        "one",
+        t0(),
+        Changes {
+            soul_memory: vec![set("name", json!("Bob"))],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let changes = Changes {
+        soul_memory: vec![
+            set("mood", json!({"level": 4})),
+            MemoryChange::Remove { key: "name".into() },
+            set("pets", json!(["cat"])),
+        ],
+        ..Changes::default()
+    };
+    let second = turn(&*store, &alice, "two", t0() + minutes(1), changes).await;
+    assert_eq!(second.soul_memories.get("name"), Some(&json!("Alice")));
+    assert_eq!(second.soul_memories.get("mood"), Some(&json!(3)));
+    let third = start(
+        &*store,
+        &inbound(&alice, "three", None, t0() + minutes(2)),
+        t0() + minutes(2),
+    )
+    .await;
+    let expected: serde_json::Map<_, _> = [
+        ("mood".to_owned(), json!({"level": 4})),
+        ("pets".to_owned(), json!(["cat"])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(third.soul_memories, expected);
+    let bob_turn = start(
+        &*store,
+        &inbound(&bob, "two", None, t0() + minutes(2)),
+        t0() + minutes(2),
+    )
+    .await;
+    assert_eq!(bob_turn.soul_memories.get("name"), Some(&json!("Bob")));
+    let export = store
+        .export_user(&alice)
+        .await
+        .expect("export")
+        .expect("exists");
+    assert_eq!(export["soul_memories"].as_array().map(Vec::len), Some(2));
+}
+
+/// `process_memories` is unique on (session, process, key); a turn loads only its process's.
+pub async fn process_memory_upserts_on_session_process_and_key(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let memory = |process: &str, key: &str, value| ProcessMemoryChange {
+        process: process.into(),
+        change: set(key, value),
+    };
+    let changes = Changes {
+        process_memory: vec![
+            memory("initial", "topic", json!("sleep")),
+            memory("listening", "topic", json!("work")),
+            memory("initial", "topic", json!("dreams")),
+        ],
+        ..Changes::default()
+    };
+    turn(&*store, &from, "one", t0(), changes).await;
+    let changes = Changes {
+        process_memory: vec![memory("initial", "turns", json!(2))],
+        process_state: Some(ProcessState {
+            invocation_count: 3,
+            previous: Some("initial".into()),
+            ..ProcessState::new("listening", json!({"depth": 1}))
+        }),
+        ..Changes::default()
+    };
+    let second = turn(&*store, &from, "two", t0() + minutes(1), changes).await;
+    assert_eq!(second.process.name, "initial");
+    assert_eq!(second.process_memories.get("topic"), Some(&json!("dreams")));
+    assert_eq!(second.process_memories.len(), 1);
+    let third = start(
+        &*store,
+        &inbound(&from, "three", None, t0() + minutes(2)),
+        t0() + minutes(2),
+    )
+    .await;
+    let stored = ProcessState {
+        invocation_count: 3,
+        previous: Some("initial".into()),
+        ..ProcessState::new("listening", json!({"depth": 1}))
+    };
+    assert_eq!(third.process, stored);
+    let expected: serde_json::Map<_, _> =
+        [("topic".to_owned(), json!("work"))].into_iter().collect();
+    assert_eq!(third.process_memories, expected);
+    let mut outcome = TurnCommit::new(&third);
+    outcome.changes.process_memory = vec![ProcessMemoryChange {
+        process: "listening".into(),
+        change: MemoryChange::Remove {
+            key: "topic".into(),
+        },
+    }];
+    commit(&*store, &outcome, t0() + minutes(2)).await;
+    let export = store
+        .export_user(&from)
+        .await
+        .expect("export")
+        .expect("exists");
+    let rows = export["process_memories"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let keys: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| (row["process"].to_string(), row["key"].to_string()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("\"initial\"".to_owned(), "\"topic\"".to_owned()),
+            ("\"initial\"".to_owned(), "\"turns\"".to_owned())
+        ]
+    );
+}
+
+/// History: the latest `limit` messages, oldest first, optionally of one region.
+pub async fn history_is_latest_first_limited_and_regioned(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let summary = Region::summary();
+    for i in 0..12 {
+        let at = t0() + minutes(i);
+        let changes = if i % 4 == 3 {
+            Changes {
+                memories: vec![
+                    Memory::new(Role::System, format!("summary {i}"), at)
+                        .in_region(summary.clone()),
+                ],
+                ..Changes::default()
+            }
+        } else {
+            Changes::default()
+        };
+        turn(&*store, &from, &format!("m{i}"), at, changes).await;
+    }
+    // 12 user messages, 12 replies, 3 summaries = 27, in commit order.
+    let all = store.history(&from, None, 0).await.expect("history");
+    assert_eq!(all.len(), 27);
+    assert_eq!(bodies(&all[..5]), ["m0", "re: m0", "m1", "re: m1", "m2"]);
+    assert_eq!(bodies(&all[6..9]), ["m3", "summary 3", "re: m3"]);
+    let latest = store.history(&from, None, 4).await.expect("history");
+    assert_eq!(bodies(&latest), ["re: m10", "m11", "summary 11", "re: m11"]);
+    let summaries = store
+        .history(&from, Some("summary"), 0)
+        .await
+        .expect("history");
+    assert_eq!(bodies(&summaries), ["summary 3", "summary 7", "summary 11"]);
+    assert!(
+        summaries
+            .iter()
+            .all(|m| m.region.as_ref() == Some(&summary) && m.role == Role::System)
+    );
+    let conversation = store
+        .history(&from, Some("default"), 3)
+        .await
+        .expect("history");
+    assert_eq!(bodies(&conversation), ["re: m10", "m11", "re: m11"]);
+    assert!(conversation.iter().all(|m| m.region.is_none()));
+
+    // The turn's own history follows the settings (the seed's default: 20 of every region).
+    let at = t0() + minutes(30);
+    let context = start(&*store, &inbound(&from, "m12", None, at), at).await;
+    assert_eq!(context.history.len(), 20);
+    assert_eq!(
+        context.history.last().map(|m| m.content.as_str()),
+        Some("m12")
+    );
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies.push(reply("re: m12", at));
+    commit(&*store, &outcome, at).await;
+    let mut only_summaries = settings();
+    only_summaries.history_region = Some("summary".into());
+    only_summaries.history_limit = 2;
+    let at = t0() + minutes(31);
+    let outcome = store
+        .begin_turn(&inbound(&from, "m13", None, at), &only_summaries, at)
+        .await
+        .expect("begin");
+    let BeginOutcome::Started(context) = outcome else {
+        panic!("expected a started turn")
+    };
+    assert_eq!(bodies(&context.history), ["summary 7", "summary 11"]);
+}
+
+/// The seed's timeout: a user message an hour or more after the previous one starts a new
+/// session number and clears process memories, process state and snapshot; soul memories stay.
+pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let snapshot =
+        soul_engine::WorkingMemory::new("aria").with_memory(Memory::new(Role::User, "hello", t0()));
+    let changes = Changes {
+        soul_memory: vec![set("name", json!("Sam"))],
+        process_memory: vec![ProcessMemoryChange {
+            process: "listening".into(),
+            change: set("topic", json!("x")),
+        }],
+        process_state: Some(ProcessState::new("listening", json!({}))),
+        snapshot: Some(snapshot),
+        ..Changes::default()
+    };
+    turn(&*store, &from, "one", t0(), changes).await;
+
+    let within = t0() + minutes(59);
+    let second = turn(&*store, &from, "two", within, Changes::default()).await;
+    assert!(!second.session_reset);
+    assert_eq!(second.session.session_number(), 1);
+    assert_eq!(second.process.name, "listening");
+    assert_eq!(second.process_memories.get("topic"), Some(&json!("x")));
+    assert_eq!(
+        second
+            .snapshot
+            .as_ref()
+            .map(soul_engine::WorkingMemory::len),
+        Some(1)
+    );
+
+    // Measured from the last *user* message (59 min), not from the reply.
+    let after = within + minutes(60);
+    let third = start(&*store, &inbound(&from, "three", None, after), after).await;
+    assert!(third.session_reset);
+    assert_eq!(third.session.session_number(), 2);
+    assert_eq!(third.session.last_session_started_at(), Some(after));
+    assert_eq!(third.process, ProcessState::new("initial", json!({})));
+    assert!(third.process_memories.is_empty());
+    assert!(third.snapshot.is_none());
+    assert_eq!(third.soul_memories.get("name"), Some(&json!("Sam")));
+    // The conversation itself is kept.
+    assert_eq!(third.history.len(), 5);
+    let export = store
+        .export_user(&from)
+        .await
+        .expect("export")
+        .expect("exists");
+    assert_eq!(export["process_memories"], json!([]));
+    assert_eq!(export["mental_process_state"], serde_json::Value::Null);
+}
+
+/// A repeated external id is answered as a duplicate and changes nothing.
+pub async fn repeated_external_id_is_a_duplicate(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let message = inbound(&from, "hello", Some("SM1"), t0());
+    let context = start(&*store, &message, t0()).await;
+    let again = store
+        .begin_turn(&message, &settings(), t0())
+        .await
+        .expect("begin");
+    let BeginOutcome::Duplicate { inbound_id } = again else {
+        panic!("expected duplicate: {again:?}")
+    };
+    assert_eq!(inbound_id, context.inbound.id);
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies.push(reply("hi", t0()));
+    commit(&*store, &outcome, t0()).await;
+    let later = store
+        .begin_turn(&message, &settings(), t0() + minutes(5))
+        .await
+        .expect("begin");
+    assert!(matches!(later, BeginOutcome::Duplicate { .. }), "{later:?}");
+    // The same id from another number is another message.
+    let other = inbound(&address(2), "hello", Some("SM1"), t0());
+    start(&*store, &other, t0()).await;
+    let history = store.history(&from, None, 0).await.expect("history");
+    assert_eq!(bodies(&history), ["hello", "hi"]);
+    let session = store
+        .session(&from)
+        .await
+        .expect("session")
+        .expect("exists");
+    assert_eq!(session.total_messages, 2);
+}
+
+/// While a turn runs, later messages queue; the commit starts the next one for the same worker.
+pub async fn busy_session_queues_and_commit_hands_over_next(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let other_worker = open(harness).await;
+    let from = address(1);
+    let first = start(&*store, &inbound(&from, "a", Some("SMa"), t0()), t0()).await;
+    let b = other_worker
+        .begin_turn(
+            &inbound(&from, "b", Some("SMb"), t0() + Duration::seconds(1)),
+            &settings(),
+            t0(),
+        )
+        .await
+        .expect("begin");
+    assert!(matches!(b, BeginOutcome::Queued { .. }), "{b:?}");
+    let c = other_worker
+        .begin_turn(
+            &inbound(&from, "c", Some("SMc"), t0() + Duration::seconds(2)),
+            &settings(),
+            t0(),
+        )
+        .await
+        .expect("begin");
+    assert!(matches!(c, BeginOutcome::Queued { .. }), "{c:?}");
+
+    let mut outcome = TurnCommit::new(&first);
+    outcome.replies.push(reply("re: a", t0()));
+    let committed = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit");
+    assert_eq!(committed.outbound, [outcome.replies[0].id.0]);
+    let second = committed.next.expect("b is next");
+    assert_eq!(second.inbound.body, "b");
+    assert_ne!(second.lease.token, first.lease.token);
+    assert_eq!(bodies(&second.history), ["a", "re: a", "b"]);
+    // The old token is spent.
+    assert!(matches!(
+        store.commit_turn(&outcome, &settings(), t0()).await,
+        Err(StoreError::LeaseLost)
+    ));
+    let mut outcome = TurnCommit::new(&second);
+    outcome.replies.push(reply("re: b", t0()));
+    let third = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit")
+        .next
+        .expect("c");
+    assert_eq!(third.inbound.body, "c");
+    let mut outcome = TurnCommit::new(&third);
+    outcome.replies.push(reply("re: c", t0()));
+    commit(&*store, &outcome, t0()).await;
+    // Released: the next message starts at once.
+    let d = start(
+        &*other_worker,
+        &inbound(&from, "d", None, t0() + minutes(1)),
+        t0() + minutes(1),
+    )
+    .await;
+    assert_eq!(
+        bodies(&d.history),
+        ["a", "re: a", "b", "re: b", "c", "re: c", "d"]
+    );
+}
+
+/// A stored process name that is no longer registered is corrected to the initial process, in
+/// the turn and in the database.
+pub async fn unregistered_process_state_is_corrected(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let mut old = settings();
+    old.processes = Processes::new("initial", ["initial", "retired"]);
+    let context = match store
+        .begin_turn(&inbound(&from, "a", None, t0()), &old, t0())
+        .await
+        .expect("begin")
+    {
+        BeginOutcome::Started(context) => context,
+        other => panic!("{other:?}"),
+    };
+    let mut outcome = TurnCommit::new(&context);
+    outcome.changes.process_state = Some(ProcessState::new("retired", json!({"step": 2})));
+    store
+        .commit_turn(&outcome, &old, t0())
+        .await
+        .expect("commit");
+
+    let at = t0() + minutes(1);
+    let corrected = start(&*store, &inbound(&from, "b", None, at), at).await;
+    assert_eq!(corrected.corrected_from.as_deref(), Some("retired"));
+    assert_eq!(
+        corrected.process,
+        ProcessState::new("initial", json!({"step": 2}))
+    );
+    // Saving an unregistered name stores the initial process instead.
+    let mut outcome = TurnCommit::new(&corrected);
+    outcome.changes.process_state = Some(ProcessState::new("bogus", json!({})));
+    commit(&*store, &outcome, at).await;
+    let at = t0() + minutes(2);
+    let again = start(&*store, &inbound(&from, "c", None, at), at).await;
+    assert_eq!(again.corrected_from, None);
+    assert_eq!(again.process.name, "initial");
+}
+
+/// A crashed worker's lease expires; the next begin (or a sweeper) takes the session over and
+/// re-runs its turn before the queued messages, and the dead worker's commit is refused.
+pub async fn expired_lease_is_taken_over(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let lease = settings().lease_for;
+    let crashed = start(&*store, &inbound(&from, "a", Some("SMa"), t0()), t0()).await;
+    let queued = store
+        .begin_turn(
+            &inbound(&from, "b", Some("SMb"), t0()),
+            &settings(),
+            t0() + Duration::seconds(30),
+        )
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }));
+    // Not yet expired: nothing to take over.
+    assert!(
+        store
+            .stalled_sessions(t0() + lease - Duration::seconds(1), 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+
+    let later = t0() + lease + Duration::seconds(1);
+    let rescued = start(&*store, &inbound(&from, "c", Some("SMc"), later), later).await;
+    assert!(rescued.resumed);
+    assert_eq!(rescued.inbound.body, "a");
+    assert_eq!(rescued.inbound.id, crashed.inbound.id);
+    assert_eq!(
+        bodies(&rescued.history),
+        ["a"],
+        "the re-run does not store the message twice"
+    );
+    let mut stale = TurnCommit::new(&crashed);
+    stale.replies.push(reply("late", later));
+    assert!(matches!(
+        store.commit_turn(&stale, &settings(), later).await,
+        Err(StoreError::LeaseLost)
+    ));
+
+    let mut outcome = TurnCommit::new(&rescued);
+    outcome.replies.push(reply("re: a", later));
+    let b = store
+        .commit_turn(&outcome, &settings(), later)
+        .await
+        .expect("commit")
+        .next
+        .expect("b");
+    assert_eq!(b.inbound.body, "b");
+    let mut outcome = TurnCommit::new(&b);
+    outcome.replies.push(reply("re: b", later));
+    let c = store
+        .commit_turn(&outcome, &settings(), later)
+        .await
+        .expect("commit")
+        .next
+        .expect("c");
+    assert_eq!(c.inbound.body, "c");
+    let mut outcome = TurnCommit::new(&c);
+    outcome.replies.push(reply("re: c", later));
+    commit(&*store, &outcome, later).await;
+    let history = store.history(&from, None, 0).await.expect("history");
+    assert_eq!(bodies(&history), ["a", "re: a", "b", "re: b", "c", "re: c"]);
+
+    // With no new message, a sweeper finds the session and resumes it.
+    let quiet = address(2);
+    let dead = start(&*store, &inbound(&quiet, "x", None, t0()), t0()).await;
+    assert!(
+        store
+            .resume_turn(dead.session.id, &settings(), t0())
+            .await
+            .expect("resume")
+            .is_none()
+    );
+    let stalled = store.stalled_sessions(later, 10).await.expect("stalled");
+    assert_eq!(stalled, [dead.session.id]);
+    let resumed = store
+        .resume_turn(dead.session.id, &settings(), later)
+        .await
+        .expect("resume")
+        .expect("turn");
+    assert!(resumed.resumed);
+    assert_eq!(resumed.inbound.body, "x");
+    assert!(
+        store
+            .stalled_sessions(later, 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+    commit(&*store, &TurnCommit::new(&resumed), later).await;
+    assert!(
+        store
+            .resume_turn(dead.session.id, &settings(), later)
+            .await
+            .expect("resume")
+            .is_none()
+    );
+}
+
+/// A renewed lease keeps a long turn from being taken over; a lost one cannot be renewed.
+pub async fn renewed_lease_is_not_taken_over(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let lease_for = settings().lease_for;
+    let long = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
+    let halfway = t0() + lease_for / 2;
+    let renewed = store
+        .renew_lease(long.session.id, long.lease, lease_for, halfway)
+        .await
+        .expect("renew");
+    assert_eq!(renewed.token, long.lease.token);
+    assert_eq!(renewed.expires_at, halfway + lease_for);
+    // Past the first expiry, within the renewed one: the next message queues.
+    let later = t0() + lease_for + Duration::seconds(1);
+    let queued = store
+        .begin_turn(&inbound(&from, "b", None, later), &settings(), later)
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+    assert!(
+        store
+            .stalled_sessions(later, 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+    // Once it expires, it is taken over and can no longer be renewed.
+    let expired = halfway + lease_for + Duration::seconds(1);
+    let rescued = store
+        .resume_turn(long.session.id, &settings(), expired)
+        .await
+        .expect("resume")
+        .expect("taken over");
+    assert!(rescued.resumed);
+    let refused = store
+        .renew_lease(long.session.id, long.lease, lease_for, expired)
+        .await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+}
+
+/// Subprocess changes apply while the session version is the turn's, and are refused once a
+/// newer turn has begun.
+pub async fn subprocess_commit_is_refused_after_newer_turn(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let first = turn(&*store, &from, "a", t0(), Changes::default()).await;
+    let summary = Changes {
+        soul_memory: vec![set("summary", json!("talked about a"))],
+        ..Changes::default()
+    };
+    let subprocess = SubprocessCommit {
+        session_id: first.session.id,
+        version: first.version(),
+        changes: summary,
+    };
+    let applied = store
+        .commit_subprocess(&subprocess, &settings(), t0())
+        .await
+        .expect("subprocess");
+    assert_eq!(applied, SubprocessOutcome::Applied);
+    let second = start(
+        &*store,
+        &inbound(&from, "b", None, t0() + minutes(1)),
+        t0() + minutes(1),
+    )
+    .await;
+    assert_eq!(
+        second.soul_memories.get("summary"),
+        Some(&json!("talked about a"))
+    );
+    let late = SubprocessCommit {
+        changes: Changes {
+            soul_memory: vec![set("summary", json!("stale"))],
+            ..Changes::default()
+        },
+        ..subprocess
+    };
+    let refused = store
+        .commit_subprocess(&late, &settings(), t0() + minutes(1))
+        .await
+        .expect("subprocess");
+    assert_eq!(refused, SubprocessOutcome::Stale);
+    let mut outcome = TurnCommit::new(&second);
+    outcome.changes.soul_memory.push(set("other", json!(1)));
+    commit(&*store, &outcome, t0() + minutes(1)).await;
+    let third = start(
+        &*store,
+        &inbound(&from, "c", None, t0() + minutes(2)),
+        t0() + minutes(2),
+    )
+    .await;
+    assert_eq!(
+        third.soul_memories.get("summary"),
+        Some(&json!("talked about a"))
+    );
+}
+
+/// Replies become outbound messages pending delivery; statuses only move forward.
+pub async fn delivery_status_only_moves_forward(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let context = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies = vec![reply("one", t0()), reply("two", t0())];
+    let committed = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit");
+    assert_eq!(committed.outbound.len(), 2);
+    let pending = store.pending_deliveries(t0(), 10).await.expect("pending");
+    assert_eq!(
+        pending.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert!(
+        pending
+            .iter()
+            .all(|m| m.status == DeliveryStatus::Pending && m.address == from)
+    );
+    assert!(
+        store
+            .pending_deliveries(t0() - minutes(1), 10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+
+    let id = committed.outbound[0];
+    let update = |target, status, provider_id: Option<&str>| DeliveryUpdate {
+        target,
+        status,
+        provider_id: provider_id.map(str::to_owned),
+        error: None,
+        at: t0(),
+    };
+    let accepted = update(
+        OutboundRef::Id(id),
+        DeliveryStatus::Accepted,
+        Some("SMout1"),
+    );
+    assert!(store.update_delivery(&accepted).await.expect("update"));
+    assert!(
+        !store.update_delivery(&accepted).await.expect("update"),
+        "repeat is a no-op"
+    );
+    let back = update(OutboundRef::Id(id), DeliveryStatus::Pending, None);
+    assert!(!store.update_delivery(&back).await.expect("update"));
+    let by_sid = OutboundRef::ProviderId("SMout1".into());
+    assert!(
+        store
+            .update_delivery(&update(by_sid.clone(), DeliveryStatus::Delivered, None))
+            .await
+            .expect("update")
+    );
+    assert!(
+        !store
+            .update_delivery(&update(by_sid.clone(), DeliveryStatus::Sent, None))
+            .await
+            .expect("update")
+    );
+    assert!(
+        !store
+            .update_delivery(&update(by_sid, DeliveryStatus::Failed, None))
+            .await
+            .expect("update")
+    );
+    let pending = store.pending_deliveries(t0(), 10).await.expect("pending");
+    assert_eq!(
+        pending.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["two"]
+    );
+    let export = store
+        .export_user(&from)
+        .await
+        .expect("export")
+        .expect("exists");
+    assert_eq!(export["outbound_messages"][0]["status"], json!("delivered"));
+    assert_eq!(
+        export["outbound_messages"][0]["provider_id"],
+        json!("SMout1")
+    );
+}
+
+/// The opt-out flag is set and cleared.
+pub async fn opt_out_is_recorded(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    turn(&*store, &from, "a", t0(), Changes::default()).await;
+    assert!(store.set_opt_out(&from, true, t0()).await.expect("opt out"));
+    assert!(
+        store
+            .session(&from)
+            .await
+            .expect("session")
+            .expect("exists")
+            .opted_out
+    );
+    let context = start(
+        &*store,
+        &inbound(&from, "b", None, t0() + minutes(1)),
+        t0() + minutes(1),
+    )
+    .await;
+    assert!(context.session.opted_out);
+    commit(&*store, &TurnCommit::new(&context), t0() + minutes(1)).await;
+    assert!(store.set_opt_out(&from, false, t0()).await.expect("opt in"));
+    assert!(
+        !store
+            .session(&from)
+            .await
+            .expect("session")
+            .expect("exists")
+            .opted_out
+    );
+}
+
+/// Scheduled events become due, are claimed for a while, and are completed.
+pub async fn due_events_are_claimed_and_completed(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let event = |key: &str, due_at| NewEvent {
+        key: key.into(),
+        kind: "check_in".into(),
+        payload: json!({"key": key}),
+        due_at,
+    };
+    let changes = Changes {
+        schedule: vec![
+            event("morning", t0() + minutes(60)),
+            event("evening", t0() + minutes(120)),
+            event("never", t0()),
+        ],
+        cancel_events: vec!["never".into()],
+        ..Changes::default()
+    };
+    // Cancelling in the same change set as scheduling: the cancel comes after.
+    turn(&*store, &from, "a", t0(), changes).await;
+    assert!(
+        store
+            .claim_due_events(t0() + minutes(59), 10, minutes(5))
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let at = t0() + minutes(61);
+    let due = store
+        .claim_due_events(at, 10, minutes(5))
+        .await
+        .expect("due");
+    assert_eq!(
+        due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["morning"]
+    );
+    let morning = &due[0];
+    assert_eq!(
+        (morning.address.clone(), morning.kind.as_str()),
+        (from.clone(), "check_in")
+    );
+    assert_eq!(morning.payload, json!({"key": "morning"}));
+    assert!(
+        store
+            .claim_due_events(at, 10, minutes(5))
+            .await
+            .expect("due")
+            .is_empty(),
+        "claimed"
+    );
+    let reclaimed = store
+        .claim_due_events(at + minutes(5), 10, minutes(5))
+        .await
+        .expect("due");
+    assert_eq!(
+        reclaimed.len(),
+        1,
+        "an unfinished claim is handed out again"
+    );
+    assert!(store.complete_event(morning).await.expect("complete"));
+    assert!(!store.complete_event(morning).await.expect("complete"));
+    let at = t0() + minutes(200);
+    let evening = store
+        .claim_due_events(at, 10, minutes(5))
+        .await
+        .expect("due");
+    assert_eq!(evening.len(), 1);
+    // Rescheduled by a turn meanwhile: completing the old occurrence leaves the new one.
+    let context = start(&*store, &inbound(&from, "b", None, at), at).await;
+    let mut outcome = TurnCommit::new(&context);
+    outcome
+        .changes
+        .schedule
+        .push(event("evening", at + minutes(60)));
+    commit(&*store, &outcome, at).await;
+    assert!(!store.complete_event(&evening[0]).await.expect("complete"));
+    let next = store
+        .claim_due_events(at + minutes(61), 10, minutes(5))
+        .await
+        .expect("due");
+    assert_eq!(
+        next.iter().map(|e| e.due_at).collect::<Vec<_>>(),
+        [at + minutes(60)]
+    );
+}
+
+/// Messages older than N days are deleted and counted, per person or for everyone.
+pub async fn old_messages_are_deleted(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let (alice, bob) = (address(1), address(2));
+    for day in 0..4 {
+        let at = t0() + Duration::days(day);
+        turn(&*store, &alice, &format!("a{day}"), at, Changes::default()).await;
+        turn(&*store, &bob, &format!("b{day}"), at, Changes::default()).await;
+    }
+    let now = t0() + Duration::days(4);
+    // Older than 2 days: days 0 and 1, two messages each.
+    assert_eq!(
+        store
+            .delete_messages_older_than(Some(&alice), 2, now)
+            .await
+            .expect("delete"),
+        4
+    );
+    assert_eq!(
+        bodies(&store.history(&alice, None, 0).await.expect("history")),
+        ["a2", "re: a2", "a3", "re: a3"]
+    );
+    assert_eq!(
+        store.history(&bob, None, 0).await.expect("history").len(),
+        8
+    );
+    assert_eq!(
+        store
+            .delete_messages_older_than(None, 1, now)
+            .await
+            .expect("delete"),
+        2 + 6
+    );
+    assert_eq!(
+        store
+            .delete_messages_older_than(None, 1, now)
+            .await
+            .expect("delete"),
+        0
+    );
+}
+
+/// One user's data exports as JSON and erases completely, leaving others alone.
+pub async fn export_and_erase_one_user(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let (alice, bob) = (address(1), address(2));
+    let changes = Changes {
+        soul_memory: vec![set("name", json!("Alice"))],
+        process_memory: vec![ProcessMemoryChange {
+            process: "initial".into(),
+            change: set("k", json!(1)),
+        }],
+        process_state: Some(ProcessState::new("listening", json!({"p": 1}))),
+        snapshot: Some(soul_engine::WorkingMemory::new("aria")),
+        schedule: vec![NewEvent {
+            key: "k".into(),
+            kind: "check_in".into(),
+            payload: json!({}),
+            due_at: t0(),
+        }],
+        ..Changes::default()
+    };
+    turn(&*store, &alice, "secret", t0(), changes).await;
+    turn(&*store, &bob, "other", t0(), Changes::default()).await;
+    let export = store
+        .export_user(&alice)
+        .await
+        .expect("export")
+        .expect("exists");
+    assert_eq!(export["session"]["address"], json!(alice.as_str()));
+    assert_eq!(export["session"]["total_messages"], json!(2));
+    let contents: Vec<&str> = export["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["secret", "re: secret"]);
+    assert_eq!(export["soul_memories"][0]["key"], json!("name"));
+    assert_eq!(export["soul_memories"][0]["value"], json!("Alice"));
+    assert_eq!(export["process_memories"][0]["value"], json!(1));
+    assert_eq!(export["mental_process_state"]["name"], json!("listening"));
+    assert_eq!(
+        export["working_memory_snapshots"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(export["inbound_messages"][0]["body"], json!("secret"));
+    assert_eq!(export["outbound_messages"][0]["body"], json!("re: secret"));
+    assert_eq!(export["scheduled_events"][0]["kind"], json!("check_in"));
+    assert!(
+        !export.to_string().contains("other"),
+        "nothing of another user"
+    );
+
+    assert!(store.erase_user(&alice).await.expect("erase"));
+    assert!(store.session(&alice).await.expect("session").is_none());
+    assert!(store.export_user(&alice).await.expect("export").is_none());
+    assert!(
+        store
+            .history(&alice, None, 0)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(
+        store
+            .pending_deliveries(t0(), 10)
+            .await
+            .expect("pending")
+            .iter()
+            .all(|m| m.address == bob)
+    );
+    assert!(
+        store
+            .claim_due_events(t0(), 10, minutes(1))
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(
+        store.history(&bob, None, 0).await.expect("history").len(),
+        2
+    );
+    // A new message from the erased number is a first contact again.
+    let again = start(
+        &*store,
+        &inbound(&alice, "hi", None, t0() + minutes(1)),
+        t0() + minutes(1),
+    )
+    .await;
+    assert!(again.new_session);
+    assert!(again.soul_memories.is_empty());
+}
+
+/// Two first messages from one number at once: one session, one turn, one queued message.
+pub async fn concurrent_first_messages_make_one_session(harness: &dyn Harness) {
+    let (one, two) = (open(harness).await, open(harness).await);
+    let from = address(1);
+    let (a, b) = (
+        inbound(&from, "a", Some("SMa"), t0()),
+        inbound(&from, "b", Some("SMb"), t0()),
+    );
+    let settings = settings();
+    let (x, y) = tokio::join!(
+        one.begin_turn(&a, &settings, t0()),
+        two.begin_turn(&b, &settings, t0())
+    );
+    let outcomes = [x.expect("begin"), y.expect("begin")];
+    let started: Vec<&TurnContext> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            BeginOutcome::Started(turn) => Some(&**turn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{outcomes:?}");
+    assert!(started[0].new_session);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, BeginOutcome::Queued { .. }))
+            .count(),
+        1
+    );
+    let next = one
+        .commit_turn(&TurnCommit::new(started[0]), &settings, t0())
+        .await
+        .expect("commit");
+    let next = next.next.expect("the queued one");
+    assert!(!next.new_session);
+    assert_eq!(next.session.id, started[0].session.id);
+}
+
+/// 50 senders × 20 messages, three workers (stores) on one database: every message is answered
+/// exactly once and each conversation is strictly message, reply, message, reply... in the
+/// order the messages were accepted.
+pub async fn many_senders_many_workers_exactly_once_in_order(harness: &dyn Harness) {
+    const SENDERS: usize = 50;
+    const MESSAGES: usize = 20;
+    let workers = [
+        open(harness).await,
+        open(harness).await,
+        open(harness).await,
+    ];
+    let settings = Arc::new(settings());
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let workers = workers.clone();
+        let settings = Arc::clone(&settings);
+        senders.spawn(async move {
+            let from = address(sender);
+            let mut runs = tokio::task::JoinSet::new();
+            for n in 0..MESSAGES {
+                // Messages of one sender reach different workers, as webhooks do.
+                let store = Arc::clone(&workers[(sender + n) % workers.len()]);
+                let at = t0() + Duration::milliseconds(i64::try_from(n).unwrap_or(0));
+                let message = inbound(
+                    &from,
+                    &format!("{sender}:{n}"),
+                    Some(&format!("SM{sender}-{n}")),
+                    at,
+                );
+                match store
+                    .begin_turn(&message, &settings, at)
+                    .await
+                    .expect("begin")
+                {
+                    BeginOutcome::Started(turn) => {
+                        let settings = Arc::clone(&settings);
+                        runs.spawn(run_turns(store, turn, settings));
+                    }
+                    BeginOutcome::Queued { .. } => {}
+                    BeginOutcome::Duplicate { .. } => panic!("no duplicates were sent"),
+                }
+                tokio::task::yield_now().await;
+            }
+            let mut ran = Vec::new();
+            while let Some(done) = runs.join_next().await {
+                ran.extend(done.expect("turn task"));
+            }
+            ran
+        });
+    }
+    let mut turns_run: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(done) = senders.join_next().await {
+        for body in done.expect("sender task") {
+            *turns_run.entry(body).or_default() += 1;
+        }
+    }
+    assert_eq!(turns_run.len(), SENDERS * MESSAGES, "every message ran");
+    assert!(turns_run.values().all(|&n| n == 1), "no message ran twice");
+    for sender in 0..SENDERS {
+        let history = workers[0]
+            .history(&address(sender), None, 0)
+            .await
+            .expect("history");
+        let expected: Vec<String> = (0..MESSAGES)
+            .flat_map(|n| [format!("{sender}:{n}"), format!("re: {sender}:{n}")])
+            .collect();
+        assert_eq!(bodies(&history), expected);
+        let session = workers[0]
+            .session(&address(sender))
+            .await
+            .expect("session")
+            .expect("exists");
+        assert_eq!(
+            session.total_messages,
+            i64::try_from(2 * MESSAGES).unwrap_or(0)
+        );
+    }
+    assert!(
+        workers[0]
+            .stalled_sessions(t0() + minutes(10), 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+}
+
+/// A worker's loop: run the turn (a reply naming the message), commit, and continue with the
+/// next message the commit hands over. Returns the bodies of the messages it ran.
+async fn run_turns(
+    store: Arc<dyn Store>,
+    first: Box<TurnContext>,
+    settings: Arc<TurnSettings>,
+) -> Vec<String> {
+    let mut ran = Vec::new();
+    let mut current = Some(first);
+    while let Some(context) = current {
+        tokio::task::yield_now().await;
+        let body = context.inbound.body.clone();
+        assert_eq!(
+            context.history.last().map(|m| m.content.as_str()),
+            Some(body.as_str())
+        );
+        let mut outcome = TurnCommit::new(&context);
+        outcome
+            .replies
+            .push(reply(&format!("re: {body}"), context.inbound.received_at));
+        ran.push(body);
+        let at = context.inbound.received_at;
+        current = store
+            .commit_turn(&outcome, &settings, at)
+            .await
+            .expect("commit")
+            .next;
+    }
+    ran
+}

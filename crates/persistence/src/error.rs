@@ -1,0 +1,83 @@
+//! The one error type of every store.
+
+/// What went wrong in a store operation.
+///
+/// [`StoreError::is_retryable`] separates the transient (the database is unreachable, busy or
+/// chose this transaction as a deadlock victim: try the same operation again) from the permanent
+/// (retrying the same input fails the same way).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached, timed out, or was busy; nothing was changed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database rejected the operation.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// The turn's lease is no longer this worker's: it expired and another worker took the
+    /// session over. The commit was not applied.
+    #[error("the turn's lease was lost: another worker took the session over")]
+    LeaseLost,
+    /// An argument the store cannot accept.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A stored value or a database answer does not have the expected shape.
+    #[error("unexpected data from the store: {0}")]
+    Corrupt(String),
+    /// Applying the schema failed.
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        /// The migration's version (its file name's timestamp).
+        version: String,
+        /// Why it failed.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_transient(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        StoreError::Corrupt(error.to_string())
+    }
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: serialization failure, deadlock, lock timeout, shutdown, connection
+            // exceptions (class 08), too many connections. SQLite: BUSY and LOCKED (with their
+            // extended codes).
+            matches!(
+                code.as_ref(),
+                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
+            ) || code.starts_with("08")
+                || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "773")
+        }),
+        _ => false,
+    }
+}
+
+/// The result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

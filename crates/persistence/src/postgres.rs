@@ -1,0 +1,360 @@
+//! The PostgreSQL store: each operation is one statement calling one SQL function from
+//! `migrations/`, so a turn's begin and commit are one round trip each.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+use soul_engine::Memory;
+use std::sync::Mutex;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Semaphore;
+
+use crate::types::{
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Inbound, Lease, OutboundMessage,
+    ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit,
+    TurnContext, TurnSettings,
+};
+use crate::{Result, Store, StoreError, StoreFuture, migrations, wire};
+
+/// The store on PostgreSQL (including Supabase's database, through its connection string).
+///
+/// It keeps its own small set of connections rather than a `sqlx` pool: the pool pings every
+/// connection when it is returned, an extra round trip per operation that would also delay the
+/// connection's next use. A connection whose call failed on the wire, or was cancelled, is
+/// dropped instead of reused.
+pub struct PgStore {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    permits: Semaphore,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The options hold the password.
+        f.debug_struct("PgStore")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects with up to `max_connections` connections. Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?, max_connections).await
+    }
+
+    /// Connects with explicit options. One connection is opened now, to fail early on a wrong
+    /// address or password.
+    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let first = PgConnection::connect_with(&options).await?;
+        let max = usize::try_from(max_connections.max(1)).unwrap_or(1);
+        Ok(PgStore {
+            options,
+            idle: Mutex::new(vec![first]),
+            permits: Semaphore::new(max),
+        })
+    }
+
+    /// Applies the migrations the database does not have yet (see [`migrations::apply`]).
+    pub async fn migrate(&self) -> Result<()> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let result = migrations::apply(&mut conn).await;
+        drop(conn.close().await);
+        result
+    }
+
+    fn take_idle(&self) -> Option<PgConnection> {
+        self.idle.lock().map_or(None, |mut idle| idle.pop())
+    }
+
+    fn give_back(&self, conn: PgConnection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+
+    /// Calls one SQL function with one jsonb argument: one statement, one round trip (once the
+    /// connection has prepared it).
+    async fn call(&self, sql: &'static str, request: Value) -> Result<Value> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
+        let mut conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.options).await?,
+        };
+        let answer = sqlx::query_scalar::<_, Option<Value>>(sql)
+            .bind(request)
+            .fetch_one(&mut conn)
+            .await;
+        match answer {
+            Ok(answer) => {
+                self.give_back(conn);
+                Ok(answer.unwrap_or(Value::Null))
+            }
+            // The server answered: the connection is in a known state and stays.
+            Err(sqlx::Error::Database(error)) => {
+                self.give_back(conn);
+                Err(sqlx::Error::Database(error).into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+fn list<T: serde::de::DeserializeOwned>(value: Value) -> Result<Vec<T>> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+fn limit(limit: u32) -> i64 {
+    i64::from(limit)
+}
+
+impl Store for PgStore {
+    fn begin_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        Box::pin(async move {
+            let request = wire::begin_request(inbound, settings, now)?;
+            wire::begin_outcome(
+                self.call("select public.soul_begin_turn($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn commit_turn<'a>(
+        &'a self,
+        commit: &'a TurnCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, CommitOutcome> {
+        Box::pin(async move {
+            let request = wire::commit_request(commit, settings, now)?;
+            let answer = self
+                .call("select public.soul_commit_turn($1)", request)
+                .await?;
+            wire::commit_outcome(answer, commit)
+        })
+    }
+
+    fn commit_subprocess<'a>(
+        &'a self,
+        commit: &'a SubprocessCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, SubprocessOutcome> {
+        Box::pin(async move {
+            let request = wire::subprocess_request(commit, settings, now)?;
+            let answer = self
+                .call("select public.soul_commit_subprocess($1)", request)
+                .await?;
+            wire::subprocess_outcome(&answer)
+        })
+    }
+
+    fn renew_lease(
+        &self,
+        session: SessionId,
+        lease: Lease,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Lease> {
+        Box::pin(async move {
+            let request = json!({
+                "session_id": session,
+                "lease_token": lease.token,
+                "lease_ms": lease_for.num_milliseconds(),
+                "now": now,
+            });
+            wire::renew_outcome(
+                self.call("select public.soul_renew_lease($1)", request)
+                    .await?,
+                lease,
+            )
+        })
+    }
+
+    fn resume_turn<'a>(
+        &'a self,
+        session: SessionId,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
+        Box::pin(async move {
+            let request =
+                json!({ "session_id": session, "now": now, "settings": wire::settings(settings)? });
+            wire::resume_outcome(
+                self.call("select public.soul_resume_turn($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn stalled_sessions(&self, now: DateTime<Utc>, max: u32) -> StoreFuture<'_, Vec<SessionId>> {
+        Box::pin(async move {
+            let request = json!({ "now": now, "limit": limit(max) });
+            list(
+                self.call("select public.soul_stalled_sessions($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    "select public.soul_session($1)",
+                    wire::address_request(address),
+                )
+                .await?;
+            if answer.is_null() {
+                return Ok(None);
+            }
+            Ok(Some(serde_json::from_value(answer)?))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        address: &'a Address,
+        region: Option<&'a str>,
+        max: u32,
+    ) -> StoreFuture<'a, Vec<Memory>> {
+        Box::pin(async move {
+            let request =
+                json!({ "address": address.as_str(), "region": region, "limit": limit(max) });
+            list(self.call("select public.soul_history($1)", request).await?)
+        })
+    }
+
+    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let request = wire::delivery_request(update);
+            let answer = self
+                .call("select public.soul_update_delivery($1)", request)
+                .await?;
+            wire::flag(&answer, "applied")
+        })
+    }
+
+    fn pending_deliveries(
+        &self,
+        older_than: DateTime<Utc>,
+        max: u32,
+    ) -> StoreFuture<'_, Vec<OutboundMessage>> {
+        Box::pin(async move {
+            let request = json!({ "older_than": older_than, "limit": limit(max) });
+            list(
+                self.call("select public.soul_pending_deliveries($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn set_opt_out<'a>(
+        &'a self,
+        address: &'a Address,
+        opted_out: bool,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let request =
+                json!({ "address": address.as_str(), "opted_out": opted_out, "now": now });
+            let answer = self
+                .call("select public.soul_set_opt_out($1)", request)
+                .await?;
+            wire::flag(&answer, "found")
+        })
+    }
+
+    fn claim_due_events(
+        &self,
+        now: DateTime<Utc>,
+        max: u32,
+        claim_for: Duration,
+    ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
+        Box::pin(async move {
+            let request = json!({
+                "now": now,
+                "limit": limit(max),
+                "claim_ms": claim_for.num_milliseconds(),
+            });
+            list(
+                self.call("select public.soul_claim_due_events($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let request = json!({ "id": event.id, "due_at": event.due_at });
+            let answer = self
+                .call("select public.soul_complete_event($1)", request)
+                .await?;
+            wire::flag(&answer, "found")
+        })
+    }
+
+    fn delete_messages_older_than<'a>(
+        &'a self,
+        address: Option<&'a Address>,
+        days: u32,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let request = json!({
+                "address": address.map(Address::as_str),
+                "before": now - Duration::days(i64::from(days)),
+            });
+            let answer = self
+                .call("select public.soul_delete_old_messages($1)", request)
+                .await?;
+            answer
+                .get("deleted")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| StoreError::Corrupt("answer without `deleted`".to_owned()))
+        })
+    }
+
+    fn export_user<'a>(
+        &'a self,
+        address: &'a Address,
+    ) -> StoreFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    "select public.soul_export_user($1)",
+                    wire::address_request(address),
+                )
+                .await?;
+            Ok((!answer.is_null()).then_some(answer))
+        })
+    }
+
+    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    "select public.soul_erase_user($1)",
+                    wire::address_request(address),
+                )
+                .await?;
+            wire::flag(&answer, "found")
+        })
+    }
+}

@@ -1,0 +1,116 @@
+-- The SQLite form of migrations/ (same tables, keys and cascades; text for uuids, timestamps
+-- and JSON). Timestamps are UTC RFC 3339 with six fractional digits, so text order is time order.
+create table user_sessions (
+  id text primary key,
+  phone_number text not null unique,
+  assigned_persona text not null,
+  first_contact_at text not null,
+  last_active_at text not null,
+  total_messages integer not null default 0,
+  metadata text not null default '{}',
+  version integer not null default 0,
+  lease_token text,
+  lease_expires_at text,
+  lease_inbound_id text,
+  opted_out_at text
+);
+
+create table messages (
+  seq integer primary key autoincrement,
+  id text not null unique,
+  session_id text not null references user_sessions (id) on delete cascade,
+  message_sid text,
+  role text not null check (role in ('system', 'user', 'assistant')),
+  content text not null,
+  region text not null default 'default',
+  name text,
+  metadata text not null default '{}',
+  created_at text not null
+);
+
+create index idx_messages_session on messages (session_id, seq);
+create index idx_messages_session_region on messages (session_id, region, seq);
+create index idx_messages_session_role_created on messages (session_id, role, created_at);
+create index idx_messages_created on messages (created_at);
+
+create table soul_memories (
+  session_id text not null references user_sessions (id) on delete cascade,
+  key text not null,
+  value text not null,
+  updated_at text not null,
+  primary key (session_id, key)
+);
+
+create table process_memories (
+  session_id text not null references user_sessions (id) on delete cascade,
+  process_name text not null,
+  key text not null,
+  value text not null,
+  updated_at text not null,
+  primary key (session_id, process_name, key)
+);
+
+create table mental_process_state (
+  session_id text primary key references user_sessions (id) on delete cascade,
+  process_name text not null,
+  params text not null default '{}',
+  invocation_count integer not null default 0,
+  previous_process text,
+  updated_at text not null
+);
+
+create table working_memory_snapshots (
+  seq integer primary key autoincrement,
+  session_id text not null references user_sessions (id) on delete cascade,
+  snapshot text not null,
+  created_at text not null
+);
+
+create index idx_working_memory_snapshots_session on working_memory_snapshots (session_id, seq);
+
+create table inbound_messages (
+  seq integer primary key autoincrement,
+  id text not null unique,
+  session_id text not null references user_sessions (id) on delete cascade,
+  external_id text,
+  body text not null,
+  received_at text not null,
+  status text not null default 'queued' check (status in ('queued', 'started', 'done')),
+  started_at text,
+  finished_at text,
+  unique (session_id, external_id)
+);
+
+create index idx_inbound_messages_pending on inbound_messages (session_id, seq)
+  where status <> 'done';
+
+create table outbound_messages (
+  seq integer primary key autoincrement,
+  id text not null unique,
+  session_id text not null references user_sessions (id) on delete cascade,
+  body text not null,
+  status text not null default 'pending',
+  provider_id text unique,
+  error text,
+  created_at text not null,
+  updated_at text not null
+);
+
+create index idx_outbound_messages_pending on outbound_messages (created_at)
+  where status = 'pending';
+
+create table scheduled_events (
+  id text primary key,
+  session_id text not null references user_sessions (id) on delete cascade,
+  key text not null,
+  kind text not null,
+  payload text not null default '{}',
+  due_at text not null,
+  claimed_until text,
+  created_at text not null,
+  unique (session_id, key)
+);
+
+create index idx_scheduled_events_due on scheduled_events (due_at);
+
+pragma user_version = 1;

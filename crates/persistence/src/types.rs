@@ -1,0 +1,679 @@
+//! The values that cross the store boundary.
+//!
+//! `Debug` never prints a phone number or a message body: they identify and describe a person.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use soul_engine::{Memory, WorkingMemory};
+use uuid::Uuid;
+
+/// A channel address: for SMS, the person's phone number (E.164).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Address(String);
+
+impl Address {
+    /// Wraps an address.
+    pub fn new(address: impl Into<String>) -> Self {
+        Address(address.into())
+    }
+
+    /// The address itself. Never log it at info level or above.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Address(<redacted>)")
+    }
+}
+
+/// A session's identity (`user_sessions.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub Uuid);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An inbound message as the channel delivered it.
+#[derive(Clone, PartialEq)]
+pub struct Inbound {
+    /// Who sent it.
+    pub from: Address,
+    /// The text.
+    pub body: String,
+    /// The channel's id for the message (Twilio's `MessageSid`); a second begin with the same id
+    /// for the same address is a [`BeginOutcome::Duplicate`].
+    pub external_id: Option<String>,
+    /// When the channel received it. The session timeout measures from here.
+    pub received_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbound")
+            .field("from", &self.from)
+            .field("body_len", &self.body.len())
+            .field("external_id", &self.external_id)
+            .field("received_at", &self.received_at)
+            .finish()
+    }
+}
+
+/// The soul's process names, for validating stored process state (the registry lives in the
+/// engine's caller; the store only needs the names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Processes {
+    /// Every registered process name.
+    pub known: Vec<String>,
+    /// Where a session without (valid) state starts.
+    pub initial: String,
+}
+
+impl Processes {
+    /// The registered names and the initial one (which counts as registered).
+    pub fn new(
+        initial: impl Into<String>,
+        known: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let initial = initial.into();
+        let mut known: Vec<String> = known.into_iter().map(Into::into).collect();
+        if !known.contains(&initial) {
+            known.push(initial.clone());
+        }
+        Processes { known, initial }
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.known.iter().any(|known| known == name)
+    }
+}
+
+/// How turns are run: the same for begin and commit (a commit may start the next turn).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnSettings {
+    /// The persona assigned to a number seen for the first time.
+    pub persona: String,
+    /// The registered process names.
+    pub processes: Processes,
+    /// The seed's inactivity timeout: a user message arriving this long after the previous one
+    /// starts a new session (process memories, process state and snapshot are cleared).
+    pub session_timeout: Duration,
+    /// How long a turn's lease lasts; a worker that has not committed by then is presumed dead.
+    pub lease_for: Duration,
+    /// How many of the latest history messages a turn loads; 0 loads all.
+    pub history_limit: u32,
+    /// Load only this region's history (`"default"` is the unregioned conversation).
+    pub history_region: Option<String>,
+}
+
+impl TurnSettings {
+    /// The seed's defaults: one-hour timeout, the last 20 messages of every region, and a
+    /// two-minute lease.
+    pub fn new(persona: impl Into<String>, processes: Processes) -> Self {
+        TurnSettings {
+            persona: persona.into(),
+            processes,
+            session_timeout: Duration::hours(1),
+            lease_for: Duration::minutes(2),
+            history_limit: 20,
+            history_region: None,
+        }
+    }
+}
+
+impl TurnSettings {
+    /// Rejects settings no store can honour.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        if self.lease_for <= Duration::zero() || self.session_timeout <= Duration::zero() {
+            return Err(crate::StoreError::Invalid(
+                "lease_for and session_timeout must be positive".to_owned(),
+            ));
+        }
+        if self.processes.initial.is_empty() {
+            return Err(crate::StoreError::Invalid(
+                "the initial process has no name".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A person's session (`user_sessions`).
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct Session {
+    /// Identity.
+    pub id: SessionId,
+    /// The person's address.
+    pub address: Address,
+    /// The persona assigned at first contact.
+    pub persona: String,
+    /// First message ever.
+    pub first_contact_at: DateTime<Utc>,
+    /// Last turn started.
+    pub last_active_at: DateTime<Utc>,
+    /// Messages in the conversation: user messages and replies.
+    pub total_messages: i64,
+    /// The seed's metadata (`session_number`, `last_session_started_at`, anything else).
+    pub metadata: serde_json::Value,
+    /// Whether the person opted out of messages.
+    pub opted_out: bool,
+    /// Bumped whenever a turn starts; see [`SubprocessCommit`].
+    pub version: i64,
+}
+
+impl Session {
+    /// The seed's session number (1 when missing or malformed).
+    pub fn session_number(&self) -> i64 {
+        session_number(&self.metadata)
+    }
+
+    /// When the current session started, if recorded.
+    pub fn last_session_started_at(&self) -> Option<DateTime<Utc>> {
+        self.metadata
+            .get("last_session_started_at")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|time| time.with_timezone(&Utc))
+    }
+}
+
+/// The seed's `coerceSessionNumber`: a positive number (or digit string), else 1.
+pub(crate) fn session_number(metadata: &serde_json::Value) -> i64 {
+    match metadata.get("session_number") {
+        Some(serde_json::Value::Number(n)) => match n.as_f64() {
+            // Truncation is the point: 2.7 sessions are session 2, as `floor` in the seed.
+            #[allow(clippy::cast_possible_truncation)]
+            Some(v) if (1.0..9.0e18).contains(&v) => v.floor() as i64,
+            _ => 1,
+        },
+        Some(serde_json::Value::String(s))
+            if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse::<i64>().map_or(1, |v| v.max(1))
+        }
+        _ => 1,
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .field("persona", &self.persona)
+            .field("total_messages", &self.total_messages)
+            .field("session_number", &self.session_number())
+            .field("opted_out", &self.opted_out)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored inbound message waiting for, or running, its turn.
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct QueuedInbound {
+    /// Its id (`inbound_messages.id`).
+    pub id: Uuid,
+    /// The channel's id.
+    pub external_id: Option<String>,
+    /// The text.
+    pub body: String,
+    /// When the channel received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for QueuedInbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedInbound")
+            .field("id", &self.id)
+            .field("external_id", &self.external_id)
+            .field("body_len", &self.body.len())
+            .field("received_at", &self.received_at)
+            .finish()
+    }
+}
+
+/// The right to run a session's turn, until `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Lease {
+    /// Proves the holder at commit.
+    pub token: Uuid,
+    /// After this another worker may take the session over.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The current mental process and its parameters (`mental_process_state`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessState {
+    /// The process name.
+    pub name: String,
+    /// Its parameters.
+    pub params: serde_json::Value,
+    /// How many times it has run since it was entered (the engine's count).
+    #[serde(default)]
+    pub invocation_count: u32,
+    /// The process before it.
+    #[serde(default)]
+    pub previous: Option<String>,
+}
+
+impl ProcessState {
+    /// A process just entered: no runs yet, no predecessor.
+    pub fn new(name: impl Into<String>, params: serde_json::Value) -> Self {
+        ProcessState {
+            name: name.into(),
+            params,
+            invocation_count: 0,
+            previous: None,
+        }
+    }
+}
+
+impl fmt::Debug for ProcessState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parameters may quote the person; their keys say enough.
+        f.debug_struct("ProcessState")
+            .field("name", &self.name)
+            .field("params", &keys(&self.params))
+            .field("invocation_count", &self.invocation_count)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+fn keys(value: &serde_json::Value) -> Vec<&str> {
+    value
+        .as_object()
+        .map(|map| map.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Everything a turn needs, loaded by the round trip that started it.
+///
+/// `Debug` shows memory keys, not values: they hold what the person told the soul.
+#[derive(Clone)]
+pub struct TurnContext {
+    /// The session, after the timeout was applied and the turn started.
+    pub session: Session,
+    /// The message this turn answers (already the last user message in `history`).
+    pub inbound: QueuedInbound,
+    /// This worker's lease.
+    pub lease: Lease,
+    /// The session was created by this begin.
+    pub new_session: bool,
+    /// The timeout elapsed: a new session number began and ephemeral state was cleared.
+    pub session_reset: bool,
+    /// The turn was started before by a worker whose lease expired; this is a re-run.
+    pub resumed: bool,
+    /// The validated process state (the initial process with empty params when none is stored).
+    pub process: ProcessState,
+    /// The stored process name that was not registered and was corrected to the initial one.
+    pub corrected_from: Option<String>,
+    /// Every soul memory of the session, by key.
+    pub soul_memories: serde_json::Map<String, serde_json::Value>,
+    /// The current process's memories, by key.
+    pub process_memories: serde_json::Map<String, serde_json::Value>,
+    /// The latest messages (limit and region per [`TurnSettings`]), oldest first.
+    pub history: Vec<Memory>,
+    /// The latest working-memory snapshot, if one is stored and readable.
+    pub snapshot: Option<WorkingMemory>,
+}
+
+impl fmt::Debug for TurnContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnContext")
+            .field("session", &self.session)
+            .field("inbound", &self.inbound)
+            .field("lease", &self.lease)
+            .field("new_session", &self.new_session)
+            .field("session_reset", &self.session_reset)
+            .field("resumed", &self.resumed)
+            .field("process", &self.process)
+            .field("corrected_from", &self.corrected_from)
+            .field(
+                "soul_memories",
+                &self.soul_memories.keys().collect::<Vec<_>>(),
+            )
+            .field(
+                "process_memories",
+                &self.process_memories.keys().collect::<Vec<_>>(),
+            )
+            .field("history", &self.history)
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+impl TurnContext {
+    /// The session version this turn runs at, for [`SubprocessCommit::version`].
+    pub fn version(&self) -> i64 {
+        self.session.version
+    }
+}
+
+/// What [`crate::Store::begin_turn`] decided.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BeginOutcome {
+    /// This external id was stored before; nothing changed.
+    Duplicate {
+        /// The stored inbound message.
+        inbound_id: Uuid,
+    },
+    /// Another worker holds the session's lease; the message is stored and that worker runs
+    /// it when it commits (or a takeover does, if it dies).
+    Queued {
+        /// The stored inbound message.
+        inbound_id: Uuid,
+    },
+    /// This worker holds the lease: run the turn, then commit it.
+    Started(Box<TurnContext>),
+}
+
+/// One change to a keyed memory; for one key the last change in a list wins.
+#[derive(Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum MemoryChange {
+    /// Insert or replace.
+    Set {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: serde_json::Value,
+    },
+    /// Delete (a missing key is not an error).
+    Remove {
+        /// The key.
+        key: String,
+    },
+}
+
+impl MemoryChange {
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            MemoryChange::Set { key, .. } | MemoryChange::Remove { key } => key,
+        }
+    }
+}
+
+impl fmt::Debug for MemoryChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryChange::Set { key, .. } => write!(f, "Set({key:?})"),
+            MemoryChange::Remove { key } => write!(f, "Remove({key:?})"),
+        }
+    }
+}
+
+/// A change to one process's memory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessMemoryChange {
+    /// The process.
+    pub process: String,
+    /// The change.
+    #[serde(flatten)]
+    pub change: MemoryChange,
+}
+
+/// An event to fire later (a check-in), unique per session by `key`: scheduling a key again
+/// replaces it.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    /// The session-unique key.
+    pub key: String,
+    /// What kind of event.
+    pub kind: String,
+    /// Free-form data for the handler.
+    pub payload: serde_json::Value,
+    /// When it becomes due.
+    pub due_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for NewEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewEvent")
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("due_at", &self.due_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State changes shared by a turn's commit and a subprocess commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Changes {
+    /// Memories appended to the stored conversation without being sent (a summary, a note).
+    pub memories: Vec<Memory>,
+    /// Soul memory changes (kept across sessions).
+    pub soul_memory: Vec<MemoryChange>,
+    /// Process memory changes (cleared by the session timeout).
+    pub process_memory: Vec<ProcessMemoryChange>,
+    /// The new process state; an unregistered name is stored as the initial process.
+    pub process_state: Option<ProcessState>,
+    /// The new working-memory snapshot (only the latest is kept).
+    #[serde(serialize_with = "serialize_snapshot")]
+    pub snapshot: Option<WorkingMemory>,
+    /// Events to schedule (or reschedule, by key).
+    pub schedule: Vec<NewEvent>,
+    /// Keys of events to cancel.
+    pub cancel_events: Vec<String>,
+}
+
+fn serialize_snapshot<S: serde::Serializer>(
+    snapshot: &Option<WorkingMemory>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match snapshot {
+        Some(memory) => memory.to_json().serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A turn's outcome, committed with the lease that began it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnCommit {
+    /// The session.
+    pub session_id: SessionId,
+    /// The lease from [`TurnContext::lease`].
+    pub lease_token: Uuid,
+    /// Replies: stored in the conversation (as assistant memories) and as outbound messages
+    /// pending delivery, whose ids are the memories' ids.
+    pub replies: Vec<Memory>,
+    /// Everything else the turn changed.
+    pub changes: Changes,
+}
+
+impl TurnCommit {
+    /// A commit with no changes yet, for `context`'s turn.
+    pub fn new(context: &TurnContext) -> Self {
+        TurnCommit {
+            session_id: context.session.id,
+            lease_token: context.lease.token,
+            replies: Vec::new(),
+            changes: Changes::default(),
+        }
+    }
+}
+
+/// A reply to deliver, as stored in the outbox.
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct OutboundMessage {
+    /// Its id (the reply memory's id).
+    pub id: Uuid,
+    /// The session.
+    pub session_id: SessionId,
+    /// Where it goes.
+    pub address: Address,
+    /// The text.
+    pub body: String,
+    /// Where delivery stands.
+    pub status: DeliveryStatus,
+    /// The provider's id (Twilio's `MessageSid`) once accepted.
+    pub provider_id: Option<String>,
+    /// When the commit stored it.
+    pub created_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for OutboundMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundMessage")
+            .field("id", &self.id)
+            .field("session_id", &self.session_id)
+            .field("body_len", &self.body.len())
+            .field("status", &self.status)
+            .field("provider_id", &self.provider_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome {
+    /// The ids of the stored outbound messages, in reply order.
+    pub outbound: Vec<Uuid>,
+    /// The session's next waiting message, already started under a fresh lease: run it next.
+    pub next: Option<Box<TurnContext>>,
+}
+
+/// Changes made by subprocesses after the turn's commit, applied only if no newer turn began.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubprocessCommit {
+    /// The session.
+    pub session_id: SessionId,
+    /// [`TurnContext::version`] of the turn the subprocesses ran after.
+    pub version: i64,
+    /// The changes.
+    pub changes: Changes,
+}
+
+/// Whether a subprocess commit was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubprocessOutcome {
+    /// Applied.
+    Applied,
+    /// A newer turn began meanwhile (or the session is gone); nothing was changed.
+    Stale,
+}
+
+/// Delivery status of an outbound message. Statuses only move forward:
+/// pending → accepted → sent → one of delivered, undelivered, failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Stored by the commit, not yet handed to the provider.
+    Pending,
+    /// The provider accepted it.
+    Accepted,
+    /// The provider sent it to the carrier.
+    Sent,
+    /// The carrier delivered it.
+    Delivered,
+    /// The carrier could not deliver it.
+    Undelivered,
+    /// Sending failed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Accepted => "accepted",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Undelivered => "undelivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "pending" => DeliveryStatus::Pending,
+            "accepted" => DeliveryStatus::Accepted,
+            "sent" => DeliveryStatus::Sent,
+            "delivered" => DeliveryStatus::Delivered,
+            "undelivered" => DeliveryStatus::Undelivered,
+            "failed" => DeliveryStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Position in the forward-only order; the three final statuses share the last place.
+    pub fn rank(self) -> u8 {
+        match self {
+            DeliveryStatus::Pending => 0,
+            DeliveryStatus::Accepted => 1,
+            DeliveryStatus::Sent => 2,
+            DeliveryStatus::Delivered | DeliveryStatus::Undelivered | DeliveryStatus::Failed => 3,
+        }
+    }
+}
+
+/// Which outbound message a delivery update is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutboundRef {
+    /// By our id (after sending).
+    Id(Uuid),
+    /// By the provider's id (status callbacks).
+    ProviderId(String),
+}
+
+/// A delivery status report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryUpdate {
+    /// The message.
+    pub target: OutboundRef,
+    /// Its new status; ignored unless it is further along than the stored one.
+    pub status: DeliveryStatus,
+    /// The provider's id, to record (with [`OutboundRef::Id`]).
+    pub provider_id: Option<String>,
+    /// The provider's error, if any.
+    pub error: Option<String>,
+    /// When the report came.
+    pub at: DateTime<Utc>,
+}
+
+/// A due event, claimed for a while by [`crate::Store::claim_due_events`].
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct ScheduledEvent {
+    /// Identity.
+    pub id: Uuid,
+    /// The session.
+    pub session_id: SessionId,
+    /// The person's address.
+    pub address: Address,
+    /// The session-unique key.
+    pub key: String,
+    /// What kind of event.
+    pub kind: String,
+    /// Data for the handler.
+    pub payload: serde_json::Value,
+    /// When it became due.
+    pub due_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for ScheduledEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScheduledEvent")
+            .field("id", &self.id)
+            .field("session_id", &self.session_id)
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("due_at", &self.due_at)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,253 @@
+//! The JSON the SQL functions in `migrations/` take and return. Shared by every store that runs
+//! the turn contract in PostgreSQL (directly, or over Supabase's REST API).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use soul_engine::{Memory, WorkingMemory};
+use uuid::Uuid;
+
+use crate::types::{
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Inbound, Lease, OutboundRef,
+    ProcessState, QueuedInbound, Session, SessionId, SubprocessCommit, SubprocessOutcome,
+    TurnCommit, TurnContext, TurnSettings,
+};
+use crate::{Result, StoreError};
+
+fn millis(duration: Duration) -> i64 {
+    duration.num_milliseconds()
+}
+
+pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
+    settings.validate()?;
+    Ok(json!({
+        "persona": settings.persona,
+        "known_processes": settings.processes.known,
+        "initial_process": settings.processes.initial,
+        "session_timeout_ms": millis(settings.session_timeout),
+        "lease_ms": millis(settings.lease_for),
+        "history_limit": settings.history_limit,
+        "history_region": settings.history_region,
+    }))
+}
+
+pub(crate) fn begin_request(
+    inbound: &Inbound,
+    turn: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    Ok(json!({
+        "address": inbound.from.as_str(),
+        "body": inbound.body,
+        "external_id": inbound.external_id,
+        "received_at": inbound.received_at,
+        "now": now,
+        "settings": settings(turn)?,
+    }))
+}
+
+pub(crate) fn commit_request(
+    commit: &TurnCommit,
+    turn: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    Ok(json!({
+        "session_id": commit.session_id,
+        "lease_token": commit.lease_token,
+        "replies": commit.replies,
+        "changes": serde_json::to_value(&commit.changes)?,
+        "now": now,
+        "settings": settings(turn)?,
+    }))
+}
+
+pub(crate) fn subprocess_request(
+    commit: &SubprocessCommit,
+    turn: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    Ok(json!({
+        "session_id": commit.session_id,
+        "version": commit.version,
+        "changes": serde_json::to_value(&commit.changes)?,
+        "now": now,
+        "settings": settings(turn)?,
+    }))
+}
+
+pub(crate) fn delivery_request(update: &DeliveryUpdate) -> Value {
+    let (id, provider_id) = match &update.target {
+        OutboundRef::Id(id) => (Some(*id), update.provider_id.clone()),
+        OutboundRef::ProviderId(provider_id) => (None, Some(provider_id.clone())),
+    };
+    json!({
+        "id": id,
+        "provider_id": provider_id,
+        "status": update.status.as_str(),
+        "error": update.error,
+        "now": update.at,
+    })
+}
+
+pub(crate) fn address_request(address: &Address) -> Value {
+    json!({ "address": address.as_str() })
+}
+
+#[derive(Deserialize)]
+struct TurnWire {
+    session: Session,
+    inbound: QueuedInbound,
+    lease: Lease,
+    new_session: bool,
+    session_reset: bool,
+    resumed: bool,
+    process: ProcessState,
+    corrected_from: Option<String>,
+    soul_memories: serde_json::Map<String, Value>,
+    process_memories: serde_json::Map<String, Value>,
+    history: Vec<Memory>,
+    snapshot: Option<Value>,
+}
+
+/// Reads a started turn; `null` (nothing waiting) is `None`.
+pub(crate) fn turn(value: Value) -> Result<Option<Box<TurnContext>>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let wire: TurnWire = serde_json::from_value(value)?;
+    let snapshot = wire
+        .snapshot
+        .and_then(|json| read_snapshot(wire.session.id, json));
+    let context = TurnContext {
+        session: wire.session,
+        inbound: wire.inbound,
+        lease: wire.lease,
+        new_session: wire.new_session,
+        session_reset: wire.session_reset,
+        resumed: wire.resumed,
+        process: wire.process,
+        corrected_from: wire.corrected_from,
+        soul_memories: wire.soul_memories,
+        process_memories: wire.process_memories,
+        history: wire.history,
+        snapshot,
+    };
+    warn_if_corrected(&context);
+    Ok(Some(Box::new(context)))
+}
+
+/// A snapshot that no longer parses is dropped rather than failing the turn: the history still
+/// holds the conversation, and the next commit writes a fresh snapshot.
+pub(crate) fn read_snapshot(session: SessionId, json: Value) -> Option<WorkingMemory> {
+    match WorkingMemory::from_json(json) {
+        Ok(memory) => Some(memory),
+        Err(error) => {
+            tracing::warn!(%session, %error, "stored working-memory snapshot is unreadable; ignored");
+            None
+        }
+    }
+}
+
+pub(crate) fn warn_if_corrected(context: &TurnContext) {
+    if let Some(stored) = &context.corrected_from {
+        tracing::warn!(
+            session = %context.session.id,
+            stored = %stored,
+            corrected_to = %context.process.name,
+            "stored process state names an unregistered process; corrected to the initial process"
+        );
+    }
+}
+
+fn outcome(value: &Value) -> Result<&str> {
+    value
+        .get("outcome")
+        .and_then(Value::as_str)
+        .ok_or_else(|| StoreError::Corrupt("answer without an outcome".to_owned()))
+}
+
+fn uuid_field(value: &Value, field: &str) -> Result<Uuid> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|text| Uuid::parse_str(text).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("answer without a valid `{field}`")))
+}
+
+pub(crate) fn begin_outcome(mut value: Value) -> Result<BeginOutcome> {
+    match outcome(&value)? {
+        "duplicate" => Ok(BeginOutcome::Duplicate {
+            inbound_id: uuid_field(&value, "inbound_id")?,
+        }),
+        "queued" => Ok(BeginOutcome::Queued {
+            inbound_id: uuid_field(&value, "inbound_id")?,
+        }),
+        "started" => turn(value["turn"].take())?
+            .map(BeginOutcome::Started)
+            .ok_or_else(|| StoreError::Corrupt("started without a turn".to_owned())),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown begin outcome {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn commit_outcome(mut value: Value, commit: &TurnCommit) -> Result<CommitOutcome> {
+    match outcome(&value)? {
+        "committed" => Ok(CommitOutcome {
+            outbound: commit.replies.iter().map(|reply| reply.id.0).collect(),
+            next: turn(value["next"].take())?,
+        }),
+        "lease_lost" => Err(StoreError::LeaseLost),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown commit outcome {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn subprocess_outcome(value: &Value) -> Result<SubprocessOutcome> {
+    match outcome(value)? {
+        "applied" => Ok(SubprocessOutcome::Applied),
+        "stale" => Ok(SubprocessOutcome::Stale),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown subprocess outcome {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn resume_outcome(mut value: Value) -> Result<Option<Box<TurnContext>>> {
+    match outcome(&value)? {
+        "started" => turn(value["turn"].take()),
+        "busy" | "idle" => Ok(None),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown resume outcome {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn flag(value: &Value, field: &str) -> Result<bool> {
+    value
+        .get(field)
+        .and_then(Value::as_bool)
+        .ok_or_else(|| StoreError::Corrupt(format!("answer without `{field}`")))
+}
+
+pub(crate) fn renew_outcome(value: Value, lease: Lease) -> Result<Lease> {
+    match outcome(&value)? {
+        "renewed" => {
+            let expires_at = value
+                .get("expires_at")
+                .cloned()
+                .map(serde_json::from_value::<DateTime<Utc>>)
+                .transpose()?
+                .ok_or_else(|| StoreError::Corrupt("renewed without `expires_at`".to_owned()))?;
+            Ok(Lease {
+                token: lease.token,
+                expires_at,
+            })
+        }
+        "lease_lost" => Err(StoreError::LeaseLost),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown renew outcome {other:?}"
+        ))),
+    }
+}

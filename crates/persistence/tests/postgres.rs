@@ -1,0 +1,306 @@
+//! The conformance suite on the PostgreSQL store (a fresh database per test, cloned from a
+//! migrated template), plus what only PostgreSQL has: round trips per operation, row-level
+//! security and the migration runner.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use soul_engine::{Memory, Role};
+use soul_persistence::conformance::Harness;
+use soul_persistence::{
+    Address, BeginOutcome, Inbound, MemoryChange, PgStore, Processes, Store, StoreFuture,
+    TurnCommit, TurnSettings, migrations,
+};
+use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
+use sqlx::{Connection, PgConnection};
+
+struct PgHarness {
+    database: TestDatabase,
+}
+
+impl Harness for PgHarness {
+    fn open(&self) -> StoreFuture<'_, Arc<dyn Store>> {
+        Box::pin(async move {
+            let store = PgStore::connect_with(self.database.options(), 8).await?;
+            Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    }
+}
+
+async fn harness() -> PgHarness {
+    PgHarness {
+        database: TestDatabase::migrated().await,
+    }
+}
+
+soul_persistence::conformance_suite!(harness());
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn settings() -> TurnSettings {
+    TurnSettings::new("aria", Processes::new("initial", ["initial"]))
+}
+
+fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
+    Inbound {
+        from: Address::new("+15550000001"),
+        body: body.into(),
+        external_id: Some(format!("SM-{body}")),
+        received_at: at,
+    }
+}
+
+/// Begin and commit are one round trip each (a `Sync` or simple `Query` per operation, counted
+/// on the wire by a proxy), including a commit that starts the next queued turn.
+#[tokio::test]
+async fn begin_and_commit_are_one_round_trip_each() {
+    let database = TestDatabase::migrated().await;
+    let counter = RoundTripCounter::start(&database.options()).await;
+    // One connection, so that every statement after the first use is already prepared there.
+    let store = PgStore::connect_with(counter.route(database.options()), 1)
+        .await
+        .expect("connect");
+    let settings = settings();
+
+    // Warm-up: the first use of each statement on a connection also prepares it (one extra
+    // round trip, once per connection lifetime).
+    let BeginOutcome::Started(turn) = store
+        .begin_turn(&inbound("warm", t0()), &settings, t0())
+        .await
+        .expect("begin")
+    else {
+        panic!("expected a started turn")
+    };
+    store
+        .commit_turn(&TurnCommit::new(&turn), &settings, t0())
+        .await
+        .expect("commit");
+
+    let at = t0() + Duration::minutes(1);
+    let before = counter.count();
+    let BeginOutcome::Started(turn) = store
+        .begin_turn(&inbound("one", at), &settings, at)
+        .await
+        .expect("begin")
+    else {
+        panic!("expected a started turn")
+    };
+    assert_eq!(counter.count() - before, 1, "begin");
+
+    let before = counter.count();
+    let queued = store
+        .begin_turn(&inbound("two", at), &settings, at)
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }));
+    assert_eq!(counter.count() - before, 1, "a queued begin");
+
+    let mut commit = TurnCommit::new(&turn);
+    commit.replies = vec![
+        Memory::new(Role::Assistant, "a", at),
+        Memory::new(Role::Assistant, "b", at),
+    ];
+    commit.changes.soul_memory = vec![
+        MemoryChange::Set {
+            key: "k".into(),
+            value: serde_json::json!(1),
+        },
+        MemoryChange::Set {
+            key: "j".into(),
+            value: serde_json::json!(2),
+        },
+    ];
+    let before = counter.count();
+    let next = store
+        .commit_turn(&commit, &settings, at)
+        .await
+        .expect("commit");
+    assert_eq!(
+        counter.count() - before,
+        1,
+        "commit (with replies, memories and the next turn)"
+    );
+    let next = next.next.expect("the queued message");
+
+    let before = counter.count();
+    store
+        .commit_turn(&TurnCommit::new(&next), &settings, at)
+        .await
+        .expect("commit");
+    assert_eq!(counter.count() - before, 1, "commit");
+}
+
+/// Roles without the service role's rights see no rows and change none: `anon` and
+/// `authenticated` have no privileges at all, and a role holding table privileges (as Supabase
+/// grants them by default) still meets row-level security with no policy.
+#[tokio::test]
+async fn row_level_security_shuts_out_other_roles() {
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    let settings = settings();
+    store
+        .begin_turn(&inbound("secret", t0()), &settings, t0())
+        .await
+        .expect("begin");
+
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let probe = format!("rls_probe_{}", database.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {probe} nologin;
+         grant usage on schema public to {probe};
+         grant select, insert, update, delete on all tables in schema public to {probe};"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("probe role");
+
+    let tables = [
+        "user_sessions",
+        "messages",
+        "soul_memories",
+        "process_memories",
+        "mental_process_state",
+        "working_memory_snapshots",
+        "inbound_messages",
+        "outbound_messages",
+        "scheduled_events",
+    ];
+    for role in ["anon", "authenticated", probe.as_str()] {
+        for table in tables {
+            let mut tx = conn.begin().await.expect("transaction");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set local role {role}")))
+                .execute(&mut *tx)
+                .await
+                .expect("set role");
+            let read = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "select count(*) from public.{table}"
+            )))
+            .fetch_one(&mut *tx)
+            .await;
+            // Either no privilege at all, or no visible row.
+            assert!(
+                !matches!(read, Ok(n) if n > 0),
+                "{role} read {table}: {read:?}"
+            );
+            tx.rollback().await.expect("rollback");
+
+            for statement in [
+                format!("delete from public.{table}"),
+                format!("update public.{table} set session_id = session_id"),
+            ] {
+                if table == "user_sessions" && statement.starts_with("update") {
+                    continue;
+                }
+                let mut tx = conn.begin().await.expect("transaction");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set local role {role}")))
+                    .execute(&mut *tx)
+                    .await
+                    .expect("set role");
+                let changed = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&mut *tx)
+                    .await;
+                assert!(
+                    !matches!(&changed, Ok(done) if done.rows_affected() > 0),
+                    "{role}: {statement}: {changed:?}"
+                );
+                tx.rollback().await.expect("rollback");
+            }
+        }
+        let mut tx = conn.begin().await.expect("transaction");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set local role {role}")))
+            .execute(&mut *tx)
+            .await
+            .expect("set role");
+        let insert = sqlx::query(
+            "insert into public.user_sessions (phone_number, assigned_persona) values ('+1', 'x')",
+        )
+        .execute(&mut *tx)
+        .await;
+        assert!(insert.is_err(), "{role} inserted a session");
+        tx.rollback().await.expect("rollback");
+
+        // The turn functions are not theirs to call either.
+        let mut tx = conn.begin().await.expect("transaction");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set local role {role}")))
+            .execute(&mut *tx)
+            .await
+            .expect("set role");
+        let call = sqlx::query("select public.soul_export_user('{\"address\": \"+15550000001\"}')")
+            .execute(&mut *tx)
+            .await;
+        // EXECUTE was revoked from PUBLIC, so even the probe role with table rights is refused.
+        assert!(call.is_err(), "{role} called a turn function");
+        tx.rollback().await.expect("rollback");
+    }
+
+    // The service role reads everything.
+    let mut tx = conn.begin().await.expect("transaction");
+    sqlx::raw_sql("set local role service_role")
+        .execute(&mut *tx)
+        .await
+        .expect("set role");
+    let sessions: i64 = sqlx::query_scalar("select count(*) from public.user_sessions")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("service role reads");
+    assert_eq!(sessions, 1);
+    tx.rollback().await.expect("rollback");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "drop owned by {probe}; drop role {probe};"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop probe role");
+}
+
+/// The runner applies every migration to an empty database, records them where the Supabase CLI
+/// does, and is idempotent; its embedded list matches `migrations/`.
+#[tokio::test]
+async fn migration_runner_applies_each_file_once() {
+    let files: Vec<String> = migration_files()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let embedded: Vec<String> = migrations::MIGRATIONS
+        .iter()
+        .map(|m| format!("{}_{}.sql", m.version, m.name))
+        .collect();
+    assert_eq!(embedded, files);
+    for (migration, (_, sql)) in migrations::MIGRATIONS.iter().zip(migration_files()) {
+        assert_eq!(migration.sql, sql);
+    }
+
+    let database = TestDatabase::empty().await;
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate again");
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let versions: Vec<String> = sqlx::query_scalar(
+        "select version from supabase_migrations.schema_migrations order by version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("versions");
+    let expected: Vec<&str> = migrations::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, expected);
+    let BeginOutcome::Started(_) = store
+        .begin_turn(&inbound("hi", t0()), &settings(), t0())
+        .await
+        .expect("begin")
+    else {
+        panic!("expected a started turn")
+    };
+}

@@ -1,0 +1,52 @@
+//! The conformance suite on the embedded SQLite store: a new database file per test.
+
+use std::sync::Arc;
+
+use soul_persistence::conformance::Harness;
+use soul_persistence::{SqliteStore, Store, StoreFuture};
+
+struct SqliteHarness {
+    dir: tempfile::TempDir,
+}
+
+impl Harness for SqliteHarness {
+    fn open(&self) -> StoreFuture<'_, Arc<dyn Store>> {
+        Box::pin(async move {
+            let store = SqliteStore::open(self.dir.path().join("souls.db")).await?;
+            Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    }
+}
+
+async fn harness() -> SqliteHarness {
+    SqliteHarness {
+        dir: tempfile::tempdir().expect("temporary directory"),
+    }
+}
+
+soul_persistence::conformance_suite!(harness());
+
+#[tokio::test]
+async fn reopening_keeps_data_and_schema() {
+    use chrono::Utc;
+    use soul_persistence::{Address, Inbound, Processes, TurnSettings};
+    let harness = harness().await;
+    let from = Address::new("+15550000001");
+    {
+        let store = harness.open().await.expect("open");
+        let message = Inbound {
+            from: from.clone(),
+            body: "hi".into(),
+            external_id: None,
+            received_at: Utc::now(),
+        };
+        let settings = TurnSettings::new("aria", Processes::new("initial", ["initial"]));
+        store
+            .begin_turn(&message, &settings, Utc::now())
+            .await
+            .expect("begin");
+    }
+    let store = harness.open().await.expect("reopen");
+    let session = store.session(&from).await.expect("session").expect("kept");
+    assert_eq!(session.total_messages, 1);
+}

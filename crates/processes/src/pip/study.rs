@@ -1,0 +1,28 @@
+//! `study`, Pip's initial process: short answers and nudges; a message asking for a quiz starts
+//! one at once.
+
+use soul_engine::process::{Next, ProcessContext, ProcessResult};
+
+use super::{QUIZ, crisis_reply, say};
+use crate::companion::first_phrase_in;
+
+soul_engine::mental_process!(soul = "pip", name = "study", study);
+
+/// Phrases (written normalized) that start a quiz.
+const QUIZ_REQUESTS: &[&str] = &["quiz", "quiz me", "test me"];
+
+async fn study(cx: ProcessContext) -> ProcessResult {
+    if let Some(next) = crisis_reply(&cx) {
+        return Ok(next);
+    }
+    if first_phrase_in(&cx.perception().content, QUIZ_REQUESTS).is_some() {
+        return Ok(Next::to(QUIZ, cx.memory().clone()).run_now());
+    }
+    let memory = say(
+        &cx,
+        cx.memory(),
+        "Answer briefly, or nudge them back to studying.",
+    )
+    .await?;
+    Ok(Next::stay(memory))
+}

@@ -1,0 +1,346 @@
+//! The turn loop.
+
+use std::fmt;
+use std::sync::Arc;
+
+use soul_engine::Clock;
+use soul_engine::model::BoxFuture;
+use soul_engine::process::{Runtime, TurnError};
+use soul_persistence::{
+    Address, BeginOutcome, Changes, Inbound, SessionId, Store, StoreError, SubprocessCommit,
+    TurnCommit, TurnContext, TurnSettings,
+};
+use uuid::Uuid;
+
+use crate::mapping;
+
+/// Replies a commit stored, ready to send.
+#[derive(Clone)]
+pub struct OutboundBatch {
+    /// The session.
+    pub session: SessionId,
+    /// Where they go.
+    pub address: Address,
+    /// The stored outbound messages (their ids and texts), in order.
+    pub messages: Vec<(Uuid, String)>,
+}
+
+impl fmt::Debug for OutboundBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundBatch")
+            .field("session", &self.session)
+            .field("address", &self.address)
+            .field("messages", &self.messages.len())
+            .finish()
+    }
+}
+
+/// Where committed replies go (the gateway sends them through Twilio). Called after each commit,
+/// before the subprocesses run.
+pub trait Delivery: Send + Sync {
+    /// Hands the committed replies over for sending. Should not wait for the sending itself:
+    /// the subprocesses wait for it.
+    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()>;
+}
+
+/// A delivery that sends nothing: for callers that read replies from the store or the report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDelivery;
+
+impl Delivery for NoDelivery {
+    fn deliver(&self, _batch: OutboundBatch) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// What happened to an inbound message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Handled {
+    /// Seen before; nothing was done.
+    Duplicate,
+    /// Stored; the worker holding the session will answer it.
+    Queued,
+    /// Answered, together with any messages that queued up meanwhile, in order.
+    Answered(Vec<TurnReport>),
+}
+
+/// One committed turn.
+#[derive(Debug, Clone)]
+pub struct TurnReport {
+    /// The session.
+    pub session: SessionId,
+    /// The inbound message answered.
+    pub inbound: Uuid,
+    /// The replies, in order (the texts, for callers without a delivery).
+    pub replies: Vec<String>,
+    /// The stored outbound messages, in reply order.
+    pub outbound: Vec<Uuid>,
+    /// The processes that ran.
+    pub processes_run: Vec<String>,
+    /// The process the session is in now.
+    pub process: String,
+    /// The engine failed and the fallback reply was sent instead; nothing else was stored.
+    pub fell_back: bool,
+    /// Whether the subprocesses' changes were stored (`false`: none ran, one was cancelled by a
+    /// newer message, or the store refused them as stale).
+    pub subprocesses_applied: bool,
+}
+
+/// Why a turn could not be run or stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The store failed; the message is stored and its turn will be re-run after the lease expires.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Runs the turns of one soul against one store.
+pub struct TurnDriver {
+    store: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
+    clock: Arc<dyn Clock>,
+    settings: TurnSettings,
+    fallback_reply: String,
+}
+
+impl fmt::Debug for TurnDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnDriver")
+            .field("store", &self.store)
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the person gets when the engine cannot answer (the model is down past its retries).
+pub const DEFAULT_FALLBACK_REPLY: &str =
+    "Sorry, I can't reply properly right now. Please try again in a little while.";
+
+impl TurnDriver {
+    /// A driver for `runtime`'s soul on `store`, with the seed's default settings.
+    pub fn new(store: Arc<dyn Store>, runtime: Arc<Runtime>, clock: Arc<dyn Clock>) -> Self {
+        let settings = mapping::turn_settings(runtime.soul());
+        TurnDriver {
+            store,
+            runtime,
+            clock,
+            settings,
+            fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
+        }
+    }
+
+    /// The same driver with other settings (session timeout, lease, history window).
+    pub fn with_settings(mut self, settings: TurnSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The same driver with another fallback reply.
+    pub fn with_fallback_reply(mut self, reply: impl Into<String>) -> Self {
+        self.fallback_reply = reply.into();
+        self
+    }
+
+    /// The settings turns run with.
+    pub fn settings(&self) -> &TurnSettings {
+        &self.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stores `inbound` and, unless it is a duplicate or queued behind a running turn, answers it
+    /// and every message that queues up for the same person meanwhile.
+    pub async fn handle(
+        &self,
+        inbound: &Inbound,
+        delivery: &dyn Delivery,
+    ) -> Result<Handled, DriverError> {
+        match self.begin(inbound).await? {
+            BeginOutcome::Duplicate { .. } => Ok(Handled::Duplicate),
+            BeginOutcome::Started(context) => {
+                self.run(*context, delivery).await.map(Handled::Answered)
+            }
+            _ => Ok(Handled::Queued),
+        }
+    }
+
+    /// Stores `inbound` durably and starts its turn if it can (one store round trip). A webhook
+    /// acknowledges after this and runs the started turn with [`run`](Self::run) afterwards.
+    pub async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
+        Ok(self
+            .store
+            .begin_turn(inbound, &self.settings, self.clock.now())
+            .await?)
+    }
+
+    /// Takes over a session whose worker died (its lease expired) and answers what it left.
+    pub async fn resume(
+        &self,
+        session: SessionId,
+        delivery: &dyn Delivery,
+    ) -> Result<Vec<TurnReport>, DriverError> {
+        match self
+            .store
+            .resume_turn(session, &self.settings, self.clock.now())
+            .await?
+        {
+            Some(context) => self.run(*context, delivery).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs a started turn and then each queued message the commits hand over, in order.
+    pub async fn run(
+        &self,
+        mut context: TurnContext,
+        delivery: &dyn Delivery,
+    ) -> Result<Vec<TurnReport>, DriverError> {
+        let mut reports = Vec::new();
+        loop {
+            let (report, next) = self.run_one(&context, delivery).await?;
+            reports.push(report);
+            match next {
+                Some(next) => context = next,
+                None => return Ok(reports),
+            }
+        }
+    }
+
+    async fn run_one(
+        &self,
+        context: &TurnContext,
+        delivery: &dyn Delivery,
+    ) -> Result<(TurnReport, Option<TurnContext>), DriverError> {
+        let soul = self.runtime.soul();
+        let session_key = context.session.id.to_string();
+        let mut commit = TurnCommit::new(context);
+        if context.session.opted_out {
+            // Stored, never answered, and no model bill: they asked us to stop.
+            let committed = self
+                .store
+                .commit_turn(&commit, &self.settings, self.clock.now())
+                .await?;
+            let report = TurnReport {
+                session: context.session.id,
+                inbound: context.inbound.id,
+                replies: Vec::new(),
+                outbound: Vec::new(),
+                processes_run: Vec::new(),
+                process: context.process.name.clone(),
+                fell_back: false,
+                subprocesses_applied: false,
+            };
+            return Ok((report, committed.next.map(|next| *next)));
+        }
+        let state = mapping::soul_state(soul, context);
+        let main = self
+            .runtime
+            .run_main(&session_key, state, mapping::perception(context), None)
+            .await;
+
+        let (main, fell_back) = match main {
+            Ok(main) => {
+                commit.replies = mapping::reply_memories(&main.replies, self.clock.now());
+                commit.changes = mapping::main_changes(context, &main);
+                (Some(main), false)
+            }
+            Err(error) => {
+                // The person still gets an answer; nothing else of the failed turn is stored,
+                // so the state is exactly as before it.
+                log_turn_error(context.session.id, &error);
+                commit.replies = mapping::reply_memories(
+                    std::slice::from_ref(&self.fallback_reply),
+                    self.clock.now(),
+                );
+                commit.changes = Changes::default();
+                (None, true)
+            }
+        };
+        let committed = self
+            .store
+            .commit_turn(&commit, &self.settings, self.clock.now())
+            .await?;
+        if !committed.outbound.is_empty() {
+            let messages = committed
+                .outbound
+                .iter()
+                .copied()
+                .zip(commit.replies.iter().map(|m| m.content.clone()))
+                .collect();
+            delivery
+                .deliver(OutboundBatch {
+                    session: context.session.id,
+                    address: context.session.address.clone(),
+                    messages,
+                })
+                .await;
+        }
+
+        let mut report = TurnReport {
+            session: context.session.id,
+            inbound: context.inbound.id,
+            replies: commit.replies.iter().map(|m| m.content.clone()).collect(),
+            outbound: committed.outbound,
+            processes_run: main
+                .as_ref()
+                .map(|m| m.processes_run.clone())
+                .unwrap_or_default(),
+            process: main
+                .as_ref()
+                .map_or_else(|| context.process.name.clone(), |m| m.process.name.clone()),
+            fell_back,
+            subprocesses_applied: false,
+        };
+        let next = committed.next.map(|next| *next);
+        // A queued message already began the next turn: it cancels this turn's subprocesses,
+        // as a newer message does in OpenSouls (and their commit would be refused as stale).
+        if let (Some(main), None) = (&main, &next) {
+            report.subprocesses_applied = self.run_subprocesses(context, main).await?;
+        }
+        Ok((report, next))
+    }
+
+    async fn run_subprocesses(
+        &self,
+        context: &TurnContext,
+        main: &soul_engine::process::MainOutcome,
+    ) -> Result<bool, DriverError> {
+        if self.runtime.soul().subprocesses().is_empty() {
+            return Ok(false);
+        }
+        let outcome = self.runtime.run_subprocesses(main).await;
+        if outcome.cancelled {
+            return Ok(false);
+        }
+        if !outcome.replies.is_empty() {
+            tracing::warn!(
+                session = %context.session.id,
+                count = outcome.replies.len(),
+                "subprocess replies are not delivered over SMS; speak from the main process"
+            );
+        }
+        let commit = SubprocessCommit {
+            session_id: context.session.id,
+            version: context.version(),
+            changes: mapping::subprocess_changes(context, &outcome),
+        };
+        let applied = self
+            .store
+            .commit_subprocess(&commit, &self.settings, self.clock.now())
+            .await?;
+        Ok(matches!(
+            applied,
+            soul_persistence::SubprocessOutcome::Applied
+        ))
+    }
+}
+
+fn log_turn_error(session: SessionId, error: &TurnError) {
+    // The error names processes and steps, never what the person wrote.
+    tracing::warn!(%session, %error, "turn failed; sending the fallback reply");
+}

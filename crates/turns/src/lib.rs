@@ -1,0 +1,16 @@
+//! Runs turns end to end: the store's `begin`, the engine, the store's `commit`, delivery of the
+//! replies, then the subprocesses and their own commit.
+//!
+//! This is the one place that knows both the engine's outcome and the store's change set; the
+//! gateway, the `chat` command and the replay tool all run turns through it, so they cannot
+//! disagree about what a turn stores. It knows nothing of Twilio: replies leave through the
+//! [`Delivery`] the caller passes in.
+
+mod driver;
+mod mapping;
+
+pub use driver::{
+    DEFAULT_FALLBACK_REPLY, Delivery, DriverError, Handled, NoDelivery, OutboundBatch, TurnDriver,
+    TurnReport,
+};
+pub use mapping::turn_settings;

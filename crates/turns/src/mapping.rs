@@ -1,0 +1,184 @@
+//! Translations between the engine's turn outcome and the store's turn contract.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use soul_engine::process::{
+    MainOutcome, MemoryChanges, Perception, ProcessState as EngineProcessState, ScheduledEvent,
+    Soul, SoulState, SubprocessOutcome,
+};
+use soul_engine::{Memory, Role, WorkingMemory};
+use soul_persistence::{
+    Changes, MemoryChange, NewEvent, ProcessMemoryChange, ProcessState, Processes, TurnContext,
+    TurnSettings,
+};
+
+/// The event kind the driver stores for the engine's scheduled perceptions.
+pub(crate) const PERCEPTION_EVENT: &str = "perception";
+
+/// Turn settings for `soul`: its process names and initial process, the seed's defaults.
+pub fn turn_settings(soul: &Soul) -> TurnSettings {
+    let processes = Processes::new(
+        soul.initial_process().name,
+        soul.processes().map(|p| p.name),
+    );
+    TurnSettings::new(soul.name(), processes)
+}
+
+/// What the engine starts from, out of what `begin` loaded.
+pub(crate) fn soul_state(soul: &Soul, context: &TurnContext) -> SoulState {
+    let working_memory = match &context.snapshot {
+        Some(snapshot) => snapshot.clone(),
+        // No snapshot (a new or timed-out session): rebuild from the stored conversation, less
+        // the message being answered, which the integrator appends itself.
+        None => context
+            .history
+            .iter()
+            .filter(|m| m.id.0 != context.inbound.id)
+            .fold(WorkingMemory::new(soul.display_name()), |wm, m| {
+                wm.with_memory(m.clone())
+            }),
+    };
+    let process = &context.process;
+    let mut process_memories = BTreeMap::new();
+    process_memories.insert(process.name.clone(), to_btree(&context.process_memories));
+    SoulState {
+        process: Some(EngineProcessState {
+            name: process.name.clone(),
+            params: process.params.clone(),
+            invocation_count: process.invocation_count,
+            previous: process.previous.clone(),
+        }),
+        soul_memory: to_btree(&context.soul_memories),
+        process_memories,
+        working_memory,
+    }
+}
+
+/// The perception of the message `begin` started the turn for.
+pub(crate) fn perception(context: &TurnContext) -> Perception {
+    let inbound = &context.inbound;
+    let mut perception = Perception::message(inbound.body.clone(), inbound.received_at);
+    perception.metadata = json!({ "inbound_id": inbound.id });
+    perception
+}
+
+/// The store's change set for the main part of a turn.
+pub(crate) fn main_changes(context: &TurnContext, outcome: &MainOutcome) -> Changes {
+    Changes {
+        memories: stored_memories(&outcome.appended),
+        soul_memory: memory_changes(&outcome.soul_memory),
+        process_memory: process_memory_changes(context, &outcome.process_memory),
+        process_state: Some(ProcessState {
+            name: outcome.process.name.clone(),
+            params: outcome.process.params.clone(),
+            invocation_count: outcome.process.invocation_count,
+            previous: outcome.process.previous.clone(),
+        }),
+        snapshot: Some(outcome.working_memory.clone()),
+        schedule: outcome.scheduled.iter().map(new_event).collect(),
+        cancel_events: outcome
+            .cancelled_events
+            .iter()
+            .map(|id| id.0.to_string())
+            .collect(),
+    }
+}
+
+/// The store's change set for a turn's subprocesses.
+pub(crate) fn subprocess_changes(context: &TurnContext, outcome: &SubprocessOutcome) -> Changes {
+    Changes {
+        memories: stored_memories(&outcome.appended),
+        soul_memory: memory_changes(&outcome.soul_memory),
+        process_memory: process_memory_changes(context, &outcome.process_memory),
+        process_state: None,
+        snapshot: outcome.working_memory.clone(),
+        schedule: outcome.scheduled.iter().map(new_event).collect(),
+        cancel_events: outcome
+            .cancelled_events
+            .iter()
+            .map(|id| id.0.to_string())
+            .collect(),
+    }
+}
+
+/// The reply texts as the assistant memories the store keeps in the conversation.
+pub(crate) fn reply_memories(replies: &[String], at: chrono::DateTime<chrono::Utc>) -> Vec<Memory> {
+    replies
+        .iter()
+        .map(|text| Memory::new(Role::Assistant, text.clone(), at))
+        .collect()
+}
+
+/// The conversation table keeps what was said (the message and the replies, stored by begin
+/// and commit) and the regions (summary, notes); a process's inner steps ("X thought: ...") live in
+/// the working-memory snapshot only, so a history rebuilt without a snapshot reads as an SMS thread.
+fn stored_memories(appended: &[Memory]) -> Vec<Memory> {
+    appended
+        .iter()
+        .filter(|m| m.region.is_some())
+        .cloned()
+        .collect()
+}
+
+fn memory_changes(changes: &MemoryChanges) -> Vec<MemoryChange> {
+    let removals = changes
+        .removals
+        .iter()
+        .map(|key| MemoryChange::Remove { key: key.clone() });
+    let upserts = changes
+        .upserts
+        .iter()
+        .map(|(key, value)| MemoryChange::Set {
+            key: key.clone(),
+            value: value.clone(),
+        });
+    removals.chain(upserts).collect()
+}
+
+/// A cleared process memory becomes removals of the keys stored for it. The store loads only the
+/// current process's memory, and every other process's keys were removed when it was left, so the
+/// loaded keys are all there is to remove.
+fn process_memory_changes(
+    context: &TurnContext,
+    changes: &BTreeMap<String, MemoryChanges>,
+) -> Vec<ProcessMemoryChange> {
+    let mut out = Vec::new();
+    for (process, changes) in changes {
+        let mut flat = MemoryChanges::default();
+        if changes.cleared && *process == context.process.name {
+            flat.removals
+                .extend(context.process_memories.keys().cloned());
+        }
+        flat.merge(MemoryChanges {
+            cleared: false,
+            ..changes.clone()
+        });
+        out.extend(
+            memory_changes(&flat)
+                .into_iter()
+                .map(|change| ProcessMemoryChange {
+                    process: process.clone(),
+                    change,
+                }),
+        );
+    }
+    out
+}
+
+fn new_event(event: &ScheduledEvent) -> NewEvent {
+    NewEvent {
+        key: event.id.0.to_string(),
+        kind: PERCEPTION_EVENT.to_owned(),
+        payload: json!({
+            "process": event.process,
+            "content": event.content,
+            "metadata": event.metadata,
+        }),
+        due_at: event.at,
+    }
+}
+
+fn to_btree(map: &serde_json::Map<String, Value>) -> BTreeMap<String, Value> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

@@ -1,0 +1,318 @@
+//! Turns end to end: a real store (an SQLite file; a fresh PostgreSQL database), the engine, and
+//! the model behind the OpenAI double over HTTP.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
+use soul_engine::model::retry::RetryPolicy;
+use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime};
+use soul_engine::step::external_dialog;
+use soul_engine::{Clock, SystemClock};
+use soul_persistence::{Address, Inbound, PgStore, SqliteStore, Store};
+use soul_testkit::openai::{OpenAiDouble, Reply};
+use soul_testkit::postgres::TestDatabase;
+use soul_turns::{Handled, NoDelivery, TurnDriver, TurnReport};
+use tokio::sync::Notify;
+
+soul_engine::soul! {
+    name: "driven",
+    display_name: "Dee",
+    persona: &["You are Dee."],
+    initial_process: "listen",
+    subprocesses: &["tally"],
+}
+soul_engine::mental_process!(soul = "driven", name = "listen", listen);
+soul_engine::mental_process!(soul = "driven", name = "focus", focus);
+soul_engine::subprocess!(soul = "driven", name = "tally", tally);
+
+async fn listen(cx: ProcessContext) -> ProcessResult {
+    let body = cx.perception().content.clone();
+    if let Some(gate_name) = body.strip_prefix("gated ") {
+        let gate = gate(gate_name);
+        gate.entered.notify_one();
+        gate.release.notified().await;
+    }
+    let (memory, said) = cx
+        .mind()
+        .run(external_dialog("Answer."), cx.memory())
+        .await?;
+    cx.speak(said);
+    let heard: u32 = cx.soul_memory().get("heard")?.unwrap_or(0);
+    cx.soul_memory().set("heard", &(heard + 1))?;
+    cx.process_memory()
+        .set("last_invocation", &cx.invocation_count())?;
+    Ok(if body == "focus" {
+        Next::to("focus", memory).with_params(json!({"why": "asked"}))
+    } else {
+        Next::stay(memory)
+    })
+}
+
+async fn focus(cx: ProcessContext) -> ProcessResult {
+    cx.speak(format!("focused because {}", cx.params_json()["why"]));
+    Ok(Next::stay(cx.memory().clone()))
+}
+
+async fn tally(cx: ProcessContext) -> ProcessResult {
+    let turns: u32 = cx.soul_memory().get("tally")?.unwrap_or(0);
+    cx.soul_memory().set("tally", &(turns + 1))?;
+    Ok(Next::stay(cx.memory().clone()))
+}
+
+struct Gate {
+    entered: Notify,
+    release: Notify,
+}
+
+fn gate(name: &str) -> Arc<Gate> {
+    static GATES: OnceLock<Mutex<HashMap<String, Arc<Gate>>>> = OnceLock::new();
+    let mut gates = GATES.get_or_init(Mutex::default).lock().unwrap();
+    gates
+        .entry(name.to_owned())
+        .or_insert_with(|| {
+            Arc::new(Gate {
+                entered: Notify::new(),
+                release: Notify::new(),
+            })
+        })
+        .clone()
+}
+
+struct Fixture {
+    double: OpenAiDouble,
+    driver: Arc<TurnDriver>,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+async fn driver_on(store: Arc<dyn Store>, keep: Box<dyn std::any::Any + Send + Sync>) -> Fixture {
+    let double = OpenAiDouble::start().await;
+    let config = OpenAiConfig::new(double.base_url(), "sk-test", "double-model")
+        .with_retry(RetryPolicy::no_retries());
+    let model = Arc::new(OpenAiModel::new(config).unwrap());
+    let soul = Registry::load().unwrap().soul("driven").unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
+    let driver = Arc::new(TurnDriver::new(store, runtime, clock));
+    Fixture {
+        double,
+        driver,
+        _keep: keep,
+    }
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
+    driver_on(Arc::new(store), Box::new(dir)).await
+}
+
+async fn postgres() -> Fixture {
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    driver_on(Arc::new(store), Box::new(database)).await
+}
+
+fn inbound(from: &str, body: &str, sid: &str, at: DateTime<Utc>) -> Inbound {
+    Inbound {
+        from: Address::new(from),
+        body: body.to_owned(),
+        external_id: Some(sid.to_owned()),
+        received_at: at,
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+async fn answered(driver: &TurnDriver, message: Inbound) -> Vec<TurnReport> {
+    match driver.handle(&message, &NoDelivery).await.unwrap() {
+        Handled::Answered(reports) => reports,
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+async fn a_conversation_keeps_its_state_across_turns(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    double.push_content("Dee said: \"Hello.\"");
+    double.push_content("Dee said: \"Tell me more.\"");
+    double.push_content("Dee said: \"Okay, let's focus.\"");
+
+    let first = answered(&driver, inbound("+15550001", "hi", "SM1", now())).await;
+    let second = answered(&driver, inbound("+15550001", "more", "SM2", now())).await;
+    let third = answered(&driver, inbound("+15550001", "focus", "SM3", now())).await;
+    let fourth = answered(&driver, inbound("+15550001", "now?", "SM4", now())).await;
+
+    assert_eq!(first[0].replies, ["Hello."]);
+    assert_eq!(second[0].replies, ["Tell me more."]);
+    assert_eq!(third[0].replies, ["Okay, let's focus."]);
+    assert_eq!(third[0].process, "focus");
+    assert_eq!(
+        fourth[0].replies,
+        ["focused because \"asked\""],
+        "params were stored with the transition"
+    );
+    assert!(first[0].subprocesses_applied);
+
+    let store = driver.store();
+    let session = store
+        .session(&Address::new("+15550001"))
+        .await
+        .unwrap()
+        .unwrap();
+    let exported = store
+        .export_user(&Address::new("+15550001"))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = exported.to_string();
+    assert!(text.contains("\"heard\""), "{text}");
+    assert_eq!(session.total_messages, 8, "four messages and four replies");
+
+    // What the person and the soul said, in order, as the conversation table holds it.
+    let history = store
+        .history(&Address::new("+15550001"), None, 0)
+        .await
+        .unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said,
+        [
+            "hi",
+            "Hello.",
+            "more",
+            "Tell me more.",
+            "focus",
+            "Okay, let's focus.",
+            "now?",
+            "focused because \"asked\""
+        ]
+    );
+}
+
+async fn a_redelivered_message_is_not_answered_twice(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    double.push_content("once");
+    let message = inbound("+15550002", "hi", "SM-dup", now());
+    answered(&driver, message.clone()).await;
+    assert!(matches!(
+        driver.handle(&message, &NoDelivery).await.unwrap(),
+        Handled::Duplicate
+    ));
+    assert_eq!(double.requests().await.len(), 1);
+}
+
+async fn a_failed_turn_sends_the_fallback_and_changes_nothing(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    double.push_content("first");
+    answered(&driver, inbound("+15550003", "hi", "SMa", now())).await;
+    let address = Address::new("+15550003");
+    let before = driver.store().export_user(&address).await.unwrap().unwrap();
+
+    double.push(Reply::status(500));
+    let failed = answered(&driver, inbound("+15550003", "again", "SMb", now())).await;
+    assert!(failed[0].fell_back);
+    assert_eq!(failed[0].replies, [soul_turns::DEFAULT_FALLBACK_REPLY]);
+    let after = driver.store().export_user(&address).await.unwrap().unwrap();
+    for key in ["soul_memories", "process_memories", "mental_process_state"] {
+        assert_eq!(
+            before.get(key),
+            after.get(key),
+            "{key} unchanged by the failed turn"
+        );
+    }
+
+    double.push_content("back");
+    let recovered = answered(&driver, inbound("+15550003", "still there?", "SMc", now())).await;
+    assert_eq!(recovered[0].replies, ["back"]);
+}
+
+async fn a_message_arriving_mid_turn_is_answered_next_by_the_same_worker(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let gate_name = format!("mid-turn-{}", uuid_like());
+    double.push_content("to the first");
+    double.push_content("to the second");
+    let first = tokio::spawn({
+        let driver = driver.clone();
+        let message = inbound("+15550004", &format!("gated {gate_name}"), "SMx", now());
+        async move { answered(&driver, message).await }
+    });
+    gate(&gate_name).entered.notified().await;
+    let second = driver
+        .handle(&inbound("+15550004", "second", "SMy", now()), &NoDelivery)
+        .await
+        .unwrap();
+    assert!(matches!(second, Handled::Queued));
+    gate(&gate_name).release.notify_one();
+
+    let reports = first.await.unwrap();
+    let replies: Vec<&str> = reports.iter().map(|r| r.replies[0].as_str()).collect();
+    assert_eq!(replies, ["to the first", "to the second"]);
+    assert!(
+        !reports[0].subprocesses_applied,
+        "the queued message cancelled the first turn's subprocesses"
+    );
+    assert!(reports[1].subprocesses_applied);
+}
+
+async fn a_session_timeout_resets_process_state_but_not_soul_memory(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap();
+    double.push_content("hello");
+    double.push_content("hello again");
+    answered(&driver, inbound("+15550005", "focus", "SMt1", start)).await;
+    let later = answered(
+        &driver,
+        inbound("+15550005", "I'm back", "SMt2", start + Duration::hours(3)),
+    )
+    .await;
+    assert_eq!(
+        later[0].processes_run,
+        ["listen"],
+        "back in the initial process"
+    );
+    let session = driver
+        .store()
+        .session(&Address::new("+15550005"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.session_number(), 2);
+    let exported = driver
+        .store()
+        .export_user(&Address::new("+15550005"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exported.to_string().contains("\"heard\""),
+        "soul memory survived the timeout"
+    );
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or_default())
+}
+
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::sqlite().await).await; })*
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await; })*
+        }
+    };
+}
+
+on_every_store!(
+    a_conversation_keeps_its_state_across_turns,
+    a_redelivered_message_is_not_answered_twice,
+    a_failed_turn_sends_the_fallback_and_changes_nothing,
+    a_message_arriving_mid_turn_is_answered_next_by_the_same_worker,
+    a_session_timeout_resets_process_state_but_not_soul_memory,
+);
