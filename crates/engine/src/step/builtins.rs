@@ -52,80 +52,56 @@ fn non_empty(text: String) -> Result<String, InvalidAnswer> {
     }
 }
 
-/// Says something to the person. See [`external_dialog`].
+/// Something the soul says or thinks: [`external_dialog`] and [`internal_monologue`] differ only
+/// in the verb ("said" / "thought") and in what they ask for.
 #[derive(Debug, Clone)]
-pub struct ExternalDialog {
+pub struct Utterance {
+    step: &'static str,
+    verb: &'static str,
+    asked_for: &'static str,
+    rules: &'static str,
     instructions: String,
 }
 
 /// The soul's next utterance to the person, guided by `instructions`. Value: the utterance,
 /// without any `Name said:` prefix or quotes.
-pub fn external_dialog(instructions: impl Into<String>) -> ExternalDialog {
-    ExternalDialog {
+pub fn external_dialog(instructions: impl Into<String>) -> Utterance {
+    Utterance {
+        step: "external_dialog",
+        verb: "said",
+        asked_for: "the next utterance from",
+        rules: "* Do not include actions or stage directions.\n* Do not include internal thoughts.\n",
         instructions: instructions.into(),
     }
-}
-
-impl CognitiveStep for ExternalDialog {
-    type Value = String;
-
-    fn name(&self) -> &str {
-        "external_dialog"
-    }
-
-    fn command(&self, memory: &WorkingMemory) -> String {
-        let name = memory.soul_name();
-        format!(
-            "Model the mind of {name}.\n\n## Instructions\n\
-             * Do not include actions or stage directions (no *{name} smiles*).\n\
-             * Do not include internal thoughts.\n\
-             * {instructions}\n\n\
-             Reply with the next utterance from {name}, in the format: {name} said: \"...\"",
-            instructions = self.instructions
-        )
-    }
-
-    fn interpret(
-        &self,
-        memory: &WorkingMemory,
-        answer: &str,
-    ) -> Result<(String, Option<Memory>), InvalidAnswer> {
-        let said = non_empty(strip_speaker_prefix(answer, memory.soul_name(), "said"))?;
-        let memory = remembered(
-            self.name(),
-            format!("{} said: \"{said}\"", memory.soul_name()),
-        );
-        Ok((said, Some(memory)))
-    }
-}
-
-/// Thinks something to itself. See [`internal_monologue`].
-#[derive(Debug, Clone)]
-pub struct InternalMonologue {
-    instructions: String,
 }
 
 /// A thought the soul has, guided by `instructions`. Value: the thought.
-pub fn internal_monologue(instructions: impl Into<String>) -> InternalMonologue {
-    InternalMonologue {
+pub fn internal_monologue(instructions: impl Into<String>) -> Utterance {
+    Utterance {
+        step: "internal_monologue",
+        verb: "thought",
+        asked_for: "the next thought of",
+        rules: "",
         instructions: instructions.into(),
     }
 }
 
-impl CognitiveStep for InternalMonologue {
+impl CognitiveStep for Utterance {
     type Value = String;
 
     fn name(&self) -> &str {
-        "internal_monologue"
+        self.step
     }
 
     fn command(&self, memory: &WorkingMemory) -> String {
         let name = memory.soul_name();
         format!(
-            "Model the mind of {name}.\n\n## Instructions\n\
-             * {instructions}\n\n\
-             Reply with the next thought of {name}, in the format: {name} thought: \"...\"",
-            instructions = self.instructions
+            "Model the mind of {name}.\n\n## Instructions\n{rules}* {instructions}\n\n\
+             Reply with {asked_for} {name}, in the format: {name} {verb}: \"...\"",
+            rules = self.rules,
+            instructions = self.instructions,
+            asked_for = self.asked_for,
+            verb = self.verb,
         )
     }
 
@@ -134,12 +110,13 @@ impl CognitiveStep for InternalMonologue {
         memory: &WorkingMemory,
         answer: &str,
     ) -> Result<(String, Option<Memory>), InvalidAnswer> {
-        let thought = non_empty(strip_speaker_prefix(answer, memory.soul_name(), "thought"))?;
+        let name = memory.soul_name();
+        let text = non_empty(strip_speaker_prefix(answer, name, self.verb))?;
         let memory = remembered(
-            self.name(),
-            format!("{} thought: \"{thought}\"", memory.soul_name()),
+            self.step,
+            format!("{name} {verb}: \"{text}\"", verb = self.verb),
         );
-        Ok((thought, Some(memory)))
+        Ok((text, Some(memory)))
     }
 }
 
