@@ -4,7 +4,8 @@
 //! message and either starts the turn (loading everything it needs under a lease) or reports it
 //! as a duplicate or queued behind the running turn; [`Store::commit_turn`] applies the turn's
 //! changes atomically, stores its replies for delivery, releases the lease and starts the
-//! session's next waiting message, if any. Both are atomic.
+//! session's next waiting message, if any. Both are atomic. A due scheduled event enters the
+//! same queue through [`Store::begin_event_turn`], as a turn that is not the person talking.
 //!
 //! Backends: [`PgStore`] (PostgreSQL or Supabase's database, through SQL functions defined in
 //! `migrations/`) and [`SqliteStore`] (one local file, no server). Both pass the same
@@ -30,10 +31,10 @@ pub use error::{Result, StoreError};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::{
-    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, Inbound, Lease,
-    MemoryChange, NewEvent, OutboundMessage, OutboundRef, ProcessMemoryChange, ProcessState,
-    Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
+    Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage, OutboundRef,
+    ProcessMemoryChange, ProcessState, Processes, QueuedInbound, ScheduledEvent, Session,
+    SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 
 /// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.
@@ -55,6 +56,22 @@ pub trait Store: Send + Sync + fmt::Debug {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome>;
+
+    /// Begins the turn for a due event (from [`Store::claim_due_events`]) exactly as
+    /// [`Store::begin_turn`] does for a message — the same queue, lease and per-session order —
+    /// except that the event is not a message from the person: it is not stored in the
+    /// conversation, not counted in `total_messages` and does not move (or trigger) the session
+    /// timeout. In the same transaction the event is completed (deleted), so a crash re-runs its
+    /// turn through lease takeover, never fires it again. Firing it a second time answers
+    /// [`EventOutcome::Duplicate`] (its inbound row has the external id `event:<event id>`); an
+    /// event rescheduled or cancelled since it was claimed is [`EventOutcome::Gone`]; for an
+    /// opted-out person the event is completed without a turn ([`EventOutcome::OptedOut`]).
+    fn begin_event_turn<'a>(
+        &'a self,
+        event: &'a ScheduledEvent,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, EventOutcome>;
 
     /// Commits a turn begun under `commit.lease_token`: applies the changes, stores the replies
     /// as outbound messages pending delivery, marks the inbound message done, and starts the

@@ -14,9 +14,9 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::Semaphore;
 
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Inbound, Lease, OutboundMessage,
-    ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit,
-    TurnContext, TurnSettings,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    OutboundMessage, ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome,
+    TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError, StoreFuture, migrations, wire};
 
@@ -130,6 +130,21 @@ impl Store for PgStore {
             let request = wire::begin_request(inbound, settings, now)?;
             wire::begin_outcome(
                 self.call("select public.soul_begin_turn($1)", request)
+                    .await?,
+            )
+        })
+    }
+
+    fn begin_event_turn<'a>(
+        &'a self,
+        event: &'a ScheduledEvent,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, EventOutcome> {
+        Box::pin(async move {
+            let request = wire::begin_event_request(event, settings, now)?;
+            wire::event_outcome(
+                self.call("select public.soul_begin_event_turn($1)", request)
                     .await?,
             )
         })

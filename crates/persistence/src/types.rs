@@ -219,17 +219,21 @@ impl fmt::Debug for Session {
     }
 }
 
-/// A stored inbound message waiting for, or running, its turn.
+/// A stored inbound message waiting for, or running, its turn: a person's message or a due
+/// scheduled event ([`QueuedInbound::kind`]).
 #[derive(Clone, PartialEq, Deserialize)]
 pub struct QueuedInbound {
     /// Its id (`inbound_messages.id`).
     pub id: Uuid,
-    /// The channel's id.
+    /// The channel's id; `event:<event id>` for an event.
     pub external_id: Option<String>,
-    /// The text.
+    /// The text (empty for an event: what it says is in its payload).
     pub body: String,
-    /// When the channel received it.
+    /// When the channel received it; for an event, when it came due.
     pub received_at: DateTime<Utc>,
+    /// A person's message or a scheduled event.
+    #[serde(default)]
+    pub kind: InboundKind,
 }
 
 impl fmt::Debug for QueuedInbound {
@@ -239,7 +243,50 @@ impl fmt::Debug for QueuedInbound {
             .field("external_id", &self.external_id)
             .field("body_len", &self.body.len())
             .field("received_at", &self.received_at)
+            .field("kind", &self.kind)
             .finish()
+    }
+}
+
+/// What a turn answers.
+#[derive(Clone, PartialEq, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InboundKind {
+    /// A person's message: stored in the conversation as the user message, counted, and
+    /// measured by the session timeout.
+    #[default]
+    Message,
+    /// A scheduled event that came due ([`crate::Store::begin_event_turn`]): not stored in the
+    /// conversation, not counted, and invisible to the session timeout.
+    Event {
+        /// The scheduled event's id ([`ScheduledEvent::id`]).
+        event_id: Uuid,
+        /// Its session-unique key ([`NewEvent::key`]).
+        key: String,
+        /// Its kind ([`NewEvent::kind`]).
+        kind: String,
+        /// Its payload ([`NewEvent::payload`]).
+        payload: serde_json::Value,
+    },
+}
+
+impl fmt::Debug for InboundKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InboundKind::Message => f.write_str("Message"),
+            // The payload may quote the person.
+            InboundKind::Event {
+                event_id,
+                key,
+                kind,
+                ..
+            } => f
+                .debug_struct("Event")
+                .field("event_id", event_id)
+                .field("key", key)
+                .field("kind", kind)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -378,6 +425,29 @@ pub enum BeginOutcome {
     },
     /// This worker holds the lease: run the turn, then commit it.
     Started(Box<TurnContext>),
+}
+
+/// What [`crate::Store::begin_event_turn`] decided.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EventOutcome {
+    /// This event was already fired (its turn ran, runs or waits); nothing changed.
+    Duplicate {
+        /// The stored inbound row of its turn.
+        inbound_id: Uuid,
+    },
+    /// Stored in the session's queue behind the running turn; the event is completed.
+    Queued {
+        /// The stored inbound row.
+        inbound_id: Uuid,
+    },
+    /// This worker holds the lease: run the turn, then commit it. The event is completed.
+    Started(Box<TurnContext>),
+    /// The person opted out: the event was completed without a turn.
+    OptedOut,
+    /// The event is no longer stored as claimed (cancelled, rescheduled to another time, or its
+    /// session erased); nothing changed. A rescheduled event fires at its new time.
+    Gone,
 }
 
 /// One change to a keyed memory; for one key the last change in a list wins.

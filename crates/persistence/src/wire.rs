@@ -8,9 +8,9 @@ use soul_engine::{Memory, WorkingMemory};
 use uuid::Uuid;
 
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Inbound, Lease, OutboundRef,
-    ProcessState, QueuedInbound, Session, SessionId, SubprocessCommit, SubprocessOutcome,
-    TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    OutboundRef, ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, StoreError};
 
@@ -41,6 +41,20 @@ pub(crate) fn begin_request(
         "body": inbound.body,
         "external_id": inbound.external_id,
         "received_at": inbound.received_at,
+        "now": now,
+        "settings": settings(turn)?,
+    }))
+}
+
+pub(crate) fn begin_event_request(
+    event: &ScheduledEvent,
+    turn: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    Ok(json!({
+        "event_id": event.id,
+        "session_id": event.session_id,
+        "due_at": event.due_at,
         "now": now,
         "settings": settings(turn)?,
     }))
@@ -187,6 +201,25 @@ pub(crate) fn begin_outcome(mut value: Value) -> Result<BeginOutcome> {
             .ok_or_else(|| StoreError::Corrupt("started without a turn".to_owned())),
         other => Err(StoreError::Corrupt(format!(
             "unknown begin outcome {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn event_outcome(mut value: Value) -> Result<EventOutcome> {
+    match outcome(&value)? {
+        "duplicate" => Ok(EventOutcome::Duplicate {
+            inbound_id: uuid_field(&value, "inbound_id")?,
+        }),
+        "queued" => Ok(EventOutcome::Queued {
+            inbound_id: uuid_field(&value, "inbound_id")?,
+        }),
+        "started" => turn(value["turn"].take())?
+            .map(EventOutcome::Started)
+            .ok_or_else(|| StoreError::Corrupt("started without a turn".to_owned())),
+        "opted_out" => Ok(EventOutcome::OptedOut),
+        "gone" => Ok(EventOutcome::Gone),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown event begin outcome {other:?}"
         ))),
     }
 }

@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
-    Address, BeginOutcome, Inbound, MemoryChange, PgStore, Processes, Store, StoreFuture,
-    TurnCommit, TurnSettings, migrations,
+    Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore, Processes,
+    Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
 use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
 use sqlx::{Connection, PgConnection};
@@ -54,8 +54,18 @@ fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
     }
 }
 
+fn check_in(due_at: DateTime<Utc>) -> NewEvent {
+    NewEvent {
+        key: format!("check-in-{}", due_at.timestamp()),
+        kind: "perception".into(),
+        payload: serde_json::json!({"content": "check in"}),
+        due_at,
+    }
+}
+
 /// Begin and commit are one round trip each (a `Sync` or simple `Query` per operation, counted
-/// on the wire by a proxy), including a commit that starts the next queued turn.
+/// on the wire by a proxy), including a commit that starts the next queued turn and the begin of
+/// a due event's turn.
 #[tokio::test]
 async fn begin_and_commit_are_one_round_trip_each() {
     let database = TestDatabase::migrated().await;
@@ -74,6 +84,23 @@ async fn begin_and_commit_are_one_round_trip_each() {
         .expect("begin")
     else {
         panic!("expected a started turn")
+    };
+    let mut commit = TurnCommit::new(&turn);
+    commit.changes.schedule = vec![check_in(t0())];
+    store
+        .commit_turn(&commit, &settings, t0())
+        .await
+        .expect("commit");
+    let due = store
+        .claim_due_events(t0(), 1, Duration::minutes(1))
+        .await
+        .expect("claim");
+    let EventOutcome::Started(turn) = store
+        .begin_event_turn(&due[0], &settings, t0())
+        .await
+        .expect("begin event")
+    else {
+        panic!("expected a started event turn")
     };
     store
         .commit_turn(&TurnCommit::new(&turn), &settings, t0())
@@ -126,12 +153,32 @@ async fn begin_and_commit_are_one_round_trip_each() {
     );
     let next = next.next.expect("the queued message");
 
+    let mut commit = TurnCommit::new(&next);
+    commit.changes.schedule = vec![check_in(at)];
     let before = counter.count();
     store
-        .commit_turn(&TurnCommit::new(&next), &settings, at)
+        .commit_turn(&commit, &settings, at)
         .await
         .expect("commit");
     assert_eq!(counter.count() - before, 1, "commit");
+
+    let due = store
+        .claim_due_events(at, 1, Duration::minutes(1))
+        .await
+        .expect("claim");
+    let before = counter.count();
+    let EventOutcome::Started(turn) = store
+        .begin_event_turn(&due[0], &settings, at)
+        .await
+        .expect("begin event")
+    else {
+        panic!("expected a started event turn")
+    };
+    assert_eq!(counter.count() - before, 1, "an event's begin");
+    store
+        .commit_turn(&TurnCommit::new(&turn), &settings, at)
+        .await
+        .expect("commit");
 }
 
 /// Roles without the service role's rights see no rows and change none: `anon` and

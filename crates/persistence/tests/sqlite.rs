@@ -50,3 +50,55 @@ async fn reopening_keeps_data_and_schema() {
     let session = store.session(&from).await.expect("session").expect("kept");
     assert_eq!(session.total_messages, 1);
 }
+
+/// A file made by a build before event turns (schema version 1) is upgraded in place on open.
+#[tokio::test]
+async fn version_one_file_is_upgraded() {
+    use chrono::Utc;
+    use soul_persistence::{Address, BeginOutcome, Inbound, Processes, TurnSettings};
+    use sqlx::{Connection, SqliteConnection};
+    let harness = harness().await;
+    let path = harness.dir.path().join("souls.db");
+    let from = Address::new("+15550000001");
+    let settings = TurnSettings::new("aria", Processes::new("initial", ["initial"]));
+    let message = |body: &str| Inbound {
+        from: from.clone(),
+        body: body.into(),
+        external_id: None,
+        received_at: Utc::now(),
+    };
+    {
+        let store = harness.open().await.expect("open");
+        store
+            .begin_turn(&message("old"), &settings, Utc::now())
+            .await
+            .expect("begin");
+    }
+    // Back to version 1: the columns version 2 added are dropped.
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "alter table inbound_messages drop column event;
+         alter table inbound_messages drop column kind;
+         pragma user_version = 1;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("downgrade");
+    conn.close().await.expect("close");
+
+    let store = harness.open().await.expect("reopen");
+    let queued = store
+        .begin_turn(&message("new"), &settings, Utc::now())
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+    let export = store
+        .export_user(&from)
+        .await
+        .expect("export")
+        .expect("kept");
+    assert_eq!(export["inbound_messages"][0]["kind"], "message");
+    assert_eq!(export["inbound_messages"][1]["kind"], "message");
+}

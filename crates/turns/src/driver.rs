@@ -7,8 +7,8 @@ use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
 use soul_persistence::{
-    Address, BeginOutcome, Changes, Inbound, SessionId, Store, StoreError, SubprocessCommit,
-    TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, EventOutcome, Inbound, SessionId, Store, StoreError,
+    SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
 };
 use uuid::Uuid;
 
@@ -192,6 +192,56 @@ impl TurnDriver {
             Some(context) => self.run(*context, delivery).await,
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Fires up to `limit` due scheduled events: claims them, then one by one begins the
+    /// event's turn (one store round trip, which also completes the event) and, if it started
+    /// here, runs it with the messages that queue up behind it through [`run`](Self::run). An
+    /// event whose person is busy is queued and run by the worker holding the session. Returns
+    /// how many events were handed to a turn (started or queued); duplicates, opted-out people
+    /// and events moved or cancelled since their claim are not counted.
+    ///
+    /// Only events of the kind this driver schedules are fired; any other kind is left to its
+    /// claim's expiry, for whichever component handles it. A store error stops the round; the
+    /// events not yet begun are handed out again when their claim expires.
+    pub async fn fire_due_events(
+        &self,
+        limit: u32,
+        delivery: &dyn Delivery,
+    ) -> Result<usize, DriverError> {
+        // Each turn begins right before it runs, so a started turn never waits out its lease
+        // behind the others. A claim that lapses while earlier turns run only lets another
+        // worker fire that event first; this worker's begin then answers `Duplicate`.
+        let due = self
+            .store
+            .claim_due_events(self.clock.now(), limit, self.settings.lease_for)
+            .await?;
+        let mut fired = 0;
+        for event in &due {
+            if event.kind != mapping::PERCEPTION_EVENT {
+                tracing::debug!(
+                    session = %event.session_id,
+                    kind = %event.kind,
+                    "not an engine event; left alone"
+                );
+                continue;
+            }
+            match self
+                .store
+                .begin_event_turn(event, &self.settings, self.clock.now())
+                .await?
+            {
+                EventOutcome::Started(context) => {
+                    fired += 1;
+                    self.run(*context, delivery).await?;
+                }
+                EventOutcome::Queued { .. } => fired += 1,
+                outcome => {
+                    tracing::debug!(session = %event.session_id, ?outcome, "event not fired")
+                }
+            }
+        }
+        Ok(fired)
     }
 
     /// Runs a started turn and then each queued message the commits hand over, in order.

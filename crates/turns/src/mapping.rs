@@ -4,16 +4,18 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use soul_engine::process::{
-    MainOutcome, MemoryChanges, Perception, ProcessState as EngineProcessState, ScheduledEvent,
-    Soul, SoulState, SubprocessOutcome,
+    EventId, MainOutcome, MemoryChanges, Perception, PerceptionKind,
+    ProcessState as EngineProcessState, ScheduledEvent, Soul, SoulState, SubprocessOutcome,
 };
 use soul_engine::{Memory, Role, WorkingMemory};
 use soul_persistence::{
-    Changes, MemoryChange, NewEvent, ProcessMemoryChange, ProcessState, Processes, TurnContext,
-    TurnSettings,
+    Changes, InboundKind, MemoryChange, NewEvent, ProcessMemoryChange, ProcessState, Processes,
+    TurnContext, TurnSettings,
 };
+use uuid::Uuid;
 
-/// The event kind the driver stores for the engine's scheduled perceptions.
+/// The event kind the driver stores for the engine's scheduled perceptions (and the only kind
+/// [`crate::TurnDriver::fire_due_events`] fires).
 pub(crate) const PERCEPTION_EVENT: &str = "perception";
 
 /// Turn settings for `soul`: its process names and initial process, the seed's defaults.
@@ -55,12 +57,42 @@ pub(crate) fn soul_state(soul: &Soul, context: &TurnContext) -> SoulState {
     }
 }
 
-/// The perception of the message `begin` started the turn for.
+/// The perception of what the turn was started for: the person's message, or a scheduled
+/// event (stored by [`new_event`]) perceived at the time it came due.
 pub(crate) fn perception(context: &TurnContext) -> Perception {
     let inbound = &context.inbound;
-    let mut perception = Perception::message(inbound.body.clone(), inbound.received_at);
-    perception.metadata = json!({ "inbound_id": inbound.id });
-    perception
+    match &inbound.kind {
+        InboundKind::Message => {
+            let mut perception = Perception::message(inbound.body.clone(), inbound.received_at);
+            perception.metadata = json!({ "inbound_id": inbound.id });
+            perception
+        }
+        InboundKind::Event {
+            event_id,
+            key,
+            payload,
+            ..
+        } => {
+            let content = payload
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut perception = Perception::message(content, inbound.received_at);
+            perception.kind = PerceptionKind::Event {
+                // The key is the id `cx.schedule` returned (see `new_event`), so a process can
+                // tell which of its events this is; the store's own id only for a foreign key.
+                id: EventId(Uuid::parse_str(key).unwrap_or(*event_id)),
+                process: payload
+                    .get("process")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            };
+            if let Some(metadata) = payload.get("metadata").filter(|m| m.is_object()) {
+                perception.metadata = metadata.clone();
+            }
+            perception
+        }
+    }
 }
 
 /// The store's change set for the main part of a turn.

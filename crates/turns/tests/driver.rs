@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
+use soul_engine::Clock;
+use soul_engine::model::BoxFuture;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime};
 use soul_engine::step::external_dialog;
-use soul_engine::{Clock, SystemClock};
 use soul_persistence::{Address, Inbound, PgStore, SqliteStore, Store};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
-use soul_turns::{Handled, NoDelivery, TurnDriver, TurnReport};
+use soul_turns::{Delivery, Handled, NoDelivery, OutboundBatch, TurnDriver, TurnReport};
 use tokio::sync::Notify;
 
 soul_engine::soul! {
@@ -27,6 +28,7 @@ soul_engine::soul! {
 }
 soul_engine::mental_process!(soul = "driven", name = "listen", listen);
 soul_engine::mental_process!(soul = "driven", name = "focus", focus);
+soul_engine::mental_process!(soul = "driven", name = "check_in", check_in);
 soul_engine::subprocess!(soul = "driven", name = "tally", tally);
 
 async fn listen(cx: ProcessContext) -> ProcessResult {
@@ -45,6 +47,13 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
     cx.soul_memory().set("heard", &(heard + 1))?;
     cx.process_memory()
         .set("last_invocation", &cx.invocation_count())?;
+    if body == "remind me" {
+        cx.schedule(
+            cx.now() + Duration::hours(1),
+            Some("check_in"),
+            "see how the interview went",
+        );
+    }
     Ok(if body == "focus" {
         Next::to("focus", memory).with_params(json!({"why": "asked"}))
     } else {
@@ -54,6 +63,12 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
 
 async fn focus(cx: ProcessContext) -> ProcessResult {
     cx.speak(format!("focused because {}", cx.params_json()["why"]));
+    Ok(Next::stay(cx.memory().clone()))
+}
+
+/// Speaks without the model, so a test can tell it answered.
+async fn check_in(cx: ProcessContext) -> ProcessResult {
+    cx.speak(format!("checking in: {}", cx.perception().content));
     Ok(Next::stay(cx.memory().clone()))
 }
 
@@ -82,9 +97,44 @@ fn gate(name: &str) -> Arc<Gate> {
         .clone()
 }
 
+/// The wall clock, moved forward by a test: the driver and the processes read the same one.
+#[derive(Debug, Default)]
+struct TestClock {
+    ahead: Mutex<Duration>,
+}
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        *self.ahead.lock().unwrap() += by;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.ahead.lock().unwrap()
+    }
+}
+
+/// Keeps what the driver hands over for sending.
+#[derive(Default)]
+struct Recorded {
+    sent: Mutex<Vec<String>>,
+}
+
+impl Delivery for Recorded {
+    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
+        self.sent
+            .lock()
+            .unwrap()
+            .extend(batch.messages.into_iter().map(|(_, text)| text));
+        Box::pin(async {})
+    }
+}
+
 struct Fixture {
     double: OpenAiDouble,
     driver: Arc<TurnDriver>,
+    clock: Arc<TestClock>,
     _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -94,12 +144,13 @@ async fn driver_on(store: Arc<dyn Store>, keep: Box<dyn std::any::Any + Send + S
         .with_retry(RetryPolicy::no_retries());
     let model = Arc::new(OpenAiModel::new(config).unwrap());
     let soul = Registry::load().unwrap().soul("driven").unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = Arc::new(TestClock::default());
     let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
-    let driver = Arc::new(TurnDriver::new(store, runtime, clock));
+    let driver = Arc::new(TurnDriver::new(store, runtime, clock.clone()));
     Fixture {
         double,
         driver,
+        clock,
         _keep: keep,
     }
 }
@@ -294,6 +345,70 @@ async fn a_session_timeout_resets_process_state_but_not_soul_memory(fixture: Fix
     );
 }
 
+async fn a_scheduled_check_in_makes_the_aimed_process_speak_once(fixture: Fixture) {
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    double.push_content("Dee said: \"I will.\"");
+    let address = Address::new("+15550006");
+    let asked = answered(
+        &driver,
+        inbound("+15550006", "remind me", "SMe1", clock.now()),
+    )
+    .await;
+    assert_eq!(asked[0].replies, ["I will."]);
+    let delivery = Recorded::default();
+    assert_eq!(
+        driver.fire_due_events(10, &delivery).await.unwrap(),
+        0,
+        "not due yet"
+    );
+
+    clock.advance(Duration::minutes(61));
+    assert_eq!(driver.fire_due_events(10, &delivery).await.unwrap(), 1);
+    assert_eq!(
+        *delivery.sent.lock().unwrap(),
+        ["checking in: see how the interview went"]
+    );
+    assert_eq!(
+        driver.fire_due_events(10, &delivery).await.unwrap(),
+        0,
+        "fired once"
+    );
+    assert_eq!(delivery.sent.lock().unwrap().len(), 1);
+    assert_eq!(
+        double.requests().await.len(),
+        1,
+        "the check-in needed no model"
+    );
+
+    let store = driver.store();
+    let history = store.history(&address, None, 0).await.unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said,
+        [
+            "remind me",
+            "I will.",
+            "checking in: see how the interview went"
+        ],
+        "the event itself is not part of the conversation"
+    );
+    let session = store.session(&address).await.unwrap().unwrap();
+    assert_eq!(session.total_messages, 3);
+    assert_eq!(session.session_number(), 1);
+    let exported = store.export_user(&address).await.unwrap().unwrap();
+    assert_eq!(
+        exported["mental_process_state"]["name"],
+        json!("listen"),
+        "the aimed process ran once; the current one stays"
+    );
+    assert_eq!(exported["scheduled_events"], json!([]));
+}
+
 fn uuid_like() -> String {
     format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
@@ -315,4 +430,5 @@ on_every_store!(
     a_failed_turn_sends_the_fallback_and_changes_nothing,
     a_message_arriving_mid_turn_is_answered_next_by_the_same_worker,
     a_session_timeout_resets_process_state_but_not_soul_memory,
+    a_scheduled_check_in_makes_the_aimed_process_speak_once,
 );

@@ -19,10 +19,10 @@ use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use crate::types::{
-    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, Inbound, Lease,
-    MemoryChange, OutboundMessage, OutboundRef, ProcessState, QueuedInbound, ScheduledEvent,
-    Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
-    session_number,
+    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
+    Inbound, InboundKind, Lease, MemoryChange, OutboundMessage, OutboundRef, ProcessState,
+    QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome,
+    TurnCommit, TurnContext, TurnSettings, session_number,
 };
 use crate::{Result, Store, StoreError, StoreFuture, wire};
 
@@ -40,7 +40,12 @@ macro_rules! write_tx {
     }};
 }
 
-const SCHEMA: &str = include_str!("schema.sql");
+/// The schema by `pragma user_version`: each script brings a database from the version before
+/// it to its own (and sets `user_version`), so files created by older builds are upgraded.
+const SCHEMA_VERSIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema.sql")),
+    (2, include_str!("event_turns.sql")),
+];
 
 /// The store in one local SQLite file.
 #[derive(Clone)]
@@ -113,8 +118,10 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("pragma user_version")
             .fetch_one(&mut *tx)
             .await?;
-        if version == 0 {
-            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+        for (target, sql) in SCHEMA_VERSIONS {
+            if version < *target {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -251,18 +258,38 @@ async fn start_next(
         return Ok(None);
     };
     let inbound_id: String = next.try_get("id")?;
+    let kind = match next.try_get::<Option<String>, _>("event")? {
+        Some(event) => {
+            let mut event = parse_json(&event)?;
+            event
+                .as_object_mut()
+                .ok_or_else(|| StoreError::Corrupt("stored event is not an object".to_owned()))?
+                .insert("type".to_owned(), json!("event"));
+            serde_json::from_value(event)?
+        }
+        None => InboundKind::Message,
+    };
+    let is_event = matches!(kind, InboundKind::Event { .. });
     let inbound = QueuedInbound {
         id: parse_uuid(&inbound_id)?,
         external_id: next.try_get("external_id")?,
         body: next.try_get("body")?,
         received_at: parse_ts(&next.try_get::<String, _>("received_at")?)?,
+        kind,
     };
     let resumed = next.try_get::<String, _>("status")? == "started";
 
     let stored = load_session(conn, session).await?;
     let mut metadata = stored.metadata.clone();
     let mut reset = false;
-    if !resumed {
+    if !resumed && is_event {
+        // Not the person talking: no user message, and the timeout neither fires nor restarts.
+        sqlx::query("update inbound_messages set status = 'started', started_at = ? where id = ?")
+            .bind(&now_text)
+            .bind(&inbound_id)
+            .execute(&mut *conn)
+            .await?;
+    } else if !resumed {
         let last: Option<String> = sqlx::query_scalar(
             "select max(created_at) from messages where session_id = ? and role = 'user'",
         )
@@ -319,7 +346,7 @@ async fn start_next(
     )
     .bind(json_text(&metadata))
     .bind(&now_text)
-    .bind(if resumed { 0_i64 } else { 1 })
+    .bind(if resumed || is_event { 0_i64 } else { 1 })
     .bind(lease.token.to_string())
     .bind(ts(lease.expires_at))
     .bind(&inbound_id)
@@ -660,6 +687,80 @@ async fn begin(
         .ok_or_else(|| StoreError::Corrupt("the stored inbound message vanished".to_owned()))
 }
 
+/// What `public.soul_begin_event_turn` does in PostgreSQL; see there.
+async fn begin_event(
+    conn: &mut SqliteConnection,
+    event: &ScheduledEvent,
+    settings: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome> {
+    settings.validate()?;
+    let session = event.session_id.0.to_string();
+    let row = sqlx::query("select * from user_sessions where id = ?")
+        .bind(&session)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(EventOutcome::Gone);
+    };
+    let opted_out = row.try_get::<Option<String>, _>("opted_out_at")?.is_some();
+    let row = session_row(&row)?;
+    let external_id = format!("event:{}", event.id);
+    let seen: Option<String> = sqlx::query_scalar(
+        "select id from inbound_messages where session_id = ? and external_id = ?",
+    )
+    .bind(&session)
+    .bind(&external_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(seen) = seen {
+        return Ok(EventOutcome::Duplicate {
+            inbound_id: parse_uuid(&seen)?,
+        });
+    }
+    // Matching due_at, as `complete_event` does: a reschedule since the claim fires later.
+    let stored = sqlx::query(
+        "delete from scheduled_events where id = ? and session_id = ? and due_at = ?
+         returning key, kind, payload, due_at",
+    )
+    .bind(event.id.to_string())
+    .bind(&session)
+    .bind(ts(event.due_at))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(EventOutcome::Gone);
+    };
+    if opted_out {
+        return Ok(EventOutcome::OptedOut);
+    }
+    let payload = json!({
+        "event_id": event.id,
+        "key": stored.try_get::<String, _>("key")?,
+        "kind": stored.try_get::<String, _>("kind")?,
+        "payload": parse_json(&stored.try_get::<String, _>("payload")?)?,
+    });
+    let inbound_id = Uuid::new_v4();
+    sqlx::query(
+        "insert into inbound_messages (id, session_id, external_id, body, received_at, kind, event)
+         values (?, ?, ?, '', ?, 'event', ?)",
+    )
+    .bind(inbound_id.to_string())
+    .bind(&session)
+    .bind(&external_id)
+    .bind(stored.try_get::<String, _>("due_at")?)
+    .bind(json_text(&payload))
+    .execute(&mut *conn)
+    .await?;
+    if lease_live(&row, &ts(now)) {
+        return Ok(EventOutcome::Queued { inbound_id });
+    }
+    start_next(conn, &session, settings, now, false)
+        .await?
+        .map(EventOutcome::Started)
+        .ok_or_else(|| StoreError::Corrupt("the stored event turn vanished".to_owned()))
+}
+
 async fn commit(
     conn: &mut SqliteConnection,
     commit: &TurnCommit,
@@ -814,9 +915,10 @@ async fn export(conn: &mut SqliteConnection, address: &Address) -> Result<Option
              order by seq",
             &id, &[("snapshot", Json), ("created_at", Text)]).await?,
         "inbound_messages": rows_as_json(conn,
-            "select external_id, body, received_at, status from inbound_messages
+            "select external_id, body, received_at, status, kind, event from inbound_messages
              where session_id = ? order by seq",
-            &id, &[("external_id", Text), ("body", Text), ("received_at", Text), ("status", Text)])
+            &id, &[("external_id", Text), ("body", Text), ("received_at", Text), ("status", Text),
+                ("kind", Text), ("event", Json)])
             .await?,
         "outbound_messages": rows_as_json(conn,
             "select id, body, status, provider_id, created_at from outbound_messages
@@ -861,6 +963,17 @@ impl Store for SqliteStore {
         Box::pin(
             async move { write_tx!(self, conn => { begin(conn, inbound, settings, now).await }) },
         )
+    }
+
+    fn begin_event_turn<'a>(
+        &'a self,
+        event: &'a ScheduledEvent,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, EventOutcome> {
+        Box::pin(async move {
+            write_tx!(self, conn => { begin_event(conn, event, settings, now).await })
+        })
     }
 
     fn commit_turn<'a>(
