@@ -86,7 +86,10 @@ create index idx_working_memory_snapshots_session on public.working_memory_snaps
 
 -- Every inbound message, stored before the webhook is answered. `queued` waits for the lease,
 -- `started` is the turn in flight (re-run if its worker dies), `done` is committed. A started
--- message is also in `messages`, as the user message with the same id.
+-- message is also in `messages`, as the user message with the same id. A due scheduled event runs
+-- its turn through this queue too (kind `event`), sharing the lease, the per-session order and
+-- takeover; it is not a message from the person, so it is not stored in the conversation, not
+-- counted and not seen by the session timeout. See docs/persistence.md ("Event turns").
 create table public.inbound_messages (
   id uuid primary key default gen_random_uuid(),
   seq bigint generated always as identity,
@@ -97,7 +100,11 @@ create table public.inbound_messages (
   status text not null default 'queued' check (status in ('queued', 'started', 'done')),
   started_at timestamptz,
   finished_at timestamptz,
-  unique (session_id, external_id)
+  kind text not null default 'message' check (kind in ('message', 'event')),
+  -- For an event: {event_id, key, kind, payload}, copied from the completed scheduled event.
+  event jsonb,
+  unique (session_id, external_id),
+  constraint inbound_messages_event_matches_kind check ((kind = 'event') = (event is not null))
 );
 
 create index idx_inbound_messages_pending on public.inbound_messages (session_id, seq)

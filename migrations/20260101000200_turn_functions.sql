@@ -74,7 +74,8 @@ $$;
 -- started turn first, then the queue). Applies the seed's timeout, stores the user message, takes
 -- the lease, bumps the version, validates the process state and loads everything the turn needs.
 -- Releases the lease and returns null when nothing is waiting. The caller holds the session row
--- lock.
+-- lock. An event row (see soul_begin_event_turn) starts a turn without touching the conversation,
+-- the message count or the session timeout (session metadata is left as it is).
 create function public.soul_start_next(
   p_session uuid,
   p_settings jsonb,
@@ -92,6 +93,7 @@ declare
   v_last timestamptz;
   v_reset boolean := false;
   v_resumed boolean;
+  v_event boolean;
   v_number bigint;
   v_metadata jsonb;
   v_token uuid := pg_catalog.gen_random_uuid();
@@ -117,7 +119,11 @@ begin
   select * into v_s from public.user_sessions where id = p_session;
   v_metadata := v_s.metadata;
   v_resumed := v_in.status = 'started';
-  if not v_resumed then
+  v_event := v_in.kind = 'event';
+  if not v_resumed and v_event then
+    -- Not the person talking: no user message, and the timeout neither fires nor restarts.
+    update public.inbound_messages set status = 'started', started_at = p_now where id = v_in.id;
+  elsif not v_resumed then
     select max(created_at) into v_last from public.messages
       where session_id = p_session and role = 'user';
     v_number := public.soul_session_number(v_metadata);
@@ -142,7 +148,7 @@ begin
   update public.user_sessions set
       metadata = v_metadata,
       last_active_at = p_now,
-      total_messages = total_messages + (case when v_resumed then 0 else 1 end),
+      total_messages = total_messages + (case when v_resumed or v_event then 0 else 1 end),
       version = version + 1,
       lease_token = v_token,
       lease_expires_at = p_now + public.soul_ms(p_settings -> 'lease_ms'),
@@ -180,7 +186,10 @@ begin
     'session', public.soul_session_json(v_s),
     'inbound', pg_catalog.jsonb_build_object(
       'id', v_in.id, 'external_id', v_in.external_id, 'body', v_in.body,
-      'received_at', v_in.received_at),
+      'received_at', v_in.received_at,
+      'kind', case when v_event
+        then v_in.event || pg_catalog.jsonb_build_object('type', 'event')
+        else pg_catalog.jsonb_build_object('type', 'message') end),
     'lease', pg_catalog.jsonb_build_object('token', v_token, 'expires_at', v_s.lease_expires_at),
     'new_session', p_new_session,
     'session_reset', v_reset,
@@ -197,6 +206,17 @@ begin
       select coalesce(pg_catalog.jsonb_object_agg(key, value), '{}'::jsonb)
         from public.process_memories
         where session_id = p_session and process_name = v_process),
+    -- Subprocesses run after every turn whatever the current process is, so their memories are
+    -- loaded too: those named in the settings that hold any.
+    'subprocess_memories', (
+      select coalesce(pg_catalog.jsonb_object_agg(p.process_name, p.memories), '{}'::jsonb)
+        from (
+          select m.process_name, pg_catalog.jsonb_object_agg(m.key, m.value) as memories
+            from public.process_memories m
+            where m.session_id = p_session
+              and coalesce(p_settings -> 'subprocesses', '[]'::jsonb) ? m.process_name
+            group by m.process_name
+        ) p),
     'history', v_history,
     'snapshot', (
       select snapshot from public.working_memory_snapshots
@@ -371,6 +391,65 @@ begin
   return pg_catalog.jsonb_build_object(
     'outcome', 'started',
     'turn', public.soul_start_next(v_s.id, v_settings, v_now, v_new));
+end
+$$;
+
+-- Begin the turn of a due event: one call per claimed event. Completes (deletes) the event in the
+-- same transaction that queues its turn. Returns {outcome: duplicate | gone | opted_out | queued |
+-- started}.
+create function public.soul_begin_event_turn(request jsonb)
+returns jsonb
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := (request ->> 'now')::timestamptz;
+  v_external text := 'event:' || (request ->> 'event_id');
+  v_s public.user_sessions;
+  v_e public.scheduled_events;
+  v_inbound_id uuid;
+begin
+  -- The same lock as begin and commit: the event's turn is ordered with the session's messages.
+  select * into v_s from public.user_sessions
+    where id = (request ->> 'session_id')::uuid
+    for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'gone');
+  end if;
+
+  select id into v_inbound_id from public.inbound_messages
+    where session_id = v_s.id and external_id = v_external;
+  if found then
+    return pg_catalog.jsonb_build_object(
+      'outcome', 'duplicate', 'inbound_id', v_inbound_id, 'session_id', v_s.id);
+  end if;
+
+  -- Matching due_at, as soul_complete_event does: a reschedule since the claim fires later.
+  delete from public.scheduled_events
+    where id = (request ->> 'event_id')::uuid and session_id = v_s.id
+      and due_at = (request ->> 'due_at')::timestamptz
+    returning * into v_e;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'gone');
+  end if;
+  if v_s.opted_out_at is not null then
+    return pg_catalog.jsonb_build_object('outcome', 'opted_out', 'session_id', v_s.id);
+  end if;
+
+  insert into public.inbound_messages (session_id, external_id, body, received_at, kind, event)
+    values (v_s.id, v_external, '', v_e.due_at, 'event', pg_catalog.jsonb_build_object(
+      'event_id', v_e.id, 'key', v_e.key, 'kind', v_e.kind, 'payload', v_e.payload))
+    returning id into v_inbound_id;
+
+  if v_s.lease_token is not null and v_s.lease_expires_at > v_now then
+    return pg_catalog.jsonb_build_object(
+      'outcome', 'queued', 'inbound_id', v_inbound_id, 'session_id', v_s.id);
+  end if;
+
+  return pg_catalog.jsonb_build_object(
+    'outcome', 'started',
+    'turn', public.soul_start_next(v_s.id, request -> 'settings', v_now, false));
 end
 $$;
 
@@ -714,7 +793,7 @@ as $$
       from public.working_memory_snapshots t where t.session_id = s.id),
     'inbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'external_id', t.external_id, 'body', t.body, 'received_at', t.received_at,
-        'status', t.status) order by t.seq), '[]'::jsonb)
+        'status', t.status, 'kind', t.kind, 'event', t.event) order by t.seq), '[]'::jsonb)
       from public.inbound_messages t where t.session_id = s.id),
     'outbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'body', t.body, 'status', t.status, 'provider_id', t.provider_id,

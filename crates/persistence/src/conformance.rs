@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             invalid_settings_change_nothing,
             soul_memory_upserts_on_session_and_key,
             process_memory_upserts_on_session_process_and_key,
+            subprocess_memories_are_loaded_by_every_begin,
             history_is_latest_first_limited_and_regioned,
             timeout_starts_new_session_and_clears_ephemeral_state,
             repeated_external_id_is_a_duplicate,
@@ -80,10 +81,13 @@ fn minutes(n: i64) -> Duration {
 }
 
 fn settings() -> TurnSettings {
-    TurnSettings::new(
-        "aria",
-        Processes::new("initial", ["initial", "listening", "closing"]),
-    )
+    TurnSettings {
+        subprocesses: vec!["tally".to_owned(), "notes".to_owned()],
+        ..TurnSettings::new(
+            "aria",
+            Processes::new("initial", ["initial", "listening", "closing"]),
+        )
+    }
 }
 
 fn address(n: usize) -> Address {
@@ -150,6 +154,13 @@ fn set(key: &str, value: serde_json::Value) -> MemoryChange {
     }
 }
 
+fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
 fn bodies(history: &[Memory]) -> Vec<String> {
     history
         .iter()
@@ -173,6 +184,7 @@ pub async fn first_message_creates_session_with_seed_defaults(harness: &dyn Harn
     assert_eq!(context.process, ProcessState::new("initial", json!({})));
     assert_eq!(context.corrected_from, None);
     assert!(context.soul_memories.is_empty() && context.process_memories.is_empty());
+    assert!(context.subprocess_memories.is_empty());
     assert!(context.snapshot.is_none());
     assert_eq!(context.inbound.body, "hello");
     assert_eq!(context.inbound.external_id.as_deref(), Some("SM1"));
@@ -291,6 +303,15 @@ pub async fn invalid_settings_change_nothing(harness: &dyn Harness) {
         "{refused:?}"
     );
     assert!(!refused.is_err_and(|error| error.is_retryable()));
+    let mut ambiguous = settings();
+    ambiguous.subprocesses.push("listening".to_owned());
+    let refused = store
+        .begin_turn(&inbound(&from, "a", None, t0()), &ambiguous, t0())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
     assert!(store.session(&from).await.expect("session").is_none());
     let context = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
     let mut outcome = TurnCommit::new(&context);
@@ -446,6 +467,96 @@ pub async fn process_memory_upserts_on_session_process_and_key(harness: &dyn Har
     );
 }
 
+/// A turn also loads the memories of the subprocesses named in the settings, however it
+/// begins (a message, a commit handing over the next one, a due event): subprocesses run after
+/// every turn, whatever the current process. Other processes' memories stay out, a subprocess
+/// without memory is absent, and other sessions' memories are not seen.
+pub async fn subprocess_memories_are_loaded_by_every_begin(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let other_worker = open(harness).await;
+    let from = address(1);
+    let memory = |process: &str, change: MemoryChange| ProcessMemoryChange {
+        process: process.into(),
+        change,
+    };
+    let changes = Changes {
+        process_memory: vec![memory("initial", set("mood", json!("calm")))],
+        ..Changes::default()
+    };
+    let first = turn(&*store, &from, "one", t0(), changes).await;
+    assert!(first.subprocess_memories.is_empty());
+    // As the driver stores a turn's subprocesses: after its commit, at its version.
+    let subprocesses = SubprocessCommit {
+        session_id: first.session.id,
+        version: first.version(),
+        changes: Changes {
+            process_memory: vec![
+                memory("tally", set("turns", json!(1))),
+                memory("notes", set("seen", json!(["one"]))),
+                memory("listening", set("topic", json!("work"))),
+                memory("stranger", set("x", json!(1))),
+            ],
+            schedule: vec![check_in("nudge", t0() + minutes(30))],
+            ..Changes::default()
+        },
+    };
+    let applied = store
+        .commit_subprocess(&subprocesses, &settings(), t0())
+        .await
+        .expect("subprocess");
+    assert_eq!(applied, SubprocessOutcome::Applied);
+
+    let at = t0() + minutes(1);
+    let second = start(&*store, &inbound(&from, "two", None, at), at).await;
+    let both: BTreeMap<_, _> = [
+        ("notes".to_owned(), object(json!({"seen": ["one"]}))),
+        ("tally".to_owned(), object(json!({"turns": 1}))),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(second.subprocess_memories, both);
+    assert_eq!(second.process_memories, object(json!({"mood": "calm"})));
+
+    // The commit that hands over a queued message loads them for it, as changed by the commit.
+    let queued = other_worker
+        .begin_turn(&inbound(&from, "three", None, at), &settings(), at)
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+    let mut outcome = TurnCommit::new(&second);
+    outcome.changes.process_memory = vec![
+        memory("tally", set("turns", json!(2))),
+        memory(
+            "notes",
+            MemoryChange::Remove {
+                key: "seen".to_owned(),
+            },
+        ),
+    ];
+    let third = store
+        .commit_turn(&outcome, &settings(), at)
+        .await
+        .expect("commit")
+        .next
+        .expect("three is next");
+    let tally: BTreeMap<_, _> = [("tally".to_owned(), object(json!({"turns": 2})))]
+        .into_iter()
+        .collect();
+    assert_eq!(third.subprocess_memories, tally);
+    commit(&*store, &TurnCommit::new(&third), at).await;
+
+    // A due event's turn loads them too.
+    let due = t0() + minutes(30);
+    let event = claim_one(&*store, due).await;
+    let event_turn = start_event(&*store, &event, due).await;
+    assert_eq!(event_turn.subprocess_memories, tally);
+    commit(&*store, &TurnCommit::new(&event_turn), due).await;
+
+    let stranger = turn(&*store, &address(2), "hello", due, Changes::default()).await;
+    assert!(stranger.subprocess_memories.is_empty());
+    assert!(stranger.process_memories.is_empty());
+}
+
 /// History: the latest `limit` messages, oldest first, optionally of one region.
 pub async fn history_is_latest_first_limited_and_regioned(harness: &dyn Harness) {
     let store = open(harness).await;
@@ -524,10 +635,16 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
         soul_engine::WorkingMemory::new("aria").with_memory(Memory::new(Role::User, "hello", t0()));
     let changes = Changes {
         soul_memory: vec![set("name", json!("Sam"))],
-        process_memory: vec![ProcessMemoryChange {
-            process: "listening".into(),
-            change: set("topic", json!("x")),
-        }],
+        process_memory: vec![
+            ProcessMemoryChange {
+                process: "listening".into(),
+                change: set("topic", json!("x")),
+            },
+            ProcessMemoryChange {
+                process: "tally".into(),
+                change: set("turns", json!(1)),
+            },
+        ],
         process_state: Some(ProcessState::new("listening", json!({}))),
         snapshot: Some(snapshot),
         ..Changes::default()
@@ -540,6 +657,10 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
     assert_eq!(second.session.session_number(), 1);
     assert_eq!(second.process.name, "listening");
     assert_eq!(second.process_memories.get("topic"), Some(&json!("x")));
+    assert_eq!(
+        second.subprocess_memories.get("tally"),
+        Some(&object(json!({"turns": 1})))
+    );
     assert_eq!(
         second
             .snapshot
@@ -556,6 +677,7 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
     assert_eq!(third.session.last_session_started_at(), Some(after));
     assert_eq!(third.process, ProcessState::new("initial", json!({})));
     assert!(third.process_memories.is_empty());
+    assert!(third.subprocess_memories.is_empty());
     assert!(third.snapshot.is_none());
     assert_eq!(third.soul_memories.get("name"), Some(&json!("Sam")));
     // The conversation itself is kept.

@@ -37,11 +37,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "turn_functions",
         sql: include_str!("../../../migrations/20260101000200_turn_functions.sql"),
     },
-    Migration {
-        version: "20260101000300",
-        name: "event_turns",
-        sql: include_str!("../../../migrations/20260101000300_event_turns.sql"),
-    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

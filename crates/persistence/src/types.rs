@@ -2,6 +2,7 @@
 //!
 //! `Debug` never prints a phone number or a message body: they identify and describe a person.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
@@ -105,6 +106,10 @@ pub struct TurnSettings {
     pub persona: String,
     /// The registered process names.
     pub processes: Processes,
+    /// The soul's subprocess names: a turn loads their process memories too
+    /// ([`TurnContext::subprocess_memories`]), since they run after every turn whatever the
+    /// current process is. None of them may be a main process name.
+    pub subprocesses: Vec<String>,
     /// The seed's inactivity timeout: a user message arriving this long after the previous one
     /// starts a new session (process memories, process state and snapshot are cleared).
     pub session_timeout: Duration,
@@ -118,11 +123,12 @@ pub struct TurnSettings {
 
 impl TurnSettings {
     /// The seed's defaults: one-hour timeout, the last 20 messages of every region, and a
-    /// two-minute lease.
+    /// two-minute lease; no subprocesses.
     pub fn new(persona: impl Into<String>, processes: Processes) -> Self {
         TurnSettings {
             persona: persona.into(),
             processes,
+            subprocesses: Vec::new(),
             session_timeout: Duration::hours(1),
             lease_for: Duration::minutes(2),
             history_limit: 20,
@@ -143,6 +149,16 @@ impl TurnSettings {
             return Err(crate::StoreError::Invalid(
                 "the initial process has no name".to_owned(),
             ));
+        }
+        // A name in both lists would load one process's memories into two places of a turn.
+        if let Some(name) = self
+            .subprocesses
+            .iter()
+            .find(|name| self.processes.contains(name))
+        {
+            return Err(crate::StoreError::Invalid(format!(
+                "{name:?} is named both as a process and as a subprocess"
+            )));
         }
         Ok(())
     }
@@ -370,6 +386,9 @@ pub struct TurnContext {
     pub soul_memories: serde_json::Map<String, serde_json::Value>,
     /// The current process's memories, by key.
     pub process_memories: serde_json::Map<String, serde_json::Value>,
+    /// The memories of the subprocesses named in [`TurnSettings::subprocesses`], by process and
+    /// key; a subprocess with no memory stored is absent.
+    pub subprocess_memories: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// The latest messages (limit and region per [`TurnSettings`]), oldest first.
     pub history: Vec<Memory>,
     /// The latest working-memory snapshot, if one is stored and readable.
@@ -394,6 +413,14 @@ impl fmt::Debug for TurnContext {
             .field(
                 "process_memories",
                 &self.process_memories.keys().collect::<Vec<_>>(),
+            )
+            .field(
+                "subprocess_memories",
+                &self
+                    .subprocess_memories
+                    .iter()
+                    .map(|(process, memory)| (process, memory.keys().collect::<Vec<_>>()))
+                    .collect::<BTreeMap<_, _>>(),
             )
             .field("history", &self.history)
             .field("snapshot", &self.snapshot)

@@ -1,6 +1,8 @@
 //! The JSON the SQL functions in `migrations/` take and return. Shared by every store that runs
 //! the turn contract in PostgreSQL (directly, or over Supabase's REST API).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +26,7 @@ pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
         "persona": settings.persona,
         "known_processes": settings.processes.known,
         "initial_process": settings.processes.initial,
+        "subprocesses": settings.subprocesses,
         "session_timeout_ms": millis(settings.session_timeout),
         "lease_ms": millis(settings.lease_for),
         "history_limit": settings.history_limit,
@@ -119,6 +122,7 @@ struct TurnWire {
     corrected_from: Option<String>,
     soul_memories: serde_json::Map<String, Value>,
     process_memories: serde_json::Map<String, Value>,
+    subprocess_memories: BTreeMap<String, serde_json::Map<String, Value>>,
     history: Vec<Memory>,
     snapshot: Option<Value>,
 }
@@ -143,6 +147,7 @@ pub(crate) fn turn(value: Value) -> Result<Option<Box<TurnContext>>> {
         corrected_from: wire.corrected_from,
         soul_memories: wire.soul_memories,
         process_memories: wire.process_memories,
+        subprocess_memories: wire.subprocess_memories,
         history: wire.history,
         snapshot,
     };

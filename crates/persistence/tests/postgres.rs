@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
-    Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore, Processes,
-    Store, StoreFuture, TurnCommit, TurnSettings, migrations,
+    Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore,
+    ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
 use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
 use sqlx::{Connection, PgConnection};
@@ -42,7 +42,10 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn settings() -> TurnSettings {
-    TurnSettings::new("aria", Processes::new("initial", ["initial"]))
+    TurnSettings {
+        subprocesses: vec!["summary".to_owned()],
+        ..TurnSettings::new("aria", Processes::new("initial", ["initial"]))
+    }
 }
 
 fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
@@ -87,6 +90,14 @@ async fn begin_and_commit_are_one_round_trip_each() {
     };
     let mut commit = TurnCommit::new(&turn);
     commit.changes.schedule = vec![check_in(t0())];
+    // A subprocess memory, so that the begins below load one along with everything else.
+    commit.changes.process_memory = vec![ProcessMemoryChange {
+        process: "summary".into(),
+        change: MemoryChange::Set {
+            key: "since".into(),
+            value: serde_json::json!(1),
+        },
+    }];
     store
         .commit_turn(&commit, &settings, t0())
         .await
@@ -117,6 +128,10 @@ async fn begin_and_commit_are_one_round_trip_each() {
         panic!("expected a started turn")
     };
     assert_eq!(counter.count() - before, 1, "begin");
+    assert_eq!(
+        turn.subprocess_memories["summary"]["since"],
+        serde_json::json!(1)
+    );
 
     let before = counter.count();
     let queued = store

@@ -196,10 +196,11 @@ impl TurnDriver {
 
     /// Fires up to `limit` due scheduled events: claims them, then one by one begins the
     /// event's turn (one store round trip, which also completes the event) and, if it started
-    /// here, runs it with the messages that queue up behind it through [`run`](Self::run). An
-    /// event whose person is busy is queued and run by the worker holding the session. Returns
-    /// how many events were handed to a turn (started or queued); duplicates, opted-out people
-    /// and events moved or cancelled since their claim are not counted.
+    /// here, runs it with the messages that queue up behind it through [`run`](Self::run).
+    /// Returns the reports of the turns run here, in order: each started event's turn, followed
+    /// by those of the messages its commit handed over. An event whose person is busy is queued
+    /// and run (and reported) by the worker holding the session; duplicates, opted-out people
+    /// and events moved or cancelled since their claim run no turn.
     ///
     /// Only events of the kind this driver schedules are fired; any other kind is left to its
     /// claim's expiry, for whichever component handles it. A store error stops the round; the
@@ -208,7 +209,7 @@ impl TurnDriver {
         &self,
         limit: u32,
         delivery: &dyn Delivery,
-    ) -> Result<usize, DriverError> {
+    ) -> Result<Vec<TurnReport>, DriverError> {
         // Each turn begins right before it runs, so a started turn never waits out its lease
         // behind the others. A claim that lapses while earlier turns run only lets another
         // worker fire that event first; this worker's begin then answers `Duplicate`.
@@ -216,7 +217,7 @@ impl TurnDriver {
             .store
             .claim_due_events(self.clock.now(), limit, self.settings.lease_for)
             .await?;
-        let mut fired = 0;
+        let mut reports = Vec::new();
         for event in &due {
             if event.kind != mapping::PERCEPTION_EVENT {
                 tracing::debug!(
@@ -232,16 +233,14 @@ impl TurnDriver {
                 .await?
             {
                 EventOutcome::Started(context) => {
-                    fired += 1;
-                    self.run(*context, delivery).await?;
+                    reports.extend(self.run(*context, delivery).await?);
                 }
-                EventOutcome::Queued { .. } => fired += 1,
                 outcome => {
-                    tracing::debug!(session = %event.session_id, ?outcome, "event not fired")
+                    tracing::debug!(session = %event.session_id, ?outcome, "event turn not run here")
                 }
             }
         }
-        Ok(fired)
+        Ok(reports)
     }
 
     /// Runs a started turn and then each queued message the commits hand over, in order.

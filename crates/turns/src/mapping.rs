@@ -18,13 +18,21 @@ use uuid::Uuid;
 /// [`crate::TurnDriver::fire_due_events`] fires).
 pub(crate) const PERCEPTION_EVENT: &str = "perception";
 
-/// Turn settings for `soul`: its process names and initial process, the seed's defaults.
+/// Turn settings for `soul`: its process and subprocess names and initial process, the seed's
+/// defaults.
 pub fn turn_settings(soul: &Soul) -> TurnSettings {
     let processes = Processes::new(
         soul.initial_process().name,
         soul.processes().map(|p| p.name),
     );
-    TurnSettings::new(soul.name(), processes)
+    TurnSettings {
+        subprocesses: soul
+            .subprocesses()
+            .iter()
+            .map(|p| p.name.to_owned())
+            .collect(),
+        ..TurnSettings::new(soul.name(), processes)
+    }
 }
 
 /// What the engine starts from, out of what `begin` loaded.
@@ -42,7 +50,13 @@ pub(crate) fn soul_state(soul: &Soul, context: &TurnContext) -> SoulState {
             }),
     };
     let process = &context.process;
-    let mut process_memories = BTreeMap::new();
+    // The engine reads each process's memory by name; the store refuses settings naming one
+    // process both ways, so the current process and the subprocesses never share an entry.
+    let mut process_memories: BTreeMap<String, BTreeMap<String, Value>> = context
+        .subprocess_memories
+        .iter()
+        .map(|(name, memory)| (name.clone(), to_btree(memory)))
+        .collect();
     process_memories.insert(process.name.clone(), to_btree(&context.process_memories));
     SoulState {
         process: Some(EngineProcessState {
@@ -168,9 +182,11 @@ fn memory_changes(changes: &MemoryChanges) -> Vec<MemoryChange> {
     removals.chain(upserts).collect()
 }
 
-/// A cleared process memory becomes removals of the keys stored for it. The store loads only the
-/// current process's memory, and every other process's keys were removed when it was left, so the
-/// loaded keys are all there is to remove.
+/// A cleared process memory becomes removals of the keys stored for it. Only main processes are
+/// cleared (the engine clears the processes a turn leaves or enters; subprocesses are never left),
+/// and of those the store loads only the current one's memory: every other main process's keys
+/// were removed when it was left, so the loaded keys are all there is to remove. The subprocess
+/// memories the store also loads are never cleared, so they are left out here.
 fn process_memory_changes(
     context: &TurnContext,
     changes: &BTreeMap<String, MemoryChanges>,

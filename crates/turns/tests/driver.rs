@@ -72,9 +72,12 @@ async fn check_in(cx: ProcessContext) -> ProcessResult {
     Ok(Next::stay(cx.memory().clone()))
 }
 
+/// Counts the turns of a session in its own process memory, which only carries over if the
+/// store loads a subprocess's memory back; the count is copied to soul memory for the tests.
 async fn tally(cx: ProcessContext) -> ProcessResult {
-    let turns: u32 = cx.soul_memory().get("tally")?.unwrap_or(0);
-    cx.soul_memory().set("tally", &(turns + 1))?;
+    let turns: u32 = cx.process_memory().get("turns")?.unwrap_or(0) + 1;
+    cx.process_memory().set("turns", &turns)?;
+    cx.soul_memory().set("tally", &turns)?;
     Ok(Next::stay(cx.memory().clone()))
 }
 
@@ -361,21 +364,34 @@ async fn a_scheduled_check_in_makes_the_aimed_process_speak_once(fixture: Fixtur
     .await;
     assert_eq!(asked[0].replies, ["I will."]);
     let delivery = Recorded::default();
-    assert_eq!(
-        driver.fire_due_events(10, &delivery).await.unwrap(),
-        0,
+    assert!(
+        driver
+            .fire_due_events(10, &delivery)
+            .await
+            .unwrap()
+            .is_empty(),
         "not due yet"
     );
 
     clock.advance(Duration::minutes(61));
-    assert_eq!(driver.fire_due_events(10, &delivery).await.unwrap(), 1);
+    let fired = driver.fire_due_events(10, &delivery).await.unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].processes_run, ["check_in"]);
+    assert_eq!(fired[0].process, "listen");
+    assert_eq!(
+        fired[0].replies,
+        ["checking in: see how the interview went"]
+    );
     assert_eq!(
         *delivery.sent.lock().unwrap(),
         ["checking in: see how the interview went"]
     );
-    assert_eq!(
-        driver.fire_due_events(10, &delivery).await.unwrap(),
-        0,
+    assert!(
+        driver
+            .fire_due_events(10, &delivery)
+            .await
+            .unwrap()
+            .is_empty(),
         "fired once"
     );
     assert_eq!(delivery.sent.lock().unwrap().len(), 1);
@@ -409,6 +425,46 @@ async fn a_scheduled_check_in_makes_the_aimed_process_speak_once(fixture: Fixtur
     assert_eq!(exported["scheduled_events"], json!([]));
 }
 
+/// The `tally` subprocess's count, as it copied it to soul memory.
+async fn tally_of(driver: &TurnDriver, address: &Address) -> serde_json::Value {
+    let exported = driver.store().export_user(address).await.unwrap().unwrap();
+    exported["soul_memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["key"] == "tally")
+        .map(|row| row["value"].clone())
+        .unwrap_or_default()
+}
+
+async fn a_subprocess_counts_in_its_own_memory_across_turns(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let address = Address::new("+15550007");
+    let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
+    for n in 1..=3 {
+        double.push_content("Dee said: \"Mm.\"");
+        let at = start + Duration::minutes(n);
+        let reports = answered(&driver, inbound("+15550007", "hi", &format!("SMc{n}"), at)).await;
+        assert!(reports[0].subprocesses_applied);
+        assert_eq!(tally_of(&driver, &address).await, json!(n), "turn {n}");
+    }
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let tally: Vec<_> = exported["process_memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["process"] == "tally")
+        .map(|row| (row["key"].clone(), row["value"].clone()))
+        .collect();
+    assert_eq!(tally, [(json!("turns"), json!(3))]);
+
+    // The session timeout clears process memories, the subprocesses' included.
+    double.push_content("Dee said: \"Welcome back.\"");
+    let later = start + Duration::hours(3);
+    answered(&driver, inbound("+15550007", "back", "SMc4", later)).await;
+    assert_eq!(tally_of(&driver, &address).await, json!(1));
+}
+
 fn uuid_like() -> String {
     format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
@@ -431,4 +487,5 @@ on_every_store!(
     a_message_arriving_mid_turn_is_answered_next_by_the_same_worker,
     a_session_timeout_resets_process_state_but_not_soul_memory,
     a_scheduled_check_in_makes_the_aimed_process_speak_once,
+    a_subprocess_counts_in_its_own_memory_across_turns,
 );

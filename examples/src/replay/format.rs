@@ -115,7 +115,8 @@ pub struct Outcome {
     /// due time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
-    /// How many due events fired (handed to a turn).
+    /// How many turns the due events ran (each started event's turn, and any message its
+    /// commit handed over).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fired: usize,
     /// The summary the soul wrote of the conversation so far, when it wrote one.

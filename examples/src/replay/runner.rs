@@ -13,7 +13,7 @@ use soul_engine::Clock;
 use soul_engine::model::{BoxFuture, ChatRequest, Completion, LanguageModel, ModelError};
 use soul_engine::process::{Registry, Runtime};
 use soul_persistence::{Address, Inbound, SqliteStore};
-use soul_turns::{Delivery, Handled, NoDelivery, OutboundBatch, TurnDriver, TurnReport};
+use soul_turns::{Handled, NoDelivery, TurnDriver, TurnReport};
 // Linking the shipped souls registers them: a conversation names its soul from the registry.
 use soul_processes as _;
 
@@ -178,19 +178,18 @@ impl Runner {
                 }
             }
             Action::FireDueEvents => {
-                let delivery = Captured::default();
-                outcome.fired = self.driver.fire_due_events(FIRE_AT_MOST, &delivery).await?;
-                outcome.replies = delivery.take();
+                let reports = self
+                    .driver
+                    .fire_due_events(FIRE_AT_MOST, &NoDelivery)
+                    .await?;
+                outcome.fired = reports.len();
+                absorb(&mut outcome, &reports);
             }
         }
         let after = self.stored_states().await?;
         let several = self.people.len() > 1;
         for (address, after) in &after {
             let before = before.get(address).cloned().unwrap_or_default();
-            // An event's turn is reported by the store alone: its person's version moved.
-            if matches!(action, Action::FireDueEvents) && after.version != before.version {
-                outcome.process.clone_from(&after.process);
-            }
             let prefix = if several {
                 format!("{address}: ")
             } else {
@@ -239,14 +238,8 @@ impl Runner {
             .await?
             .pop()
             .map(|memory| memory.content);
-        let process = export
-            .pointer("/mental_process_state/name")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
         Ok(Stored {
             session: Some(session.session_number()),
-            version: Some(session.version),
-            process,
             soul_memory,
             events,
             summary,
@@ -257,35 +250,10 @@ impl Runner {
 /// How many due events one step fires at most: more than any conversation schedules.
 const FIRE_AT_MOST: u32 = 100;
 
-/// Keeps the replies sent to the delivery: `fire_due_events` reports only how many events it
-/// fired, and hands their turns' replies to the delivery.
-#[derive(Debug, Default)]
-struct Captured(Mutex<Vec<String>>);
-
-impl Captured {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl Delivery for Captured {
-    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(batch.messages.into_iter().map(|(_, text)| text));
-        Box::pin(async {})
-    }
-}
-
 /// What a step's outcome reports of one person's stored state.
 #[derive(Debug, Default, Clone)]
 struct Stored {
     session: Option<i64>,
-    /// Bumped whenever a turn starts.
-    version: Option<i64>,
-    /// The process the session is in.
-    process: Option<String>,
     soul_memory: BTreeMap<String, Value>,
     /// Scheduled events by key, described.
     events: BTreeMap<String, String>,
@@ -413,8 +381,6 @@ mod tests {
     fn changes_list_sets_removals_and_events() {
         let before = Stored {
             session: Some(1),
-            version: Some(1),
-            process: None,
             soul_memory: BTreeMap::from([
                 ("careful_mode".to_owned(), json!(true)),
                 ("user_name".to_owned(), json!("Ana")),
@@ -424,8 +390,6 @@ mod tests {
         };
         let after = Stored {
             session: Some(2),
-            version: Some(2),
-            process: None,
             soul_memory: BTreeMap::from([("user_name".to_owned(), json!("Ana"))]),
             events: BTreeMap::from([("b".to_owned(), "check_in due Y".to_owned())]),
             summary: Some("s".to_owned()),

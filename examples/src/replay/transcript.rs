@@ -66,7 +66,7 @@ pub fn render_step(step: &Step, outcome: &Outcome, process: Option<&str>) -> Str
             _ => now.clone(),
         };
         let _ = if outcome.processes_run.is_empty() {
-            // An event's turn: the driver reports no processes for it.
+            // A failed turn: the fallback reply went out, and no process's run counted.
             writeln!(out, "{INDENT}process: {moved}")
         } else {
             writeln!(

@@ -40,12 +40,7 @@ macro_rules! write_tx {
     }};
 }
 
-/// The schema by `pragma user_version`: each script brings a database from the version before
-/// it to its own (and sets `user_version`), so files created by older builds are upgraded.
-const SCHEMA_VERSIONS: &[(i64, &str)] = &[
-    (1, include_str!("schema.sql")),
-    (2, include_str!("event_turns.sql")),
-];
+const SCHEMA: &str = include_str!("schema.sql");
 
 /// The store in one local SQLite file.
 #[derive(Clone)]
@@ -118,10 +113,8 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("pragma user_version")
             .fetch_one(&mut *tx)
             .await?;
-        for (target, sql) in SCHEMA_VERSIONS {
-            if version < *target {
-                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            }
+        if version == 0 {
+            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -228,6 +221,34 @@ async fn keyed(
         );
     }
     Ok(map)
+}
+
+/// The memories of the named subprocesses, by process and key; one that holds none is absent.
+async fn subprocess_memories(
+    conn: &mut SqliteConnection,
+    session: &str,
+    subprocesses: &[String],
+) -> Result<BTreeMap<String, Map<String, Value>>> {
+    // The names go in as one JSON array, so the statement is the same for any number of them.
+    let rows = sqlx::query(
+        "select process_name, key, value from process_memories
+         where session_id = ? and process_name in (select value from json_each(?))",
+    )
+    .bind(session)
+    .bind(json_text(&json!(subprocesses)))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut memories: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for row in rows {
+        memories
+            .entry(row.try_get("process_name")?)
+            .or_default()
+            .insert(
+                row.try_get("key")?,
+                parse_json(&row.try_get::<String, _>("value")?)?,
+            );
+    }
+    Ok(memories)
 }
 
 /// What `public.soul_start_next` does in PostgreSQL; see there. The caller holds the write lock.
@@ -406,6 +427,7 @@ async fn start_next(
         .bind(&process.name),
     )
     .await?;
+    let subprocess_memories = subprocess_memories(conn, session, &settings.subprocesses).await?;
     let history = history(
         conn,
         session,
@@ -434,6 +456,7 @@ async fn start_next(
         corrected_from,
         soul_memories,
         process_memories,
+        subprocess_memories,
         history,
         snapshot,
     };

@@ -78,6 +78,10 @@ create table inbound_messages (
   status text not null default 'queued' check (status in ('queued', 'started', 'done')),
   started_at text,
   finished_at text,
+  -- A due scheduled event runs its turn through this queue too (see docs/persistence.md).
+  kind text not null default 'message' check (kind in ('message', 'event')),
+  -- For an event: {event_id, key, kind, payload}, copied from the completed scheduled event.
+  event text check ((kind = 'event') = (event is not null)),
   unique (session_id, external_id)
 );
 
