@@ -1,3 +1,126 @@
-//! The SMS gateway. Filled by the gateway work.
+//! `sms-gateway`: people text a Twilio number, a soul answers and remembers them.
+//!
+//! ```text
+//! cargo run -p sms-gateway                 # serve (the default): the gateway on data/soul.db
+//! cargo run -p sms-gateway -- migrate      # apply the store's migrations and exit
+//! cargo run -p sms-gateway -- chat         # talk to the soul in this terminal, no Twilio
+//! cargo run -p sms-gateway -- check-config # validate the configuration and exit
+//! ```
+//!
+//! Configuration comes from the environment, optionally over a TOML file (`--config FILE` or
+//! `SOUL_CONFIG`): `serve` needs `PUBLIC_URL`, `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`,
+//! `TWILIO_FROM` (or `TWILIO_MESSAGING_SERVICE_SID`) and a model (`OPENAI_API_KEY`, or
+//! `OPENAI_BASE_URL` for a server that needs no key); the store defaults to the SQLite file
+//! `data/soul.db` (`DATABASE_URL` takes `sqlite:` or `postgres://` URLs). Every setting is
+//! described in `config.rs`. Logs go to standard error, filtered by `RUST_LOG` (default `info`),
+//! as JSON with `LOG_FORMAT=json`.
+//!
+//! Twilio's messaging webhook is `POST {PUBLIC_URL}/twilio/sms`; status callbacks come to
+//! `/twilio/status`; `/healthz`, `/readyz` and `/metrics` are for operations.
 
-fn main() {}
+mod app;
+mod chat;
+mod config;
+mod keywords;
+mod metrics;
+mod outbox;
+mod ratelimit;
+mod routes;
+mod segments;
+mod server;
+mod sweeper;
+mod twilio;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+// Linking the shipped souls registers them with the engine.
+use soul_processes as _;
+
+use crate::config::{Config, Level, LogFormat};
+
+/// The SMS gateway of the soul engine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML configuration file; the environment overrides it (default: `$SOUL_CONFIG`).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: Twilio webhooks in, replies out.
+    Serve,
+    /// Apply the store's migrations and exit.
+    Migrate,
+    /// Talk to the soul in this terminal through the same engine and store, without Twilio.
+    Chat {
+        /// The address the messages come from (a phone number, or any name).
+        #[arg(long, default_value = "terminal")]
+        from: String,
+    },
+    /// Check the configuration `serve` would use, print a summary and exit.
+    CheckConfig,
+}
+
+impl Command {
+    fn level(&self) -> Level {
+        match self {
+            Command::Serve | Command::CheckConfig => Level::Serve,
+            Command::Migrate => Level::Migrate,
+            Command::Chat { .. } => Level::Chat,
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    let souls = app::soul_names();
+    let config = match config::load(command.level(), cli.config.as_deref(), &souls) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let result = match command {
+        Command::Serve => server::serve(config).await.map_err(anyhow::Error::from),
+        Command::Migrate => app::open_store(&config.store)
+            .await
+            .map(|_| tracing::info!("the store's schema is up to date"))
+            .map_err(anyhow::Error::from),
+        Command::Chat { from } => chat::run(&config, &from).await.map_err(anyhow::Error::from),
+        Command::CheckConfig => {
+            eprintln!("configuration is valid:\n{config:#?}");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

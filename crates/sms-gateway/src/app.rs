@@ -1,0 +1,580 @@
+//! The gateway's state and what it does with an inbound message: the store, the turn driver,
+//! the outbox, the metrics, and the tasks running turns.
+//!
+//! A webhook is acknowledged once its message is durably stored ([`TurnDriver::begin`], one
+//! store round trip); the turn then runs on a task of the [`TaskTracker`], so that SIGTERM can
+//! wait for running turns. Keywords (STOP, START, HELP and their synonyms) never reach the model:
+//! their turns are closed here with no reply, or with the help text. One case escapes: a HELP
+//! (or a START after an opt-out) arriving while a turn of the same number is running is queued
+//! behind it, and the driver answers queued messages through the soul.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use soul_engine::process::{Registry, Runtime};
+use soul_engine::{Clock, LanguageModel, Memory, ModelError, Role, SystemClock};
+use soul_persistence::{
+    Address, BeginOutcome, Inbound, OutboundMessage, PgStore, SessionId, SqliteStore, Store,
+    StoreError, TurnCommit, TurnContext,
+};
+use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::{Config, ModelConfig, Secret, StoreConfig};
+use crate::keywords::{self, Keyword};
+use crate::metrics::{MeteredModel, Metrics};
+use crate::outbox::Outbox;
+use crate::ratelimit::RateLimiter;
+use crate::twilio::client::{self, TwilioClient};
+use crate::twilio::signature;
+use crate::twilio::webhook::InboundSms;
+
+/// The soul run when `SOUL` is not set: the companion this gateway exists for.
+pub(crate) const DEFAULT_SOUL: &str = soul_processes::companion::SOUL;
+
+/// The answer to HELP when `HELP_TEXT` is not set.
+pub(crate) const DEFAULT_HELP_TEXT: &str = "This is an automated companion you can text any \
+     time. Reply STOP to stop messages, START to resume. If you are in danger, call your local \
+     emergency number.";
+
+/// PostgreSQL connections per gateway process: turns hold one only for a round trip.
+const PG_CONNECTIONS: u32 = 16;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create the directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model client could not be built.
+    #[error("cannot use the model: {0}")]
+    Model(#[from] ModelError),
+    /// The Twilio client could not be built.
+    #[error(transparent)]
+    Twilio(#[from] client::BuildError),
+    /// The registered souls are inconsistent, or the configured one is missing.
+    #[error("{0}")]
+    Souls(String),
+    /// The configuration lacks what the command needs (a bug: the level checks it).
+    #[error("the configuration has no {0}")]
+    Incomplete(&'static str),
+}
+
+/// The path of the SQLite file a `sqlite:` URL names: `sqlite://data/soul.db` and
+/// `sqlite:data/soul.db` are relative, `sqlite:///var/soul.db` is absolute; a query is ignored.
+pub(crate) fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    PathBuf::from(path)
+}
+
+/// Opens the configured store and brings its schema up to date (both stores migrate
+/// idempotently, and concurrent migrations wait for each other).
+pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StartError> {
+    match config {
+        StoreConfig::Sqlite { url } => {
+            let path = sqlite_path(url);
+            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| StartError::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            Ok(Arc::new(SqliteStore::open(&path).await?))
+        }
+        StoreConfig::Postgres { url } => {
+            let store = PgStore::connect(url.expose(), PG_CONNECTIONS).await?;
+            store.migrate().await?;
+            Ok(Arc::new(store))
+        }
+        // Refused with the configuration (`config::check_supported`).
+        StoreConfig::Supabase { .. } => Err(StartError::Incomplete("supported store")),
+    }
+}
+
+/// The registered soul names, for checking `SOUL`.
+pub(crate) fn soul_names() -> Vec<&'static str> {
+    Registry::load()
+        .map(|registry| registry.soul_names().collect())
+        .unwrap_or_default()
+}
+
+/// Configures the crisis resources text, once, before any turn runs.
+pub(crate) fn configure_crisis_resources(config: &Config) {
+    use soul_processes::companion::crisis::{CrisisResources, configure_crisis_resources};
+    if let Some(text) = &config.crisis_resources
+        && let Ok(resources) = CrisisResources::new(text.as_str())
+        && configure_crisis_resources(resources).is_err()
+    {
+        tracing::warn!("the crisis resources were configured before; keeping the first text");
+    }
+}
+
+/// Builds the driver for the configured soul on `store`, its model metered into `metrics`.
+pub(crate) fn build_driver(
+    config: &Config,
+    store: Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+) -> Result<TurnDriver, StartError> {
+    let registry = Registry::load().map_err(|error| StartError::Souls(error.to_string()))?;
+    let name = config.soul.as_deref().unwrap_or(DEFAULT_SOUL);
+    let soul = registry
+        .soul(name)
+        .ok_or_else(|| StartError::Souls(format!("this build has no soul named {name:?}")))?;
+    let model_config = config
+        .model
+        .as_ref()
+        .ok_or(StartError::Incomplete("model"))?;
+    let model = Arc::new(MeteredModel::new(
+        open_model(model_config)?,
+        metrics.clone(),
+    ));
+    let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
+    let mut settings = soul_turns::turn_settings(runtime.soul());
+    settings.session_timeout =
+        chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);
+    Ok(TurnDriver::new(store, runtime, clock).with_settings(settings))
+}
+
+fn open_model(config: &ModelConfig) -> Result<Arc<dyn LanguageModel>, ModelError> {
+    let key = config.api_key.as_ref().map_or("", |key| key.expose());
+    let openai = soul_engine::model::openai::OpenAiConfig::new(
+        config.base_url.as_str(),
+        key,
+        config.model.as_str(),
+    );
+    Ok(Arc::new(soul_engine::model::openai::OpenAiModel::new(
+        openai,
+    )?))
+}
+
+/// A store error's kind, for logs: the errors' text can quote stored values.
+pub(crate) fn store_error_kind(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Unavailable(_) => "store unavailable",
+        StoreError::Database(_) => "database error",
+        StoreError::LeaseLost => "lease lost to another worker",
+        StoreError::Invalid(_) => "invalid input",
+        StoreError::Corrupt(_) => "unexpected stored data",
+        StoreError::Migration { .. } => "migration failed",
+        _ => "store error",
+    }
+}
+
+fn driver_error_kind(error: &DriverError) -> &'static str {
+    match error {
+        DriverError::Store(error) => store_error_kind(error),
+        _ => "driver error",
+    }
+}
+
+/// What the gateway did with an inbound message; every one is acknowledged to Twilio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InboundOutcome {
+    /// Stored; its turn is running.
+    Started,
+    /// Stored behind a running turn of the same person.
+    Queued,
+    /// Seen before.
+    Duplicate,
+    /// STOP or a synonym: recorded, no reply.
+    OptOut,
+    /// START or a synonym from an opted-out number: recorded, no reply.
+    OptIn,
+    /// HELP or INFO: answered with the help text.
+    Help,
+    /// Over the per-number rate limit: acknowledged, not stored.
+    RateLimited,
+}
+
+impl InboundOutcome {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            InboundOutcome::Started => "started",
+            InboundOutcome::Queued => "queued",
+            InboundOutcome::Duplicate => "duplicate",
+            InboundOutcome::OptOut => "opt_out",
+            InboundOutcome::OptIn => "opt_in",
+            InboundOutcome::Help => "help",
+            InboundOutcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// The running gateway; shared by the HTTP handlers and the sweeper.
+pub(crate) struct App {
+    /// The configuration.
+    pub(crate) config: Config,
+    /// The store.
+    pub(crate) store: Arc<dyn Store>,
+    /// Runs turns.
+    pub(crate) driver: TurnDriver,
+    /// Sends replies.
+    pub(crate) outbox: Outbox,
+    /// The exported metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Running turns and sends, awaited on shutdown.
+    pub(crate) tracker: TaskTracker,
+    /// "Now" for the store.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The URL Twilio calls, for checking signatures.
+    pub(crate) public_url: String,
+    /// Signs Twilio's webhooks.
+    pub(crate) auth_token: Secret,
+    limiter: Option<RateLimiter>,
+    help_text: String,
+    /// A round of due events is running: the next sweep does not start another.
+    firing_events: AtomicBool,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the gateway for a `serve` configuration: opens the store, the model and Twilio.
+    pub(crate) async fn build(config: Config) -> Result<Arc<App>, StartError> {
+        let twilio_config = config
+            .twilio
+            .as_ref()
+            .ok_or(StartError::Incomplete("Twilio account"))?;
+        let public_url = config
+            .public_url
+            .clone()
+            .ok_or(StartError::Incomplete("public URL"))?;
+        let store = open_store(&config.store).await?;
+        let metrics = Arc::new(Metrics::new());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let driver = build_driver(&config, store.clone(), &metrics, clock.clone())?;
+        let tracker = TaskTracker::new();
+        let outbox = Outbox::new(
+            store.clone(),
+            TwilioClient::new(twilio_config)?,
+            Some(signature::request_url(&public_url, "/twilio/status")),
+            metrics.clone(),
+            clock.clone(),
+            tracker.clone(),
+        );
+        Ok(Arc::new(App {
+            auth_token: twilio_config.auth_token.clone(),
+            public_url,
+            limiter: config.rate_limit_per_minute.map(RateLimiter::new),
+            help_text: config
+                .help_text
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
+            firing_events: AtomicBool::new(false),
+            config,
+            store,
+            driver,
+            outbox,
+            metrics,
+            tracker,
+            clock,
+        }))
+    }
+
+    /// Stores `sms` and starts what it asks for; returns once the message is durable.
+    pub(crate) async fn receive(
+        self: &Arc<Self>,
+        sms: InboundSms,
+    ) -> Result<InboundOutcome, StoreError> {
+        let now = self.clock.now();
+        let address = Address::new(sms.from);
+        let keyword = keywords::classify(&sms.body);
+        // Keywords are never limited: STOP must always work.
+        if keyword.is_none()
+            && let Some(limiter) = &self.limiter
+            && !limiter.allow(address.as_str(), now)
+        {
+            return Ok(InboundOutcome::RateLimited);
+        }
+        let inbound = Inbound {
+            from: address.clone(),
+            body: sms.body,
+            external_id: Some(sms.message_sid),
+            received_at: now,
+        };
+        match keyword {
+            Some(Keyword::OptOut) => self.opt_out(&inbound).await,
+            Some(Keyword::OptIn) => self.opt_in(&inbound).await,
+            Some(Keyword::Help) => self.help(&inbound).await,
+            None => self.converse(&inbound).await,
+        }
+    }
+
+    async fn converse(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
+        Ok(match self.begin(inbound).await? {
+            BeginOutcome::Started(context) => {
+                self.spawn_run(*context);
+                InboundOutcome::Started
+            }
+            BeginOutcome::Duplicate { .. } => InboundOutcome::Duplicate,
+            _ => InboundOutcome::Queued,
+        })
+    }
+
+    /// STOP: recorded before the message is stored, so that a turn started or queued for it
+    /// already sees the opt-out and is stored unanswered by the driver.
+    async fn opt_out(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
+        let now = self.clock.now();
+        let known = self.store.set_opt_out(&inbound.from, true, now).await?;
+        match self.begin(inbound).await? {
+            BeginOutcome::Started(context) if known => self.spawn_run(*context),
+            BeginOutcome::Started(context) => {
+                // A first message that is STOP: the session exists only now.
+                self.store.set_opt_out(&inbound.from, true, now).await?;
+                self.spawn_close(*context, None);
+            }
+            BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
+            _ => {}
+        }
+        tracing::info!("opted out");
+        Ok(InboundOutcome::OptOut)
+    }
+
+    /// START from an opted-out number: recorded and stored, not answered (Twilio confirms it).
+    /// From anyone else it is an ordinary message: "yes" usually answers a question.
+    async fn opt_in(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
+        let opted_out = self
+            .store
+            .session(&inbound.from)
+            .await?
+            .is_some_and(|session| session.opted_out);
+        if !opted_out {
+            return self.converse(inbound).await;
+        }
+        self.store
+            .set_opt_out(&inbound.from, false, self.clock.now())
+            .await?;
+        match self.begin(inbound).await? {
+            BeginOutcome::Started(context) => self.spawn_close(*context, None),
+            BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
+            _ => {}
+        }
+        tracing::info!("opted back in");
+        Ok(InboundOutcome::OptIn)
+    }
+
+    /// HELP: the configured help text, without a model call (nothing to an opted-out number).
+    async fn help(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
+        match self.begin(inbound).await? {
+            BeginOutcome::Started(context) => {
+                let reply = (!context.session.opted_out).then(|| self.help_text.clone());
+                self.spawn_close(*context, reply);
+            }
+            BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
+            _ => {}
+        }
+        Ok(InboundOutcome::Help)
+    }
+
+    async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
+        self.driver
+            .begin(inbound)
+            .await
+            .map_err(|error| match error {
+                DriverError::Store(error) => error,
+                other => StoreError::Invalid(other.to_string()),
+            })
+    }
+
+    /// Runs a started turn, and the messages queued behind it, on a tracked task.
+    pub(crate) fn spawn_run(self: &Arc<Self>, context: TurnContext) {
+        let app = self.clone();
+        let span = tracing::info_span!("turn", session = %context.session.id);
+        self.tracker.spawn(
+            async move {
+                let started = Instant::now();
+                let result = app.driver.run(context, &app.outbox).await;
+                app.record(result, started);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Takes over a session a dead worker left, on a tracked task.
+    pub(crate) fn spawn_resume(self: &Arc<Self>, session: SessionId) {
+        let app = self.clone();
+        let span = tracing::info_span!("turn", session = %session, resumed = true);
+        self.tracker.spawn(
+            async move {
+                let started = Instant::now();
+                let result = app.driver.resume(session, &app.outbox).await;
+                app.record(result, started);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Fires the due scheduled events (check-ins: the soul texting first) on a tracked task,
+    /// unless the previous round is still running.
+    pub(crate) fn spawn_due_events(self: &Arc<Self>, limit: u32) {
+        if self.firing_events.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let app = self.clone();
+        self.tracker.spawn(
+            async move {
+                let started = Instant::now();
+                let result = app.driver.fire_due_events(limit, &app.outbox).await;
+                app.record(result, started);
+                app.firing_events.store(false, Ordering::Release);
+            }
+            .instrument(tracing::info_span!("events")),
+        );
+    }
+
+    fn record(&self, result: Result<Vec<TurnReport>, DriverError>, started: Instant) {
+        match result {
+            Ok(reports) if reports.is_empty() => return,
+            Ok(reports) => {
+                for report in &reports {
+                    let label = if report.fell_back {
+                        "fallback"
+                    } else if report.replies.is_empty() {
+                        "silent"
+                    } else {
+                        "answered"
+                    };
+                    self.metrics.turns.inc(label);
+                    tracing::info!(
+                        session = %report.session,
+                        result = label,
+                        replies = report.replies.len(),
+                        process = report.process,
+                        "turn committed"
+                    );
+                }
+            }
+            Err(error) => {
+                self.metrics.turns.inc("failed");
+                tracing::warn!(
+                    error = driver_error_kind(&error),
+                    "turn failed; its message is retried once the lease expires"
+                );
+            }
+        }
+        self.metrics.turn_seconds.observe(started.elapsed());
+    }
+
+    /// Commits a keyword's turn without the model, with `reply` if any, sends the reply and
+    /// runs whatever queued behind it.
+    fn spawn_close(self: &Arc<Self>, context: TurnContext, reply: Option<String>) {
+        let app = self.clone();
+        let span = tracing::info_span!("turn", session = %context.session.id, keyword = true);
+        self.tracker.spawn(
+            async move {
+                let now = app.clock.now();
+                let mut commit = TurnCommit::new(&context);
+                commit.replies = reply
+                    .into_iter()
+                    .map(|text| Memory::new(Role::Assistant, text, now))
+                    .collect();
+                let committed = match app
+                    .store
+                    .commit_turn(&commit, app.driver.settings(), now)
+                    .await
+                {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        app.metrics.turns.inc("failed");
+                        tracing::warn!(
+                            error = store_error_kind(&error),
+                            "keyword turn not committed; it is retried once the lease expires"
+                        );
+                        return;
+                    }
+                };
+                app.metrics.turns.inc(if commit.replies.is_empty() {
+                    "silent"
+                } else {
+                    "answered"
+                });
+                if !committed.outbound.is_empty() {
+                    app.outbox.enqueue(OutboundBatch {
+                        session: context.session.id,
+                        address: context.session.address.clone(),
+                        messages: committed
+                            .outbound
+                            .iter()
+                            .copied()
+                            .zip(commit.replies.iter().map(|m| m.content.clone()))
+                            .collect(),
+                    });
+                }
+                if let Some(next) = committed.next {
+                    app.spawn_run(*next);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Queues pending replies another run left for sending, in order, unless this process is
+    /// sending them already.
+    pub(crate) fn resend(&self, pending: Vec<OutboundMessage>) -> usize {
+        let mut queued = 0;
+        for message in pending {
+            if self.outbox.is_in_flight(message.id) {
+                continue;
+            }
+            queued += 1;
+            self.outbox.enqueue(OutboundBatch {
+                session: message.session_id,
+                address: message.address,
+                messages: vec![(message.id, message.body)],
+            });
+        }
+        queued
+    }
+
+    /// Whether the store answers: one cheap lookup of an address no person has.
+    pub(crate) async fn store_reachable(&self) -> bool {
+        self.store
+            .session(&Address::new("readiness-probe"))
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_urls_name_files() {
+        for (url, path) in [
+            ("sqlite://data/soul.db", "data/soul.db"),
+            ("sqlite:data/soul.db", "data/soul.db"),
+            ("sqlite:///var/lib/soul.db", "/var/lib/soul.db"),
+            ("sqlite://soul.db?mode=rwc", "soul.db"),
+        ] {
+            assert_eq!(sqlite_path(url), Path::new(path), "{url}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Carrier keywords: STOP, START, HELP and their synonyms.
+//!
+//! Twilio answers these itself on long codes and blocks later sends to an opted-out number
+//! (error 21610), but it still forwards the message, so the gateway must record the opt-out
+//! and not reply. A keyword is the whole message: "stop" is one, "please stop texting" is not.
+
+/// What a keyword message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Keyword {
+    /// Stop all messages to this number.
+    OptOut,
+    /// Resume messages after an opt-out.
+    OptIn,
+    /// Send the help text.
+    Help,
+}
+
+const OPT_OUT: &[&str] = &[
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "REVOKE",
+    "OPTOUT",
+];
+const OPT_IN: &[&str] = &["START", "UNSTOP", "YES"];
+const HELP: &[&str] = &["HELP", "INFO"];
+
+/// The keyword `body` is, if any: the whole body, trimmed, in any case.
+pub(crate) fn classify(body: &str) -> Option<Keyword> {
+    let word = body.trim();
+    let is_one_of = |list: &[&str]| {
+        list.iter()
+            .any(|keyword| keyword.eq_ignore_ascii_case(word))
+    };
+    if is_one_of(OPT_OUT) {
+        Some(Keyword::OptOut)
+    } else if is_one_of(OPT_IN) {
+        Some(Keyword::OptIn)
+    } else if is_one_of(HELP) {
+        Some(Keyword::Help)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_keyword_in_any_case_and_padding() {
+        for (list, expected) in [
+            (OPT_OUT, Keyword::OptOut),
+            (OPT_IN, Keyword::OptIn),
+            (HELP, Keyword::Help),
+        ] {
+            for keyword in list {
+                for variant in [
+                    keyword.to_string(),
+                    keyword.to_lowercase(),
+                    format!("  {}\n", keyword.to_lowercase()),
+                    format!("\t{keyword} "),
+                ] {
+                    assert_eq!(classify(&variant), Some(expected), "{variant:?}");
+                }
+            }
+        }
+        assert_eq!(classify("Stop"), Some(Keyword::OptOut));
+        assert_eq!(classify("sToPaLl"), Some(Keyword::OptOut));
+        assert_eq!(classify("Yes"), Some(Keyword::OptIn));
+    }
+
+    #[test]
+    fn only_the_whole_body_counts() {
+        for body in [
+            "",
+            "   ",
+            "please stop",
+            "stop it",
+            "STOP!",
+            "S TOP",
+            "helpful",
+            "yes please",
+            "I want to quit smoking",
+            "ＳＴＯＰ",
+            "stöp",
+        ] {
+            assert_eq!(classify(body), None, "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! Sending messages through Twilio's Messages API.
+//!
+//! `POST {api_base}/2010-04-01/Accounts/{AccountSid}/Messages.json` with Basic auth (account
+//! SID : auth token) and the form fields `To`, `From` or `MessagingServiceSid`, `Body` and
+//! optionally `StatusCallback`. Each attempt's answer is classified ([`SendError`]): accepted,
+//! retryable (HTTP 429, 5xx, Twilio 20429 and 21611, time-outs and connection failures),
+//! opted out (21610: never retried, the number must be marked) or permanent (every other
+//! refusal). [`TwilioClient::send`] retries retryable attempts with exponential backoff and
+//! jitter, honouring `Retry-After`, within a [`RetryPolicy`]'s attempt count and time budget.
+//!
+//! Phone numbers, bodies and the auth token are never logged, and `Debug` redacts them.
+//! Twilio's error messages are not kept either: they quote the phone number.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::webhook::MessageStatus;
+use crate::config::{Secret, Sender, TwilioConfig};
+
+/// Twilio's code for a recipient who has opted out (replied STOP).
+pub(crate) const OPTED_OUT: u32 = 21610;
+/// Twilio's code for too many requests (sent with HTTP 429).
+const TOO_MANY_REQUESTS: u32 = 20429;
+/// Twilio's code for a sender whose queue is full: try again later.
+const QUEUE_FULL: u32 = 21611;
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// The most attempts one send makes, the first included.
+    pub(crate) max_attempts: u32,
+    /// The backoff before the second attempt; it doubles for each further one.
+    pub(crate) initial_backoff: Duration,
+    /// The longest backoff (before jitter).
+    pub(crate) max_backoff: Duration,
+    /// The time one send may take, waits included; a retry that would end past it is not
+    /// made. A reply that is minutes late is worse than an error the outbox can act on.
+    pub(crate) budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            budget: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): exponential, capped, with
+    /// "equal jitter" (half fixed, half random) so that senders retrying together spread out.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self
+            .initial_backoff
+            .saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1)));
+        let capped = exponential.min(self.max_backoff);
+        let half = capped / 2;
+        let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(fastrand::u64(0..=jitter_nanos))
+    }
+}
+
+/// A message to send.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct OutboundSms {
+    /// The recipient (E.164).
+    pub(crate) to: String,
+    /// The text, at most 1,600 characters (see [`crate::segments::split_reply`]).
+    pub(crate) body: String,
+    /// Where Twilio reports delivery status, if anywhere.
+    pub(crate) status_callback: Option<String>,
+}
+
+impl fmt::Debug for OutboundSms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundSms")
+            .field("to", &"<redacted>")
+            .field("body_chars", &self.body.chars().count())
+            .field("status_callback", &self.status_callback)
+            .finish()
+    }
+}
+
+/// A message Twilio accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    /// Twilio's ID for the message (`SM…`).
+    pub(crate) sid: String,
+    /// Its status when accepted (`queued`, or `accepted` through a messaging service);
+    /// `None` if Twilio named a status this gateway does not know.
+    pub(crate) status: Option<MessageStatus>,
+}
+
+/// Why an attempt may succeed if repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RetryCause {
+    /// Twilio answered with a retryable status (429, 5xx) or code (20429, 21611).
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// Twilio's error code, if the body had one.
+        code: Option<u32>,
+    },
+    /// No answer within the attempt's time limit. Twilio may have accepted the message, so a
+    /// retry can duplicate it; a duplicate is judged better than a lost reply.
+    Timeout,
+    /// The connection failed or broke.
+    Connection,
+}
+
+impl fmt::Display for RetryCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryCause::Status {
+                status,
+                code: Some(code),
+            } => write!(f, "HTTP {status}, Twilio error {code}"),
+            RetryCause::Status { status, code: None } => write!(f, "HTTP {status}"),
+            RetryCause::Timeout => f.write_str("timed out"),
+            RetryCause::Connection => f.write_str("connection failed"),
+        }
+    }
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SendError {
+    /// Every attempt allowed failed with a retryable cause; the outbox may try again later.
+    #[error("Twilio did not take the message after {attempts} attempt(s): {cause}")]
+    Retryable {
+        /// The last attempt's cause.
+        cause: RetryCause,
+        /// How long Twilio asked to wait, if it said.
+        retry_after: Option<Duration>,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The recipient has opted out (21610): mark the number and never retry.
+    #[error("the recipient has opted out (Twilio error 21610)")]
+    OptedOut,
+    /// Twilio refused the message for good (invalid or unreachable number, body too long,
+    /// bad credentials, …).
+    #[error("Twilio refused the message (HTTP {status}, Twilio error {code:?})")]
+    Permanent {
+        /// The HTTP status.
+        status: u16,
+        /// Twilio's error code, if the body had one (21211, 21612, 21614, 21408, 21617, …).
+        code: Option<u32>,
+    },
+    /// Twilio answered success with a body that is not a message: whether it was queued is
+    /// unknown, so it is not retried.
+    #[error("Twilio's answer (HTTP {status}) is not a message resource")]
+    InvalidResponse {
+        /// The HTTP status.
+        status: u16,
+    },
+}
+
+impl SendError {
+    /// Whether sending again later may succeed.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, SendError::Retryable { .. })
+    }
+}
+
+/// The HTTP client could not be built (e.g. TLS initialisation failed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for Twilio")]
+pub(crate) struct BuildError(#[source] reqwest::Error);
+
+/// Sends messages as one account and sender.
+#[derive(Clone)]
+pub(crate) struct TwilioClient {
+    http: reqwest::Client,
+    messages_url: String,
+    account_sid: String,
+    auth_token: Secret,
+    sender: Sender,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for TwilioClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TwilioClient")
+            .field("messages_url", &self.messages_url)
+            .field("auth_token", &self.auth_token)
+            .field("sender", &"<redacted>")
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The JSON error body Twilio sends with a refusal.
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: Option<u32>,
+}
+
+/// The part of a message resource the gateway uses.
+#[derive(Deserialize)]
+struct MessageResource {
+    sid: String,
+    status: Option<String>,
+}
+
+impl TwilioClient {
+    /// A client for `config`'s account and sender, with a 10 s limit per attempt and the
+    /// default [`RetryPolicy`].
+    pub(crate) fn new(config: &TwilioConfig) -> Result<Self, BuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(BuildError)?;
+        Ok(TwilioClient {
+            http,
+            messages_url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                config.api_base.trim_end_matches('/'),
+                config.account_sid
+            ),
+            account_sid: config.account_sid.clone(),
+            auth_token: config.auth_token.clone(),
+            sender: config.sender.clone(),
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Uses `retry` for failed attempts.
+    #[cfg(test)]
+    pub(crate) fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Limits each attempt, answer included, to `timeout`.
+    #[cfg(test)]
+    pub(crate) fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sends `message`, retrying retryable failures within the [`RetryPolicy`].
+    pub(crate) async fn send(&self, message: &OutboundSms) -> Result<Accepted, SendError> {
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let (cause, retry_after) = match self.attempt(message).await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry { cause, retry_after } => (cause, retry_after),
+            };
+            let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
+            let within_budget = started.elapsed() + delay < self.retry.budget;
+            if attempt >= self.retry.max_attempts || !within_budget {
+                tracing::warn!(attempt, %cause, "Twilio send failed; giving up");
+                return Err(SendError::Retryable {
+                    cause,
+                    retry_after,
+                    attempts: attempt,
+                });
+            }
+            tracing::info!(
+                attempt,
+                %cause,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "Twilio send failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt, classified.
+    async fn attempt(&self, message: &OutboundSms) -> Attempt {
+        let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
+        match &self.sender {
+            Sender::From(number) => form.push(("From", number)),
+            Sender::MessagingService(sid) => form.push(("MessagingServiceSid", sid)),
+        }
+        form.push(("Body", &message.body));
+        if let Some(url) = &message.status_callback {
+            form.push(("StatusCallback", url));
+        }
+        let sent = self
+            .http
+            .post(&self.messages_url)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+            .timeout(self.request_timeout)
+            .form(&form)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return Attempt::transport(&error),
+        };
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return Attempt::transport(&error),
+        };
+        classify(status, &body, retry_after)
+    }
+}
+
+/// One attempt's outcome: final, or worth repeating.
+#[derive(Debug)]
+enum Attempt {
+    Done(Result<Accepted, SendError>),
+    Retry {
+        cause: RetryCause,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Attempt {
+    fn transport(error: &reqwest::Error) -> Self {
+        // The error's text includes the URL, which holds only the account SID: safe to log,
+        // but the cause is all the caller needs.
+        let cause = if error.is_timeout() {
+            RetryCause::Timeout
+        } else {
+            RetryCause::Connection
+        };
+        Attempt::Retry {
+            cause,
+            retry_after: None,
+        }
+    }
+}
+
+/// Classifies Twilio's answer.
+fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Attempt {
+    if (200..300).contains(&status) {
+        return Attempt::Done(
+            serde_json::from_slice::<MessageResource>(body)
+                .ok()
+                .filter(|resource| !resource.sid.is_empty())
+                .map(|resource| Accepted {
+                    status: resource.status.as_deref().and_then(MessageStatus::parse),
+                    sid: resource.sid,
+                })
+                .ok_or(SendError::InvalidResponse { status }),
+        );
+    }
+    let code = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|error| error.code);
+    let retryable =
+        status == 429 || status >= 500 || matches!(code, Some(TOO_MANY_REQUESTS | QUEUE_FULL));
+    if code == Some(OPTED_OUT) {
+        Attempt::Done(Err(SendError::OptedOut))
+    } else if retryable {
+        Attempt::Retry {
+            cause: RetryCause::Status { status, code },
+            retry_after,
+        }
+    } else {
+        Attempt::Done(Err(SendError::Permanent { status, code }))
+    }
+}
+
+/// `Retry-After` in seconds; the HTTP-date form is ignored (Twilio sends seconds).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soul_testkit::twilio::{Failure, TwilioDouble};
+
+    const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+    const TOKEN: &str = "double-auth-token";
+    const FROM: &str = "+15005550006";
+
+    fn fast_retry(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            budget: Duration::from_secs(10),
+        }
+    }
+
+    fn client(double: &TwilioDouble, sender: Sender) -> TwilioClient {
+        let config = TwilioConfig {
+            account_sid: ACCOUNT.to_owned(),
+            auth_token: Secret::new(TOKEN),
+            sender,
+            api_base: double.base_url(),
+        };
+        TwilioClient::new(&config)
+            .unwrap()
+            .with_retry(fast_retry(3))
+            .with_request_timeout(Duration::from_secs(5))
+    }
+
+    fn message(body: &str) -> OutboundSms {
+        OutboundSms {
+            to: "+14158675309".to_owned(),
+            body: body.to_owned(),
+            status_callback: Some("https://soul.example/twilio/status".to_owned()),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_message_reaches_the_double() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let accepted = client.send(&message("Hello 😀 there")).await.unwrap();
+        assert!(accepted.sid.starts_with("SM") && accepted.sid.len() == 34);
+        assert_eq!(accepted.status, Some(MessageStatus::Queued));
+        let sent = double.messages();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].sid, accepted.sid);
+        assert_eq!(sent[0].to, "+14158675309");
+        assert_eq!(sent[0].from.as_deref(), Some(FROM));
+        assert_eq!(sent[0].messaging_service_sid, None);
+        assert_eq!(sent[0].body, "Hello 😀 there");
+        assert_eq!(
+            sent[0].status_callback.as_deref(),
+            Some("https://soul.example/twilio/status")
+        );
+        assert_eq!(double.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn messaging_service_sender() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        let service = "MG0123456789abcdef0123456789abcdef";
+        let client = client(&double, Sender::MessagingService(service.to_owned()));
+        let mut sms = message("hi");
+        sms.status_callback = None;
+        client.send(&sms).await.unwrap();
+        let sent = double.messages();
+        assert_eq!(sent[0].from, None);
+        assert_eq!(sent[0].messaging_service_sid.as_deref(), Some(service));
+        assert_eq!(sent[0].status_callback, None);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_then_accepted_in_exactly_two_requests() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::RateLimited { retry_after: None });
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        client.send(&message("retry me")).await.unwrap();
+        assert_eq!(double.request_count(), 2);
+        assert_eq!(double.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::RateLimited {
+            retry_after: Some(1),
+        });
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        client.send(&message("later")).await.unwrap();
+        assert_eq!(double.request_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn retry_after_beyond_the_budget_gives_up_at_once() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::RateLimited {
+            retry_after: Some(3600),
+        });
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let error = client.send(&message("later")).await.unwrap_err();
+        assert_eq!(
+            error,
+            SendError::Retryable {
+                cause: RetryCause::Status {
+                    status: 429,
+                    code: Some(20429)
+                },
+                retry_after: Some(Duration::from_secs(3600)),
+                attempts: 1,
+            }
+        );
+        assert_eq!(double.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn persistent_server_errors_exhaust_the_attempts() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        for _ in 0..5 {
+            double.push_failure(Failure::Status(500));
+        }
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let error = client.send(&message("doomed")).await.unwrap_err();
+        assert!(error.is_retryable());
+        assert!(
+            matches!(
+                error,
+                SendError::Retryable {
+                    cause: RetryCause::Status { status: 500, .. },
+                    attempts: 3,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(double.request_count(), 3);
+        assert!(double.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn opted_out_is_not_retried() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::twilio(OPTED_OUT));
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let error = client.send(&message("hello?")).await.unwrap_err();
+        assert_eq!(error, SendError::OptedOut);
+        assert!(!error.is_retryable());
+        assert_eq!(double.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_number_is_permanent() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::twilio(21211));
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let error = client.send(&message("hello?")).await.unwrap_err();
+        assert_eq!(
+            error,
+            SendError::Permanent {
+                status: 400,
+                code: Some(21211)
+            }
+        );
+        assert_eq!(double.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_permanent() {
+        let double = TwilioDouble::start(ACCOUNT, "another-token").await;
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let error = client.send(&message("hello?")).await.unwrap_err();
+        assert_eq!(
+            error,
+            SendError::Permanent {
+                status: 401,
+                code: Some(20003)
+            }
+        );
+        assert!(double.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_times_out_and_is_retried() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::Hang(Duration::from_secs(30)));
+        // Generous enough that the second, prompt answer never times out on a loaded machine.
+        let client = client(&double, Sender::From(FROM.to_owned()))
+            .with_request_timeout(Duration::from_secs(1));
+        client.send(&message("eventually")).await.unwrap();
+        assert_eq!(double.request_count(), 2);
+        assert_eq!(double.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_failure_is_retryable() {
+        // A port nothing listens on: bind one, note it, and close it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let config = TwilioConfig {
+            account_sid: ACCOUNT.to_owned(),
+            auth_token: Secret::new(TOKEN),
+            sender: Sender::From(FROM.to_owned()),
+            api_base: format!("http://{address}"),
+        };
+        let client = TwilioClient::new(&config)
+            .unwrap()
+            .with_retry(fast_retry(2));
+        let error = client.send(&message("anyone?")).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SendError::Retryable {
+                    cause: RetryCause::Connection,
+                    attempts: 2,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn classification_table() {
+        let retry = |status: u16, body: &str| match classify(status, body.as_bytes(), None) {
+            Attempt::Retry { cause, .. } => Some(cause),
+            Attempt::Done(_) => None,
+        };
+        let done = |status: u16, body: &str| match classify(status, body.as_bytes(), None) {
+            Attempt::Done(result) => Some(result),
+            Attempt::Retry { .. } => None,
+        };
+        assert!(retry(429, "").is_some());
+        assert!(retry(500, "<html>").is_some());
+        assert!(retry(503, r#"{"code": 20503}"#).is_some());
+        assert!(retry(400, r#"{"code": 21611}"#).is_some());
+        assert!(retry(400, r#"{"code": 20429}"#).is_some());
+        assert_eq!(
+            done(400, r#"{"code": 21610, "message": "x", "status": 400}"#),
+            Some(Err(SendError::OptedOut))
+        );
+        for code in [21211, 21612, 21614, 21408, 21617] {
+            let body =
+                format!(r#"{{"code": {code}, "message": "m", "more_info": "u", "status": 400}}"#);
+            assert_eq!(
+                done(400, &body),
+                Some(Err(SendError::Permanent {
+                    status: 400,
+                    code: Some(code)
+                })),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            done(404, "not json"),
+            Some(Err(SendError::Permanent {
+                status: 404,
+                code: None
+            }))
+        );
+        assert_eq!(
+            done(201, r#"{"status": "queued"}"#),
+            Some(Err(SendError::InvalidResponse { status: 201 }))
+        );
+        assert_eq!(
+            done(201, r#"{"sid": "SMx", "status": "accepted"}"#),
+            Some(Ok(Accepted {
+                sid: "SMx".to_owned(),
+                status: Some(MessageStatus::Accepted)
+            }))
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            budget: Duration::from_secs(60),
+        };
+        for _ in 0..100 {
+            let first = policy.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = policy.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = policy.backoff(30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let sms = message("very private words");
+        let debug = format!("{sms:?}");
+        assert!(
+            !debug.contains("4158675309") && !debug.contains("private"),
+            "{debug}"
+        );
+        let config = TwilioConfig {
+            account_sid: ACCOUNT.to_owned(),
+            auth_token: Secret::new(TOKEN),
+            sender: Sender::From(FROM.to_owned()),
+            api_base: "https://api.twilio.com".to_owned(),
+        };
+        let debug = format!("{:?}", TwilioClient::new(&config).unwrap());
+        assert!(
+            !debug.contains(TOKEN) && !debug.contains("5550006"),
+            "{debug}"
+        );
+    }
+}

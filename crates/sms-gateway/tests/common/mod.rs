@@ -1,0 +1,368 @@
+//! What the end-to-end tests share: the gateway binary run as a child process, an echoing model
+//! server, and bounded waits.
+//!
+//! Every gateway runs with a cleared environment, configured only by what the test sets, and
+//! is killed when its [`Gateway`] is dropped.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+use soul_testkit::twilio::{SignedRequest, TwilioDouble, new_sid};
+
+/// The number replies come from.
+pub const TWILIO_FROM: &str = "+15005550006";
+/// The help text configured in every test.
+pub const HELP_TEXT: &str = "Sage test line. Reply STOP to stop.";
+/// Long enough for anything these tests wait for on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 20 ms until it gives a value, panicking with `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound, then released for the gateway to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A fresh Twilio double with a random account.
+pub async fn twilio() -> TwilioDouble {
+    TwilioDouble::start(&new_sid("AC"), "test-auth-token").await
+}
+
+/// An OpenAI-compatible server that answers every request with `Pip said: "echo TOKEN"`, where
+/// TOKEN is the last `<<…>>` token in the newest user message: replies name the message they
+/// answer, whatever order concurrent requests arrive in.
+#[derive(Debug)]
+pub struct EchoModel {
+    address: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoModel {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The `<<…>>` token in `text`, if any.
+pub fn token(text: &str) -> Option<&str> {
+    let start = text.rfind("<<")?;
+    let end = start + text[start..].find(">>")? + 2;
+    Some(&text[start..end])
+}
+
+impl EchoModel {
+    /// Starts the server on a loopback port.
+    pub async fn start() -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let router = axum::Router::new()
+            .route("/v1/chat/completions", post(echo))
+            .with_state(requests.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the echo model");
+        let address = listener.local_addr().expect("its address");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("echo model");
+        });
+        EchoModel {
+            address,
+            requests,
+            server,
+        }
+    }
+
+    /// The base URL (`OPENAI_BASE_URL`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// The tokens answered so far, in order of arrival.
+    pub fn answered(&self) -> Vec<String> {
+        self.requests.lock().expect("not poisoned").clone()
+    }
+}
+
+async fn echo(
+    State(requests): State<Arc<Mutex<Vec<String>>>>,
+    body: Bytes,
+) -> axum::response::Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let answered = messages
+        .iter()
+        .rev()
+        .filter(|message| message["role"] == "user")
+        .find_map(|message| message["content"].as_str().and_then(token))
+        .unwrap_or("<<none>>")
+        .to_owned();
+    requests
+        .lock()
+        .expect("not poisoned")
+        .push(answered.clone());
+    let answer = json!({
+        "id": "chatcmpl-echo",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "echo",
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": format!("Pip said: \"echo {answered}\""), "refusal": null },
+            "finish_reason": "stop",
+            "logprobs": null
+        }],
+        "usage": { "prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10 }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+/// A gateway's configuration: the environment it runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every variable set; the rest of the environment is cleared.
+    pub env: BTreeMap<String, String>,
+    /// Where its logs go.
+    pub log: PathBuf,
+}
+
+impl Settings {
+    /// A gateway on `database_url` talking to `twilio` and the model at `model_url`, running
+    /// Pip (one model call per ordinary message), with short sweeps.
+    pub fn new(dir: &Path, database_url: &str, twilio: &TwilioDouble, model_url: &str) -> Self {
+        let mut env = BTreeMap::new();
+        for (key, value) in [
+            ("BIND", "127.0.0.1"),
+            ("TWILIO_FROM", TWILIO_FROM),
+            ("OPENAI_API_KEY", "test-key"),
+            ("SOUL", "pip"),
+            ("HELP_TEXT", HELP_TEXT),
+            ("OUTBOX_RETRY_AFTER", "1s"),
+            ("SWEEP_INTERVAL", "200ms"),
+            ("SHUTDOWN_TIMEOUT", "20s"),
+            ("RUST_LOG", "info"),
+        ] {
+            env.insert(key.to_owned(), value.to_owned());
+        }
+        env.insert("DATABASE_URL".to_owned(), database_url.to_owned());
+        env.insert("OPENAI_BASE_URL".to_owned(), model_url.to_owned());
+        env.insert("TWILIO_API_BASE".to_owned(), twilio.base_url());
+        env.insert(
+            "TWILIO_ACCOUNT_SID".to_owned(),
+            twilio.account_sid().to_owned(),
+        );
+        env.insert(
+            "TWILIO_AUTH_TOKEN".to_owned(),
+            twilio.auth_token().to_owned(),
+        );
+        let log = dir.join(format!("gateway-{}.log", free_port()));
+        Settings { env, log }
+    }
+
+    /// Sets `key`.
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// A gateway process, killed on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, also its `PUBLIC_URL`.
+    pub url: String,
+    /// Its log file.
+    pub log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway binary, configured by `env` alone.
+pub fn command(env: &BTreeMap<String, String>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sms-gateway"));
+    command.env_clear().envs(env);
+    command
+}
+
+impl Gateway {
+    /// Starts a gateway with `settings` and waits until it answers `/healthz`.
+    pub async fn start(settings: &Settings) -> Gateway {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&settings.log)
+            .expect("open the log file");
+        let child = command(&settings.env)
+            .env("PORT", port.to_string())
+            .env("PUBLIC_URL", &url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the gateway");
+        let mut gateway = Gateway {
+            child,
+            url,
+            log: settings.log.clone(),
+            http: reqwest::Client::new(),
+        };
+        let health = format!("{}/healthz", gateway.url);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("the gateway exited with {status}:\n{}", gateway.logs());
+            }
+            if let Ok(response) = gateway.http.get(&health).send().await
+                && response.status().is_success()
+            {
+                return gateway;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The URL Twilio calls for `path`.
+    pub fn webhook_url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Posts a signed webhook as Twilio does; the status and body.
+    pub async fn post(&self, request: &SignedRequest) -> (u16, String) {
+        self.post_raw(&request.url, request.body.clone(), Some(&request.signature))
+            .await
+    }
+
+    /// Posts `body` to `url` with an optional signature header.
+    pub async fn post_raw(
+        &self,
+        url: &str,
+        body: String,
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("X-Twilio-Signature", signature);
+        }
+        let response = request.send().await.expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// `GET path`: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// The value of the metric series `series` (e.g. `sms_gateway_turns_total{result="silent"}`).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the metric series `series` reaches `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: u64) {
+        eventually(&format!("{series} >= {at_least}"), || async {
+            (self.metric(series).await >= at_least).then_some(())
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `text` was logged by `gateway`'s run anywhere: for privacy checks.
+pub fn assert_not_logged(gateway: &Gateway, secrets: &[&str]) {
+    let logs = gateway.logs();
+    assert!(!logs.is_empty(), "the gateway logged nothing");
+    for secret in secrets {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} appears in the logs:\n{logs}"
+        );
+    }
+}

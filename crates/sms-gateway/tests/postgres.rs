@@ -1,0 +1,135 @@
+//! End to end on PostgreSQL: one gateway, and two gateway processes sharing a database. The
+//! server comes from `TEST_DATABASE_URL` (`scripts/test` starts one); each test gets a fresh,
+//! empty database, which the gateway migrates itself.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{EchoModel, Gateway, Settings, TWILIO_FROM, eventually, twilio};
+use soul_testkit::postgres::TestDatabase;
+use soul_testkit::twilio::TwilioDouble;
+use tempfile::TempDir;
+
+/// The URL of `database` on the test server.
+fn database_url(database: &TestDatabase) -> String {
+    let server = std::env::var(soul_testkit::postgres::URL_VARIABLE)
+        .expect("TEST_DATABASE_URL names the test server (run scripts/test)");
+    let mut url = url::Url::parse(&server).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(database.name());
+    url.to_string()
+}
+
+async fn send(gateway: &Gateway, twilio: &TwilioDouble, from: &str, body: &str) {
+    let request = twilio
+        .inbound_sms(from, TWILIO_FROM, body)
+        .sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token());
+    let (status, answer) = gateway.post(&request).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The bodies sent to each number, in order.
+fn by_number(twilio: &TwilioDouble) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for message in twilio.messages() {
+        map.entry(message.to).or_default().push(message.body);
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_is_answered_in_order_on_postgres() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(
+        dir.path(),
+        &database_url(&database),
+        &twilio,
+        &model.base_url(),
+    );
+    let migrate = common::command(&settings.env)
+        .arg("migrate")
+        .output()
+        .expect("run migrate");
+    assert!(migrate.status.success(), "{migrate:?}");
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550201";
+    for i in 1..=4 {
+        send(&gateway, &twilio, from, &format!("message <<m{i}>>")).await;
+    }
+    twilio.wait_for_messages(4, common::PATIENCE).await;
+    assert_eq!(
+        by_number(&twilio)[from],
+        ["echo <<m1>>", "echo <<m2>>", "echo <<m3>>", "echo <<m4>>"]
+    );
+    assert_eq!(gateway.get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_answer_interleaved_messages_exactly_once_in_order() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(
+        dir.path(),
+        &database_url(&database),
+        &twilio,
+        &model.base_url(),
+    );
+    // Started together: both migrate the empty database, one after the other.
+    let (first, second) = tokio::join!(Gateway::start(&settings), Gateway::start(&settings));
+    let gateways = [first, second];
+    let numbers = ["+14155550211", "+14155550212", "+14155550213"];
+    const PER_NUMBER: usize = 5;
+    // Round robin over numbers and gateways, without waiting for replies: each number's
+    // messages alternate between the two processes while earlier turns are still running.
+    let mut turn = 0;
+    for i in 1..=PER_NUMBER {
+        for (n, number) in numbers.iter().enumerate() {
+            let gateway = &gateways[turn % 2];
+            turn += 1;
+            send(gateway, &twilio, number, &format!("hi <<{n}-{i}>>")).await;
+        }
+    }
+    let total = numbers.len() * PER_NUMBER;
+    twilio.wait_for_messages(total, common::PATIENCE).await;
+    // Nothing more arrives: every turn has committed, so no stray resend is still on its way.
+    eventually("every turn counted", || async {
+        let mut turns = 0;
+        for gateway in &gateways {
+            turns += gateway
+                .metric("sms_gateway_turns_total{result=\"answered\"}")
+                .await;
+        }
+        (turns == u64::try_from(total).unwrap()).then_some(())
+    })
+    .await;
+    let sent = by_number(&twilio);
+    for (n, number) in numbers.iter().enumerate() {
+        let expected: Vec<String> = (1..=PER_NUMBER)
+            .map(|i| format!("echo <<{n}-{i}>>"))
+            .collect();
+        assert_eq!(sent[*number], expected, "replies to {number}");
+    }
+    assert_eq!(twilio.messages().len(), total, "each message answered once");
+    assert_eq!(
+        model.answered().len(),
+        total,
+        "each message sent to the model once"
+    );
+    // Both processes did part of the work.
+    for gateway in &gateways {
+        assert!(
+            gateway
+                .metric("sms_gateway_inbound_total{outcome=\"started\"}")
+                .await
+                + gateway
+                    .metric("sms_gateway_inbound_total{outcome=\"queued\"}")
+                    .await
+                > 0
+        );
+    }
+}

@@ -1,0 +1,643 @@
+//! End to end on the embedded SQLite store: the gateway binary over real HTTP, with the Twilio
+//! double and a model double.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    EchoModel, Gateway, HELP_TEXT, Settings, TWILIO_FROM, assert_not_logged, command, eventually,
+    twilio,
+};
+use serde_json::{Value, json};
+use soul_persistence::{Address, BeginOutcome, Inbound, NewEvent, SqliteStore, Store, TurnCommit};
+use soul_testkit::openai::{OpenAiDouble, Reply};
+use soul_testkit::twilio::{Failure, SignedRequest, TwilioDouble, new_sid};
+use tempfile::TempDir;
+
+struct Fixture {
+    dir: TempDir,
+    twilio: TwilioDouble,
+    model: EchoModel,
+    settings: Settings,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = TempDir::new().expect("a temporary directory");
+        let twilio = twilio().await;
+        let model = EchoModel::start().await;
+        let database = format!("sqlite://{}/soul.db", dir.path().display());
+        let settings = Settings::new(dir.path(), &database, &twilio, &model.base_url());
+        Fixture {
+            dir,
+            twilio,
+            model,
+            settings,
+        }
+    }
+
+    fn sms(&self, gateway: &Gateway, from: &str, body: &str) -> SignedRequest {
+        self.twilio.inbound_sms(from, TWILIO_FROM, body).sign(
+            &gateway.webhook_url("/twilio/sms"),
+            self.twilio.auth_token(),
+        )
+    }
+
+    async fn store(&self) -> SqliteStore {
+        SqliteStore::open(self.dir.path().join("soul.db"))
+            .await
+            .expect("open the gateway's store")
+    }
+
+    /// The stored outbound messages of `from`, oldest first.
+    async fn outbound(&self, from: &str) -> Vec<Value> {
+        let export = self
+            .store()
+            .await
+            .export_user(&Address::new(from))
+            .await
+            .expect("export")
+            .unwrap_or_default();
+        export["outbound_messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn bodies_to(&self, to: &str) -> Vec<String> {
+        self.twilio
+            .messages()
+            .into_iter()
+            .filter(|message| message.to == to)
+            .map(|message| message.body)
+            .collect()
+    }
+}
+
+fn is_twiml(body: &str) -> bool {
+    body.contains("<Response/>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_is_answered_in_order_and_logs_no_personal_data() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550101";
+    // Sent back to back: the later ones queue behind the running turn.
+    for i in 1..=3 {
+        let (status, body) = gateway
+            .post(&fx.sms(&gateway, from, &format!("secret words <<m{i}>>")))
+            .await;
+        assert_eq!(status, 200);
+        assert!(is_twiml(&body), "{body}");
+    }
+    let sent = fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    let bodies: Vec<&str> = sent.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["echo <<m1>>", "echo <<m2>>", "echo <<m3>>"]);
+    for message in &sent {
+        assert_eq!(message.to, from);
+        assert_eq!(message.from.as_deref(), Some(TWILIO_FROM));
+        assert_eq!(
+            message.status_callback.as_deref(),
+            Some(gateway.webhook_url("/twilio/status").as_str())
+        );
+    }
+    assert_eq!(fx.model.answered(), ["<<m1>>", "<<m2>>", "<<m3>>"]);
+
+    // Every reply is marked accepted with Twilio's SID.
+    let outbound = eventually("replies marked accepted", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound.len() == 3 && outbound.iter().all(|m| m["status"] == "accepted"))
+            .then_some(outbound)
+    })
+    .await;
+    let sids: Vec<&str> = sent.iter().map(|m| m.sid.as_str()).collect();
+    for message in &outbound {
+        assert!(sids.contains(&message["provider_id"].as_str().unwrap()));
+    }
+
+    // A turn is counted when its run ends, just after its reply was handed over.
+    gateway
+        .wait_metric("sms_gateway_turns_total{result=\"answered\"}", 3)
+        .await;
+    let (_, metrics) = gateway.get("/metrics").await;
+    assert!(metrics.contains("sms_gateway_inbound_total{outcome=\"started\"}"));
+    assert!(metrics.contains("sms_gateway_outbound_total{status=\"accepted\"} 3"));
+    assert!(metrics.contains("sms_gateway_model_tokens_total{kind=\"prompt\"} 21"));
+    assert!(metrics.contains("sms_gateway_outbound_segments_total{encoding=\"gsm7\"} 3"));
+    assert!(metrics.contains("sms_gateway_turn_duration_seconds_count"));
+    assert_not_logged(&gateway, &[from, "4155550101", "secret words", "echo <<"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_answer() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    assert_eq!(gateway.get("/healthz").await.0, 200);
+    assert_eq!(gateway.get("/readyz").await, (200, "ready\n".to_owned()));
+    let (status, metrics) = gateway.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("# TYPE sms_gateway_inbound_total counter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_when_asked() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings.clone().set("LOG_FORMAT", "json")).await;
+    gateway
+        .post(&fx.sms(&gateway, "+14155550109", "hi <<j>>"))
+        .await;
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let logs = gateway.logs();
+    let turn_line = eventually("a JSON log line of the turn", || async {
+        gateway
+            .logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "turn committed")
+    })
+    .await;
+    assert!(
+        turn_line["span"]["session"].as_str().is_some()
+            && turn_line["span"]["session"] == turn_line["fields"]["session"],
+        "the turn's span names its session: {turn_line}\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delivery_is_acknowledged_and_not_processed_again() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550102";
+    let first = fx.sms(&gateway, from, "hello <<d1>>");
+    assert_eq!(gateway.post(&first).await.0, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let (status, body) = gateway.post(&first).await;
+    assert_eq!(status, 200);
+    assert!(is_twiml(&body));
+    // Turns of one number run in order: once the next message is answered, a second run of
+    // the duplicate would have been answered before it.
+    gateway.post(&fx.sms(&gateway, from, "again <<d2>>")).await;
+    fx.twilio.wait_for_messages(2, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(from), ["echo <<d1>>", "echo <<d2>>"]);
+    assert_eq!(fx.model.answered(), ["<<d1>>", "<<d2>>"]);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"duplicate\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_forged_oversize_and_malformed_webhooks_are_refused_and_not_stored() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550103";
+    let url = gateway.webhook_url("/twilio/sms");
+    let good = fx.sms(&gateway, from, "hello <<s1>>");
+
+    let (status, _) = gateway.post_raw(&url, good.body.clone(), None).await;
+    assert_eq!(status, 401, "missing signature");
+    let forged = fx
+        .twilio
+        .inbound_sms(from, TWILIO_FROM, "hello <<s1>>")
+        .sign(&url, "not-the-auth-token");
+    assert_eq!(gateway.post(&forged).await.0, 403, "wrong signature");
+    let tampered = good.body.replace("hello", "goodbye");
+    let (status, _) = gateway
+        .post_raw(&url, tampered, Some(&good.signature))
+        .await;
+    assert_eq!(status, 403, "body changed after signing");
+    let (status, _) = gateway
+        .post_raw(&url, good.body.clone(), Some("not base64!"))
+        .await;
+    assert_eq!(status, 403, "malformed signature");
+
+    let huge = "x".repeat(70 * 1024);
+    let oversize = fx.sms(&gateway, from, &huge);
+    assert_eq!(gateway.post(&oversize).await.0, 413, "body over 64 KiB");
+
+    for missing in ["From", "Body", "MessageSid"] {
+        let request = fx
+            .twilio
+            .inbound_sms(from, TWILIO_FROM, "hello <<bad>>")
+            .without_param(missing)
+            .sign(&url, fx.twilio.auth_token());
+        let (status, body) = gateway.post(&request).await;
+        assert_eq!(status, 400, "without {missing}: {body}");
+    }
+    let (status, _) = gateway
+        .post_raw(&url, "%%%&&&=".to_owned(), Some(&good.signature))
+        .await;
+    assert_eq!(status, 403, "garbage under a signature for something else");
+
+    // Nothing was stored or answered: the number has no session, and the first valid message
+    // is the first the model sees.
+    let store = fx.store().await;
+    assert!(store.session(&Address::new(from)).await.unwrap().is_none());
+    assert_eq!(gateway.post(&good).await.0, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(fx.model.answered(), ["<<s1>>"]);
+    assert_eq!(fx.bodies_to(from), ["echo <<s1>>"]);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"rejected\"}")
+            .await,
+        // The oversize body is refused before the handler runs.
+        8
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_and_help_are_handled_without_the_model() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550104";
+    let silent = "sms_gateway_turns_total{result=\"silent\"}";
+
+    // HELP as a first message: the help text, no model call.
+    gateway.post(&fx.sms(&gateway, from, "help")).await;
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(from), [HELP_TEXT]);
+
+    gateway.post(&fx.sms(&gateway, from, "hi <<h1>>")).await;
+    fx.twilio.wait_for_messages(2, common::PATIENCE).await;
+
+    // STOP: recorded, not answered; later messages are stored and not answered either.
+    gateway.post(&fx.sms(&gateway, from, " Stop ")).await;
+    gateway.wait_metric(silent, 1).await;
+    gateway
+        .post(&fx.sms(&gateway, from, "are you there <<h2>>"))
+        .await;
+    gateway.wait_metric(silent, 2).await;
+    gateway.post(&fx.sms(&gateway, from, "INFO")).await;
+    gateway.wait_metric(silent, 3).await;
+    let store = fx.store().await;
+    let session = store.session(&Address::new(from)).await.unwrap().unwrap();
+    assert!(session.opted_out);
+
+    // START: opted back in, not answered (Twilio confirms); then conversation resumes.
+    gateway.post(&fx.sms(&gateway, from, "START")).await;
+    gateway.wait_metric(silent, 4).await;
+    gateway.post(&fx.sms(&gateway, from, "back <<h3>>")).await;
+    fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    assert_eq!(
+        fx.bodies_to(from),
+        [HELP_TEXT, "echo <<h1>>", "echo <<h3>>"]
+    );
+    assert_eq!(fx.model.answered(), ["<<h1>>", "<<h3>>"]);
+
+    // A STOP from a number never seen opts it out too.
+    let stranger = "+14155550105";
+    gateway
+        .post(&fx.sms(&gateway, stranger, "unsubscribe"))
+        .await;
+    gateway.wait_metric(silent, 5).await;
+    let session = store
+        .session(&Address::new(stranger))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(session.opted_out);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"opt_out\"}")
+            .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reply_is_split_at_sentences_and_sent_in_order() {
+    let fx = Fixture::new().await;
+    let scripted = OpenAiDouble::start().await;
+    let sentence = "This sentence is one of many that make a very long reply indeed. ";
+    let long = sentence.repeat(60);
+    scripted.push_content(format!("Pip said: \"{}\"", long.trim()));
+    let settings = fx
+        .settings
+        .clone()
+        .set("OPENAI_BASE_URL", &scripted.base_url());
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550106";
+    gateway
+        .post(&fx.sms(&gateway, from, "tell me everything"))
+        .await;
+    let sent = fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    assert_eq!(sent.len(), 3, "{} characters in 3 parts", long.len());
+    for part in &sent {
+        assert!(part.body.chars().count() <= 1600);
+        assert!(
+            part.body.ends_with('.'),
+            "split at a sentence: {:?}",
+            part.body
+        );
+    }
+    let joined: Vec<&str> = sent.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(joined.join(" "), long.trim());
+    // One reply, accepted once all its parts were.
+    let outbound = eventually("the reply marked accepted", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound.len() == 1 && outbound[0]["status"] == "accepted").then_some(outbound)
+    })
+    .await;
+    assert_eq!(outbound[0]["provider_id"], sent[2].sid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_send_is_retried() {
+    let fx = Fixture::new().await;
+    fx.twilio
+        .push_failure(Failure::RateLimited { retry_after: None })
+        .push_failure(Failure::Status(503));
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550107";
+    gateway.post(&fx.sms(&gateway, from, "hi <<r1>>")).await;
+    let sent = fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(sent[0].body, "echo <<r1>>");
+    assert_eq!(fx.twilio.request_count(), 3);
+    eventually("the reply marked accepted", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound.len() == 1 && outbound[0]["status"] == "accepted").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_21610_opts_the_number_out_and_other_refusals_fail_the_reply() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    // Twilio's test number for a recipient who replied STOP.
+    let opted_out = "+15005550004";
+    gateway
+        .post(&fx.sms(&gateway, opted_out, "hi <<o1>>"))
+        .await;
+    gateway
+        .wait_metric("sms_gateway_outbound_total{status=\"opted_out\"}", 1)
+        .await;
+    let store = fx.store().await;
+    eventually("the number marked opted out", || async {
+        let session = store.session(&Address::new(opted_out)).await.unwrap()?;
+        session.opted_out.then_some(())
+    })
+    .await;
+    eventually("the reply marked failed", || async {
+        (fx.outbound(opted_out).await.first()?["status"] == "failed").then_some(())
+    })
+    .await;
+    // Nothing more is sent, and the model is not asked.
+    gateway
+        .post(&fx.sms(&gateway, opted_out, "hello? <<o2>>"))
+        .await;
+    gateway
+        .wait_metric("sms_gateway_turns_total{result=\"silent\"}", 1)
+        .await;
+    assert_eq!(fx.model.answered(), ["<<o1>>"]);
+    assert_eq!(fx.twilio.request_count(), 1);
+
+    // Twilio's invalid test number: a permanent refusal marks the reply failed, no retry.
+    let invalid = "+15005550001";
+    gateway.post(&fx.sms(&gateway, invalid, "hi <<o3>>")).await;
+    gateway
+        .wait_metric("sms_gateway_outbound_total{status=\"failed\"}", 1)
+        .await;
+    let outbound = eventually("the reply marked failed", || async {
+        let outbound = fx.outbound(invalid).await;
+        (outbound.len() == 1 && outbound[0]["status"] == "failed").then_some(outbound)
+    })
+    .await;
+    assert_eq!(outbound[0]["provider_id"], Value::Null);
+    assert_eq!(fx.twilio.request_count(), 2);
+    assert!(fx.twilio.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_callbacks_are_checked_and_only_move_forward() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550108";
+    gateway.post(&fx.sms(&gateway, from, "hi <<c1>>")).await;
+    let sent = fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let status_url = gateway.webhook_url("/twilio/status");
+    eventually("the reply marked accepted", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound.first()?["status"] == "accepted").then_some(())
+    })
+    .await;
+
+    let delivered = fx
+        .twilio
+        .status_callback(&sent[0], "delivered")
+        .sign(&status_url, fx.twilio.auth_token());
+    let unsigned = gateway
+        .post_raw(&status_url, delivered.body.clone(), None)
+        .await;
+    assert_eq!(unsigned.0, 401);
+    let forged = fx
+        .twilio
+        .status_callback(&sent[0], "failed")
+        .sign(&status_url, "wrong-token");
+    assert_eq!(gateway.post(&forged).await.0, 403);
+    assert_eq!(fx.outbound(from).await[0]["status"], "accepted");
+
+    let sent_callback = fx
+        .twilio
+        .status_callback(&sent[0], "sent")
+        .sign(&status_url, fx.twilio.auth_token());
+    assert_eq!(gateway.post(&sent_callback).await.0, 204);
+    assert_eq!(fx.outbound(from).await[0]["status"], "sent");
+    assert_eq!(gateway.post(&delivered).await.0, 204);
+    assert_eq!(fx.outbound(from).await[0]["status"], "delivered");
+    // Late and duplicated callbacks never move it back.
+    assert_eq!(gateway.post(&sent_callback).await.0, 204);
+    assert_eq!(gateway.post(&delivered).await.0, 204);
+    assert_eq!(fx.outbound(from).await[0]["status"], "delivered");
+
+    let malformed = soul_testkit::twilio::StatusCallbackWebhook::new(
+        fx.twilio.account_sid(),
+        &sent[0].sid,
+        "teleported",
+    )
+    .sign(&status_url, fx.twilio.auth_token());
+    assert_eq!(gateway.post(&malformed).await.0, 400);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_delivery_status_total{status=\"delivered\"}")
+            .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sends_committed_replies_twilio_never_took() {
+    let fx = Fixture::new().await;
+    // The first send hangs: the gateway dies while Twilio has not answered.
+    fx.twilio
+        .push_failure(Failure::Hang(Duration::from_secs(120)));
+    let mut first = Gateway::start(&fx.settings).await;
+    let from = "+14155550110";
+    first.post(&fx.sms(&first, from, "hi <<p1>>")).await;
+    eventually("the send to reach Twilio", || async {
+        (fx.twilio.request_count() >= 1).then_some(())
+    })
+    .await;
+    first.crash();
+    assert!(fx.twilio.messages().is_empty());
+    assert_eq!(fx.outbound(from).await[0]["status"], "pending");
+
+    let second = Gateway::start(&fx.settings).await;
+    let sent = fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(sent[0].body, "echo <<p1>>");
+    assert_eq!(sent[0].to, from);
+    eventually("the resent reply marked accepted", || async {
+        (fx.outbound(from).await[0]["status"] == "accepted").then_some(())
+    })
+    .await;
+    // Answered once: the model was not asked again.
+    assert_eq!(fx.model.answered(), ["<<p1>>"]);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_running_turn_before_exiting() {
+    let fx = Fixture::new().await;
+    let slow = OpenAiDouble::start().await;
+    slow.push(Reply::Delayed(
+        Duration::from_secs(2),
+        Box::new(Reply::content("Pip said: \"finished\"")),
+    ));
+    let settings = fx.settings.clone().set("OPENAI_BASE_URL", &slow.base_url());
+    let mut gateway = Gateway::start(&settings).await;
+    let from = "+14155550111";
+    let (status, _) = gateway.post(&fx.sms(&gateway, from, "slow one")).await;
+    assert_eq!(status, 200);
+    let status = gateway.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(fx.bodies_to(from), ["finished"]);
+}
+
+fn env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_lists_every_problem_and_exits_before_listening() {
+    let output = command(&env(&[("PORT", "eighty")]))
+        .output()
+        .expect("run the gateway");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in [
+        "PORT",
+        "PUBLIC_URL",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "OPENAI_API_KEY",
+    ] {
+        assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
+    }
+
+    let output = command(&env(&[
+        ("SOUL", "nobody"),
+        ("SUPABASE_URL", "https://p.supabase.co"),
+        ("SUPABASE_SERVICE_KEY", "k"),
+    ]))
+    .arg("migrate")
+    .output()
+    .expect("run the gateway");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SOUL names no soul"), "{stderr}");
+    assert!(
+        stderr.contains("sage") && stderr.contains("pip"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SQLite and PostgreSQL"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_chat_use_the_same_store() {
+    let fx = Fixture::new().await;
+    let output = command(&fx.settings.env)
+        .arg("migrate")
+        .output()
+        .expect("run migrate");
+    assert!(output.status.success(), "{output:?}");
+    assert!(fx.dir.path().join("soul.db").exists());
+
+    let mut chat = command(&fx.settings.env)
+        .args(["chat", "--from", "tester"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run chat");
+    {
+        use std::io::Write as _;
+        let mut stdin = chat.stdin.take().unwrap();
+        stdin.write_all(b"hello <<t1>>\nagain <<t2>>\n").unwrap();
+    }
+    // Waiting blocks: off the runtime, which serves the model.
+    let output = tokio::task::spawn_blocking(move || chat.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout, "pip> echo <<t1>>\npip> echo <<t2>>\n");
+    // Stored like SMS, and marked delivered so that `serve` never texts them.
+    let outbound = fx.outbound("tester").await;
+    assert_eq!(outbound.len(), 2);
+    assert!(outbound.iter().all(|m| m["status"] == "delivered"));
+    assert!(fx.twilio.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_event_makes_the_soul_text_first() {
+    use soul_processes as _;
+    let fx = Fixture::new().await;
+    let from = "+14155550112";
+    // A check-in an earlier turn scheduled, due now, stored the way the driver stores the
+    // engine's scheduled perceptions.
+    {
+        let registry = soul_engine::process::Registry::load().unwrap();
+        let settings = soul_turns::turn_settings(&registry.soul("pip").unwrap());
+        let store = fx.store().await;
+        let now = chrono::Utc::now();
+        let inbound = Inbound {
+            from: Address::new(from),
+            body: "hello".to_owned(),
+            external_id: Some(new_sid("SM")),
+            received_at: now,
+        };
+        let BeginOutcome::Started(context) =
+            store.begin_turn(&inbound, &settings, now).await.unwrap()
+        else {
+            panic!("the first message starts a turn");
+        };
+        let mut commit = TurnCommit::new(&context);
+        commit.changes.schedule.push(NewEvent {
+            key: "check-in".to_owned(),
+            kind: "perception".to_owned(),
+            payload: json!({
+                "process": null,
+                "content": "it has been a while <<e1>>",
+                "metadata": null,
+            }),
+            due_at: now,
+        });
+        store.commit_turn(&commit, &settings, now).await.unwrap();
+    }
+    let gateway = Gateway::start(&fx.settings).await;
+    let sent = fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(sent[0].to, from);
+    assert!(sent[0].body.starts_with("echo"), "{:?}", sent[0].body);
+    gateway
+        .wait_metric("sms_gateway_turns_total{result=\"answered\"}", 1)
+        .await;
+}
