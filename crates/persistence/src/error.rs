@@ -1,10 +1,17 @@
 //! The one error type of every store.
 
+use crate::supabase::{RestError, TransportError};
+
 /// What went wrong in a store operation.
 ///
 /// [`StoreError::is_retryable`] separates the transient (the database is unreachable, busy or
 /// chose this transaction as a deadlock victim: try the same operation again) from the permanent
 /// (retrying the same input fails the same way).
+///
+/// The SQL stores report the database's errors as [`StoreError::Unavailable`] and
+/// [`StoreError::Database`] (holding `sqlx`'s error); the REST store ([`crate::SupabaseStore`])
+/// reports PostgREST's answers as [`StoreError::Rest`] and requests without an answer as
+/// [`StoreError::RestUnavailable`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -33,12 +40,40 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The REST API answered with an error (a refusal, or a failure of the server or the
+    /// database behind it). [`RestError::problem`] says what it means.
+    #[error("REST API error: {source}")]
+    Rest {
+        /// Whether repeating the call is harmless (a read, or a write whose repetition leaves
+        /// the same state). A 5xx leaves the outcome unknown, so it is retryable only then.
+        idempotent: bool,
+        /// PostgREST's answer.
+        #[source]
+        source: RestError,
+    },
+    /// A request to the REST API got no usable answer (no connection, a timeout, a body cut
+    /// short). Its outcome is unknown: it may have been applied.
+    #[error("REST API unavailable: {source}")]
+    RestUnavailable {
+        /// Whether repeating the call is harmless; only then is the error retryable.
+        idempotent: bool,
+        /// What failed.
+        #[source]
+        source: TransportError,
+    },
 }
 
 impl StoreError {
-    /// Whether the same operation may succeed if tried again.
+    /// Whether the same operation may succeed if tried again. A REST call whose outcome is
+    /// unknown (no answer, a 5xx, a serialization failure) is retryable only when it is
+    /// idempotent.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Rest { idempotent, source } => *idempotent && source.is_transient(),
+            StoreError::RestUnavailable { idempotent, .. } => *idempotent,
+            _ => false,
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! same queue through [`Store::begin_event_turn`], as a turn that is not the person talking.
 //!
 //! Backends: [`PgStore`] (PostgreSQL or Supabase's database, through SQL functions defined in
-//! `migrations/`) and [`SqliteStore`] (one local file, no server). Both pass the same
-//! conformance suite (the `conformance` feature). The design is in `docs/persistence.md`.
+//! `migrations/`), [`SupabaseStore`] (the same functions over Supabase's REST API) and
+//! [`SqliteStore`] (one local file, no server). All pass the same conformance suite (the
+//! `conformance` feature). The design is in `docs/persistence.md`.
 
 use std::fmt;
 use std::future::Future;
@@ -24,12 +25,14 @@ mod error;
 pub mod migrations;
 mod postgres;
 mod sqlite;
+pub mod supabase;
 mod types;
 mod wire;
 
 pub use error::{Result, StoreError};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use supabase::{RestError, RestProblem, SupabaseConfig, SupabaseStore, TransportError};
 pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage, OutboundRef,

@@ -18,7 +18,7 @@ use soul_engine::process::{Registry, Runtime};
 use soul_engine::{Clock, LanguageModel, Memory, ModelError, Role, SystemClock};
 use soul_persistence::{
     Address, BeginOutcome, Inbound, OutboundMessage, PgStore, SessionId, SqliteStore, Store,
-    StoreError, TurnCommit, TurnContext,
+    StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,
 };
 use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
 use tokio_util::task::TaskTracker;
@@ -68,6 +68,12 @@ pub(crate) enum StartError {
     /// The registered souls are inconsistent, or the configured one is missing.
     #[error("{0}")]
     Souls(String),
+    /// Migrations need a database connection; Supabase's REST API cannot apply them.
+    #[error(
+        "migrations cannot be applied over Supabase's REST API: run `supabase db push` (the files \
+         in migrations/ follow its naming), or set DATABASE_URL to the project's database URL"
+    )]
+    MigrateOverRest,
     /// The configuration lacks what the command needs (a bug: the level checks it).
     #[error("the configuration has no {0}")]
     Incomplete(&'static str),
@@ -103,9 +109,20 @@ pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, S
             store.migrate().await?;
             Ok(Arc::new(store))
         }
-        // Refused with the configuration (`config::check_supported`).
-        StoreConfig::Supabase { .. } => Err(StartError::Incomplete("supported store")),
+        // The schema cannot be applied over the REST API: `migrate` says so (see `migrate`), and
+        // a missing schema shows as a typed error on the first request.
+        StoreConfig::Supabase { url, service_key } => Ok(Arc::new(SupabaseStore::new(
+            SupabaseConfig::from_project_url(url, service_key.expose())?,
+        ))),
     }
+}
+
+/// Brings the configured store's schema up to date: what `migrate` does.
+pub(crate) async fn migrate(config: &StoreConfig) -> Result<(), StartError> {
+    if matches!(config, StoreConfig::Supabase { .. }) {
+        return Err(StartError::MigrateOverRest);
+    }
+    open_store(config).await.map(|_| ())
 }
 
 /// The registered soul names, for checking `SOUL`.
@@ -565,6 +582,21 @@ impl App {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[tokio::test]
+    async fn migrate_refuses_supabase_and_says_what_to_do_instead() {
+        let supabase = StoreConfig::Supabase {
+            url: "https://project.supabase.co".to_owned(),
+            service_key: crate::config::Secret::new("service-key"),
+        };
+        let error = migrate(&supabase).await.unwrap_err();
+        assert!(matches!(error, StartError::MigrateOverRest));
+        assert!(error.to_string().contains("supabase db push"));
+        assert!(
+            open_store(&supabase).await.is_ok(),
+            "serving needs no migration step"
+        );
+    }
 
     #[test]
     fn sqlite_urls_name_files() {

@@ -147,15 +147,7 @@ pub(crate) enum StoreConfig {
         /// The `postgres://` or `postgresql://` URL.
         url: Secret,
     },
-    /// Supabase, with its service-role key. Parsed so that the configuration is checked whole,
-    /// then refused by [`check_supported`]: the Supabase store is not built yet.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the Supabase store, which is its own issue"
-        )
-    )]
+    /// Supabase over its REST API, with its service-role key.
     Supabase {
         /// The project URL.
         url: String,
@@ -340,14 +332,6 @@ pub(crate) enum Problem {
         /// The souls this build has, comma-separated.
         known: String,
     },
-    /// A setting asks for something this build cannot do.
-    #[error("{key}: {reason}")]
-    Unsupported {
-        /// The setting.
-        key: &'static str,
-        /// What this build supports instead.
-        reason: &'static str,
-    },
     /// The configuration file cannot be read or parsed.
     #[error("cannot use the configuration file {path}: {reason}")]
     File {
@@ -398,8 +382,7 @@ pub(crate) fn load(
     }
 }
 
-/// What a valid configuration asks for that this build cannot do: a soul it does not have, or
-/// the Supabase store, which is not implemented yet.
+/// What a valid configuration asks for that this build cannot do: a soul it does not have.
 pub(crate) fn check_supported(config: &Config, souls: &[&str]) -> Vec<Problem> {
     let mut problems = Vec::new();
     if let Some(soul) = &config.soul
@@ -407,13 +390,6 @@ pub(crate) fn check_supported(config: &Config, souls: &[&str]) -> Vec<Problem> {
     {
         problems.push(Problem::UnknownSoul {
             known: souls.join(", "),
-        });
-    }
-    if matches!(config.store, StoreConfig::Supabase { .. }) {
-        problems.push(Problem::Unsupported {
-            key: "SUPABASE_URL",
-            reason: "this build supports SQLite and PostgreSQL stores only; set DATABASE_URL to \
-                     a sqlite: or postgres:// URL (a Supabase project's database URL works)",
         });
     }
     problems
@@ -1245,17 +1221,9 @@ api_key = "sk-file"
         let problems = check_supported(&config, &souls);
         assert_eq!(
             problems,
-            [
-                Problem::UnknownSoul {
-                    known: "sage, pip".to_owned()
-                },
-                Problem::Unsupported {
-                    key: "SUPABASE_URL",
-                    reason: "this build supports SQLite and PostgreSQL stores only; set \
-                             DATABASE_URL to a sqlite: or postgres:// URL (a Supabase project's \
-                             database URL works)",
-                },
-            ]
+            [Problem::UnknownSoul {
+                known: "sage, pip".to_owned()
+            },]
         );
         let config = Config::from_values(&values(&[("SOUL", "pip")]), Level::Migrate).unwrap();
         assert!(check_supported(&config, &souls).is_empty());

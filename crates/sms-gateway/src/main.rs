@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
     init_tracing(&config);
     let result = match command {
         Command::Serve => server::serve(config).await.map_err(anyhow::Error::from),
-        Command::Migrate => app::open_store(&config.store)
+        Command::Migrate => app::migrate(&config.store)
             .await
             .map(|_| tracing::info!("the store's schema is up to date"))
             .map_err(anyhow::Error::from),

@@ -557,7 +557,22 @@ async fn bad_configuration_lists_every_problem_and_exits_before_listening() {
         stderr.contains("sage") && stderr.contains("pip"),
         "{stderr}"
     );
-    assert!(stderr.contains("SQLite and PostgreSQL"), "{stderr}");
+
+    // A valid Supabase configuration: `migrate` cannot apply a schema over REST, and says how to.
+    let output = command(&env(&[
+        ("SUPABASE_URL", "https://p.supabase.co"),
+        ("SUPABASE_SERVICE_KEY", "k"),
+    ]))
+    .arg("migrate")
+    .output()
+    .expect("run the gateway");
+    assert!(!output.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("supabase db push"), "{printed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

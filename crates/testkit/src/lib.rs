@@ -5,4 +5,5 @@
 
 pub mod openai;
 pub mod postgres;
+pub mod postrest;
 pub mod twilio;
