@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Reproduces the figures of docs/performance.md: builds the bench and the gateway (release),
+# starts a throwaway PostgreSQL cluster with stock settings (fsync on) on a free loopback port,
+# runs every benchmark, and stops and removes the cluster on exit.
+#
+# Usage: crates/bench/bench.sh [store|gateway|snapshot|all]   (default: all)
+# Output: the summaries on stdout; per-run lines on stderr.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what="${1:-all}"
+
+# Built one at a time: together, their dependencies would be built with unified features.
+cargo build --release --locked -p sms-gateway >&2
+cargo build --release --locked -p soul-bench >&2
+bench=target/release/soul-bench
+
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" ]]; then
+  echo "PostgreSQL is not installed (Debian: apt-get install postgresql)" >&2
+  exit 1
+fi
+pg_dir=$(mktemp -d)
+pg_run=()
+if [[ $(id -u) -eq 0 ]]; then
+  chown postgres: "$pg_dir"
+  pg_run=(runuser -u postgres --)
+fi
+stop_postgres() {
+  "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "$pg_dir"
+}
+trap stop_postgres EXIT
+"${pg_run[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+for _ in 1 2 3 4 5; do
+  port=$((20000 + RANDOM % 40000))
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+  # Stock settings (fsync, synchronous_commit and full_page_writes on); only where it listens.
+  if "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s start \
+    -o "-h 127.0.0.1 -p $port -k $pg_dir ${BENCH_PG_OPTIONS:-}"; then
+    url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+    break
+  fi
+done
+[[ -n "${url:-}" ]] || { cat "$pg_dir/log" >&2; exit 1; }
+"$pg_bin/psql" "$url" -Atc "select version(); show fsync; show synchronous_commit; show shared_buffers" >&2
+
+echo "# soul-bench, $(date -u '+%Y-%m-%d %H:%M UTC'), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ $what == all || $what == store ]]; then
+  "$bench" store --backend postgres --database-url "$url" --variants stock,inline-helpers
+  "$bench" store --backend postgres --database-url "$url" --count-round-trips
+  "$bench" store --backend sqlite
+fi
+if [[ $what == all || $what == gateway ]]; then
+  "$bench" gateway --database-url "$url" --mode closed
+  "$bench" gateway --database-url "$url" --mode closed --inline-helpers
+  "$bench" gateway --database-url "$url" --mode closed --count-round-trips
+  "$bench" gateway --database-url "$url" --mode open --rate 500 --requests 5000 --people 1000
+  "$bench" gateway --database-url "$url" --mode open --rate 150 --requests 1500 --people 1000
+  "$bench" gateway --database-url "$url" --mode open --model-delay-ms 1000 --rate 2000 \
+    --requests 10000 --people 10000
+fi
+if [[ $what == all || $what == snapshot ]]; then
+  "$bench" snapshot --turns 200 --every 20
+fi
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

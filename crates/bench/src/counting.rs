@@ -1,0 +1,205 @@
+//! A store that counts the operations its caller makes, delegating each to the real store.
+//!
+//! Each operation of every backend is one transaction: one round trip for `PgStore`, one
+//! `BEGIN IMMEDIATE … COMMIT` for `SqliteStore`. The wire round trips of PostgreSQL are counted
+//! separately, by `soul_testkit::postgres::RoundTripCounter`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use soul_engine::Memory;
+use soul_persistence::{
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    OutboundMessage, ScheduledEvent, Session, SessionId, Store, StoreFuture, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+};
+
+/// `future`, adding the time it took to `nanos`.
+fn timed<'a, T: Send + 'a>(
+    future: StoreFuture<'a, T>,
+    nanos: Arc<AtomicU64>,
+) -> StoreFuture<'a, T> {
+    Box::pin(async move {
+        let started = Instant::now();
+        let result = future.await;
+        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        nanos.fetch_add(spent, Ordering::Relaxed);
+        result
+    })
+}
+
+/// The real store and a count of the operations made on it.
+#[derive(Debug)]
+pub(crate) struct CountingStore {
+    inner: Arc<dyn Store>,
+    operations: AtomicU64,
+    /// Nanoseconds spent awaiting `begin_turn` and `commit_turn`.
+    begin_nanos: Arc<AtomicU64>,
+    commit_nanos: Arc<AtomicU64>,
+}
+
+impl CountingStore {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Self {
+        CountingStore {
+            inner,
+            operations: AtomicU64::new(0),
+            begin_nanos: Arc::default(),
+            commit_nanos: Arc::default(),
+        }
+    }
+
+    /// Operations so far.
+    pub(crate) fn operations(&self) -> u64 {
+        self.operations.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in `begin_turn` and in `commit_turn` so far.
+    pub(crate) fn store_time(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_nanos(self.begin_nanos.load(Ordering::Relaxed)),
+            std::time::Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn tick(&self) -> &dyn Store {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        self.inner.as_ref()
+    }
+}
+
+impl Store for CountingStore {
+    fn begin_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        timed(
+            self.tick().begin_turn(inbound, settings, now),
+            Arc::clone(&self.begin_nanos),
+        )
+    }
+
+    fn begin_event_turn<'a>(
+        &'a self,
+        event: &'a ScheduledEvent,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, EventOutcome> {
+        self.tick().begin_event_turn(event, settings, now)
+    }
+
+    fn commit_turn<'a>(
+        &'a self,
+        commit: &'a TurnCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, CommitOutcome> {
+        timed(
+            self.tick().commit_turn(commit, settings, now),
+            Arc::clone(&self.commit_nanos),
+        )
+    }
+
+    fn commit_subprocess<'a>(
+        &'a self,
+        commit: &'a SubprocessCommit,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, SubprocessOutcome> {
+        self.tick().commit_subprocess(commit, settings, now)
+    }
+
+    fn renew_lease(
+        &self,
+        session: SessionId,
+        lease: Lease,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'_, Lease> {
+        self.tick().renew_lease(session, lease, lease_for, now)
+    }
+
+    fn resume_turn<'a>(
+        &'a self,
+        session: SessionId,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
+        self.tick().resume_turn(session, settings, now)
+    }
+
+    fn stalled_sessions(&self, now: DateTime<Utc>, limit: u32) -> StoreFuture<'_, Vec<SessionId>> {
+        self.tick().stalled_sessions(now, limit)
+    }
+
+    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
+        self.tick().session(address)
+    }
+
+    fn history<'a>(
+        &'a self,
+        address: &'a Address,
+        region: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<Memory>> {
+        self.tick().history(address, region, limit)
+    }
+
+    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
+        self.tick().update_delivery(update)
+    }
+
+    fn pending_deliveries(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<OutboundMessage>> {
+        self.tick().pending_deliveries(older_than, limit)
+    }
+
+    fn set_opt_out<'a>(
+        &'a self,
+        address: &'a Address,
+        opted_out: bool,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, bool> {
+        self.tick().set_opt_out(address, opted_out, now)
+    }
+
+    fn claim_due_events(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        claim_for: Duration,
+    ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
+        self.tick().claim_due_events(now, limit, claim_for)
+    }
+
+    fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool> {
+        self.tick().complete_event(event)
+    }
+
+    fn delete_messages_older_than<'a>(
+        &'a self,
+        address: Option<&'a Address>,
+        days: u32,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, u64> {
+        self.tick().delete_messages_older_than(address, days, now)
+    }
+
+    fn export_user<'a>(
+        &'a self,
+        address: &'a Address,
+    ) -> StoreFuture<'a, Option<serde_json::Value>> {
+        self.tick().export_user(address)
+    }
+
+    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
+        self.tick().erase_user(address)
+    }
+}
