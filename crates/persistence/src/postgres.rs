@@ -115,10 +115,6 @@ fn list<T: serde::de::DeserializeOwned>(value: Value) -> Result<Vec<T>> {
     Ok(serde_json::from_value(value)?)
 }
 
-fn limit(limit: u32) -> i64 {
-    i64::from(limit)
-}
-
 impl Store for PgStore {
     fn begin_turn<'a>(
         &'a self,
@@ -188,12 +184,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'_, Lease> {
         Box::pin(async move {
-            let request = json!({
-                "session_id": session,
-                "lease_token": lease.token,
-                "lease_ms": lease_for.num_milliseconds(),
-                "now": now,
-            });
+            let request = wire::renew_request(session, lease, lease_for, now);
             wire::renew_outcome(
                 self.call("select public.soul_renew_lease($1)", request)
                     .await?,
@@ -209,8 +200,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
         Box::pin(async move {
-            let request =
-                json!({ "session_id": session, "now": now, "settings": wire::settings(settings)? });
+            let request = wire::resume_request(session, settings, now)?;
             wire::resume_outcome(
                 self.call("select public.soul_resume_turn($1)", request)
                     .await?,
@@ -220,7 +210,7 @@ impl Store for PgStore {
 
     fn stalled_sessions(&self, now: DateTime<Utc>, max: u32) -> StoreFuture<'_, Vec<SessionId>> {
         Box::pin(async move {
-            let request = json!({ "now": now, "limit": limit(max) });
+            let request = wire::stalled_request(now, max);
             list(
                 self.call("select public.soul_stalled_sessions($1)", request)
                     .await?,
@@ -250,8 +240,7 @@ impl Store for PgStore {
         max: u32,
     ) -> StoreFuture<'a, Vec<Memory>> {
         Box::pin(async move {
-            let request =
-                json!({ "address": address.as_str(), "region": region, "limit": limit(max) });
+            let request = json!({ "address": address.as_str(), "region": region, "limit": max });
             list(self.call("select public.soul_history($1)", request).await?)
         })
     }
@@ -272,7 +261,7 @@ impl Store for PgStore {
         max: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
         Box::pin(async move {
-            let request = json!({ "older_than": older_than, "limit": limit(max) });
+            let request = wire::pending_request(older_than, max);
             list(
                 self.call("select public.soul_pending_deliveries($1)", request)
                     .await?,
@@ -287,8 +276,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let request =
-                json!({ "address": address.as_str(), "opted_out": opted_out, "now": now });
+            let request = wire::opt_out_request(address, opted_out, now);
             let answer = self
                 .call("select public.soul_set_opt_out($1)", request)
                 .await?;
@@ -303,11 +291,7 @@ impl Store for PgStore {
         claim_for: Duration,
     ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
         Box::pin(async move {
-            let request = json!({
-                "now": now,
-                "limit": limit(max),
-                "claim_ms": claim_for.num_milliseconds(),
-            });
+            let request = wire::claim_request(now, max, claim_for);
             list(
                 self.call("select public.soul_claim_due_events($1)", request)
                     .await?,
@@ -317,7 +301,7 @@ impl Store for PgStore {
 
     fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let request = json!({ "id": event.id, "due_at": event.due_at });
+            let request = wire::complete_event_request(event);
             let answer = self
                 .call("select public.soul_complete_event($1)", request)
                 .await?;
@@ -332,17 +316,11 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            let request = json!({
-                "address": address.map(Address::as_str),
-                "before": now - Duration::days(i64::from(days)),
-            });
+            let request = wire::delete_old_request(address, days, now);
             let answer = self
                 .call("select public.soul_delete_old_messages($1)", request)
                 .await?;
-            answer
-                .get("deleted")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| StoreError::Corrupt("answer without `deleted`".to_owned()))
+            wire::deleted_count(&answer)
         })
     }
 

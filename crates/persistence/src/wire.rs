@@ -20,6 +20,71 @@ fn millis(duration: Duration) -> i64 {
     duration.num_milliseconds()
 }
 
+/// `soul_renew_lease`'s request.
+pub(crate) fn renew_request(
+    session: SessionId,
+    lease: Lease,
+    lease_for: Duration,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({ "session_id": session, "lease_token": lease.token, "lease_ms": millis(lease_for), "now": now })
+}
+
+/// `soul_resume_turn`'s request.
+pub(crate) fn resume_request(
+    session: SessionId,
+    settings: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    Ok(json!({ "session_id": session, "now": now, "settings": self::settings(settings)? }))
+}
+
+/// `soul_stalled_sessions`' request.
+pub(crate) fn stalled_request(now: DateTime<Utc>, limit: u32) -> Value {
+    json!({ "now": now, "limit": limit })
+}
+
+/// `soul_pending_deliveries`' request.
+pub(crate) fn pending_request(older_than: DateTime<Utc>, limit: u32) -> Value {
+    json!({ "older_than": older_than, "limit": limit })
+}
+
+/// `soul_set_opt_out`'s request.
+pub(crate) fn opt_out_request(address: &Address, opted_out: bool, now: DateTime<Utc>) -> Value {
+    json!({ "address": address.as_str(), "opted_out": opted_out, "now": now })
+}
+
+/// `soul_claim_due_events`' request.
+pub(crate) fn claim_request(now: DateTime<Utc>, limit: u32, claim_for: Duration) -> Value {
+    json!({ "now": now, "limit": limit, "claim_ms": millis(claim_for) })
+}
+
+/// `soul_complete_event`'s request: the `due_at` it was claimed with, so that a turn that
+/// rescheduled the key meanwhile keeps its event.
+pub(crate) fn complete_event_request(event: &ScheduledEvent) -> Value {
+    json!({ "id": event.id, "due_at": event.due_at })
+}
+
+/// `soul_delete_old_messages`' request.
+pub(crate) fn delete_old_request(
+    address: Option<&Address>,
+    days: u32,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "address": address.map(Address::as_str),
+        "before": now - Duration::days(i64::from(days)),
+    })
+}
+
+/// `soul_delete_old_messages`' answer: how many messages went.
+pub(crate) fn deleted_count(answer: &Value) -> Result<u64> {
+    answer
+        .get("deleted")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| StoreError::Corrupt("answer without `deleted`".to_owned()))
+}
+
 pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
     settings.validate()?;
     Ok(json!({

@@ -401,12 +401,7 @@ impl Store for SupabaseStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'_, Lease> {
         Box::pin(async move {
-            let request = json!({
-                "session_id": session,
-                "lease_token": lease.token,
-                "lease_ms": lease_for.num_milliseconds(),
-                "now": now,
-            });
+            let request = wire::renew_request(session, lease, lease_for, now);
             // Setting the same expiry twice is the same as once.
             wire::renew_outcome(
                 self.rpc("soul_renew_lease", request, Idempotency::Idempotent)
@@ -423,8 +418,7 @@ impl Store for SupabaseStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
         Box::pin(async move {
-            let request =
-                json!({ "session_id": session, "now": now, "settings": wire::settings(settings)? });
+            let request = wire::resume_request(session, settings, now)?;
             wire::resume_outcome(
                 self.rpc("soul_resume_turn", request, Idempotency::NotIdempotent)
                     .await?,
@@ -435,7 +429,7 @@ impl Store for SupabaseStore {
     fn stalled_sessions(&self, now: DateTime<Utc>, max: u32) -> StoreFuture<'_, Vec<SessionId>> {
         Box::pin(async move {
             // A correlated `exists` on the queue: not expressible as a table filter.
-            let request = json!({ "now": now, "limit": max });
+            let request = wire::stalled_request(now, max);
             list(
                 self.rpc("soul_stalled_sessions", request, Idempotency::Idempotent)
                     .await?,
@@ -560,7 +554,7 @@ impl Store for SupabaseStore {
                 return Ok(Vec::new());
             }
             // Each row carries its session's address: one consistent read across two tables.
-            let request = json!({ "older_than": older_than, "limit": max });
+            let request = wire::pending_request(older_than, max);
             list(
                 self.rpc("soul_pending_deliveries", request, Idempotency::Idempotent)
                     .await?,
@@ -577,8 +571,7 @@ impl Store for SupabaseStore {
         Box::pin(async move {
             // Keeps the first opt-out time (`coalesce` on the stored value): a read-modify-write
             // that belongs in one statement.
-            let request =
-                json!({ "address": address.as_str(), "opted_out": opted_out, "now": now });
+            let request = wire::opt_out_request(address, opted_out, now);
             let answer = self
                 .rpc("soul_set_opt_out", request, Idempotency::Idempotent)
                 .await?;
@@ -594,11 +587,7 @@ impl Store for SupabaseStore {
     ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
         Box::pin(async move {
             // `for update skip locked`: two claimers never get the same event.
-            let request = json!({
-                "now": now,
-                "limit": max,
-                "claim_ms": claim_for.num_milliseconds(),
-            });
+            let request = wire::claim_request(now, max, claim_for);
             list(
                 self.rpc("soul_claim_due_events", request, Idempotency::NotIdempotent)
                     .await?,
@@ -612,7 +601,7 @@ impl Store for SupabaseStore {
             // A table `DELETE` filtered on `due_at=eq.<time>` would do on PostgREST, which sends
             // filter values untyped; the PostgREST-compatible server the tests run sends them as
             // text and PostgreSQL has no `timestamptz = text`, so the function does it.
-            let request = json!({ "id": event.id, "due_at": event.due_at });
+            let request = wire::complete_event_request(event);
             let answer = self
                 .rpc("soul_complete_event", request, Idempotency::Idempotent)
                 .await?;
@@ -628,17 +617,11 @@ impl Store for SupabaseStore {
     ) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             // A join on the sessions and a count in one statement.
-            let request = json!({
-                "address": address.map(Address::as_str),
-                "before": now - Duration::days(i64::from(days)),
-            });
+            let request = wire::delete_old_request(address, days, now);
             let answer = self
                 .rpc("soul_delete_old_messages", request, Idempotency::Idempotent)
                 .await?;
-            answer
-                .get("deleted")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| StoreError::Corrupt("answer without `deleted`".to_owned()))
+            wire::deleted_count(&answer)
         })
     }
 
