@@ -167,7 +167,12 @@ pub(crate) fn build_driver(
     let mut settings = soul_turns::turn_settings(runtime.soul());
     settings.session_timeout =
         chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);
-    Ok(TurnDriver::new(store, runtime, clock).with_settings(settings))
+    settings.lease_for = chrono::Duration::from_std(config.turn_lease).unwrap_or(settings.lease_for);
+    let driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
+    Ok(match &config.fallback_reply {
+        Some(reply) => driver.with_fallback_reply(reply.as_str()),
+        None => driver,
+    })
 }
 
 fn open_model(config: &ModelConfig) -> Result<Arc<dyn LanguageModel>, ModelError> {

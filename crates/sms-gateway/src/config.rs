@@ -48,6 +48,8 @@ pub(crate) const KEYS: &[&str] = &[
     "OUTBOX_RETRY_AFTER",
     "SWEEP_INTERVAL",
     "SHUTDOWN_TIMEOUT",
+    "TURN_LEASE",
+    "FALLBACK_REPLY",
 ];
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/soul.db";
@@ -61,6 +63,8 @@ const DEFAULT_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Under the 30 s most process managers wait after SIGTERM before SIGKILL.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longer than a turn's whole model budget, so a slow turn is not taken over while it runs.
+const DEFAULT_TURN_LEASE: Duration = Duration::from_secs(120);
 
 /// What the command being run needs; each level needs everything the one before it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -200,6 +204,11 @@ pub(crate) struct Config {
     pub(crate) sweep_interval: Duration,
     /// How long SIGTERM waits for running turns and sends before exiting.
     pub(crate) shutdown_timeout: Duration,
+    /// How long a turn may run before another worker presumes its gateway dead and takes the
+    /// session over.
+    pub(crate) turn_lease: Duration,
+    /// What the person gets when the model cannot answer; `None` means the driver's default.
+    pub(crate) fallback_reply: Option<String>,
 }
 
 impl Config {
@@ -264,6 +273,10 @@ impl Config {
         let shutdown_timeout = reader
             .duration("SHUTDOWN_TIMEOUT")
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        let turn_lease = reader
+            .duration("TURN_LEASE")
+            .unwrap_or(DEFAULT_TURN_LEASE);
+        let fallback_reply = reader.get("FALLBACK_REPLY").map(str::to_owned);
 
         match (reader.problems.is_empty(), store) {
             (true, Some(store)) => Ok(Config {
@@ -282,6 +295,8 @@ impl Config {
                 outbox_retry_after,
                 sweep_interval,
                 shutdown_timeout,
+                turn_lease,
+                fallback_reply,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
