@@ -347,67 +347,134 @@ async fn an_unreachable_server_is_a_transport_error() {
     }
 }
 
+/// The 200 answers no step can use, each with what it is.
+fn unusable_answers() -> Vec<(&'static str, Reply)> {
+    vec![
+        (
+            // Cut off mid-answer, quoting what was said.
+            "a body cut short",
+            Reply::RawBody(
+                r#"{"id":"x","choices":[{"message":{"content":"you feel low tod"#.into(),
+            ),
+        ),
+        (
+            "JSON that is no chat completion",
+            Reply::RawBody(r#"{"choices":"you feel low today"}"#.into()),
+        ),
+        ("no choices", Reply::NoChoices),
+        ("null content", Reply::NullContent),
+        ("empty content", Reply::content("")),
+        ("blank content", Reply::content(" \n\t ")),
+    ]
+}
+
 #[tokio::test]
-async fn a_malformed_body_is_an_invalid_response() {
+async fn an_unusable_answer_is_retried() {
+    for (what, unusable) in unusable_answers() {
+        let double = OpenAiDouble::start().await;
+        double.push(unusable).push_content("better now");
+
+        let completion = model(&double, 4).complete(&hello()).await;
+
+        assert_eq!(completion.unwrap().content, "better now", "{what}");
+        assert_eq!(double.requests().await.len(), 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn unusable_answers_to_the_end_are_an_invalid_response() {
+    for (what, unusable) in unusable_answers() {
+        let double = OpenAiDouble::start().await;
+        double.push(unusable.clone()).push(unusable);
+
+        let error = model(&double, 2).complete(&hello()).await.unwrap_err();
+
+        assert_private(&error);
+        match error {
+            ModelError::RetriesExhausted { attempts: 2, last } => {
+                assert!(
+                    matches!(*last, ModelError::InvalidResponse(_)),
+                    "{what}: {last:?}"
+                );
+            }
+            other => panic!("{what}: expected RetriesExhausted after 2 attempts, got {other:?}"),
+        }
+        assert_eq!(double.requests().await.len(), 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_is_not_retried_and_not_quoted() {
     let double = OpenAiDouble::start().await;
-    // Cut off mid-answer, quoting what was said.
-    double.push(Reply::RawBody(
-        r#"{"id":"x","choices":[{"message":{"content":"you feel low tod"#.into(),
+    double
+        .push(Reply::Refusal("I won't discuss feeling low".into()))
+        .push_content("never asked for");
+
+    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
+
+    assert_private(&error);
+    assert!(matches!(error, ModelError::Refused), "{error:?}");
+    assert_eq!(double.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_budget_gives_up_at_once() {
+    let double = OpenAiDouble::start().await;
+    double
+        .push(Reply::Status {
+            status: 429,
+            retry_after: Some(3600),
+        })
+        .push_content("never asked for");
+    // Retry-After is honoured up to 30 s by default; 5 s of budget cannot hold that wait.
+    let config = OpenAiConfig::new(double.base_url(), KEY, "m")
+        .with_retry(RetryPolicy::default().with_budget(Duration::from_secs(5)));
+
+    let error = OpenAiModel::new(config)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap_err();
+
+    match error {
+        ModelError::RetriesExhausted { attempts: 1, last } => {
+            assert!(
+                matches!(*last, ModelError::Http { status: 429, .. }),
+                "{last:?}"
+            );
+        }
+        other => panic!("expected RetriesExhausted after 1 attempt, got {other:?}"),
+    }
+    assert_eq!(double.requests().await.len(), 1);
+    assert_eq!(double.remaining(), 1);
+}
+
+#[tokio::test]
+async fn no_attempt_outlasts_the_budget() {
+    let double = OpenAiDouble::start().await;
+    double.push(Reply::Delayed(
+        Duration::from_secs(30),
+        Box::new(Reply::content("too late")),
     ));
+    // The request timeout alone would wait 10 s; the budget allows 300 ms in all.
+    let config =
+        config(&double, 4).with_retry(quick_retries(4).with_budget(Duration::from_millis(300)));
 
-    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
+    let error = OpenAiModel::new(config)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap_err();
 
-    assert_private(&error);
-    assert!(matches!(error, ModelError::InvalidResponse(_)), "{error:?}");
-    assert_eq!(double.requests().await.len(), 1);
-}
-
-#[tokio::test]
-async fn a_body_of_the_wrong_shape_is_an_invalid_response() {
-    let double = OpenAiDouble::start().await;
-    double.push(Reply::RawBody(r#"{"choices":"you feel low today"}"#.into()));
-
-    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
-
-    assert_private(&error);
-    assert!(matches!(error, ModelError::InvalidResponse(_)), "{error:?}");
-}
-
-fn completion_body(choices: serde_json::Value) -> String {
-    json!({
-        "id": "chatcmpl-double",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": "double-model",
-        "choices": choices,
-        "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 }
-    })
-    .to_string()
-}
-
-#[tokio::test]
-async fn an_answer_without_choices_is_an_invalid_response() {
-    let double = OpenAiDouble::start().await;
-    double.push(Reply::RawBody(completion_body(json!([]))));
-
-    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
-
-    assert!(matches!(error, ModelError::InvalidResponse(_)), "{error:?}");
-    assert_eq!(double.requests().await.len(), 1);
-}
-
-#[tokio::test]
-async fn a_choice_without_content_is_an_invalid_response() {
-    let double = OpenAiDouble::start().await;
-    double.push(Reply::RawBody(completion_body(json!([{
-        "index": 0,
-        "message": { "role": "assistant", "content": null },
-        "finish_reason": "stop"
-    }]))));
-
-    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
-
-    assert!(matches!(error, ModelError::InvalidResponse(_)), "{error:?}");
+    match error {
+        ModelError::RetriesExhausted { last, .. } => {
+            assert!(
+                matches!(*last, ModelError::Timeout(t) if t <= Duration::from_millis(300)),
+                "{last:?}"
+            );
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -430,6 +497,8 @@ fn unusable_configurations_are_config_errors() {
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, " "),
         OpenAiConfig::new("http://127.0.0.1/v1", format!("{KEY}\n"), "m"),
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m").with_request_timeout(Duration::ZERO),
+        OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m")
+            .with_retry(RetryPolicy::default().with_budget(Duration::ZERO)),
     ];
     for config in bad {
         let error = OpenAiModel::new(config).unwrap_err();

@@ -250,7 +250,8 @@ async fn summarize_returns_the_summary() {
 async fn an_empty_answer_is_repaired_then_rejected() {
     let (double, mind) = setup().await;
     double.push_content("Samantha said: \"\"");
-    double.push_content("   ");
+    // A blank completion is the model client's fault to report; a blank utterance is the step's.
+    double.push_content("Samantha said: \"   \"");
     let err = mind
         .run(external_dialog("Reply."), &memory())
         .await

@@ -160,14 +160,15 @@ pub(crate) fn build_driver(
         .as_ref()
         .ok_or(StartError::Incomplete("model"))?;
     let model = Arc::new(MeteredModel::new(
-        open_model(model_config)?,
+        open_model(model_config, config)?,
         metrics.clone(),
     ));
     let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
     let mut settings = soul_turns::turn_settings(runtime.soul());
     settings.session_timeout =
         chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);
-    settings.lease_for = chrono::Duration::from_std(config.turn_lease).unwrap_or(settings.lease_for);
+    settings.lease_for =
+        chrono::Duration::from_std(config.turn_lease).unwrap_or(settings.lease_for);
     let driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
     Ok(match &config.fallback_reply {
         Some(reply) => driver.with_fallback_reply(reply.as_str()),
@@ -175,12 +176,18 @@ pub(crate) fn build_driver(
     })
 }
 
-fn open_model(config: &ModelConfig) -> Result<Arc<dyn LanguageModel>, ModelError> {
+/// The model `config` describes, its attempts and retries bounded by `limits`' model timeout
+/// and retry budget.
+fn open_model(config: &ModelConfig, limits: &Config) -> Result<Arc<dyn LanguageModel>, ModelError> {
     let key = config.api_key.as_ref().map_or("", |key| key.expose());
     let openai = soul_engine::model::openai::OpenAiConfig::new(
         config.base_url.as_str(),
         key,
         config.model.as_str(),
+    )
+    .with_request_timeout(limits.model_timeout)
+    .with_retry(
+        soul_engine::model::retry::RetryPolicy::default().with_budget(limits.model_retry_budget),
     );
     Ok(Arc::new(soul_engine::model::openai::OpenAiModel::new(
         openai,
@@ -299,6 +306,7 @@ impl App {
             metrics.clone(),
             clock.clone(),
             tracker.clone(),
+            config.outbox_retry_after,
         );
         Ok(Arc::new(App {
             auth_token: twilio_config.auth_token.clone(),
@@ -559,19 +567,11 @@ impl App {
     /// Queues pending replies another run left for sending, in order, unless this process is
     /// sending them already.
     pub(crate) fn resend(&self, pending: Vec<OutboundMessage>) -> usize {
-        let mut queued = 0;
-        for message in pending {
-            if self.outbox.is_in_flight(message.id) {
-                continue;
-            }
-            queued += 1;
-            self.outbox.enqueue(OutboundBatch {
-                session: message.session_id,
-                address: message.address,
-                messages: vec![(message.id, message.body)],
-            });
-        }
-        queued
+        pending
+            .into_iter()
+            .map(|message| self.outbox.recover(message))
+            .filter(|queued| *queued)
+            .count()
     }
 
     /// Whether the store answers: one cheap lookup of an address no person has.

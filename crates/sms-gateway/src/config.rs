@@ -50,6 +50,8 @@ pub(crate) const KEYS: &[&str] = &[
     "SHUTDOWN_TIMEOUT",
     "TURN_LEASE",
     "FALLBACK_REPLY",
+    "MODEL_TIMEOUT",
+    "MODEL_RETRY_BUDGET",
 ];
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/soul.db";
@@ -63,8 +65,16 @@ const DEFAULT_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Under the 30 s most process managers wait after SIGTERM before SIGKILL.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longer than a turn's whole model budget, so a slow turn is not taken over while it runs.
+/// Longer than a model call's whole retry budget (and than two calls failing fast), so a slow
+/// turn is not taken over while it runs; a turn whose model calls all crawl near the budget can
+/// still outlast it, and is then re-run by whichever worker takes the session over.
 const DEFAULT_TURN_LEASE: Duration = Duration::from_secs(120);
+/// One model attempt: an SMS-sized answer takes a few seconds; a stalled server is given up on
+/// long before the person does.
+const DEFAULT_MODEL_TIMEOUT: Duration = Duration::from_secs(20);
+/// One model call, retries and their waits included: two full attempts and a backoff, after
+/// which the person gets the fallback reply. Well under [`DEFAULT_TURN_LEASE`].
+const DEFAULT_MODEL_RETRY_BUDGET: Duration = Duration::from_secs(45);
 
 /// What the command being run needs; each level needs everything the one before it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -209,6 +219,11 @@ pub(crate) struct Config {
     pub(crate) turn_lease: Duration,
     /// What the person gets when the model cannot answer; `None` means the driver's default.
     pub(crate) fallback_reply: Option<String>,
+    /// The time limit of one model attempt.
+    pub(crate) model_timeout: Duration,
+    /// The time one model call may take in all, retries and their waits included; shorter than
+    /// `turn_lease`.
+    pub(crate) model_retry_budget: Duration,
 }
 
 impl Config {
@@ -273,10 +288,28 @@ impl Config {
         let shutdown_timeout = reader
             .duration("SHUTDOWN_TIMEOUT")
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
-        let turn_lease = reader
-            .duration("TURN_LEASE")
-            .unwrap_or(DEFAULT_TURN_LEASE);
+        let turn_lease = reader.duration("TURN_LEASE").unwrap_or(DEFAULT_TURN_LEASE);
         let fallback_reply = reader.get("FALLBACK_REPLY").map(str::to_owned);
+        let model_timeout = reader
+            .duration("MODEL_TIMEOUT")
+            .unwrap_or(DEFAULT_MODEL_TIMEOUT);
+        let model_retry_budget = reader
+            .duration("MODEL_RETRY_BUDGET")
+            .unwrap_or(DEFAULT_MODEL_RETRY_BUDGET);
+        if model_retry_budget < model_timeout {
+            reader.problems.push(Problem::Conflict {
+                keys: "MODEL_RETRY_BUDGET and MODEL_TIMEOUT",
+                reason: "the budget covers every attempt of a model call, so it must be at least \
+                         one attempt's time limit",
+            });
+        }
+        if turn_lease <= model_retry_budget {
+            reader.problems.push(Problem::Conflict {
+                keys: "TURN_LEASE and MODEL_RETRY_BUDGET",
+                reason: "the lease must outlast a model call's whole retry budget, or a slow turn \
+                         is taken over while it runs",
+            });
+        }
 
         match (reader.problems.is_empty(), store) {
             (true, Some(store)) => Ok(Config {
@@ -297,6 +330,8 @@ impl Config {
                 shutdown_timeout,
                 turn_lease,
                 fallback_reply,
+                model_timeout,
+                model_retry_budget,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -779,6 +814,89 @@ fn is_sender_number(text: &str) -> bool {
     }
 }
 
+/// The property the `config` fuzz target checks (`docs/fuzzing.md`); the tests replay the
+/// corpus in `fuzz/corpus/config` through it.
+///
+/// `data`'s first byte picks the level; the rest is read twice, as `NAME=value` lines (an
+/// environment) and as a TOML file. Neither panics, every key the TOML reading keeps is a
+/// setting, and each map of settings passes [`fuzz_check_values`].
+#[cfg(any(test, fuzzing))]
+pub(crate) fn fuzz_check(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let level = [Level::Migrate, Level::Chat, Level::Serve][usize::from(selector % 3)];
+    let text = String::from_utf8_lossy(rest);
+    let environment: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    fuzz_check_values(&environment, level);
+    let mut problems = Vec::new();
+    let from_file = parse_toml(&text, "fuzz.toml", &mut problems);
+    assert!(from_file.keys().all(|key| KEYS.contains(&key.as_str())));
+    fuzz_check_values(&from_file, level);
+}
+
+/// A configuration that loads has what `level` needs, and what a result shows (an error's
+/// `Display` and `Debug`, a configuration's `Debug`) is the same whatever the secrets' values
+/// are. Comparing with stand-ins, rather than searching the text for each secret, holds for
+/// secrets as short as `a`, which any message contains.
+#[cfg(any(test, fuzzing))]
+fn fuzz_check_values(values: &BTreeMap<String, String>, level: Level) {
+    let shown = |values: &BTreeMap<String, String>| match Config::from_values(values, level) {
+        Ok(config) => {
+            assert!(level < Level::Chat || config.model.is_some());
+            assert!(level < Level::Serve || config.twilio.is_some());
+            assert!(level < Level::Serve || config.public_url.is_some());
+            format!("{config:?}")
+        }
+        Err(error) => {
+            assert!(!error.problems.is_empty());
+            format!("{error}\n{error:?}")
+        }
+    };
+    let set = |key: &str| {
+        values
+            .get(key)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    };
+    // The reader only asks whether a secret is set, whether the two names of the Supabase key
+    // agree, and which scheme a database URL has: the stand-ins keep exactly that.
+    let mut masked = values.clone();
+    for (key, stand_in) in [
+        ("TWILIO_AUTH_TOKEN", "twilio-token"),
+        ("OPENAI_API_KEY", "openai-key"),
+        ("SUPABASE_SERVICE_KEY", "supabase-key"),
+    ] {
+        if set(key).is_some() {
+            masked.insert(key.to_owned(), stand_in.to_owned());
+        }
+    }
+    if let Some(role_key) = set("SUPABASE_SERVICE_ROLE_KEY") {
+        let stand_in = if set("SUPABASE_SERVICE_KEY") == Some(role_key) {
+            "supabase-key"
+        } else {
+            "supabase-role-key"
+        };
+        masked.insert("SUPABASE_SERVICE_ROLE_KEY".to_owned(), stand_in.to_owned());
+    }
+    if let Some(url) = set("DATABASE_URL")
+        && let Some(scheme) = ["postgres://", "postgresql://"]
+            .into_iter()
+            .find(|scheme| url.starts_with(scheme))
+    {
+        masked.insert("DATABASE_URL".to_owned(), format!("{scheme}stand-in"));
+    }
+    assert_eq!(
+        shown(values),
+        shown(&masked),
+        "a secret's value changed what is shown"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1242,5 +1360,76 @@ api_key = "sk-file"
         );
         let config = Config::from_values(&values(&[("SOUL", "pip")]), Level::Migrate).unwrap();
         assert!(check_supported(&config, &souls).is_empty());
+    }
+
+    #[test]
+    fn model_timeout_and_retry_budget() {
+        let config = Config::from_values(&BTreeMap::new(), Level::Migrate).unwrap();
+        assert_eq!(config.model_timeout, Duration::from_secs(20));
+        assert_eq!(config.model_retry_budget, Duration::from_secs(45));
+        assert!(config.turn_lease > config.model_retry_budget);
+
+        let config = Config::from_values(
+            &values(&[
+                ("MODEL_TIMEOUT", "500ms"),
+                ("MODEL_RETRY_BUDGET", "3s"),
+                ("TURN_LEASE", "10s"),
+            ]),
+            Level::Migrate,
+        )
+        .unwrap();
+        assert_eq!(config.model_timeout, Duration::from_millis(500));
+        assert_eq!(config.model_retry_budget, Duration::from_secs(3));
+
+        let malformed = problems(
+            &values(&[("MODEL_TIMEOUT", "0s"), ("MODEL_RETRY_BUDGET", "a while")]),
+            Level::Migrate,
+        );
+        assert_eq!(
+            malformed,
+            [
+                Problem::Malformed {
+                    key: "MODEL_TIMEOUT".to_owned(),
+                    reason: "not a positive duration such as 1h or 90m",
+                },
+                Problem::Malformed {
+                    key: "MODEL_RETRY_BUDGET".to_owned(),
+                    reason: "not a positive duration such as 1h or 90m",
+                },
+            ]
+        );
+
+        // A budget shorter than one attempt, and a lease the default budget outlasts.
+        let conflicts: Vec<&str> = problems(
+            &values(&[("MODEL_RETRY_BUDGET", "10s"), ("TURN_LEASE", "5s")]),
+            Level::Migrate,
+        )
+        .into_iter()
+        .map(|problem| match problem {
+            Problem::Conflict { keys, .. } => keys,
+            other => panic!("expected conflicts only, got {other:?}"),
+        })
+        .collect();
+        assert_eq!(
+            conflicts,
+            [
+                "MODEL_RETRY_BUDGET and MODEL_TIMEOUT",
+                "TURN_LEASE and MODEL_RETRY_BUDGET"
+            ]
+        );
+    }
+
+    /// The fuzz corpus passes the fuzz target's checks here too: CI cannot run libFuzzer.
+    #[test]
+    fn fuzz_corpus_passes_the_fuzz_checks() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/config");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            eprintln!("replaying {}", path.display());
+            fuzz_check(&std::fs::read(&path).unwrap());
+            replayed += 1;
+        }
+        assert!(replayed > 0, "{dir} holds no inputs");
     }
 }

@@ -5,25 +5,37 @@
 //! after another, so replies reach Twilio in the order they were committed even when several
 //! turns commit before the first send is done. Twilio does not order separate messages itself.
 //! Across processes, a turn may commit in one gateway while the previous turn's reply is still
-//! being sent by another: before sending, a batch waits (for at most one send's retry budget)
-//! until no earlier reply of its session is pending.
+//! being sent by another: before sending, a batch settles every earlier reply of its session
+//! that is still pending. One that nobody is sending any more (stale: pending for longer than
+//! `OUTBOX_RETRY_AFTER`, so its sender died or gave up) or that waits in this session's own
+//! queue is sent first, here; one another process may still be sending is waited for until it
+//! is sent or stale. Replies thus reach Twilio in commit order across crashes and processes.
+//!
+//! Exactly once: a reply whose earlier send may have reached Twilio without its answer being
+//! recorded (the process died, or the attempt timed out) is first looked for in Twilio's list
+//! of messages sent to the person since it was committed, matched by text; only parts not
+//! found there are sent. Twilio has no idempotency key for sending, so its own record is the
+//! witness. The one confusion left: two replies to one person with word-for-word the same text,
+//! the later in doubt, count as one.
 //!
 //! Each reply is split at sentence boundaries into messages of at most 1,600 characters, sent
 //! in order; once every part is accepted, the reply is marked accepted with the last part's SID
 //! (whose status callbacks then track it). A reply whose send failed for a retryable reason
 //! stays pending, and so do the replies after it in the batch: the sweeper sends them again
-//! later, in order. Resending repeats any parts already accepted; a duplicate is judged better
-//! than a lost reply. Error 21610 marks the number opted out; other refusals mark the reply
-//! failed. Nothing is sent to a number recorded as opted out.
+//! later, in order, skipping parts Twilio already took. Error 21610 marks the number opted out;
+//! other refusals mark the reply failed. Nothing is sent to a number recorded as opted out.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
-use soul_persistence::{Address, DeliveryStatus, DeliveryUpdate, OutboundRef, SessionId, Store};
+use soul_persistence::{
+    Address, DeliveryStatus, DeliveryUpdate, OutboundMessage, OutboundRef, SessionId, Store,
+};
 use soul_turns::{Delivery, OutboundBatch};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -32,13 +44,9 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::segments::{self, Encoding, MAX_BODY_CHARS};
-use crate::twilio::client::{OutboundSms, SendError, TwilioClient};
+use crate::twilio::client::{CLOCK_SKEW, OutboundSms, SendError, TwilioClient};
 
-/// The longest a batch waits for an earlier reply of its session that another process is
-/// sending: that process's retry budget ends by then, and a reply stuck longer (its sender
-/// died) is left to the sweeper rather than holding every later one.
-const EARLIER_REPLIES_WAIT: Duration = Duration::from_secs(30);
-/// How often the wait looks again.
+/// How often a batch looks again at an earlier reply another process may be sending.
 const EARLIER_REPLIES_POLL: Duration = Duration::from_millis(25);
 /// Pending replies read when looking for earlier ones; a batch beyond them does not wait.
 const PENDING_SCAN: u32 = 500;
@@ -60,6 +68,11 @@ struct Inner {
     queues: Mutex<HashMap<SessionId, mpsc::UnboundedSender<OutboundBatch>>>,
     /// Replies queued or being sent by this process, which the sweeper must not send again.
     in_flight: Mutex<HashSet<Uuid>>,
+    /// Replies that may have reached Twilio before (sent by a process that died, or whose
+    /// attempt got no answer) → the time from which Twilio's list is searched for them.
+    in_doubt: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    /// How long a reply stays pending before anyone may send it again.
+    retry_after: Duration,
 }
 
 impl fmt::Debug for Outbox {
@@ -96,6 +109,7 @@ impl Outbox {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         tracker: TaskTracker,
+        retry_after: Duration,
     ) -> Self {
         Outbox {
             inner: Arc::new(Inner {
@@ -107,13 +121,26 @@ impl Outbox {
                 tracker,
                 queues: Mutex::default(),
                 in_flight: Mutex::default(),
+                in_doubt: Mutex::default(),
+                retry_after,
             }),
         }
     }
 
-    /// Whether this process is sending (or about to send) the reply `id`.
-    pub(crate) fn is_in_flight(&self, id: Uuid) -> bool {
-        lock(&self.inner.in_flight).contains(&id)
+    /// Queues a pending reply found in the store (left by a process that died, or whose every
+    /// retry failed), unless this process is sending it already; `true` if queued. It is
+    /// looked for at Twilio before being sent.
+    pub(crate) fn recover(&self, message: OutboundMessage) -> bool {
+        if lock(&self.inner.in_flight).contains(&message.id) {
+            return false;
+        }
+        lock(&self.inner.in_doubt).insert(message.id, message.created_at - CLOCK_SKEW);
+        self.enqueue(OutboundBatch {
+            session: message.session_id,
+            address: message.address,
+            messages: vec![(message.id, message.body)],
+        });
+        true
     }
 
     /// Queues `batch` behind the session's earlier batches; returns at once.
@@ -170,56 +197,93 @@ impl Inner {
                     }
                 }
             };
+            let mut batch = batch;
+            // Replies sent meanwhile, ahead of an earlier batch, are done.
+            batch
+                .messages
+                .retain(|(id, _)| lock(&self.in_flight).contains(id));
+            if batch.messages.is_empty() {
+                continue;
+            }
             let ids: Vec<Uuid> = batch.messages.iter().map(|(id, _)| *id).collect();
             self.send_batch(batch).await;
-            let mut in_flight = lock(&self.in_flight);
-            for id in ids {
-                in_flight.remove(&id);
-            }
+            self.settled(&ids);
         }
     }
 
-    /// Waits, up to [`EARLIER_REPLIES_WAIT`], until no reply of the batch's session stored
-    /// before it is pending: the previous turn may have committed in another process, which may
-    /// still be sending its reply.
-    async fn wait_for_earlier_replies(&self, batch: &OutboundBatch) {
+    /// Forgets replies this process is done with, sent or left pending.
+    fn settled(&self, ids: &[Uuid]) {
+        let mut in_flight = lock(&self.in_flight);
+        let mut in_doubt = lock(&self.in_doubt);
+        for id in ids {
+            in_flight.remove(id);
+            in_doubt.remove(id);
+        }
+    }
+
+    /// Settles every reply of the batch's session stored before it and still pending: sends
+    /// those nobody else is sending (stale ones, and ones queued behind this batch by the
+    /// sweeper), oldest first, and waits for the rest, which another process is sending.
+    /// `false` when one of them could not be sent: the batch must then stay pending too, so
+    /// that nothing overtakes it.
+    async fn settle_earlier_replies(&self, batch: &OutboundBatch) -> bool {
         let ours: HashSet<Uuid> = batch.messages.iter().map(|(id, _)| *id).collect();
-        let deadline = Instant::now() + EARLIER_REPLIES_WAIT;
+        let retry_after =
+            chrono::Duration::from_std(self.retry_after).unwrap_or(chrono::Duration::MAX);
         loop {
-            let pending = match self
-                .store
-                .pending_deliveries(self.clock.now(), PENDING_SCAN)
-                .await
-            {
+            let now = self.clock.now();
+            let pending = match self.store.pending_deliveries(now, PENDING_SCAN).await {
                 Ok(pending) => pending,
                 Err(error) => {
                     tracing::warn!(
                         error = crate::app::store_error_kind(&error),
                         "could not look for earlier replies; sending"
                     );
-                    return;
+                    return true;
                 }
             };
             // Oldest first: what comes before our first reply was stored before it.
             let Some(first_ours) = pending.iter().position(|m| ours.contains(&m.id)) else {
-                return;
+                return true;
             };
-            let earlier = pending[..first_ours]
-                .iter()
-                .any(|m| m.session_id == batch.session);
-            if !earlier {
-                return;
+            let stale_before = now.checked_sub_signed(retry_after).unwrap_or(now);
+            let mut sent_by_another = false;
+            for earlier in pending
+                .into_iter()
+                .take(first_ours)
+                .filter(|m| m.session_id == batch.session)
+            {
+                // Only this session's queue can hold one of its replies in this process, and it
+                // is behind this batch.
+                let queued_here = lock(&self.in_flight).contains(&earlier.id);
+                if !queued_here && earlier.created_at > stale_before {
+                    sent_by_another = true;
+                    break;
+                }
+                let id = earlier.id;
+                lock(&self.in_flight).insert(id);
+                lock(&self.in_doubt)
+                    .entry(id)
+                    .or_insert(earlier.created_at - CLOCK_SKEW);
+                tracing::info!("sending an earlier pending reply first");
+                let end = self.send_reply(&earlier.address, id, &earlier.body).await;
+                self.settled(&[id]);
+                if matches!(end, BatchEnd::RetryLater) {
+                    return false;
+                }
             }
-            if Instant::now() >= deadline {
-                tracing::warn!("an earlier reply is still pending; sending this one anyway");
-                return;
+            if !sent_by_another {
+                return true;
             }
             tokio::time::sleep(EARLIER_REPLIES_POLL).await;
         }
     }
 
     async fn send_batch(&self, batch: OutboundBatch) {
-        self.wait_for_earlier_replies(&batch).await;
+        if !self.settle_earlier_replies(&batch).await {
+            tracing::info!("an earlier reply could not be sent; left pending behind it");
+            return;
+        }
         match self.store.session(&batch.address).await {
             Ok(Some(session)) if session.opted_out => {
                 for (id, _) in &batch.messages {
@@ -259,11 +323,29 @@ impl Inner {
         }
     }
 
-    /// Sends one reply, in as many messages as its length needs.
+    /// Sends one reply, in as many messages as its length needs; a reply in doubt only in the
+    /// parts Twilio does not have already.
     async fn send_reply(&self, address: &Address, id: Uuid, text: &str) -> BatchEnd {
         let parts = segments::split_reply(text, MAX_BODY_CHARS);
+        let in_doubt_since = lock(&self.in_doubt).get(&id).copied();
         let mut last_sid = None;
         for part in &parts {
+            if let Some(since) = in_doubt_since {
+                match self.twilio.sent_since(address.as_str(), part, since).await {
+                    Ok(Some(sid)) => {
+                        self.metrics.outbound.inc("found_sent");
+                        last_sid = Some(sid);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        // Sending blind could repeat the message; the sweeper asks again later.
+                        tracing::warn!(%error, "could not check whether a reply was sent");
+                        self.metrics.outbound.inc("retry_later");
+                        return BatchEnd::RetryLater;
+                    }
+                }
+            }
             let message = OutboundSms {
                 to: address.as_str().to_owned(),
                 body: part.clone(),

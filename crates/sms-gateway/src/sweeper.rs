@@ -5,9 +5,11 @@
 //!
 //! A reply is resent only once it has been pending for `OUTBOX_RETRY_AFTER`, longer than one
 //! send's retry budget, so a send still under way in another process is normally not repeated;
-//! within this process, replies being sent are skipped. The store has no claim on outbox rows,
-//! so two processes sweeping at the same moment can both resend the same stale reply: a rare
-//! duplicate, judged better than a lost reply.
+//! within this process, replies being sent are skipped; and before resending, the outbox asks
+//! Twilio whether an earlier attempt was taken. The store has no claim on outbox rows, so two
+//! processes sweeping at the same instant can still both send the same stale reply, when
+//! neither has finished before the other asks Twilio: a rare duplicate, judged better than a
+//! lost reply.
 
 use std::sync::Arc;
 

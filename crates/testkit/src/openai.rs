@@ -28,6 +28,12 @@ pub enum Reply {
     },
     /// A 200 whose body is exactly this text (for malformed answers).
     RawBody(String),
+    /// A well-formed completion whose message content is `null`, without a refusal.
+    NullContent,
+    /// A well-formed completion with an empty `choices` list.
+    NoChoices,
+    /// A well-formed completion whose message is a refusal (content `null`).
+    Refusal(String),
     /// The inner reply, after a delay (for time-outs).
     Delayed(Duration, Box<Reply>),
 }
@@ -70,23 +76,48 @@ impl Reply {
             Reply::RawBody(body) => ResponseTemplate::new(200)
                 .insert_header("content-type", "application/json")
                 .set_body_string(body.clone()),
+            Reply::NullContent => {
+                completion_with_choices(json!([choice(Value::Null, Value::Null)]))
+            }
+            Reply::NoChoices => completion_with_choices(json!([])),
+            Reply::Refusal(refusal) => {
+                completion_with_choices(json!([choice(Value::Null, json!(refusal))]))
+            }
             Reply::Delayed(delay, inner) => inner.template().set_delay(*delay),
         }
     }
 }
 
 fn completion(content: &str, prompt_tokens: u64, completion_tokens: u64) -> ResponseTemplate {
+    completion_body(
+        json!([choice(json!(content), Value::Null)]),
+        prompt_tokens,
+        completion_tokens,
+    )
+}
+
+/// A completion with `choices` and a token of usage each way.
+fn completion_with_choices(choices: Value) -> ResponseTemplate {
+    completion_body(choices, 1, 1)
+}
+
+/// The first choice, with this content and refusal (each a string or `null`).
+fn choice(content: Value, refusal: Value) -> Value {
+    json!({
+        "index": 0,
+        "message": { "role": "assistant", "content": content, "refusal": refusal },
+        "finish_reason": "stop",
+        "logprobs": null
+    })
+}
+
+fn completion_body(choices: Value, prompt_tokens: u64, completion_tokens: u64) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
         "id": "chatcmpl-double",
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "double-model",
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": content, "refusal": null },
-            "finish_reason": "stop",
-            "logprobs": null
-        }],
+        "choices": choices,
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

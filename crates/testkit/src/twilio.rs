@@ -44,6 +44,9 @@ pub enum Failure {
     },
     /// No answer for this long (then a 500), for client time-outs.
     Hang(Duration),
+    /// The message is accepted and recorded, but the answer comes only after this long: the
+    /// client times out not knowing that Twilio took it.
+    AcceptSlowly(Duration),
 }
 
 impl Failure {
@@ -74,7 +77,10 @@ pub struct SentMessage {
 struct State {
     failures: VecDeque<Failure>,
     messages: Vec<SentMessage>,
+    /// When each message was created, as Twilio's `date_created` gives it.
+    created: Vec<chrono::DateTime<chrono::Utc>>,
     requests: usize,
+    list_requests: usize,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -97,13 +103,19 @@ impl TwilioDouble {
     pub async fn start(account_sid: &str, auth_token: &str) -> Self {
         let server = MockServer::start().await;
         let state = Shared::default();
+        let endpoint = || MessagesEndpoint {
+            state: state.clone(),
+            account_sid: account_sid.to_owned(),
+            auth_token: auth_token.to_owned(),
+        };
         Mock::given(method("POST"))
             .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
-            .respond_with(MessagesEndpoint {
-                state: state.clone(),
-                account_sid: account_sid.to_owned(),
-                auth_token: auth_token.to_owned(),
-            })
+            .respond_with(endpoint())
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+            .respond_with(MessageList(endpoint()))
             .mount(&server)
             .await;
         TwilioDouble {
@@ -143,6 +155,11 @@ impl TwilioDouble {
     /// How many send requests arrived, refused ones included.
     pub fn request_count(&self) -> usize {
         lock(&self.state).requests
+    }
+
+    /// How many message list requests arrived.
+    pub fn list_count(&self) -> usize {
+        lock(&self.state).list_requests
     }
 
     /// Waits until at least `count` messages were accepted and returns them all; panics after
@@ -194,9 +211,11 @@ impl Respond for MessagesEndpoint {
         if path_account != self.account_sid {
             return twilio_error(404, 20404, "The requested resource was not found");
         }
-        if let Some(failure) = state.failures.pop_front() {
-            return failure_response(&failure);
-        }
+        let accept_after = match state.failures.pop_front() {
+            Some(Failure::AcceptSlowly(delay)) => Some(delay),
+            Some(failure) => return refusal(&failure),
+            None => None,
+        };
         let form: BTreeMap<String, String> = form_urlencoded::parse(&request.body)
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
             .collect();
@@ -234,9 +253,83 @@ impl Respond for MessagesEndpoint {
             body,
             status_callback: field("StatusCallback"),
         };
-        let resource = self.resource(&message);
+        let created = chrono::Utc::now();
+        let resource = self.resource(&message, created);
         state.messages.push(message);
-        ResponseTemplate::new(201).set_body_json(resource)
+        state.created.push(created);
+        let answer = ResponseTemplate::new(201).set_body_json(resource);
+        match accept_after {
+            Some(delay) => answer.set_delay(delay),
+            None => answer,
+        }
+    }
+}
+
+/// `GET …/Messages.json`: the account's messages, newest first, filtered by `To` and `From`,
+/// in pages of `PageSize` (default 50) numbered by `Page`, as Twilio lists them.
+struct MessageList(MessagesEndpoint);
+
+impl Respond for MessageList {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let endpoint = &self.0;
+        let mut state = lock(&endpoint.state);
+        state.list_requests += 1;
+        if !endpoint.authorized(request) {
+            return twilio_error(401, 20003, "Authenticate");
+        }
+        let query: BTreeMap<String, String> = request
+            .url
+            .query_pairs()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        let matches = |message: &SentMessage| {
+            query.get("To").is_none_or(|to| *to == message.to)
+                && query
+                    .get("From")
+                    .is_none_or(|from| message.from.as_ref() == Some(from))
+        };
+        let page_size: usize = query
+            .get("PageSize")
+            .and_then(|size| size.parse().ok())
+            .unwrap_or(50)
+            .clamp(1, 1000);
+        let page: usize = query
+            .get("Page")
+            .and_then(|page| page.parse().ok())
+            .unwrap_or(0);
+        let listed: Vec<Value> = state
+            .messages
+            .iter()
+            .zip(&state.created)
+            .rev()
+            .filter(|(message, _)| matches(message))
+            .skip(page * page_size)
+            .take(page_size + 1)
+            .map(|(message, created)| endpoint.resource(message, *created))
+            .collect();
+        let more = listed.len() > page_size;
+        let path = request.url.path();
+        let page_uri = |page: usize| {
+            let mut uri = url::form_urlencoded::Serializer::new(String::new());
+            for (name, value) in &query {
+                if name != "Page" && name != "PageToken" {
+                    uri.append_pair(name, value);
+                }
+            }
+            uri.append_pair("Page", &page.to_string());
+            format!("{path}?{}", uri.finish())
+        };
+        ResponseTemplate::new(200).set_body_json(json!({
+            "messages": listed.into_iter().take(page_size).collect::<Vec<_>>(),
+            "page": page,
+            "page_size": page_size,
+            "uri": page_uri(page),
+            "first_page_uri": page_uri(0),
+            "previous_page_uri": page.checked_sub(1).map(page_uri),
+            "next_page_uri": more.then(|| page_uri(page + 1)),
+            "start": page * page_size,
+            "end": page * page_size + page_size.saturating_sub(1),
+        }))
     }
 }
 
@@ -253,7 +346,7 @@ impl MessagesEndpoint {
     }
 
     /// The message resource Twilio answers a successful create with.
-    fn resource(&self, message: &SentMessage) -> Value {
+    fn resource(&self, message: &SentMessage, created: chrono::DateTime<chrono::Utc>) -> Value {
         // Through a messaging service without a number, Twilio answers `accepted`: the service
         // picks the sender later.
         let status = if message.from.is_none() {
@@ -269,9 +362,9 @@ impl MessagesEndpoint {
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",
             "body": message.body,
-            "date_created": "Tue, 24 Nov 2026 18:00:00 +0000",
+            "date_created": created.to_rfc2822(),
             "date_sent": null,
-            "date_updated": "Tue, 24 Nov 2026 18:00:00 +0000",
+            "date_updated": created.to_rfc2822(),
             "direction": "outbound-api",
             "error_code": null,
             "error_message": null,
@@ -290,7 +383,8 @@ impl MessagesEndpoint {
     }
 }
 
-fn failure_response(failure: &Failure) -> ResponseTemplate {
+/// The answer to a send that `failure` refuses.
+fn refusal(failure: &Failure) -> ResponseTemplate {
     match failure {
         Failure::RateLimited { retry_after } => {
             let template = twilio_error(429, 20429, "Too Many Requests");
@@ -311,6 +405,8 @@ fn failure_response(failure: &Failure) -> ResponseTemplate {
             twilio_error(*status, *code, &format!("scripted Twilio error {code}"))
         }
         Failure::Hang(delay) => twilio_error(500, 20500, "Internal Server Error").set_delay(*delay),
+        // Not a refusal: a slow 201, which `respond` builds.
+        Failure::AcceptSlowly(delay) => ResponseTemplate::new(201).set_delay(*delay),
     }
 }
 

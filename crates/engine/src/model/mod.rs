@@ -215,13 +215,18 @@ pub enum ModelError {
     /// The connection failed before an answer arrived.
     #[error("could not reach the model server: {0}")]
     Transport(String),
-    /// The server answered 2xx with something that is not a usable completion.
+    /// The server answered 2xx with something that is not a usable completion: a body that is
+    /// not a chat completion, no choices, an empty answer.
     #[error("model server sent an unusable answer: {0}")]
     InvalidResponse(String),
+    /// The model declined to answer (OpenAI's `refusal`); its words are not kept, as they may
+    /// repeat the conversation.
+    #[error("the model refused to answer")]
+    Refused,
     /// The configuration cannot work (unknown alias, bad base URL, ...).
     #[error("model configuration: {0}")]
     Config(String),
-    /// Every attempt allowed by the retry policy failed.
+    /// Every attempt the retry policy allowed failed: the attempts or the time budget ran out.
     #[error("model call failed after {attempts} attempts: {last}")]
     RetriesExhausted {
         /// Attempts made.
@@ -246,12 +251,15 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    /// Whether trying the same request again may succeed: 429, 5xx, time-outs and broken
-    /// connections.
+    /// Whether trying the same request again may succeed: 429, 5xx, time-outs, broken
+    /// connections and unusable answers (a body cut short, no choices, an empty answer: the
+    /// next answer is a new draw). Not a refusal, a client error or a configuration problem.
     pub fn is_retryable(&self) -> bool {
         match self {
             ModelError::Http { status, .. } => *status == 429 || (500..=599).contains(status),
-            ModelError::Timeout(_) | ModelError::Transport(_) => true,
+            ModelError::Timeout(_) | ModelError::Transport(_) | ModelError::InvalidResponse(_) => {
+                true
+            }
             _ => false,
         }
     }

@@ -120,8 +120,10 @@ impl fmt::Debug for OpenAiConfig {
 
 /// A [`LanguageModel`] speaking the OpenAI chat-completions protocol.
 ///
-/// Each attempt is bounded by the per-attempt timeout; failed attempts are retried by the
-/// configured [`RetryPolicy`]. [`Completion::usage`] is the successful attempt's usage: failed
+/// Each attempt is bounded by the per-attempt timeout and by what is left of the retry budget;
+/// failed attempts are retried by the configured [`RetryPolicy`]. An answer without choices or
+/// with empty content is a retryable [`ModelError::InvalidResponse`], so a [`Completion`] from
+/// this model always has content. [`Completion::usage`] is the successful attempt's usage: failed
 /// attempts report none (an attempt that timed out may still have cost tokens on the server,
 /// which no answer tells us).
 pub struct OpenAiModel {
@@ -133,8 +135,8 @@ pub struct OpenAiModel {
 
 impl OpenAiModel {
     /// A model for `config`. Fails with [`ModelError::Config`] when the base URL is not an
-    /// `http(s)` URL, the default model or the timeout is empty, or the API key cannot be sent
-    /// in an HTTP header (a stray newline, say).
+    /// `http(s)` URL, the default model, the timeout or the retry budget is empty, or the API
+    /// key cannot be sent in an HTTP header (a stray newline, say).
     pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
         let url = reqwest::Url::parse(&config.base_url)
             .map_err(|e| ModelError::Config(format!("the base URL is not a URL: {e}")))?;
@@ -149,6 +151,9 @@ impl OpenAiModel {
         }
         if config.request_timeout.is_zero() {
             return Err(ModelError::Config("the request timeout is zero".into()));
+        }
+        if config.retry.budget().is_zero() {
+            return Err(ModelError::Config("the retry budget is zero".into()));
         }
         // async-openai builds this header with `unwrap`; check it here instead of panicking there.
         if HeaderValue::from_str(&format!("Bearer {}", config.api_key)).is_err() {
@@ -193,11 +198,13 @@ impl OpenAiModel {
         }
     }
 
+    /// One exchange, its answer read into a completion, so that an unusable answer is retried
+    /// like any other retryable failure.
     async fn attempt(
         &self,
         request: CreateChatCompletionRequest,
         timeout: Duration,
-    ) -> Result<CreateChatCompletionResponse, ModelError> {
+    ) -> Result<Completion, ModelError> {
         // A client per attempt, because the service carries the attempt's timeout; building one
         // clones two handles and the configuration, no connections.
         let client = Client::build(self.http.clone(), self.client_config.clone())
@@ -205,11 +212,12 @@ impl OpenAiModel {
                 http: self.http.clone(),
                 timeout,
             });
-        client
+        let response = client
             .chat()
             .create(request)
             .await
-            .map_err(|e| from_openai_error(e, timeout))
+            .map_err(|e| from_openai_error(e, timeout))?;
+        to_completion(response)
     }
 }
 
@@ -237,9 +245,11 @@ impl LanguageModel for OpenAiModel {
                 messages = body.messages.len(),
                 "chat completion request"
             );
-            let response =
-                retry(&self.config.retry, || self.attempt(body.clone(), timeout)).await?;
-            to_completion(response)
+            // No attempt outlasts what is left of the budget.
+            retry(&self.config.retry, |left| {
+                self.attempt(body.clone(), timeout.min(left))
+            })
+            .await
         })
     }
 }
@@ -290,18 +300,13 @@ fn to_completion(response: CreateChatCompletionResponse) -> Result<Completion, M
         .into_iter()
         .min_by_key(|choice| choice.index)
         .ok_or_else(|| ModelError::InvalidResponse("the answer has no choices".into()))?;
-    // The refusal's text is not quoted: it may repeat the conversation.
+    // An empty answer is a fault, not a reply: no step can use it, and sent on it would be an
+    // empty text message.
     let content = match (choice.message.content, choice.message.refusal) {
-        (Some(content), _) => content,
-        (None, Some(_)) => {
-            return Err(ModelError::InvalidResponse(
-                "the model refused to answer".into(),
-            ));
-        }
-        (None, None) => {
-            return Err(ModelError::InvalidResponse(
-                "the first choice has no content".into(),
-            ));
+        (Some(content), _) if !content.trim().is_empty() => content,
+        (_, Some(_)) => return Err(ModelError::Refused),
+        (_, None) => {
+            return Err(ModelError::InvalidResponse("the answer is empty".into()));
         }
     };
     Ok(Completion {

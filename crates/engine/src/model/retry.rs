@@ -1,12 +1,12 @@
-//! Retrying failed model calls: capped exponential backoff with full jitter, and the server's
-//! `Retry-After` when it sends one.
+//! Retrying failed model calls: capped exponential backoff with full jitter, the server's
+//! `Retry-After` when it sends one, and a time budget for the whole call.
 //!
 //! Model implementations call [`retry`] around one attempt; it retries only what
-//! [`ModelError::is_retryable`] calls worth retrying (429, 5xx, time-outs, broken connections) and
-//! reports the final failure as [`ModelError::RetriesExhausted`].
+//! [`ModelError::is_retryable`] calls worth retrying (429, 5xx, time-outs, broken connections,
+//! unusable answers) and reports the final failure as [`ModelError::RetriesExhausted`].
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -18,22 +18,30 @@ use super::ModelError;
 /// [`with_max_retry_after`](Self::with_max_retry_after)); without that, a random delay between
 /// zero and `base_delay · 2^(retry − 1)`, capped by [`with_max_delay`](Self::with_max_delay)
 /// ("full jitter"), so that many souls hitting the same rate limit do not retry in lockstep.
+///
+/// The whole call, attempts and waits together, stays within the [budget](Self::with_budget):
+/// each attempt is given at most the time left, and when the wait before the next attempt would
+/// use up what is left, the call gives up at once rather than sleep past it — someone is waiting
+/// for the answer, and a fallback now is better than the same failure later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
     base_delay: Duration,
     max_delay: Duration,
     max_retry_after: Duration,
+    budget: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// Four attempts, 250 ms base delay, 8 s maximum backoff, `Retry-After` honoured up to 30 s.
+    /// Four attempts, 250 ms base delay, 8 s maximum backoff, `Retry-After` honoured up to 30 s,
+    /// 90 s for the whole call.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 4,
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(30),
+            budget: Duration::from_secs(90),
         }
     }
 }
@@ -69,9 +77,20 @@ impl RetryPolicy {
         self
     }
 
+    /// The time one call may take in all, attempts and the waits between them included.
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// Attempts in all, the first included.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
+    }
+
+    /// The time one call may take in all.
+    pub fn budget(&self) -> Duration {
+        self.budget
     }
 
     /// How long to wait before retry number `retry` (1 for the second attempt) after `error`:
@@ -120,34 +139,38 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 }
 
 /// Runs `op` until it succeeds, fails with an error that is not retryable, or `policy` allows no
-/// more attempts, waiting [`RetryPolicy::delay_before_retry`] between attempts.
+/// more attempts, waiting [`RetryPolicy::delay_before_retry`] between attempts. Each call of `op`
+/// is given the time left in the policy's budget, which the attempt must not outlast.
 ///
-/// A non-retryable error is returned as it is, at once; when the attempts run out the last error
-/// comes back inside [`ModelError::RetriesExhausted`]. Retries are logged at `warn` with the
-/// error (which never holds message contents or secrets), nothing else.
+/// A non-retryable error is returned as it is, at once; when the attempts or the budget run out
+/// the last error comes back inside [`ModelError::RetriesExhausted`]. Retries are logged at
+/// `warn` with the error (which never holds message contents or secrets), nothing else.
 pub async fn retry<F, Fut, T>(policy: &RetryPolicy, op: F) -> Result<T, ModelError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<T, ModelError>>,
 {
-    retry_with_sleep(policy, op, tokio::time::sleep).await
+    let started = Instant::now();
+    retry_with(policy, op, tokio::time::sleep, || started.elapsed()).await
 }
 
-/// [`retry`] with the waiting injected, so tests can see the delays without waiting them.
-async fn retry_with_sleep<F, Fut, T, S, SleepFut>(
+/// [`retry`] with the waiting and the clock injected, so tests can see the delays and the
+/// budget at work without waiting.
+async fn retry_with<F, Fut, T, S, SleepFut>(
     policy: &RetryPolicy,
     mut op: F,
     mut sleep: S,
+    elapsed: impl Fn() -> Duration,
 ) -> Result<T, ModelError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<T, ModelError>>,
     S: FnMut(Duration) -> SleepFut,
     SleepFut: Future<Output = ()>,
 {
     let mut attempt = 1;
     loop {
-        let error = match op().await {
+        let error = match op(policy.budget.saturating_sub(elapsed())).await {
             Ok(value) => {
                 if attempt > 1 {
                     tracing::debug!(attempt, "model call succeeded after retrying");
@@ -159,14 +182,20 @@ where
         if !error.is_retryable() {
             return Err(error);
         }
-        if attempt >= policy.max_attempts {
-            tracing::warn!(attempts = attempt, error = %error, "model call failed; no attempts left");
+        let delay = policy.delay_before_retry(attempt, &error);
+        let left = policy.budget.saturating_sub(elapsed());
+        if attempt >= policy.max_attempts || delay >= left {
+            tracing::warn!(
+                attempts = attempt,
+                budget_spent = attempt < policy.max_attempts,
+                error = %error,
+                "model call failed; giving up"
+            );
             return Err(ModelError::RetriesExhausted {
                 attempts: attempt,
                 last: Box::new(error),
             });
         }
-        let delay = policy.delay_before_retry(attempt, &error);
         tracing::warn!(
             attempt,
             max_attempts = policy.max_attempts,
@@ -181,7 +210,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
 
     use chrono::TimeZone;
@@ -308,29 +337,64 @@ mod tests {
         assert_eq!(parse_retry_after("", now), None);
     }
 
-    /// Runs `retry_with_sleep` over scripted outcomes; returns the result, the attempts made and
-    /// the delays it asked to sleep.
-    async fn run(
+    /// What a scripted run did.
+    struct Run {
+        result: Result<&'static str, ModelError>,
+        /// The time left in the budget as each attempt was given it.
+        given: Vec<Duration>,
+        /// The delays slept, in order.
+        slept: Vec<Duration>,
+    }
+
+    impl Run {
+        fn attempts(&self) -> usize {
+            self.given.len()
+        }
+    }
+
+    /// Runs `retry_with` over scripted outcomes, each attempt taking its scripted time, on a
+    /// clock that only the attempts and the sleeps move.
+    async fn run_timed(
         policy: &RetryPolicy,
-        outcomes: Vec<Result<&'static str, ModelError>>,
-    ) -> (Result<&'static str, ModelError>, usize, Vec<Duration>) {
+        outcomes: Vec<(Duration, Result<&'static str, ModelError>)>,
+    ) -> Run {
         let script = RefCell::new(VecDeque::from(outcomes));
-        let attempts = RefCell::new(0);
+        let clock = Cell::new(Duration::ZERO);
+        let given = RefCell::new(Vec::new());
         let slept = RefCell::new(Vec::new());
-        let result = retry_with_sleep(
+        let result = retry_with(
             policy,
-            || {
-                *attempts.borrow_mut() += 1;
-                let next = script.borrow_mut().pop_front().expect("the script ran out");
+            |left| {
+                given.borrow_mut().push(left);
+                let (took, next) = script.borrow_mut().pop_front().expect("the script ran out");
+                clock.set(clock.get() + took);
                 async move { next }
             },
             |delay| {
                 slept.borrow_mut().push(delay);
+                clock.set(clock.get() + delay);
                 async {}
             },
+            || clock.get(),
         )
         .await;
-        (result, attempts.into_inner(), slept.into_inner())
+        Run {
+            result,
+            given: given.into_inner(),
+            slept: slept.into_inner(),
+        }
+    }
+
+    /// [`run_timed`] with attempts that take no time: the result, the attempts made and the
+    /// delays slept.
+    async fn run(
+        policy: &RetryPolicy,
+        outcomes: Vec<Result<&'static str, ModelError>>,
+    ) -> (Result<&'static str, ModelError>, usize, Vec<Duration>) {
+        let outcomes = outcomes.into_iter().map(|o| (Duration::ZERO, o)).collect();
+        let run = run_timed(policy, outcomes).await;
+        let attempts = run.attempts();
+        (run.result, attempts, run.slept)
     }
 
     #[tokio::test]
@@ -405,15 +469,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_non_retryable_error_after_a_retry_is_returned_as_it_is() {
+        let outcomes = vec![Err(http(500, None)), Err(ModelError::Refused)];
+        let (result, attempts, _) = run(&policy(), outcomes).await;
+        assert!(matches!(result.unwrap_err(), ModelError::Refused));
+        assert_eq!(attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn unusable_answers_are_retried() {
         let outcomes = vec![
-            Err(http(500, None)),
-            Err(ModelError::InvalidResponse("no choices".into())),
+            Err(ModelError::InvalidResponse("the answer is empty".into())),
+            Ok("done"),
         ];
         let (result, attempts, _) = run(&policy(), outcomes).await;
-        assert!(matches!(
-            result.unwrap_err(),
-            ModelError::InvalidResponse(_)
-        ));
+        assert_eq!(result.unwrap(), "done");
         assert_eq!(attempts, 2);
     }
 
@@ -427,5 +496,90 @@ mod tests {
         ));
         assert_eq!(attempts, 1);
         assert!(slept.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_attempt_is_given_the_time_left() {
+        let policy = policy().with_budget(Duration::from_secs(10));
+        let outcomes = vec![
+            (
+                Duration::from_secs(3),
+                Err(http(503, Some(Duration::from_secs(1)))),
+            ),
+            (
+                Duration::from_secs(2),
+                Err(http(503, Some(Duration::from_secs(1)))),
+            ),
+            (Duration::ZERO, Ok("done")),
+        ];
+        let run = run_timed(&policy, outcomes).await;
+        assert_eq!(run.result.unwrap(), "done");
+        assert_eq!(
+            run.given,
+            [
+                Duration::from_secs(10),
+                Duration::from_secs(6),
+                Duration::from_secs(3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_budget_gives_up_at_once() {
+        // 10 s asked (within the cap), 8 s left: waiting would leave no time to try again.
+        let policy = policy().with_budget(Duration::from_secs(10));
+        let outcomes = vec![(
+            Duration::from_secs(2),
+            Err(http(429, Some(Duration::from_secs(10)))),
+        )];
+        let run = run_timed(&policy, outcomes).await;
+        assert_eq!(run.attempts(), 1);
+        assert!(run.slept.is_empty());
+        match run.result.unwrap_err() {
+            ModelError::RetriesExhausted { attempts: 1, last } => {
+                assert!(matches!(*last, ModelError::Http { status: 429, .. }));
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn time_outs_stop_when_the_budget_is_spent() {
+        // Each attempt times out after what it was given; the third uses the last of it.
+        let policy = policy()
+            .with_max_attempts(10)
+            .with_budget(Duration::from_secs(5));
+        let outcomes = vec![
+            (
+                Duration::from_secs(2),
+                Err(ModelError::Timeout(Duration::from_secs(2))),
+            ),
+            (
+                Duration::from_secs(2),
+                Err(ModelError::Timeout(Duration::from_secs(2))),
+            ),
+            (
+                Duration::from_secs(1),
+                Err(ModelError::Timeout(Duration::from_secs(1))),
+            ),
+        ];
+        let run = run_timed(&policy, outcomes).await;
+        assert_eq!(run.attempts(), 3, "given {:?}", run.given);
+        assert!(run.given[2] <= Duration::from_secs(1), "{:?}", run.given);
+        assert!(matches!(
+            run.result.unwrap_err(),
+            ModelError::RetriesExhausted { attempts: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn the_budget_is_kept() {
+        assert_eq!(RetryPolicy::default().budget(), Duration::from_secs(90));
+        assert_eq!(
+            RetryPolicy::default()
+                .with_budget(Duration::from_secs(7))
+                .budget(),
+            Duration::from_secs(7)
+        );
     }
 }

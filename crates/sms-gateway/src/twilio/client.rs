@@ -177,6 +177,7 @@ pub(crate) struct BuildError(#[source] reqwest::Error);
 #[derive(Clone)]
 pub(crate) struct TwilioClient {
     http: reqwest::Client,
+    api_base: String,
     messages_url: String,
     account_sid: String,
     auth_token: Secret,
@@ -220,6 +221,7 @@ impl TwilioClient {
             .map_err(BuildError)?;
         Ok(TwilioClient {
             http,
+            api_base: config.api_base.trim_end_matches('/').to_owned(),
             messages_url: format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
                 config.api_base.trim_end_matches('/'),
@@ -250,12 +252,20 @@ impl TwilioClient {
     /// Sends `message`, retrying retryable failures within the [`RetryPolicy`].
     pub(crate) async fn send(&self, message: &OutboundSms) -> Result<Accepted, SendError> {
         let started = Instant::now();
+        let since = chrono::Utc::now() - CLOCK_SKEW;
         let mut attempt = 1;
         loop {
             let (cause, retry_after) = match self.attempt(message).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry { cause, retry_after } => (cause, retry_after),
             };
+            // An attempt that got no answer may have been taken: ask before repeating it.
+            if matches!(cause, RetryCause::Timeout | RetryCause::Connection)
+                && let Ok(Some(sid)) = self.sent_since(&message.to, &message.body, since).await
+            {
+                tracing::info!(attempt, %cause, "Twilio had taken the unanswered attempt");
+                return Ok(Accepted { sid, status: None });
+            }
             let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
             let within_budget = started.elapsed() + delay < self.retry.budget;
             if attempt >= self.retry.max_attempts || !within_budget {
@@ -310,6 +320,103 @@ impl TwilioClient {
     }
 }
 
+/// The part of a message list page reconciliation reads.
+#[derive(Deserialize)]
+struct MessagePage {
+    #[serde(default)]
+    messages: Vec<ListedMessage>,
+    next_page_uri: Option<String>,
+}
+
+/// One message of a list page.
+#[derive(Deserialize)]
+struct ListedMessage {
+    sid: String,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    direction: Option<String>,
+    /// RFC 2822, to the second.
+    date_created: Option<String>,
+}
+
+/// Why Twilio's list of sent messages could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ListError {
+    /// No answer.
+    #[error("could not list messages at Twilio: {0}")]
+    Transport(RetryCause),
+    /// A refusal.
+    #[error("Twilio refused to list messages (HTTP {0})")]
+    Status(u16),
+    /// An answer that is not a message list.
+    #[error("Twilio's answer is not a message list")]
+    Invalid,
+}
+
+impl TwilioClient {
+    /// The SID of a message already created at Twilio to `to`, from this sender, with exactly
+    /// `body`, created at or after `since`: whether an earlier attempt whose answer was lost (the
+    /// process died, or the attempt timed out) was in fact taken. Twilio keys messages by SID
+    /// only and has no idempotency key for creating one, so its own record is the only witness.
+    /// Pages are followed, newest first, until one holds nothing created since `since`.
+    pub(crate) async fn sent_since(
+        &self,
+        to: &str,
+        body: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>, ListError> {
+        let mut query: Vec<(&str, &str)> = vec![("To", to), ("PageSize", "100")];
+        if let Sender::From(number) = &self.sender {
+            query.push(("From", number));
+        }
+        let mut request = self.http.get(&self.messages_url).query(&query);
+        for _ in 0..MAX_LIST_PAGES {
+            let response = request
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+                .timeout(self.request_timeout)
+                .send()
+                .await
+                .map_err(|error| ListError::Transport(transport_cause(&error)))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(ListError::Status(status.as_u16()));
+            }
+            let page: MessagePage = response.json().await.map_err(|_| ListError::Invalid)?;
+            let mut any_recent = false;
+            for message in &page.messages {
+                let created = message
+                    .date_created
+                    .as_deref()
+                    .and_then(|date| chrono::DateTime::parse_from_rfc2822(date).ok());
+                // Twilio's dates are whole seconds: a message created in the same second as
+                // `since` counts. An unreadable date counts too (matching the text is what matters).
+                let recent = created.is_none_or(|created| created.timestamp() >= since.timestamp());
+                any_recent |= recent;
+                let outbound = message
+                    .direction
+                    .as_deref()
+                    .is_none_or(|direction| direction.starts_with("outbound"));
+                if recent && outbound && message.body.as_deref() == Some(body) {
+                    return Ok(Some(message.sid.clone()));
+                }
+            }
+            let next = match page.next_page_uri.filter(|_| any_recent) {
+                Some(next) if !next.is_empty() => next,
+                _ => return Ok(None),
+            };
+            request = self.http.get(format!("{}{next}", self.api_base));
+        }
+        Ok(None)
+    }
+}
+
+/// How far Twilio's clock may be ahead of ours: its `date_created` is compared with ours.
+pub(crate) const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Pages of sent messages read when looking for an earlier attempt's message.
+const MAX_LIST_PAGES: usize = 5;
+
 /// One attempt's outcome: final, or worth repeating.
 #[derive(Debug)]
 enum Attempt {
@@ -322,17 +429,20 @@ enum Attempt {
 
 impl Attempt {
     fn transport(error: &reqwest::Error) -> Self {
-        // The error's text includes the URL, which holds only the account SID: safe to log,
-        // but the cause is all the caller needs.
-        let cause = if error.is_timeout() {
-            RetryCause::Timeout
-        } else {
-            RetryCause::Connection
-        };
         Attempt::Retry {
-            cause,
+            cause: transport_cause(error),
             retry_after: None,
         }
+    }
+}
+
+/// Why a request got no answer. The error's text includes the URL, which holds only the
+/// account SID: safe to log, but the cause is all a caller needs.
+fn transport_cause(error: &reqwest::Error) -> RetryCause {
+    if error.is_timeout() {
+        RetryCause::Timeout
+    } else {
+        RetryCause::Connection
     }
 }
 
@@ -572,6 +682,76 @@ mod tests {
         client.send(&message("eventually")).await.unwrap();
         assert_eq!(double.request_count(), 2);
         assert_eq!(double.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_taken_but_unanswered_is_not_repeated() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        double.push_failure(Failure::AcceptSlowly(Duration::from_secs(30)));
+        let client = client(&double, Sender::From(FROM.to_owned()))
+            .with_request_timeout(Duration::from_secs(1));
+        let accepted = client.send(&message("only once")).await.unwrap();
+        let sent = double.messages();
+        assert_eq!(sent.len(), 1, "{sent:#?}");
+        assert_eq!(accepted.sid, sent[0].sid);
+        assert_eq!(double.request_count(), 1, "no second attempt");
+        assert_eq!(double.list_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn sent_since_matches_recipient_sender_text_and_time() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let before = chrono::Utc::now() - chrono::Duration::seconds(2);
+        let accepted = client.send(&message("the words")).await.unwrap();
+        let to = "+14158675309";
+        assert_eq!(
+            client.sent_since(to, "the words", before).await.unwrap(),
+            Some(accepted.sid)
+        );
+        assert_eq!(
+            client.sent_since(to, "other words", before).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            client
+                .sent_since("+14158675300", "the words", before)
+                .await
+                .unwrap(),
+            None
+        );
+        let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(
+            client.sent_since(to, "the words", later).await.unwrap(),
+            None
+        );
+        let other_sender = self::client(&double, Sender::From("+15005550009".to_owned()));
+        assert_eq!(
+            other_sender
+                .sent_since(to, "the words", before)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn sent_since_follows_pages() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let before = chrono::Utc::now() - chrono::Duration::seconds(2);
+        let first = client.send(&message("the first")).await.unwrap();
+        for n in 0..120 {
+            client.send(&message(&format!("filler {n}"))).await.unwrap();
+        }
+        assert_eq!(
+            client
+                .sent_since("+14158675309", "the first", before)
+                .await
+                .unwrap(),
+            Some(first.sid)
+        );
+        assert_eq!(double.list_count(), 2, "two pages of 100");
     }
 
     #[tokio::test]

@@ -38,7 +38,7 @@ pub(crate) fn request_url(public_url: &str, path_and_query: &str) -> String {
 }
 
 /// The signature Twilio sends for a form POST of `params` to `url`, signed with `auth_token`.
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) fn sign<K: AsRef<str>, V: AsRef<str>>(
     url: &str,
     params: &[(K, V)],

@@ -1,0 +1,336 @@
+//! Model faults end to end: the gateway binary on SQLite, its model a scripted double, with a
+//! configured fallback reply.
+//!
+//! Each test takes one fault through three messages from one person: the fault once and then a
+//! good answer (the person gets the real reply; the model was asked once more), the fault until
+//! the retry budget is spent (the person gets the fallback reply, once, and nothing but the
+//! message and that reply is stored), and a healthy model again (answered normally).
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Gateway, PATIENCE, Settings, TWILIO_FROM, assert_not_logged, eventually, twilio};
+use serde_json::Value;
+use soul_persistence::{Address, SqliteStore, Store};
+use soul_testkit::openai::{OpenAiDouble, Reply};
+use soul_testkit::twilio::{SignedRequest, TwilioDouble};
+use tempfile::TempDir;
+
+/// The configured fallback reply.
+const FALLBACK: &str = "Pip is offline for a moment. Try again soon.";
+/// Attempts the model client makes per call before giving up (the engine's default policy).
+const ATTEMPTS: usize = 4;
+
+/// A gateway running Pip (one model call per ordinary message) against the scripted model.
+struct Fixture {
+    _dir: TempDir,
+    /// The gateway's store, opened on the same file.
+    store: SqliteStore,
+    twilio: TwilioDouble,
+    model: OpenAiDouble,
+    gateway: Gateway,
+    from: &'static str,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("gateway log:\n{}", self.gateway.logs());
+        }
+    }
+}
+
+impl Fixture {
+    /// Starts a gateway with the fallback reply and `env` set.
+    async fn start(env: &[(&str, &str)]) -> Fixture {
+        let dir = TempDir::new().unwrap();
+        let twilio = twilio().await;
+        let model = OpenAiDouble::start().await;
+        let database = format!("sqlite://{}/soul.db", dir.path().display());
+        let mut settings = Settings::new(dir.path(), &database, &twilio, &model.base_url())
+            .set("FALLBACK_REPLY", FALLBACK);
+        for (key, value) in env {
+            settings = settings.set(key, value);
+        }
+        let gateway = Gateway::start(&settings).await;
+        let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            twilio,
+            model,
+            gateway,
+            from: "+14155550170",
+        }
+    }
+
+    fn sms(&self, body: &str) -> SignedRequest {
+        self.twilio.inbound_sms(self.from, TWILIO_FROM, body).sign(
+            &self.gateway.webhook_url("/twilio/sms"),
+            self.twilio.auth_token(),
+        )
+    }
+
+    /// Texts `body` and waits until the person has been sent `replies` messages in all, each
+    /// marked accepted in the store; returns the texts sent to them, in order.
+    async fn text(&self, body: &str, replies: usize) -> Vec<String> {
+        let (status, _) = self.gateway.post(&self.sms(body)).await;
+        assert_eq!(status, 200);
+        self.twilio.wait_for_messages(replies, PATIENCE).await;
+        eventually("the replies marked accepted", || async {
+            let outbound = self.export().await["outbound_messages"].clone();
+            let outbound = outbound.as_array()?;
+            (outbound.len() == replies && outbound.iter().all(|m| m["status"] == "accepted"))
+                .then_some(())
+        })
+        .await;
+        self.twilio
+            .messages()
+            .into_iter()
+            .map(|message| {
+                assert_eq!(message.to, self.from);
+                message.body
+            })
+            .collect()
+    }
+
+    /// Everything stored about the person.
+    async fn export(&self) -> Value {
+        self.store
+            .export_user(&Address::new(self.from))
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    async fn requests(&self) -> usize {
+        self.model.requests().await.len()
+    }
+
+    /// Takes the fault through the three messages. `fault` is what the model answers instead of
+    /// a completion; `exhausting` is how many such answers end the turn in the fallback reply.
+    async fn run(&self, fault: impl Fn() -> Reply, exhausting: usize) {
+        // Once, then a good answer: retried, and the person never knows.
+        self.model
+            .push(fault())
+            .push_content("Pip said: \"Osmosis moves water.\"");
+        let sent = self.text("what is osmosis <<1>>", 1).await;
+        assert_eq!(sent, ["Osmosis moves water."]);
+        assert_eq!(self.requests().await, 2, "one retry");
+
+        // Until the budget is spent: the fallback reply, and nothing else of the turn stored.
+        let before = self.export().await;
+        for _ in 0..exhausting {
+            self.model.push(fault());
+        }
+        let sent = self.text("and diffusion <<2>>", 2).await;
+        assert_eq!(sent, ["Osmosis moves water.", FALLBACK]);
+        assert_eq!(self.requests().await, 2 + exhausting);
+        assert_eq!(self.model.remaining(), 0);
+        self.gateway
+            .wait_metric("sms_gateway_turns_total{result=\"fallback\"}", 1)
+            .await;
+        let after = self.export().await;
+        assert_only_the_exchange_was_added(&before, &after, "and diffusion <<2>>", FALLBACK);
+
+        // Healthy again: answered normally, and the fallback was sent once.
+        self.model
+            .push_content("Pip said: \"Diffusion spreads things out.\"");
+        let sent = self.text("and diffusion? <<3>>", 3).await;
+        assert_eq!(
+            sent,
+            [
+                "Osmosis moves water.",
+                FALLBACK,
+                "Diffusion spreads things out."
+            ]
+        );
+        assert_eq!(self.requests().await, 3 + exhausting);
+        assert_eq!(
+            self.gateway
+                .metric("sms_gateway_turns_total{result=\"answered\"}")
+                .await,
+            2
+        );
+        assert_eq!(
+            self.gateway
+                .metric("sms_gateway_turns_total{result=\"fallback\"}")
+                .await,
+            1
+        );
+    }
+}
+
+/// `after` is `before` plus one answered message: the message `body` and the reply `reply` in
+/// the conversation, the inbound and outbound rows, and the session's message count (both). Soul memory,
+/// process memory, the current process, working-memory snapshots and scheduled events are
+/// exactly as they were.
+fn assert_only_the_exchange_was_added(before: &Value, after: &Value, body: &str, reply: &str) {
+    for unchanged in [
+        "soul_memories",
+        "process_memories",
+        "mental_process_state",
+        "working_memory_snapshots",
+        "scheduled_events",
+    ] {
+        assert_eq!(
+            before[unchanged], after[unchanged],
+            "{unchanged} changed in a turn that fell back"
+        );
+    }
+    // Something to compare: the turn before stored a process state and a snapshot.
+    assert!(before["mental_process_state"].is_object(), "{before:#}");
+    assert!(
+        !before["working_memory_snapshots"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{before:#}"
+    );
+
+    let mut session_before = before["session"].clone();
+    let mut session_after = after["session"].clone();
+    assert_eq!(
+        session_after["total_messages"].as_i64().unwrap(),
+        session_before["total_messages"].as_i64().unwrap() + 2,
+        "the message and the fallback reply"
+    );
+    for moved in ["total_messages", "last_active_at", "version"] {
+        session_before[moved] = Value::Null;
+        session_after[moved] = Value::Null;
+    }
+    assert_eq!(session_before, session_after);
+
+    let added = |key: &str| -> Vec<Value> {
+        let before = before[key].as_array().unwrap();
+        let after = after[key].as_array().unwrap();
+        assert_eq!(&after[..before.len()], &before[..], "{key} before the turn");
+        after[before.len()..].to_vec()
+    };
+    let messages = added("messages");
+    let said: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(said, [("user", body), ("assistant", reply)]);
+    let inbound = added("inbound_messages");
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(inbound[0]["body"], body);
+    let outbound = added("outbound_messages");
+    assert_eq!(outbound.len(), 1);
+    assert_eq!(outbound[0]["body"], reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_does_not_answer_in_time() {
+    // Attempts end after MODEL_TIMEOUT; the budget holds all four.
+    let fx = Fixture::start(&[("MODEL_TIMEOUT", "1s"), ("MODEL_RETRY_BUDGET", "30s")]).await;
+    fx.run(
+        || {
+            Reply::Delayed(
+                Duration::from_secs(60),
+                Box::new(Reply::content("Pip said: \"Too late.\"")),
+            )
+        },
+        ATTEMPTS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_without_retry_after() {
+    let fx = Fixture::start(&[]).await;
+    fx.run(|| Reply::status(429), ATTEMPTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_with_retry_after_and_past_the_budget() {
+    // A one-second Retry-After is waited out; an hour (cut to the 30 s cap) does not fit a 10 s
+    // budget, so the call gives up after the first answer instead of sleeping.
+    let fx = Fixture::start(&[("MODEL_TIMEOUT", "5s"), ("MODEL_RETRY_BUDGET", "10s")]).await;
+    fx.model.push(Reply::Status {
+        status: 429,
+        retry_after: Some(1),
+    });
+    fx.model.push_content("Pip said: \"Osmosis moves water.\"");
+    let sent = fx.text("what is osmosis <<1>>", 1).await;
+    assert_eq!(sent, ["Osmosis moves water."]);
+    assert_eq!(fx.requests().await, 2);
+
+    let before = fx.export().await;
+    fx.model.push(Reply::Status {
+        status: 429,
+        retry_after: Some(3600),
+    });
+    let sent = fx.text("and diffusion <<2>>", 2).await;
+    assert_eq!(sent, ["Osmosis moves water.", FALLBACK]);
+    assert_eq!(
+        fx.requests().await,
+        3,
+        "no retry after a wait past the budget"
+    );
+    assert_only_the_exchange_was_added(
+        &before,
+        &fx.export().await,
+        "and diffusion <<2>>",
+        FALLBACK,
+    );
+
+    fx.model.push_content("Pip said: \"Back.\"");
+    let sent = fx.text("hello? <<3>>", 3).await;
+    assert_eq!(sent, ["Osmosis moves water.", FALLBACK, "Back."]);
+    assert_eq!(fx.requests().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors() {
+    let fx = Fixture::start(&[]).await;
+    let statuses = std::sync::Mutex::new([500, 502, 503].into_iter().cycle());
+    fx.run(
+        || Reply::status(statuses.lock().unwrap().next().unwrap()),
+        ATTEMPTS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_json_and_is_not_logged() {
+    let fx = Fixture::start(&[]).await;
+    fx.run(
+        || Reply::RawBody(r#"{"id":"x","choices":[{"message":{"content":"secret answ"#.into()),
+        ATTEMPTS,
+    )
+    .await;
+    assert_not_logged(
+        &fx.gateway,
+        &[fx.from, "secret answ", "osmosis", "diffusion"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_answer() {
+    let fx = Fixture::start(&[]).await;
+    fx.run(|| Reply::content(""), ATTEMPTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_null_content() {
+    let fx = Fixture::start(&[]).await;
+    fx.run(|| Reply::NullContent, ATTEMPTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_choices() {
+    let fx = Fixture::start(&[]).await;
+    fx.run(|| Reply::NoChoices, ATTEMPTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_utterance_is_repaired_once() {
+    // A well-formed answer that says nothing: not the client's to retry but the step's to
+    // repair, once; a second empty one ends the turn.
+    let fx = Fixture::start(&[]).await;
+    fx.run(|| Reply::content("Pip said: \"\""), 2).await;
+}
