@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::{Config, ModelConfig, Secret, StoreConfig};
+use crate::inbound_text;
 use crate::keywords::{self, Keyword};
 use crate::metrics::{MeteredModel, Metrics};
 use crate::outbox::Outbox;
@@ -333,6 +334,7 @@ impl App {
         sms: InboundSms,
     ) -> Result<InboundOutcome, StoreError> {
         let now = self.clock.now();
+        let body = inbound_text::perceived(&sms);
         let address = Address::new(sms.from);
         let keyword = keywords::classify(&sms.body);
         // Keywords are never limited: STOP must always work.
@@ -340,11 +342,13 @@ impl App {
             && let Some(limiter) = &self.limiter
             && !limiter.allow(address.as_str(), now)
         {
+            // Dropped by policy, never silently: logged (without the number) and counted.
+            tracing::warn!("a number is over the per-number rate limit; message dropped");
             return Ok(InboundOutcome::RateLimited);
         }
         let inbound = Inbound {
             from: address.clone(),
-            body: sms.body,
+            body,
             external_id: Some(sms.message_sid),
             received_at: now,
         };

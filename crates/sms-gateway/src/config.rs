@@ -62,6 +62,9 @@ const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Longer than one send's retry budget (30 s), so a message still being sent is not resent.
 const DEFAULT_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// A person texts in bursts of a few short messages; a script sends dozens. Each answered
+/// message is a model call, so the default keeps a runaway sender's bill small.
+const DEFAULT_RATE_LIMIT_PER_MINUTE: NonZeroU32 = NonZeroU32::new(6).expect("not zero");
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Under the 30 s most process managers wait after SIGTERM before SIGKILL.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -203,7 +206,7 @@ pub(crate) struct Config {
     pub(crate) help_text: Option<String>,
     /// How logs are written.
     pub(crate) log_format: LogFormat,
-    /// Inbound messages accepted per number per minute; `None` means no limit.
+    /// Inbound messages accepted per number per minute; `None` (`off`) means no limit.
     pub(crate) rate_limit_per_minute: Option<NonZeroU32>,
     /// The crisis resources text the souls append in careful mode; `None` keeps theirs.
     pub(crate) crisis_resources: Option<String>,
@@ -274,10 +277,16 @@ impl Config {
                 }
             })
             .unwrap_or(LogFormat::Text);
-        let rate_limit_per_minute =
-            reader.parsed("RATE_LIMIT_PER_MINUTE", "not a positive integer", |text| {
-                text.parse().ok()
-            });
+        let rate_limit_per_minute = reader
+            .parsed(
+                "RATE_LIMIT_PER_MINUTE",
+                "not a positive integer or `off`",
+                |text| match text {
+                    "off" => Some(None),
+                    _ => text.parse().ok().map(Some),
+                },
+            )
+            .unwrap_or(Some(DEFAULT_RATE_LIMIT_PER_MINUTE));
         let crisis_resources = reader.get("SOUL_CRISIS_RESOURCES").map(str::to_owned);
         let outbox_retry_after = reader
             .duration("OUTBOX_RETRY_AFTER")
@@ -940,7 +949,10 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.twilio.is_none() && config.model.is_none() && config.public_url.is_none());
         assert!(config.soul.is_none() && config.help_text.is_none());
-        assert!(config.rate_limit_per_minute.is_none());
+        assert_eq!(
+            config.rate_limit_per_minute,
+            Some(DEFAULT_RATE_LIMIT_PER_MINUTE)
+        );
     }
 
     #[test]
@@ -980,6 +992,14 @@ mod tests {
         assert_eq!(config.soul.as_deref(), Some("samantha"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.rate_limit_per_minute, NonZeroU32::new(12));
+    }
+
+    #[test]
+    fn the_rate_limit_can_be_turned_off() {
+        let mut values = serve_values();
+        values.insert("RATE_LIMIT_PER_MINUTE".into(), "off".into());
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert_eq!(config.rate_limit_per_minute, None);
     }
 
     #[test]

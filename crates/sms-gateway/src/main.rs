@@ -21,6 +21,7 @@
 mod app;
 mod chat;
 mod config;
+mod inbound_text;
 mod keywords;
 mod metrics;
 mod outbox;

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{EchoModel, Gateway, Settings, TWILIO_FROM, eventually, twilio};
+use soul_persistence::{Address, PgStore, Store};
 use soul_testkit::postgres::TestDatabase;
 use soul_testkit::twilio::TwilioDouble;
 use tempfile::TempDir;
@@ -132,4 +133,77 @@ async fn two_gateways_answer_interleaved_messages_exactly_once_in_order() {
                 > 0
         );
     }
+}
+
+/// Bodies of every shape, on the store that refuses the most (U+0000 in `text` and `jsonb`):
+/// each is stored and answered, in order, as the text `inbound_text` defines for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_message_is_stored_and_answered_on_postgres() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let url = database_url(&database);
+    let settings = Settings::new(dir.path(), &url, &twilio, &model.base_url());
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550221";
+    let long = format!("{}<<long>>", "I have a lot to say. ".repeat(80));
+    assert!(long.chars().count() > 1_600);
+    // (body, media type, what is stored, what is answered). The echo model answers the newest
+    // `<<token>>` it can see, so the two messages without one are answered with the long
+    // message's token: what matters there is that each got an answer and was stored as defined.
+    let cases: [(&str, Option<&str>, &str, &str); 5] = [
+        (
+            "👩‍👩‍👧‍👦 مرحبا e\u{301} 中文 <<unicode>>",
+            None,
+            "👩‍👩‍👧‍👦 مرحبا e\u{301} 中文 <<unicode>>",
+            "echo <<unicode>>",
+        ),
+        (
+            "a nul\u{0} and a bell\u{7} <<controls>>",
+            None,
+            "a nul and a bell <<controls>>",
+            "echo <<controls>>",
+        ),
+        (&long, None, &long, "echo <<long>>"),
+        ("", None, "[an empty message]", "echo <<long>>"),
+        (
+            "",
+            Some("image/jpeg"),
+            "[sent an attachment: image/jpeg]",
+            "echo <<long>>",
+        ),
+    ];
+    for (n, (body, media, _, _)) in cases.iter().enumerate() {
+        let mut message = twilio.inbound_sms(from, TWILIO_FROM, body);
+        if let Some(kind) = media {
+            message = message.with_media("https://api.twilio.com/media/ME0001", kind);
+        }
+        let request = message.sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token());
+        let (status, answer) = gateway.post(&request).await;
+        assert_eq!(status, 200, "case {n}: {answer}");
+        twilio.wait_for_messages(n + 1, common::PATIENCE).await;
+    }
+    let answered: Vec<&str> = cases.iter().map(|case| case.3).collect();
+    assert_eq!(by_number(&twilio)[from], answered);
+
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    let export = store
+        .export_user(&Address::new(from))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = cases.iter().map(|case| case.2).collect();
+    assert_eq!(stored, expected);
+    assert!(
+        !export.to_string().contains("api.twilio.com/media"),
+        "a media URL was stored"
+    );
 }

@@ -131,6 +131,109 @@ async fn a_conversation_is_answered_in_order_and_logs_no_personal_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_hold_no_phone_number_body_or_secret() {
+    let fx = Fixture::new().await;
+    let api_key = "sk-test-0123456789abcdefDEBUG";
+    let settings = fx
+        .settings
+        .clone()
+        .set("RUST_LOG", "debug")
+        .set("OPENAI_API_KEY", api_key);
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550131";
+    let first = fx.sms(&gateway, from, "my private worry <<p1>>");
+    assert_eq!(gateway.post(&first).await.0, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    // A duplicate delivery, HELP, a forged request and a second turn: the paths that log most.
+    assert_eq!(gateway.post(&first).await.0, 200);
+    gateway.post(&fx.sms(&gateway, from, "HELP")).await;
+    let forged = fx
+        .twilio
+        .inbound_sms(from, TWILIO_FROM, "forged private words")
+        .sign(&gateway.webhook_url("/twilio/sms"), "not-the-auth-token");
+    assert_eq!(gateway.post(&forged).await.0, 403);
+    gateway
+        .post(&fx.sms(&gateway, from, "another private worry <<p2>>"))
+        .await;
+    fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    gateway
+        .wait_metric("sms_gateway_outbound_total{status=\"accepted\"}", 3)
+        .await;
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("DEBUG"),
+        "debug logging was not on, so this test shows nothing:\n{logs}"
+    );
+    assert_not_logged(
+        &gateway,
+        &[
+            from,
+            "4155550131",
+            "private worry",
+            "private words",
+            "echo <<",
+            HELP_TEXT,
+            fx.twilio.auth_token(),
+            api_key,
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still_works() {
+    let fx = Fixture::new().await;
+    let settings = fx.settings.clone().set("RATE_LIMIT_PER_MINUTE", "2");
+    let gateway = Gateway::start(&settings).await;
+    let flood = "+14155550132";
+    let other = "+14155550133";
+    // The limit counts per calendar minute: start early in one so the burst stays inside it.
+    let second = chrono::Utc::now().timestamp().rem_euclid(60);
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second).unsigned_abs())).await;
+    }
+    for i in 1..=5 {
+        let (status, body) = gateway
+            .post(&fx.sms(&gateway, flood, &format!("again <<r{i}>>")))
+            .await;
+        assert_eq!(status, 200, "over the limit is still acknowledged");
+        assert!(is_twiml(&body), "{body}");
+    }
+    gateway
+        .post(&fx.sms(&gateway, other, "unaffected <<o1>>"))
+        .await;
+    // STOP is never limited.
+    gateway.post(&fx.sms(&gateway, flood, "STOP")).await;
+    gateway
+        .wait_metric("sms_gateway_inbound_total{outcome=\"opt_out\"}", 1)
+        .await;
+    fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(flood), ["echo <<r1>>", "echo <<r2>>"]);
+    assert_eq!(fx.bodies_to(other), ["echo <<o1>>"]);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"rate_limited\"}")
+            .await,
+        3
+    );
+    let store = fx.store().await;
+    let session = store.session(&Address::new(flood)).await.unwrap().unwrap();
+    assert!(session.opted_out);
+    let export = store
+        .export_user(&Address::new(flood))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .filter_map(|message| message["content"].as_str())
+        .collect();
+    assert_eq!(stored, ["again <<r1>>", "again <<r2>>", "STOP"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_answer() {
     let fx = Fixture::new().await;
     let gateway = Gateway::start(&fx.settings).await;
