@@ -193,13 +193,7 @@ async fn every_kind_of_message_is_stored_and_answered_on_postgres() {
         .await
         .unwrap()
         .unwrap();
-    let stored: Vec<&str> = export["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|message| message["role"] == "user")
-        .map(|message| message["content"].as_str().unwrap())
-        .collect();
+    let stored = common::user_texts(&export);
     let expected: Vec<&str> = cases.iter().map(|case| case.2).collect();
     assert_eq!(stored, expected);
     assert!(

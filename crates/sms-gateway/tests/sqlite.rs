@@ -223,13 +223,7 @@ async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still
         .await
         .unwrap()
         .unwrap();
-    let stored: Vec<&str> = export["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|message| message["role"] == "user")
-        .filter_map(|message| message["content"].as_str())
-        .collect();
+    let stored = common::user_texts(&export);
     assert_eq!(stored, ["again <<r1>>", "again <<r2>>", "STOP"]);
 }
 

@@ -9,15 +9,17 @@ use soul_engine::{
     ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, Role, WorkingMemory,
 };
 
-/// `data` as working memory JSON. Reading never panics, and both ways of reading agree; what
-/// reads is a valid value (unique ids, memories in region order), and written out and read
+/// `data` as working memory JSON. Reading never panics, and on text both ways of reading agree;
+/// what reads is a valid value (unique ids, memories in region order), and written out and read
 /// back it is equal, and written again byte for byte the same.
 pub(crate) fn working_memory(data: &[u8]) {
     let parsed = serde_json::from_slice::<WorkingMemory>(data);
-    let from_text = std::str::from_utf8(data)
-        .ok()
-        .and_then(|text| WorkingMemory::from_json_str(text).ok());
-    assert_eq!(parsed.as_ref().ok(), from_text.as_ref());
+    // Only on text: bytes read skip the values of unknown fields unchecked, so they accept
+    // invalid UTF-8 there, which never reaches the value (corpus: invalid-utf8-unknown-field).
+    if let Ok(text) = std::str::from_utf8(data) {
+        let from_text = WorkingMemory::from_json_str(text);
+        assert_eq!(parsed.as_ref().ok(), from_text.as_ref().ok());
+    }
     let Ok(wm) = parsed else {
         return;
     };

@@ -355,6 +355,18 @@ impl Gateway {
     }
 }
 
+/// The texts of the person's messages in a store's `export_user` answer, oldest first.
+pub fn user_texts(export: &Value) -> Vec<&str> {
+    export["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .filter_map(|message| message["content"].as_str())
+        .collect()
+}
+
 /// Whether `text` was logged by `gateway`'s run anywhere: for privacy checks.
 pub fn assert_not_logged(gateway: &Gateway, secrets: &[&str]) {
     let logs = gateway.logs();
