@@ -15,7 +15,10 @@ use crate::supabase::{RestError, TransportError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be reached, timed out, or was busy; nothing was changed.
+    /// The database could not be reached, timed out, or was busy. The operation was applied
+    /// as a whole or not at all; when the connection broke or timed out mid-call it is unknown
+    /// which (repeating a turn's commit is safe: it is guarded by the lease; so is repeating a
+    /// begin whose message carries its provider id).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// The database rejected the operation.

@@ -30,7 +30,7 @@ mod types;
 mod wire;
 
 pub use error::{Result, StoreError};
-pub use postgres::PgStore;
+pub use postgres::{DEFAULT_OPERATION_TIMEOUT, PgStore};
 pub use sqlite::SqliteStore;
 pub use supabase::{RestError, RestProblem, SupabaseConfig, SupabaseStore, TransportError};
 pub use types::{

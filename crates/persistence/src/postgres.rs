@@ -20,16 +20,23 @@ use crate::types::{
 };
 use crate::{Result, Store, StoreError, StoreFuture, migrations, wire};
 
+/// How long one operation (connecting included) may take before it is given up on, unless
+/// [`PgStore::with_operation_timeout`] says otherwise: a server that accepts connections but no
+/// longer answers must not hold a webhook past Twilio's 15 s, nor a turn for ever.
+pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The store on PostgreSQL (including Supabase's database, through its connection string).
 ///
 /// It keeps its own small set of connections rather than a `sqlx` pool: the pool pings every
 /// connection when it is returned, an extra round trip per operation that would also delay the
 /// connection's next use. A connection whose call failed on the wire, or was cancelled, is
-/// dropped instead of reused.
+/// dropped instead of reused, and so are the idle ones: they lead to the same server, which has
+/// most likely restarted, so the next calls open fresh connections instead of failing in turn.
 pub struct PgStore {
     options: PgConnectOptions,
     idle: Mutex<Vec<PgConnection>>,
     permits: Semaphore,
+    operation_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for PgStore {
@@ -37,6 +44,7 @@ impl fmt::Debug for PgStore {
         // The options hold the password.
         f.debug_struct("PgStore")
             .field("available", &self.permits.available_permits())
+            .field("operation_timeout", &self.operation_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -50,18 +58,36 @@ impl PgStore {
     /// Connects with explicit options. One connection is opened now, to fail early on a wrong
     /// address or password.
     pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let first = PgConnection::connect_with(&options).await?;
+        let first = within(
+            DEFAULT_OPERATION_TIMEOUT,
+            PgConnection::connect_with(&options),
+        )
+        .await?;
         let max = usize::try_from(max_connections.max(1)).unwrap_or(1);
         Ok(PgStore {
             options,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(max),
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
+    }
+
+    /// Gives up on an operation after `timeout` instead of [`DEFAULT_OPERATION_TIMEOUT`]. The
+    /// error is [`StoreError::Unavailable`]: the operation was applied as a whole or not at all,
+    /// and it is unknown which.
+    #[must_use]
+    pub fn with_operation_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
     }
 
     /// Applies the migrations the database does not have yet (see [`migrations::apply`]).
     pub async fn migrate(&self) -> Result<()> {
-        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let mut conn = within(
+            self.operation_timeout,
+            PgConnection::connect_with(&self.options),
+        )
+        .await?;
         let result = migrations::apply(&mut conn).await;
         drop(conn.close().await);
         result
@@ -77,6 +103,12 @@ impl PgStore {
         }
     }
 
+    fn forget_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     /// Calls one SQL function with one jsonb argument: one statement, one round trip (once the
     /// connection has prepared it).
     async fn call(&self, sql: &'static str, request: Value) -> Result<Value> {
@@ -85,27 +117,47 @@ impl PgStore {
             .acquire()
             .await
             .map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
-        let mut conn = match self.take_idle() {
-            Some(conn) => conn,
-            None => PgConnection::connect_with(&self.options).await?,
-        };
-        let answer = sqlx::query_scalar::<_, Option<Value>>(sql)
-            .bind(request)
-            .fetch_one(&mut conn)
-            .await;
+        // A timed-out call drops its connection with the future: its state is unknown.
+        let answer = within(self.operation_timeout, async {
+            let mut conn = match self.take_idle() {
+                Some(conn) => conn,
+                None => PgConnection::connect_with(&self.options).await?,
+            };
+            let answer = sqlx::query_scalar::<_, Option<Value>>(sql)
+                .bind(request)
+                .fetch_one(&mut conn)
+                .await;
+            if matches!(answer, Ok(_) | Err(sqlx::Error::Database(_))) {
+                // The server answered: the connection is in a known state and stays.
+                self.give_back(conn);
+            }
+            answer
+        })
+        .await;
         match answer {
-            Ok(answer) => {
-                self.give_back(conn);
-                Ok(answer.unwrap_or(Value::Null))
+            Ok(answer) => Ok(answer.unwrap_or(Value::Null)),
+            Err(error @ sqlx::Error::Database(_)) => Err(error.into()),
+            Err(error) => {
+                self.forget_idle();
+                Err(error.into())
             }
-            // The server answered: the connection is in a known state and stays.
-            Err(sqlx::Error::Database(error)) => {
-                self.give_back(conn);
-                Err(sqlx::Error::Database(error).into())
-            }
-            Err(error) => Err(error.into()),
         }
     }
+}
+
+/// `operation`, or an I/O time-out error once `timeout` has passed.
+async fn within<T>(
+    timeout: std::time::Duration,
+    operation: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("PostgreSQL did not answer within {timeout:?}"),
+            )))
+        })
 }
 
 fn list<T: serde::de::DeserializeOwned>(value: Value) -> Result<Vec<T>> {

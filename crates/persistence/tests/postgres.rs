@@ -11,6 +11,7 @@ use soul_persistence::{
     Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore,
     ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
+use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
 use sqlx::{Connection, PgConnection};
 
@@ -365,4 +366,34 @@ async fn migration_runner_applies_each_file_once() {
     else {
         panic!("expected a started turn")
     };
+}
+
+/// A server that stops answering (hung, or cut off by the network) fails each operation after
+/// the operation time-out, as retryable, instead of holding its caller for ever; once it answers
+/// again, so does the store, on fresh connections. On a cluster of the test's own, since the
+/// server is frozen.
+#[tokio::test]
+async fn a_hung_server_times_out_and_the_store_recovers() {
+    let cluster = Cluster::start();
+    let store = PgStore::connect(&cluster.url(), 4)
+        .await
+        .unwrap()
+        .with_operation_timeout(std::time::Duration::from_millis(500));
+    store.migrate().await.unwrap();
+    let address = Address::new("+14155550123");
+    assert!(store.session(&address).await.unwrap().is_none());
+
+    cluster.freeze();
+    for _ in 0..2 {
+        // Twice: once on the idle connection, once on a new one the kernel accepts for the
+        // frozen server.
+        let outcome =
+            tokio::time::timeout(std::time::Duration::from_secs(30), store.session(&address))
+                .await
+                .expect("the store gives up by itself");
+        let error = outcome.unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+    }
+    cluster.thaw();
+    assert!(store.session(&address).await.unwrap().is_none());
 }

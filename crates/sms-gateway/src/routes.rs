@@ -28,6 +28,11 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The empty TwiML answer: no reply from Twilio (replies go through the REST API).
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
+/// How long storing an inbound message may take before the webhook gives up with 503: Twilio
+/// waits 15 s for an answer, and an answer in time lets it go on to its fallback URL. A message
+/// cut off part-way was stored or not; Twilio's retry of it is recognised by its MessageSid.
+const INBOUND_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long readiness waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -100,23 +105,19 @@ async fn inbound(
         }
     };
     let message_sid = sms.message_sid.clone();
-    match app.receive(sms).await {
-        Ok(outcome) => {
+    let error = match tokio::time::timeout(INBOUND_DEADLINE, app.receive(sms)).await {
+        Ok(Ok(outcome)) => {
             app.metrics.inbound.inc(outcome.label());
             tracing::info!(message_sid, outcome = outcome.label(), "inbound message");
-            twiml()
+            return twiml();
         }
-        Err(error) => {
-            // Not acknowledged: Twilio then tries its fallback URL, and nothing was promised.
-            app.metrics.inbound.inc("error");
-            tracing::error!(
-                message_sid,
-                error = store_error_kind(&error),
-                "could not store an inbound message"
-            );
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
-        }
-    }
+        Ok(Err(error)) => store_error_kind(&error),
+        Err(_) => "the store did not answer in time",
+    };
+    // Not acknowledged: Twilio then tries its fallback URL, and nothing was promised.
+    app.metrics.inbound.inc("error");
+    tracing::error!(message_sid, error, "could not store an inbound message");
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
 }
 
 /// The stored delivery status a Twilio message status maps to (the store keeps fewer steps).

@@ -1,6 +1,7 @@
 //! Crashes: the gateway binary killed with SIGKILL at random points, again and again, while
 //! several people keep texting; after the last restart every message has been answered exactly
-//! once, in order.
+//! once, in order. And PostgreSQL crashing under a running gateway: webhooks are refused at once
+//! while it is down, and once it is back nothing is lost, repeated or half-written.
 //!
 //! Twilio retries a webhook that got no answer with the same MessageSid, and so does this
 //! driver: a person's next message goes out only once the gateway acknowledged the one before.
@@ -15,9 +16,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, twilio};
+use common::{EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, eventually, twilio};
+use soul_persistence::{Address, PgStore, Store};
+use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::TestDatabase;
-use soul_testkit::twilio::{InboundSmsWebhook, TwilioDouble};
+use soul_testkit::twilio::{InboundSmsWebhook, SignedRequest, TwilioDouble};
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
@@ -196,4 +199,192 @@ async fn acknowledged(people: &[Arc<Mutex<Person>>]) -> usize {
         total += person.lock().await.acknowledged;
     }
     total
+}
+
+/// How long Twilio waits for a webhook's answer before giving up on it.
+const TWILIO_WAITS: Duration = Duration::from_secs(15);
+
+/// Posts `request` as Twilio does; the status, or `None` when there was no answer in time.
+async fn post(http: &reqwest::Client, request: &SignedRequest) -> Option<u16> {
+    let response = http
+        .post(&request.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", &request.signature)
+        .body(request.body.clone())
+        .timeout(TWILIO_WAITS)
+        .send()
+        .await;
+    response.ok().map(|response| response.status().as_u16())
+}
+
+/// The conversation `store` holds with `number`, as (role, text) in order.
+async fn stored_exchange(store: &PgStore, number: &str) -> Vec<(String, String)> {
+    let export = store
+        .export_user(&Address::new(number))
+        .await
+        .unwrap()
+        .unwrap();
+    export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            let text = |key: &str| message[key].as_str().map(str::to_owned);
+            (text("role").unwrap(), text("content").unwrap())
+        })
+        .collect()
+}
+
+fn exchange(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .flat_map(|(said, answered)| {
+            [
+                ("user".to_owned(), (*said).to_owned()),
+                ("assistant".to_owned(), (*answered).to_owned()),
+            ]
+        })
+        .collect()
+}
+
+/// PostgreSQL stopped at once (as a crash or power cut would) while a turn waits for the model,
+/// on a cluster of the test's own: the webhooks that come while it is down are refused at once
+/// (Twilio moves on to its fallback URL instead of waiting out its 15 s), readiness says so, the
+/// waiting turn stores its answer once the database is back, Twilio's retries are taken, every
+/// message is answered exactly once, in order, and the store holds each exchange whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashing_mid_turn_refuses_webhooks_at_once_and_loses_nothing() {
+    let cluster = Cluster::start();
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start_slow(Duration::from_millis(500)).await;
+    let settings = Settings::new(dir.path(), &cluster.url(), &twilio, &model.base_url())
+        // Longer than the test: a turn is never taken over, so its commit must get through.
+        .set("TURN_LEASE", "120s")
+        .set("MODEL_TIMEOUT", "2s")
+        .set("MODEL_RETRY_BUDGET", "2s");
+    let gateway = Gateway::start(&settings).await;
+    let http = reqwest::Client::new();
+    let (ann, ben, cat) = ("+14155550301", "+14155550302", "+14155550303");
+    let sms = |from: &str, body: &str| {
+        twilio
+            .inbound_sms(from, TWILIO_FROM, body)
+            .sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token())
+    };
+
+    assert_eq!(post(&http, &sms(ann, "a0 <<a0>>")).await, Some(200));
+    twilio.wait_for_messages(1, PATIENCE).await;
+
+    // Ben's turn is waiting for the model when the database goes.
+    assert_eq!(post(&http, &sms(ben, "b0 <<b0>>")).await, Some(200));
+    eventually("the model asked about b0", || async {
+        model
+            .answered()
+            .contains(&"<<b0>>".to_owned())
+            .then_some(())
+    })
+    .await;
+    cluster.kill();
+
+    let a1 = sms(ann, "a1 <<a1>>");
+    let c0 = sms(cat, "c0 <<c0>>");
+    for request in [&a1, &c0] {
+        assert_eq!(
+            post(&http, request).await,
+            Some(503),
+            "refused, not left hanging"
+        );
+    }
+    assert_eq!(gateway.get("/readyz").await.0, 503);
+    // The database stays down until Ben's turn has tried to store the model's answer.
+    eventually("the turn's commit failing", || async {
+        gateway
+            .logs()
+            .contains("storing a turn failed; trying again")
+            .then_some(())
+    })
+    .await;
+
+    cluster.resume();
+    for request in [&a1, &c0] {
+        assert_eq!(
+            post(&http, request).await,
+            Some(200),
+            "Twilio's retry is taken"
+        );
+    }
+    twilio.wait_for_messages(4, PATIENCE).await;
+    assert_eq!(post(&http, &sms(ann, "a2 <<a2>>")).await, Some(200));
+    twilio.wait_for_messages(5, PATIENCE).await;
+    // Longer than the outbox's retry-after and several sweeps: a repeat would show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut replies: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for message in twilio.messages() {
+        replies.entry(message.to).or_default().push(message.body);
+    }
+    let logs = gateway.logs();
+    assert_eq!(
+        replies[ann],
+        ["echo <<a0>>", "echo <<a1>>", "echo <<a2>>"],
+        "{logs}"
+    );
+    assert_eq!(replies[ben], ["echo <<b0>>"], "{logs}");
+    assert_eq!(replies[cat], ["echo <<c0>>"], "{logs}");
+    assert_eq!(twilio.messages().len(), 5);
+    let asked_about_b0 = model.answered().iter().filter(|t| *t == "<<b0>>").count();
+    assert_eq!(
+        asked_about_b0, 1,
+        "the answer given before the crash was kept"
+    );
+
+    let store = PgStore::connect(&cluster.url(), 1).await.unwrap();
+    assert_eq!(
+        stored_exchange(&store, ann).await,
+        exchange(&[
+            ("a0 <<a0>>", "echo <<a0>>"),
+            ("a1 <<a1>>", "echo <<a1>>"),
+            ("a2 <<a2>>", "echo <<a2>>"),
+        ])
+    );
+    assert_eq!(
+        stored_exchange(&store, ben).await,
+        exchange(&[("b0 <<b0>>", "echo <<b0>>")])
+    );
+    assert_eq!(
+        stored_exchange(&store, cat).await,
+        exchange(&[("c0 <<c0>>", "echo <<c0>>")])
+    );
+}
+
+/// PostgreSQL hung rather than down (every server process stopped, as a frozen host or a
+/// network partition leaves it): a webhook still gets its 503 before Twilio's 15 s are up, and
+/// once the server answers again so does the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_postgres_gets_webhooks_refused_before_twilio_gives_up() {
+    let cluster = Cluster::start();
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(dir.path(), &cluster.url(), &twilio, &model.base_url());
+    let gateway = Gateway::start(&settings).await;
+    let http = reqwest::Client::new();
+    let from = "+14155550311";
+    let sms = |body: &str| {
+        twilio
+            .inbound_sms(from, TWILIO_FROM, body)
+            .sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token())
+    };
+
+    cluster.freeze();
+    let hung = sms("h0 <<h0>>");
+    assert_eq!(post(&http, &hung).await, Some(503), "refused in time");
+    cluster.thaw();
+    assert_eq!(
+        post(&http, &hung).await,
+        Some(200),
+        "Twilio's retry is taken"
+    );
+    twilio.wait_for_messages(1, PATIENCE).await;
+    assert_eq!(twilio.messages()[0].body, "echo <<h0>>");
 }

@@ -3,6 +3,7 @@
 //! Only services that cannot run on a test machine get doubles here, and each double speaks the
 //! real wire protocol over a real socket: the code under test cannot tell it from the service.
 
+pub mod cluster;
 pub mod openai;
 pub mod postgres;
 pub mod postrest;

@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
 use soul_persistence::{
-    Address, BeginOutcome, Changes, EventOutcome, Inbound, SessionId, Store, StoreError,
-    SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, SessionId, Store,
+    StoreError, SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
 };
 use uuid::Uuid;
 
@@ -113,6 +114,13 @@ impl fmt::Debug for TurnDriver {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a turn keeps trying to store its commit while the store is unreachable: a database
+/// restart takes seconds, and within them the model's answer is kept and sent instead of the
+/// turn waiting for its lease to expire and calling the model again.
+const COMMIT_RETRY_BUDGET: Duration = Duration::from_secs(15);
+/// The longest wait between two tries of a commit.
+const COMMIT_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// What the person gets when the engine cannot answer (the model is down past its retries).
 pub const DEFAULT_FALLBACK_REPLY: &str =
@@ -260,6 +268,33 @@ impl TurnDriver {
         }
     }
 
+    /// Stores `commit`, trying again while the store is unreachable, within
+    /// [`COMMIT_RETRY_BUDGET`]. Repeating a commit that did apply (its answer was lost) is safe:
+    /// the store refuses it as [`StoreError::LeaseLost`], and the replies it stored are sent
+    /// from the outbox.
+    async fn commit(&self, commit: &TurnCommit) -> Result<CommitOutcome, StoreError> {
+        let deadline = Instant::now() + COMMIT_RETRY_BUDGET;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let result = self
+                .store
+                .commit_turn(commit, &self.settings, self.clock.now())
+                .await;
+            match result {
+                Err(error) if error.is_retryable() && Instant::now() + delay < deadline => {
+                    tracing::warn!(
+                        session = %commit.session_id,
+                        delay = ?delay,
+                        "storing a turn failed; trying again"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(COMMIT_RETRY_MAX_DELAY);
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn run_one(
         &self,
         context: &TurnContext,
@@ -270,10 +305,7 @@ impl TurnDriver {
         let mut commit = TurnCommit::new(context);
         if context.session.opted_out {
             // Stored, never answered, and no model bill: they asked us to stop.
-            let committed = self
-                .store
-                .commit_turn(&commit, &self.settings, self.clock.now())
-                .await?;
+            let committed = self.commit(&commit).await?;
             let report = TurnReport {
                 session: context.session.id,
                 inbound: context.inbound.id,
@@ -310,10 +342,7 @@ impl TurnDriver {
                 (None, true)
             }
         };
-        let committed = self
-            .store
-            .commit_turn(&commit, &self.settings, self.clock.now())
-            .await?;
+        let committed = self.commit(&commit).await?;
         if !committed.outbound.is_empty() {
             let messages = committed
                 .outbound

@@ -58,7 +58,7 @@ pub async fn twilio() -> TwilioDouble {
 }
 
 /// An OpenAI-compatible server that answers every request with `Pip said: "echo TOKEN"`, where
-/// TOKEN is the last `<<…>>` token in the newest user message: replies name the message they
+/// TOKEN is the newest `<<…>>` token in the user messages: replies name the message they
 /// answer, whatever order concurrent requests arrive in.
 #[derive(Debug)]
 pub struct EchoModel {
@@ -83,10 +83,16 @@ pub fn token(text: &str) -> Option<&str> {
 impl EchoModel {
     /// Starts the server on a loopback port.
     pub async fn start() -> Self {
+        Self::start_slow(Duration::ZERO).await
+    }
+
+    /// Starts a server that takes `delay` over every answer (after recording the request), so
+    /// that a test can act while a turn waits for the model.
+    pub async fn start_slow(delay: Duration) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let router = axum::Router::new()
             .route("/v1/chat/completions", post(echo))
-            .with_state(requests.clone());
+            .with_state((requests.clone(), delay));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the echo model");
@@ -113,7 +119,7 @@ impl EchoModel {
 }
 
 async fn echo(
-    State(requests): State<Arc<Mutex<Vec<String>>>>,
+    State((requests, delay)): State<(Arc<Mutex<Vec<String>>>, Duration)>,
     body: Bytes,
 ) -> axum::response::Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -129,6 +135,7 @@ async fn echo(
         .lock()
         .expect("not poisoned")
         .push(answered.clone());
+    tokio::time::sleep(delay).await;
     let answer = json!({
         "id": "chatcmpl-echo",
         "object": "chat.completion",
