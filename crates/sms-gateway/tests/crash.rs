@@ -16,11 +16,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, eventually, twilio};
-use soul_persistence::{Address, PgStore, Store};
+use common::{
+    EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, eventually, exchange, post_as_twilio,
+    stored_exchange, twilio,
+};
+use soul_persistence::PgStore;
 use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::TestDatabase;
-use soul_testkit::twilio::{InboundSmsWebhook, SignedRequest, TwilioDouble};
+use soul_testkit::twilio::{InboundSmsWebhook, TwilioDouble};
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
@@ -201,52 +204,6 @@ async fn acknowledged(people: &[Arc<Mutex<Person>>]) -> usize {
     total
 }
 
-/// How long Twilio waits for a webhook's answer before giving up on it.
-const TWILIO_WAITS: Duration = Duration::from_secs(15);
-
-/// Posts `request` as Twilio does; the status, or `None` when there was no answer in time.
-async fn post(http: &reqwest::Client, request: &SignedRequest) -> Option<u16> {
-    let response = http
-        .post(&request.url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("X-Twilio-Signature", &request.signature)
-        .body(request.body.clone())
-        .timeout(TWILIO_WAITS)
-        .send()
-        .await;
-    response.ok().map(|response| response.status().as_u16())
-}
-
-/// The conversation `store` holds with `number`, as (role, text) in order.
-async fn stored_exchange(store: &PgStore, number: &str) -> Vec<(String, String)> {
-    let export = store
-        .export_user(&Address::new(number))
-        .await
-        .unwrap()
-        .unwrap();
-    export["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|message| {
-            let text = |key: &str| message[key].as_str().map(str::to_owned);
-            (text("role").unwrap(), text("content").unwrap())
-        })
-        .collect()
-}
-
-fn exchange(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .flat_map(|(said, answered)| {
-            [
-                ("user".to_owned(), (*said).to_owned()),
-                ("assistant".to_owned(), (*answered).to_owned()),
-            ]
-        })
-        .collect()
-}
-
 /// PostgreSQL stopped at once (as a crash or power cut would) while a turn waits for the model,
 /// on a cluster of the test's own: the webhooks that come while it is down are refused at once
 /// (Twilio moves on to its fallback URL instead of waiting out its 15 s), readiness says so, the
@@ -272,11 +229,17 @@ async fn postgres_crashing_mid_turn_refuses_webhooks_at_once_and_loses_nothing()
             .sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token())
     };
 
-    assert_eq!(post(&http, &sms(ann, "a0 <<a0>>")).await, Some(200));
+    assert_eq!(
+        post_as_twilio(&http, &sms(ann, "a0 <<a0>>")).await,
+        Some(200)
+    );
     twilio.wait_for_messages(1, PATIENCE).await;
 
     // Ben's turn is waiting for the model when the database goes.
-    assert_eq!(post(&http, &sms(ben, "b0 <<b0>>")).await, Some(200));
+    assert_eq!(
+        post_as_twilio(&http, &sms(ben, "b0 <<b0>>")).await,
+        Some(200)
+    );
     eventually("the model asked about b0", || async {
         model
             .answered()
@@ -290,7 +253,7 @@ async fn postgres_crashing_mid_turn_refuses_webhooks_at_once_and_loses_nothing()
     let c0 = sms(cat, "c0 <<c0>>");
     for request in [&a1, &c0] {
         assert_eq!(
-            post(&http, request).await,
+            post_as_twilio(&http, request).await,
             Some(503),
             "refused, not left hanging"
         );
@@ -308,13 +271,16 @@ async fn postgres_crashing_mid_turn_refuses_webhooks_at_once_and_loses_nothing()
     cluster.resume();
     for request in [&a1, &c0] {
         assert_eq!(
-            post(&http, request).await,
+            post_as_twilio(&http, request).await,
             Some(200),
             "Twilio's retry is taken"
         );
     }
     twilio.wait_for_messages(4, PATIENCE).await;
-    assert_eq!(post(&http, &sms(ann, "a2 <<a2>>")).await, Some(200));
+    assert_eq!(
+        post_as_twilio(&http, &sms(ann, "a2 <<a2>>")).await,
+        Some(200)
+    );
     twilio.wait_for_messages(5, PATIENCE).await;
     // Longer than the outbox's retry-after and several sweeps: a repeat would show.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -378,10 +344,14 @@ async fn a_hung_postgres_gets_webhooks_refused_before_twilio_gives_up() {
 
     cluster.freeze();
     let hung = sms("h0 <<h0>>");
-    assert_eq!(post(&http, &hung).await, Some(503), "refused in time");
+    assert_eq!(
+        post_as_twilio(&http, &hung).await,
+        Some(503),
+        "refused in time"
+    );
     cluster.thaw();
     assert_eq!(
-        post(&http, &hung).await,
+        post_as_twilio(&http, &hung).await,
         Some(200),
         "Twilio's retry is taken"
     );

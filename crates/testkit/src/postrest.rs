@@ -72,6 +72,7 @@ pub struct PostgrestServer {
     child: Child,
     port: u16,
     log: tempfile::NamedTempFile,
+    database_url: String,
 }
 
 impl fmt::Debug for PostgrestServer {
@@ -102,6 +103,39 @@ fn free_port() -> u16 {
         .unwrap_or_else(|error| panic!("finding a free port: {error}"))
 }
 
+fn new_log() -> tempfile::NamedTempFile {
+    tempfile::NamedTempFile::new().unwrap_or_else(|error| panic!("log file: {error}"))
+}
+
+/// Starts the server on `database_url` and `port`, logging to the end of `log`.
+fn spawn(database_url: &str, port: u16, log: &tempfile::NamedTempFile) -> Child {
+    let binary = binary();
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap_or_else(|error| panic!("log file: {error}"))
+    };
+    Command::new(&binary)
+        // Only what is set here: a developer's own PGRST_* must not change the tests.
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("PGRST_COMPAT_MODE", "true")
+        .env("PGRST_DB_SCHEMAS", "public")
+        .env("PGRST_DB_ANON_ROLE", "anon")
+        .env("PGRST_JWT_SECRET", JWT_SECRET)
+        .env("PGRST_SERVER_HOST", "127.0.0.1")
+        .env("PGRST_SERVER_PORT", port.to_string())
+        .env("PGRST_DB_POOL", "10")
+        .env("PGRST_LOG_LEVEL", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(append())
+        .stderr(append())
+        .spawn()
+        .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()))
+}
+
 impl PostgrestServer {
     /// Starts the server on `database` (migrated: the schema cache is loaded at start) and waits
     /// until it answers. Requests without a token run as `anon`, as on Supabase.
@@ -109,42 +143,45 @@ impl PostgrestServer {
     /// # Panics
     /// When the binary is missing or the server does not come up in time (its log is shown).
     pub async fn start(database: &TestDatabase) -> Self {
-        let binary = binary();
-        let url = database_url(database);
+        let database_url = database_url(database);
         let mut last_log = String::new();
         for _ in 0..3 {
             let port = free_port();
-            let log =
-                tempfile::NamedTempFile::new().unwrap_or_else(|error| panic!("log file: {error}"));
-            let (stdout, stderr) = match (log.reopen(), log.reopen()) {
-                (Ok(out), Ok(err)) => (out, err),
-                (Err(error), _) | (_, Err(error)) => panic!("log file: {error}"),
+            let log = new_log();
+            let child = spawn(&database_url, port, &log);
+            let mut server = PostgrestServer {
+                child,
+                port,
+                log,
+                database_url: database_url.clone(),
             };
-            let child = Command::new(&binary)
-                // Only what is set here: a developer's own PGRST_* must not change the tests.
-                .env_clear()
-                .env("DATABASE_URL", &url)
-                .env("PGRST_COMPAT_MODE", "true")
-                .env("PGRST_DB_SCHEMAS", "public")
-                .env("PGRST_DB_ANON_ROLE", "anon")
-                .env("PGRST_JWT_SECRET", JWT_SECRET)
-                .env("PGRST_SERVER_HOST", "127.0.0.1")
-                .env("PGRST_SERVER_PORT", port.to_string())
-                .env("PGRST_DB_POOL", "10")
-                .env("PGRST_LOG_LEVEL", "warn")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr)
-                .spawn()
-                .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-            let mut server = PostgrestServer { child, port, log };
             if server.wait_ready().await {
                 return server;
             }
             last_log = std::fs::read_to_string(server.log.path()).unwrap_or_default();
         }
         panic!("the PostgREST-compatible server did not start; its log:\n{last_log}");
+    }
+
+    /// Kills the server (SIGKILL), as a crash would: connections to it are refused until
+    /// [`resume`](Self::resume).
+    pub fn kill(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+
+    /// Starts the killed server again, on the same port, and waits until it answers.
+    ///
+    /// # Panics
+    /// When it does not come up in time (its log is shown).
+    pub async fn resume(&mut self) {
+        self.child = spawn(&self.database_url, self.port, &self.log);
+        if !self.wait_ready().await {
+            panic!(
+                "the PostgREST-compatible server did not start again; its log:\n{}",
+                std::fs::read_to_string(self.log.path()).unwrap_or_default()
+            );
+        }
     }
 
     /// Polls until the server answers over HTTP, it exits, or [`STARTUP`] passes.
@@ -195,11 +232,27 @@ struct Forward {
     upstream: String,
     client: reqwest::Client,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Supabase's layout: the API under this path, and an `apikey` header required.
+    supabase: Option<&'static str>,
 }
+
+/// Where Supabase serves the REST API.
+const SUPABASE_REST_PATH: &str = "/rest/v1";
 
 impl RequestCounter {
     /// Starts the proxy in front of `upstream` (an `http://` base URL).
     pub async fn start(upstream: &str) -> Self {
+        Self::serve(upstream, None).await
+    }
+
+    /// Starts the proxy as Supabase's API gateway in front of `upstream`: its URL is a project
+    /// URL (the API under `/rest/v1`), a request without an `apikey` header is refused with 401,
+    /// and while `upstream` is down requests get 502.
+    pub async fn supabase(upstream: &str) -> Self {
+        Self::serve(upstream, Some(SUPABASE_REST_PATH)).await
+    }
+
+    async fn serve(upstream: &str, supabase: Option<&'static str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|error| panic!("binding the proxy: {error}"));
@@ -212,6 +265,7 @@ impl RequestCounter {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
             seen: Arc::clone(&seen),
+            supabase,
         };
         let app = axum::Router::new()
             .fallback(forward_request)
@@ -247,17 +301,24 @@ async fn forward_request(
     if let Ok(mut seen) = forward.seen.lock() {
         seen.push(format!("{} {}", parts.method, parts.uri.path()));
     }
-    let target = format!(
-        "{}{}",
-        forward.upstream,
-        parts.uri.path_and_query().map_or("/", |path| path.as_str())
-    );
-    let bad_gateway = |error: &dyn fmt::Display| {
+    let answer = |status: u16, text: String| {
         axum::response::Response::builder()
-            .status(502)
-            .body(axum::body::Body::from(format!("proxy: {error}")))
+            .status(status)
+            .body(axum::body::Body::from(text))
             .unwrap_or_default()
     };
+    let mut path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    if let Some(prefix) = forward.supabase {
+        match path.strip_prefix(prefix) {
+            Some(rest) if rest.starts_with('/') => path = rest,
+            _ => return answer(404, "no route matched\n".to_owned()),
+        }
+        if !parts.headers.contains_key("apikey") {
+            return answer(401, "no API key found in request\n".to_owned());
+        }
+    }
+    let target = format!("{}{path}", forward.upstream);
+    let bad_gateway = |error: &dyn fmt::Display| answer(502, format!("proxy: {error}"));
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
         Err(error) => return bad_gateway(&error),

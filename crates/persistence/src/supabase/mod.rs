@@ -367,8 +367,10 @@ impl Store for SupabaseStore {
     ) -> StoreFuture<'a, CommitOutcome> {
         Box::pin(async move {
             let request = wire::commit_request(commit, settings, now)?;
+            // Repeatable: a repeat of a commit that did apply finds its lease gone and changes
+            // nothing (`lease_lost`).
             let answer = self
-                .rpc("soul_commit_turn", request, Idempotency::NotIdempotent)
+                .rpc("soul_commit_turn", request, Idempotency::Idempotent)
                 .await?;
             wire::commit_outcome(answer, commit)
         })

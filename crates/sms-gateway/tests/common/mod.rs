@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
+use soul_persistence::{Address, Store};
 use soul_testkit::twilio::{SignedRequest, TwilioDouble, new_sid};
 
 /// The number replies come from.
@@ -203,6 +204,12 @@ impl Settings {
         self.env.insert(key.to_owned(), value.to_owned());
         self
     }
+
+    /// Leaves `key` unset.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.env.remove(key);
+        self
+    }
 }
 
 /// A gateway process, killed on drop.
@@ -384,4 +391,50 @@ pub fn assert_not_logged(gateway: &Gateway, secrets: &[&str]) {
             "{secret:?} appears in the logs:\n{logs}"
         );
     }
+}
+
+/// How long Twilio waits for a webhook's answer before giving up on it.
+pub const TWILIO_WAITS: Duration = Duration::from_secs(15);
+
+/// Posts `request` as Twilio does; the status, or `None` when there was no answer in time.
+pub async fn post_as_twilio(http: &reqwest::Client, request: &SignedRequest) -> Option<u16> {
+    let response = http
+        .post(&request.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", &request.signature)
+        .body(request.body.clone())
+        .timeout(TWILIO_WAITS)
+        .send()
+        .await;
+    response.ok().map(|response| response.status().as_u16())
+}
+
+/// The conversation `store` holds with `number`, as (role, text) in order.
+pub async fn stored_exchange(store: &dyn Store, number: &str) -> Vec<(String, String)> {
+    let export = store
+        .export_user(&Address::new(number))
+        .await
+        .expect("the store answers")
+        .expect("the person is known");
+    let messages = export["messages"].as_array().cloned().unwrap_or_default();
+    messages
+        .iter()
+        .map(|message| {
+            let text = |key: &str| message[key].as_str().unwrap_or_default().to_owned();
+            (text("role"), text("content"))
+        })
+        .collect()
+}
+
+/// What [`stored_exchange`] gives for a conversation of (message, reply) pairs.
+pub fn exchange(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .flat_map(|(said, answered)| {
+            [
+                ("user".to_owned(), (*said).to_owned()),
+                ("assistant".to_owned(), (*answered).to_owned()),
+            ]
+        })
+        .collect()
 }
