@@ -46,13 +46,13 @@ done
 
 echo "# soul-bench, $(date -u '+%Y-%m-%d %H:%M UTC'), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ $what == all || $what == store ]]; then
-  "$bench" store --backend postgres --database-url "$url" --variants stock,inline-helpers
+  "$bench" store --backend postgres --database-url "$url"
   "$bench" store --backend postgres --database-url "$url" --count-round-trips
   "$bench" store --backend sqlite
+  "$bench" store --backend supabase --database-url "$url" --clients 1 --request-delay-ms 20
 fi
 if [[ $what == all || $what == gateway ]]; then
   "$bench" gateway --database-url "$url" --mode closed
-  "$bench" gateway --database-url "$url" --mode closed --inline-helpers
   "$bench" gateway --database-url "$url" --mode closed --count-round-trips
   "$bench" gateway --database-url "$url" --mode open --rate 500 --requests 5000 --people 1000
   "$bench" gateway --database-url "$url" --mode open --rate 150 --requests 1500 --people 1000

@@ -95,10 +95,6 @@ pub(crate) struct GatewayArgs {
     /// Runs (each with a fresh database and gateway process); the summary gives medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Apply the `inline-helpers` schema experiment (see `soul-bench store --help`) once the
-    /// gateway has migrated its database.
-    #[arg(long)]
-    inline_helpers: bool,
     /// Route the gateway's PostgreSQL connections through the round-trip counting proxy and
     /// report round trips per turn (closed mode; adds latency).
     #[arg(long)]
@@ -133,11 +129,6 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             None => database.clone(),
         };
         let gateway = Gateway::start(&args, &gateway_database, &model, &sink_url).await?;
-        if args.inline_helpers {
-            let mut conn = PgConnection::connect(&database).await?;
-            conn.execute(crate::store::INLINE_HELPERS).await?;
-            drop(conn.close().await);
-        }
         let figures = match args.mode {
             Mode::Closed => closed(&args, &client, &gateway, &sink, counter.as_ref()).await,
             Mode::Open => open(&args, &client, &gateway, &sink).await,
@@ -162,9 +153,6 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             ", {} webhooks at {}/s from {} people",
             args.requests, args.rate, args.people
         ));
-    }
-    if args.inline_helpers {
-        setup.push_str(", schema variant inline-helpers");
     }
     if args.count_round_trips {
         setup.push_str(", through the round-trip counting proxy");

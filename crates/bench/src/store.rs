@@ -1,8 +1,8 @@
 //! The reference workload at the store + engine level: `TurnDriver` over a real store, the
 //! in-process [`ConstantModel`](crate::soul::ConstantModel), no HTTP.
 //!
-//! Per run: a fresh database (PostgreSQL: a new database in the given cluster, migrated;
-//! SQLite: a new file), a warm-up (`--warmup-users` other people, one turn each, at the same
+//! Per run: a fresh database (PostgreSQL and Supabase: a new database in the given cluster,
+//! migrated; SQLite: a new file), a warm-up (`--warmup-users` other people, one turn each, at the same
 //! concurrency, so every connection has prepared its statements), then `--users` people ×
 //! `--turns` turns split over `--clients` concurrent clients (a person always belongs to one
 //! client, so no turn waits behind another of the same person).
@@ -15,8 +15,11 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use soul_engine::SystemClock;
 use soul_engine::process::{Registry, Runtime};
-use soul_persistence::{Address, Inbound, PgStore, SqliteStore, Store};
+use soul_persistence::{
+    Address, Inbound, PgStore, SqliteStore, Store, SupabaseConfig, SupabaseStore,
+};
 use soul_testkit::postgres::RoundTripCounter;
+use soul_testkit::postrest::{PostgrestServer, RequestCounter, token};
 use soul_turns::{Handled, NoDelivery, TurnDriver};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -46,26 +49,11 @@ pub(crate) enum Backend {
     Postgres,
     /// `SqliteStore` on a file in a temporary directory.
     Sqlite,
+    /// `SupabaseStore`: `postrust-server` (PostgREST-compatible; `POSTRUST_SERVER` or
+    /// `~/.cargo/bin/postrust`) on a database in the cluster named by `--database-url`, behind a
+    /// proxy that holds every request `--request-delay-ms` (a remote project's network latency).
+    Supabase,
 }
-
-/// The schema the PostgreSQL runs use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Variant {
-    /// `migrations/` as shipped.
-    Stock,
-    /// An experiment: the four small `language sql` helpers (`soul_session_number`,
-    /// `soul_session_json`, `soul_message_json`, `soul_ms`) without their `set search_path`
-    /// clause, which keeps PostgreSQL from inlining them (every call then runs through the
-    /// function manager with a GUC save and restore). Their bodies are schema-qualified already.
-    InlineHelpers,
-}
-
-/// What [`Variant::InlineHelpers`] runs after the migrations.
-pub(crate) const INLINE_HELPERS: &str = "\
-    alter function public.soul_session_number(jsonb) reset all; \
-    alter function public.soul_session_json(public.user_sessions) reset all; \
-    alter function public.soul_message_json(public.messages) reset all; \
-    alter function public.soul_ms(jsonb) reset all;";
 
 /// The `store` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,9 +83,9 @@ pub(crate) struct StoreArgs {
     /// use the timings of runs without it).
     #[arg(long)]
     count_round_trips: bool,
-    /// PostgreSQL: schema variants, run side by side in each run (e.g. `stock,inline-helpers`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "stock")]
-    variants: Vec<Variant>,
+    /// Supabase: latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    request_delay_ms: u64,
     /// Directory for the SQLite files (default: a temporary directory, removed afterwards).
     #[arg(long)]
     sqlite_dir: Option<std::path::PathBuf>,
@@ -106,7 +94,6 @@ pub(crate) struct StoreArgs {
 /// One run's figures.
 #[derive(Debug, Clone)]
 struct RunFigures {
-    variant: Variant,
     clients: usize,
     turns: usize,
     p50: Duration,
@@ -138,78 +125,72 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
     let mut all: Vec<RunFigures> = Vec::new();
-    let variants = match args.backend {
-        Backend::Postgres => args.variants.clone(),
-        Backend::Sqlite => vec![Variant::Stock],
-    };
     for run in 0..args.runs {
-        for (index, &variant) in variants.iter().enumerate() {
-            for &clients in &args.clients {
-                let tag = format!("{}_{run}_{index}_{clients}", std::process::id());
-                let mut figures = match args.backend {
-                    Backend::Postgres => {
-                        postgres_run(&args, &runtime, variant, clients, &tag).await?
-                    }
-                    Backend::Sqlite => {
-                        let path = sqlite_dir.join(format!("bench_{tag}.db"));
-                        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await?);
-                        let before = sqlite_bytes(&path).await?;
-                        let mut figures = workload(&args, &runtime, store, clients, None).await?;
-                        let after = sqlite_bytes(&path).await?;
-                        figures.bytes_total = Some(after);
-                        figures.bytes_per_turn = Some(
-                            (after - before) as f64 / (args.warmup_users + figures.turns) as f64,
-                        );
-                        figures
-                    }
-                };
-                figures.variant = variant;
-                eprintln!(
-                    "run {run} {:?} {variant:?} clients={clients}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, \
+        for &clients in &args.clients {
+            let tag = format!("{}_{run}_{clients}", std::process::id());
+            let figures = match args.backend {
+                Backend::Postgres | Backend::Supabase => {
+                    server_run(&args, &runtime, clients, &tag).await?
+                }
+                Backend::Sqlite => {
+                    let path = sqlite_dir.join(format!("bench_{tag}.db"));
+                    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await?);
+                    let before = sqlite_bytes(&path).await?;
+                    let mut figures = workload(&args, &runtime, store, clients, None).await?;
+                    let after = sqlite_bytes(&path).await?;
+                    figures.bytes_total = Some(after);
+                    figures.bytes_per_turn =
+                        Some((after - before) as f64 / (args.warmup_users + figures.turns) as f64);
+                    figures
+                }
+            };
+            eprintln!(
+                "run {run} {:?} clients={clients}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, \
                  {:.0} turns/s, {:.2} store ops/turn (begin {:.3} ms, commit {:.3} ms), round trips/turn {}, bytes/turn {}",
-                    args.backend,
-                    ms(figures.p50),
-                    ms(figures.p99),
-                    ms(figures.max),
-                    figures.turns_per_second,
-                    figures.operations_per_turn,
-                    figures.begin_ms,
-                    figures.commit_ms,
-                    figures
-                        .round_trips_per_turn
-                        .map_or("-".to_owned(), |r| format!("{r:.2}")),
-                    figures
-                        .bytes_per_turn
-                        .map_or("-".to_owned(), |b| format!("{b:.0}")),
-                );
-                all.push(figures);
-            }
+                args.backend,
+                ms(figures.p50),
+                ms(figures.p99),
+                ms(figures.max),
+                figures.turns_per_second,
+                figures.operations_per_turn,
+                figures.begin_ms,
+                figures.commit_ms,
+                figures
+                    .round_trips_per_turn
+                    .map_or("-".to_owned(), |r| format!("{r:.2}")),
+                figures
+                    .bytes_per_turn
+                    .map_or("-".to_owned(), |b| format!("{b:.0}")),
+            );
+            all.push(figures);
         }
     }
-    summary(&args, &variants, &all);
+    summary(&args, &all);
     Ok(())
 }
 
-fn summary(args: &StoreArgs, variants: &[Variant], all: &[RunFigures]) {
+fn summary(args: &StoreArgs, all: &[RunFigures]) {
     let mut out = String::new();
     out.push_str(&format!(
         "\n## store + engine, {:?}{}, {} runs (medians; each run's value in brackets)\n\n",
         args.backend,
-        if args.count_round_trips {
-            ", through the round-trip counting proxy (timings not comparable)"
-        } else {
-            ""
+        match args.backend {
+            Backend::Supabase => format!(
+                ", {} ms added to every request (round trips: requests)",
+                args.request_delay_ms
+            ),
+            _ if args.count_round_trips => {
+                ", through the round-trip counting proxy (timings not comparable)".to_owned()
+            }
+            _ => String::new(),
         },
         args.runs
     ));
-    out.push_str("| schema | clients | p50 ms | p99 ms | turns/s | store ops/turn | begin ms | commit ms | round trips/turn | bytes/turn |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    for &variant in variants {
+    out.push_str("| clients | p50 ms | p99 ms | turns/s | store ops/turn | begin ms | commit ms | round trips/turn | bytes/turn |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    {
         for &clients in &args.clients {
-            let runs: Vec<&RunFigures> = all
-                .iter()
-                .filter(|f| f.clients == clients && f.variant == variant)
-                .collect();
+            let runs: Vec<&RunFigures> = all.iter().filter(|f| f.clients == clients).collect();
             let col = |get: &dyn Fn(&RunFigures) -> Option<f64>, digits: usize| -> String {
                 let values: Vec<f64> = runs.iter().filter_map(|f| get(f)).collect();
                 if values.is_empty() {
@@ -219,7 +200,7 @@ fn summary(args: &StoreArgs, variants: &[Variant], all: &[RunFigures]) {
                 format!("{:.digits$} [{}]", median(&values), each.join(", "))
             };
             out.push_str(&format!(
-                "| {variant:?} | {clients} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {clients} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 col(&|f| Some(ms(f.p50)), 3),
                 col(&|f| Some(ms(f.p99)), 3),
                 col(&|f| Some(f.turns_per_second), 0),
@@ -238,17 +219,18 @@ fn summary(args: &StoreArgs, variants: &[Variant], all: &[RunFigures]) {
     }
 }
 
-async fn postgres_run(
+/// One run on a fresh database in the cluster: through `PgStore`, or through `SupabaseStore`
+/// and the REST server.
+async fn server_run(
     args: &StoreArgs,
     runtime: &Arc<Runtime>,
-    variant: Variant,
     clients: usize,
     tag: &str,
 ) -> anyhow::Result<RunFigures> {
     let url = args
         .database_url
         .as_deref()
-        .context("--database-url is needed for PostgreSQL")?;
+        .context("--database-url is needed for PostgreSQL and Supabase")?;
     let server = PgConnectOptions::from_str(url)?;
     let name = format!("bench_{tag}");
     let mut admin = PgConnection::connect_with(&server).await?;
@@ -257,24 +239,41 @@ async fn postgres_run(
         .await?;
     drop(admin.close().await);
     let options = server.clone().database(&name);
-    let counter = if args.count_round_trips {
-        Some(RoundTripCounter::start(&options).await)
-    } else {
-        None
-    };
-    let store_options = match &counter {
-        Some(counter) => counter.route(options.clone()),
-        None => options.clone(),
-    };
-    let store = PgStore::connect_with(store_options, u32::try_from(clients)?).await?;
-    store.migrate().await?;
-    if variant == Variant::InlineHelpers {
-        let mut conn = PgConnection::connect_with(&options).await?;
-        conn.execute(INLINE_HELPERS).await?;
-        drop(conn.close().await);
-    }
+    PgStore::connect_with(options.clone(), 1)
+        .await?
+        .migrate()
+        .await?;
     let before = table_bytes(&options).await?;
-    let mut figures = workload(args, runtime, Arc::new(store), clients, counter.as_ref()).await?;
+    let mut figures = match args.backend {
+        Backend::Supabase => {
+            let mut database_url = url::Url::parse(url)?;
+            database_url.set_path(&name);
+            let rest = PostgrestServer::start_on(database_url.as_str()).await;
+            let delay = Duration::from_millis(args.request_delay_ms);
+            let proxy = RequestCounter::delayed(&rest.url(), delay).await;
+            let config = SupabaseConfig::new(proxy.url(), token("service_role"))?;
+            let store = Arc::new(SupabaseStore::new(config));
+            let before = proxy.count();
+            let mut figures = workload(args, runtime, store, clients, None).await?;
+            // Every request of the run, warm-up included, over every turn.
+            let turns = args.warmup_users + figures.turns;
+            figures.round_trips_per_turn = Some((proxy.count() - before) as f64 / turns as f64);
+            figures
+        }
+        _ => {
+            let counter = if args.count_round_trips {
+                Some(RoundTripCounter::start(&options).await)
+            } else {
+                None
+            };
+            let store_options = match &counter {
+                Some(counter) => counter.route(options.clone()),
+                None => options.clone(),
+            };
+            let store = PgStore::connect_with(store_options, u32::try_from(clients)?).await?;
+            workload(args, runtime, Arc::new(store), clients, counter.as_ref()).await?
+        }
+    };
     let after = table_bytes(&options).await?;
     table_breakdown(&options).await?;
     figures.bytes_total = Some(after);
@@ -364,7 +363,6 @@ async fn workload(
     let (begin_after, commit_after) = counted.store_time();
     let per_turn = |n: u64| n as f64 / turns as f64;
     Ok(RunFigures {
-        variant: Variant::Stock,
         clients,
         turns,
         p50: percentile(&mut latencies, 50.0),

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "turn_functions",
         sql: include_str!("../../../migrations/20260101000200_turn_functions.sql"),
     },
+    Migration {
+        version: "20260102000000",
+        name: "inline_sql_helpers",
+        sql: include_str!("../../../migrations/20260102000000_inline_sql_helpers.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

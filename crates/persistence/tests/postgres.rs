@@ -325,6 +325,46 @@ async fn row_level_security_shuts_out_other_roles() {
     .expect("drop probe role");
 }
 
+/// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
+/// can stand in for what it calls), except the four small SQL helpers, which must have none so
+/// that PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`).
+#[tokio::test]
+async fn functions_fix_their_search_path_except_the_inlined_helpers() {
+    let database = TestDatabase::migrated().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let functions: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "select p.proname::text, p.proconfig from pg_proc p \
+         join pg_namespace n on n.oid = p.pronamespace \
+         where n.nspname = 'public' and p.proname like 'soul\\_%' order by 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("functions");
+    let inlined = [
+        "soul_message_json",
+        "soul_ms",
+        "soul_session_json",
+        "soul_session_number",
+    ];
+    assert!(functions.len() > inlined.len(), "{functions:?}");
+    for (name, config) in &functions {
+        if inlined.contains(&name.as_str()) {
+            assert_eq!(config, &None, "{name} must stay inlinable");
+        } else {
+            assert_eq!(
+                config.as_deref(),
+                Some(&["search_path=\"\""[..].to_owned()][..]),
+                "{name}"
+            );
+        }
+    }
+    for name in inlined {
+        assert!(functions.iter().any(|(n, _)| n == name), "{name} exists");
+    }
+}
+
 /// The runner applies every migration to an empty database, records them where the Supabase CLI
 /// does, and is idempotent; its embedded list matches `migrations/`.
 #[tokio::test]

@@ -143,7 +143,16 @@ impl PostgrestServer {
     /// # Panics
     /// When the binary is missing or the server does not come up in time (its log is shown).
     pub async fn start(database: &TestDatabase) -> Self {
-        let database_url = database_url(database);
+        Self::start_on(&database_url(database)).await
+    }
+
+    /// [`start`](Self::start) on the database at `database_url` (for the benchmarks, which run
+    /// their own cluster).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub async fn start_on(database_url: &str) -> Self {
+        let database_url = database_url.to_owned();
         let mut last_log = String::new();
         for _ in 0..3 {
             let port = free_port();
@@ -234,6 +243,8 @@ struct Forward {
     seen: Arc<Mutex<Vec<String>>>,
     /// Supabase's layout: the API under this path, and an `apikey` header required.
     supabase: Option<&'static str>,
+    /// Added before forwarding each request: network latency to a remote server.
+    delay: Duration,
 }
 
 /// Where Supabase serves the REST API.
@@ -242,17 +253,23 @@ const SUPABASE_REST_PATH: &str = "/rest/v1";
 impl RequestCounter {
     /// Starts the proxy in front of `upstream` (an `http://` base URL).
     pub async fn start(upstream: &str) -> Self {
-        Self::serve(upstream, None).await
+        Self::serve(upstream, None, Duration::ZERO).await
+    }
+
+    /// [`start`](Self::start), holding each request `delay` before forwarding it, as a remote
+    /// server's network latency would.
+    pub async fn delayed(upstream: &str, delay: Duration) -> Self {
+        Self::serve(upstream, None, delay).await
     }
 
     /// Starts the proxy as Supabase's API gateway in front of `upstream`: its URL is a project
     /// URL (the API under `/rest/v1`), a request without an `apikey` header is refused with 401,
     /// and while `upstream` is down requests get 502.
     pub async fn supabase(upstream: &str) -> Self {
-        Self::serve(upstream, Some(SUPABASE_REST_PATH)).await
+        Self::serve(upstream, Some(SUPABASE_REST_PATH), Duration::ZERO).await
     }
 
-    async fn serve(upstream: &str, supabase: Option<&'static str>) -> Self {
+    async fn serve(upstream: &str, supabase: Option<&'static str>, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|error| panic!("binding the proxy: {error}"));
@@ -266,6 +283,7 @@ impl RequestCounter {
             client: reqwest::Client::new(),
             seen: Arc::clone(&seen),
             supabase,
+            delay,
         };
         let app = axum::Router::new()
             .fallback(forward_request)
@@ -318,6 +336,9 @@ async fn forward_request(
         }
     }
     let target = format!("{}{path}", forward.upstream);
+    if !forward.delay.is_zero() {
+        tokio::time::sleep(forward.delay).await;
+    }
     let bad_gateway = |error: &dyn fmt::Display| answer(502, format!("proxy: {error}"));
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
