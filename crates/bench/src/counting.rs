@@ -13,8 +13,8 @@ use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
 use soul_persistence::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
-    OutboundMessage, ScheduledEvent, Session, SessionId, Store, StoreFuture, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
+    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 
 /// `future`, adding the time it took to `nanos`.
@@ -159,6 +159,10 @@ impl Store for CountingStore {
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
         self.tick().pending_deliveries(older_than, limit)
+    }
+
+    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+        self.tick().session_outbox(session)
     }
 
     fn set_opt_out<'a>(

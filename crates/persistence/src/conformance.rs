@@ -11,11 +11,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::{Memory, Region, Role};
+use uuid::Uuid;
 
 use crate::{
     Address, BeginOutcome, Changes, DeliveryStatus, DeliveryUpdate, EventOutcome, Inbound,
     InboundKind, MemoryChange, NewEvent, OutboundRef, ProcessMemoryChange, ProcessState, Processes,
-    ScheduledEvent, Store, StoreError, StoreFuture, SubprocessCommit, SubprocessOutcome,
+    ScheduledEvent, SessionId, Store, StoreError, StoreFuture, SubprocessCommit, SubprocessOutcome,
     TurnCommit, TurnContext, TurnSettings,
 };
 
@@ -47,6 +48,7 @@ macro_rules! conformance_suite {
             renewed_lease_is_not_taken_over,
             subprocess_commit_is_refused_after_newer_turn,
             delivery_status_only_moves_forward,
+            session_outbox_holds_its_own_pending_replies_and_the_opt_out,
             opt_out_is_recorded,
             due_events_are_claimed_and_completed,
             event_turn_leaves_conversation_count_and_timeout_alone,
@@ -1114,6 +1116,74 @@ pub async fn delivery_status_only_moves_forward(harness: &dyn Harness) {
     assert_eq!(
         export["outbound_messages"][0]["provider_id"],
         json!("SMout1")
+    );
+}
+
+/// The outbox's question: one session's pending replies, oldest first (no one else's), and
+/// whether its person opted out; nothing for an unknown session.
+pub async fn session_outbox_holds_its_own_pending_replies_and_the_opt_out(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let (from, other) = (address(1), address(2));
+    let context = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
+    let session = context.session.id;
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies = vec![reply("one", t0()), reply("two", t0())];
+    let committed = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit");
+    let elsewhere = start(&*store, &inbound(&other, "b", None, t0()), t0()).await;
+    let mut outcome = TurnCommit::new(&elsewhere);
+    outcome.replies = vec![reply("not theirs", t0())];
+    commit(&*store, &outcome, t0()).await;
+
+    let outbox = store
+        .session_outbox(session)
+        .await
+        .expect("outbox")
+        .expect("known session");
+    assert!(!outbox.opted_out);
+    assert_eq!(
+        outbox
+            .pending
+            .iter()
+            .map(|m| (m.id, m.body.as_str(), &m.address, m.session_id))
+            .collect::<Vec<_>>(),
+        [
+            (committed.outbound[0], "one", &from, session),
+            (committed.outbound[1], "two", &from, session),
+        ]
+    );
+
+    let accepted = DeliveryUpdate {
+        target: OutboundRef::Id(committed.outbound[0]),
+        status: DeliveryStatus::Accepted,
+        provider_id: Some("SMout1".into()),
+        error: None,
+        at: t0(),
+    };
+    assert!(store.update_delivery(&accepted).await.expect("update"));
+    assert!(store.set_opt_out(&from, true, t0()).await.expect("opt out"));
+    let outbox = store
+        .session_outbox(session)
+        .await
+        .expect("outbox")
+        .expect("known session");
+    assert!(outbox.opted_out);
+    assert_eq!(
+        outbox
+            .pending
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect::<Vec<_>>(),
+        ["two"]
+    );
+    assert_eq!(
+        store
+            .session_outbox(SessionId(Uuid::new_v4()))
+            .await
+            .expect("outbox"),
+        None
     );
 }
 

@@ -37,7 +37,8 @@ pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage, OutboundRef,
     ProcessMemoryChange, ProcessState, Processes, QueuedInbound, ScheduledEvent, Session,
-    SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    SessionId, SessionOutbox, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext,
+    TurnSettings,
 };
 
 /// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.
@@ -143,6 +144,10 @@ pub trait Store: Send + Sync + fmt::Debug {
         older_than: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>>;
+
+    /// Whether `session`'s person opted out and the session's pending replies, oldest first, in
+    /// one call: what the outbox asks before each send. `None` for an unknown session.
+    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>>;
 
     /// Records that a person opted out of (or back into) messages; `false` when unknown.
     fn set_opt_out<'a>(

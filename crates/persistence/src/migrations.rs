@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inline_sql_helpers",
         sql: include_str!("../../../migrations/20260102000000_inline_sql_helpers.sql"),
     },
+    Migration {
+        version: "20260102000100",
+        name: "session_outbox",
+        sql: include_str!("../../../migrations/20260102000100_session_outbox.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
-    OutboundMessage, ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome,
-    TurnCommit, TurnContext, TurnSettings,
+    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError, StoreFuture, migrations, wire};
 
@@ -318,6 +318,16 @@ impl Store for PgStore {
                 self.call("select public.soul_pending_deliveries($1)", request)
                     .await?,
             )
+        })
+    }
+
+    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+        Box::pin(async move {
+            let request = wire::session_outbox_request(session);
+            let answer = self
+                .call("select public.soul_session_outbox($1)", request)
+                .await?;
+            Ok(serde_json::from_value(answer)?)
         })
     }
 

@@ -602,6 +602,24 @@ impl TurnCommit {
     }
 }
 
+/// What sending a session's replies needs to know, read in one call.
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct SessionOutbox {
+    /// The person opted out: nothing may be sent.
+    pub opted_out: bool,
+    /// The session's replies still pending, oldest first.
+    pub pending: Vec<OutboundMessage>,
+}
+
+impl fmt::Debug for SessionOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionOutbox")
+            .field("opted_out", &self.opted_out)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
 /// A reply to deliver, as stored in the outbox.
 #[derive(Clone, PartialEq, Deserialize)]
 pub struct OutboundMessage {

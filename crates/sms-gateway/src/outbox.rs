@@ -48,8 +48,6 @@ use crate::twilio::client::{CLOCK_SKEW, OutboundSms, SendError, TwilioClient};
 
 /// How often a batch looks again at an earlier reply another process may be sending.
 const EARLIER_REPLIES_POLL: Duration = Duration::from_millis(25);
-/// Pending replies read when looking for earlier ones; a batch beyond them does not wait.
-const PENDING_SCAN: u32 = 500;
 
 /// Sends committed replies; cheap to clone.
 #[derive(Clone)]
@@ -223,36 +221,49 @@ impl Inner {
 
     /// Settles every reply of the batch's session stored before it and still pending: sends
     /// those nobody else is sending (stale ones, and ones queued behind this batch by the
-    /// sweeper), oldest first, and waits for the rest, which another process is sending.
-    /// `false` when one of them could not be sent: the batch must then stay pending too, so
-    /// that nothing overtakes it.
-    async fn settle_earlier_replies(&self, batch: &OutboundBatch) -> bool {
+    /// sweeper), oldest first, and waits for the rest, which another process is sending. Then
+    /// says whether the person opted out, as read after the earlier replies were settled;
+    /// `None` when one of them could not be sent: the batch must then stay pending too, so that
+    /// nothing overtakes it. One store call when nothing earlier is pending (the usual case).
+    async fn settle_earlier_replies(&self, batch: &OutboundBatch) -> Option<bool> {
         let ours: HashSet<Uuid> = batch.messages.iter().map(|(id, _)| *id).collect();
         let retry_after =
             chrono::Duration::from_std(self.retry_after).unwrap_or(chrono::Duration::MAX);
+        let mut sent_here = HashSet::new();
         loop {
             let now = self.clock.now();
-            let pending = match self.store.pending_deliveries(now, PENDING_SCAN).await {
-                Ok(pending) => pending,
+            let outbox = match self.store.session_outbox(batch.session).await {
+                Ok(Some(outbox)) => outbox,
+                // Better to send than to hold replies on a lookup; Twilio refuses opted-out
+                // numbers. An unknown session was erased after its commit.
+                Ok(None) => return Some(false),
                 Err(error) => {
                     tracing::warn!(
                         error = crate::app::store_error_kind(&error),
-                        "could not look for earlier replies; sending"
+                        "could not look for earlier replies or an opt-out; sending"
                     );
-                    return true;
+                    return Some(false);
                 }
             };
             // Oldest first: what comes before our first reply was stored before it.
-            let Some(first_ours) = pending.iter().position(|m| ours.contains(&m.id)) else {
-                return true;
-            };
-            let stale_before = now.checked_sub_signed(retry_after).unwrap_or(now);
-            let mut sent_by_another = false;
-            for earlier in pending
+            let first_ours = outbox
+                .pending
+                .iter()
+                .position(|m| ours.contains(&m.id))
+                .unwrap_or(0);
+            let earlier: Vec<OutboundMessage> = outbox
+                .pending
                 .into_iter()
                 .take(first_ours)
-                .filter(|m| m.session_id == batch.session)
-            {
+                // One sent here that is still pending could not be marked: not again.
+                .filter(|m| !sent_here.contains(&m.id))
+                .collect();
+            if earlier.is_empty() {
+                return Some(outbox.opted_out);
+            }
+            let stale_before = now.checked_sub_signed(retry_after).unwrap_or(now);
+            let mut sent_by_another = false;
+            for earlier in earlier {
                 // Only this session's queue can hold one of its replies in this process, and it
                 // is behind this batch.
                 let queued_here = lock(&self.in_flight).contains(&earlier.id);
@@ -266,43 +277,42 @@ impl Inner {
                     .entry(id)
                     .or_insert(earlier.created_at - CLOCK_SKEW);
                 tracing::info!("sending an earlier pending reply first");
-                let end = self.send_reply(&earlier.address, id, &earlier.body).await;
+                let end = if outbox.opted_out {
+                    self.metrics.outbound.inc("suppressed");
+                    self.mark(id, DeliveryStatus::Failed, None, Some("opted out"))
+                        .await;
+                    BatchEnd::Done
+                } else {
+                    self.send_reply(&earlier.address, id, &earlier.body).await
+                };
                 self.settled(&[id]);
+                sent_here.insert(id);
                 if matches!(end, BatchEnd::RetryLater) {
-                    return false;
+                    return None;
                 }
             }
-            if !sent_by_another {
-                return true;
+            if sent_by_another {
+                tokio::time::sleep(EARLIER_REPLIES_POLL).await;
             }
-            tokio::time::sleep(EARLIER_REPLIES_POLL).await;
         }
     }
 
     async fn send_batch(&self, batch: OutboundBatch) {
-        if !self.settle_earlier_replies(&batch).await {
+        let Some(opted_out) = self.settle_earlier_replies(&batch).await else {
             tracing::info!("an earlier reply could not be sent; left pending behind it");
             return;
-        }
-        match self.store.session(&batch.address).await {
-            Ok(Some(session)) if session.opted_out => {
-                for (id, _) in &batch.messages {
-                    self.metrics.outbound.inc("suppressed");
-                    self.mark(*id, DeliveryStatus::Failed, None, Some("opted out"))
-                        .await;
-                }
-                tracing::info!(
-                    replies = batch.messages.len(),
-                    "not sent: the person opted out"
-                );
-                return;
+        };
+        if opted_out {
+            for (id, _) in &batch.messages {
+                self.metrics.outbound.inc("suppressed");
+                self.mark(*id, DeliveryStatus::Failed, None, Some("opted out"))
+                    .await;
             }
-            Ok(_) => {}
-            // Better to send than to hold replies on a lookup; Twilio refuses opted-out numbers.
-            Err(error) => tracing::warn!(
-                error = crate::app::store_error_kind(&error),
-                "could not check the opt-out before sending"
-            ),
+            tracing::info!(
+                replies = batch.messages.len(),
+                "not sent: the person opted out"
+            );
+            return;
         }
         let mut replies = batch.messages.iter();
         for (id, text) in replies.by_ref() {

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, OutboundMessage, OutboundRef, ProcessState,
-    QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit, SubprocessOutcome,
-    TurnCommit, TurnContext, TurnSettings, session_number,
+    QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings, session_number,
 };
 use crate::{Result, Store, StoreError, StoreFuture, wire};
 
@@ -1187,6 +1187,33 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(outbound_from).collect()
+        })
+    }
+
+    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+        Box::pin(async move {
+            // One read transaction: the flag and the replies from the same snapshot.
+            let mut tx = self.pool.begin().await?;
+            let opted_out: Option<bool> = sqlx::query_scalar(
+                "select opted_out_at is not null from user_sessions where id = ?",
+            )
+            .bind(session.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(opted_out) = opted_out else {
+                return Ok(None);
+            };
+            let rows = sqlx::query(
+                "select o.*, s.phone_number from outbound_messages o
+                 join user_sessions s on s.id = o.session_id
+                 where o.session_id = ? and o.status = 'pending' order by o.seq",
+            )
+            .bind(session.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            let pending = rows.iter().map(outbound_from).collect::<Result<_>>()?;
+            tx.commit().await?;
+            Ok(Some(SessionOutbox { opted_out, pending }))
         })
     }
 

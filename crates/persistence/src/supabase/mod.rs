@@ -24,8 +24,8 @@ use self::error::Idempotency;
 pub use self::error::{RestError, RestProblem, TransportError};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome, Inbound,
-    Lease, OutboundMessage, OutboundRef, ScheduledEvent, Session, SessionId, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    Lease, OutboundMessage, OutboundRef, ScheduledEvent, Session, SessionId, SessionOutbox,
+    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError, StoreFuture, wire};
 
@@ -561,6 +561,16 @@ impl Store for SupabaseStore {
                 self.rpc("soul_pending_deliveries", request, Idempotency::Idempotent)
                     .await?,
             )
+        })
+    }
+
+    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+        Box::pin(async move {
+            let request = wire::session_outbox_request(session);
+            let answer = self
+                .rpc("soul_session_outbox", request, Idempotency::Idempotent)
+                .await?;
+            Ok(serde_json::from_value(answer)?)
         })
     }
 
