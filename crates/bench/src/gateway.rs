@@ -392,6 +392,8 @@ impl Gateway {
             .env("OPENAI_API_KEY", "sk-bench")
             .env("DATABASE_URL", database_url)
             .env("SOUL", &args.soul)
+            // The reference workload sends each person's turns as fast as they are answered.
+            .env("RATE_LIMIT_PER_MINUTE", "off")
             .env("RUST_LOG", &args.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
