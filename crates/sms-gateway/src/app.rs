@@ -21,6 +21,7 @@ use soul_persistence::{
     StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,
 };
 use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
@@ -270,6 +271,10 @@ pub(crate) struct App {
     /// Signs Twilio's webhooks.
     pub(crate) auth_token: Secret,
     limiter: Option<RateLimiter>,
+    /// Slots for running turns (`TURN_CONCURRENCY`): a started turn waits here, its message
+    /// stored and its lease held, so that thousands arriving together do not all hold a model
+    /// request and its buffers at once.
+    turn_slots: Arc<Semaphore>,
     help_text: String,
     /// A round of due events is running: the next sweep does not start another.
     firing_events: AtomicBool,
@@ -313,6 +318,9 @@ impl App {
             auth_token: twilio_config.auth_token.clone(),
             public_url,
             limiter: config.rate_limit_per_minute.map(RateLimiter::new),
+            turn_slots: Arc::new(Semaphore::new(
+                usize::try_from(config.turn_concurrency.get()).unwrap_or(usize::MAX),
+            )),
             help_text: config
                 .help_text
                 .clone()
@@ -443,6 +451,10 @@ impl App {
         self.tracker.spawn(
             async move {
                 let started = Instant::now();
+                // Never closed: the slot is always granted in the end.
+                let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let result = app.driver.run(context, &app.outbox).await;
                 app.record(result, started);
             }
@@ -457,6 +469,9 @@ impl App {
         self.tracker.spawn(
             async move {
                 let started = Instant::now();
+                let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let result = app.driver.resume(session, &app.outbox).await;
                 app.record(result, started);
             }

@@ -44,6 +44,7 @@ pub(crate) const KEYS: &[&str] = &[
     "HELP_TEXT",
     "LOG_FORMAT",
     "RATE_LIMIT_PER_MINUTE",
+    "TURN_CONCURRENCY",
     "SOUL_CRISIS_RESOURCES",
     "OUTBOX_RETRY_AFTER",
     "SWEEP_INTERVAL",
@@ -65,6 +66,10 @@ const DEFAULT_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A person texts in bursts of a few short messages; a script sends dozens. Each answered
 /// message is a model call, so the default keeps a runaway sender's bill small.
 const DEFAULT_RATE_LIMIT_PER_MINUTE: NonZeroU32 = NonZeroU32::new(6).expect("not zero");
+/// Turns a gateway runs at once; the rest wait, stored, for a slot. Each running turn holds a
+/// model request and its buffers: the bound keeps memory flat when thousands of conversations
+/// arrive together, and at a few seconds per model call it still allows hundreds of turns a second.
+const DEFAULT_TURN_CONCURRENCY: NonZeroU32 = NonZeroU32::new(500).expect("not zero");
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Under the 30 s most process managers wait after SIGTERM before SIGKILL.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -208,6 +213,8 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     /// Inbound messages accepted per number per minute; `None` (`off`) means no limit.
     pub(crate) rate_limit_per_minute: Option<NonZeroU32>,
+    /// Turns run at once; the others wait for a slot.
+    pub(crate) turn_concurrency: NonZeroU32,
     /// The crisis resources text the souls append in careful mode; `None` keeps theirs.
     pub(crate) crisis_resources: Option<String>,
     /// How long a reply may stay pending before the outbox sweeper sends it again: after a
@@ -287,6 +294,11 @@ impl Config {
                 },
             )
             .unwrap_or(Some(DEFAULT_RATE_LIMIT_PER_MINUTE));
+        let turn_concurrency = reader
+            .parsed("TURN_CONCURRENCY", "not a positive integer", |text| {
+                text.parse().ok()
+            })
+            .unwrap_or(DEFAULT_TURN_CONCURRENCY);
         let crisis_resources = reader.get("SOUL_CRISIS_RESOURCES").map(str::to_owned);
         let outbox_retry_after = reader
             .duration("OUTBOX_RETRY_AFTER")
@@ -333,6 +345,7 @@ impl Config {
                 help_text,
                 log_format,
                 rate_limit_per_minute,
+                turn_concurrency,
                 crisis_resources,
                 outbox_retry_after,
                 sweep_interval,
@@ -992,6 +1005,25 @@ mod tests {
         assert_eq!(config.soul.as_deref(), Some("samantha"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.rate_limit_per_minute, NonZeroU32::new(12));
+    }
+
+    #[test]
+    fn turn_concurrency_defaults_and_must_be_positive() {
+        let config = Config::from_values(&serve_values(), Level::Serve).unwrap();
+        assert_eq!(config.turn_concurrency, DEFAULT_TURN_CONCURRENCY);
+        let mut values = serve_values();
+        values.insert("TURN_CONCURRENCY".into(), "8".into());
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert_eq!(config.turn_concurrency, NonZeroU32::new(8).unwrap());
+        for bad in ["0", "-1", "many"] {
+            values.insert("TURN_CONCURRENCY".into(), bad.into());
+            assert!(
+                problems(&values, Level::Serve).iter().any(
+                    |p| matches!(p, Problem::Malformed { key, .. } if key == "TURN_CONCURRENCY")
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -179,6 +179,33 @@ async fn debug_logs_hold_no_phone_number_body_or_secret() {
     );
 }
 
+/// `TURN_CONCURRENCY` bounds the turns running at once: with one slot, three people texting
+/// together are answered one after the other, never two model calls at a time, and all are
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_beyond_the_concurrency_wait_for_a_slot_and_are_all_answered() {
+    let fx = Fixture::new().await;
+    let slow = EchoModel::start_slow(Duration::from_millis(300)).await;
+    let settings = fx
+        .settings
+        .clone()
+        .set("TURN_CONCURRENCY", "1")
+        .set("OPENAI_BASE_URL", &slow.base_url());
+    let gateway = Gateway::start(&settings).await;
+    let people = ["+14155550161", "+14155550162", "+14155550163"];
+    for (i, from) in people.iter().enumerate() {
+        let (status, _) = gateway
+            .post(&fx.sms(&gateway, from, &format!("hello <<c{i}>>")))
+            .await;
+        assert_eq!(status, 200);
+    }
+    fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    for (i, from) in people.iter().enumerate() {
+        assert_eq!(fx.bodies_to(from), [format!("echo <<c{i}>>")]);
+    }
+    assert_eq!(slow.most_at_once(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still_works() {
     let fx = Fixture::new().await;

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,16 @@ pub async fn twilio() -> TwilioDouble {
 #[derive(Debug)]
 pub struct EchoModel {
     address: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
+    state: Arc<EchoState>,
     server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct EchoState {
+    requests: Mutex<Vec<String>>,
+    delay: Duration,
+    answering: AtomicUsize,
+    most_at_once: AtomicUsize,
 }
 
 impl Drop for EchoModel {
@@ -90,10 +99,13 @@ impl EchoModel {
     /// Starts a server that takes `delay` over every answer (after recording the request), so
     /// that a test can act while a turn waits for the model.
     pub async fn start_slow(delay: Duration) -> Self {
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(EchoState {
+            delay,
+            ..EchoState::default()
+        });
         let router = axum::Router::new()
             .route("/v1/chat/completions", post(echo))
-            .with_state((requests.clone(), delay));
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the echo model");
@@ -103,7 +115,7 @@ impl EchoModel {
         });
         EchoModel {
             address,
-            requests,
+            state,
             server,
         }
     }
@@ -115,14 +127,16 @@ impl EchoModel {
 
     /// The tokens answered so far, in order of arrival.
     pub fn answered(&self) -> Vec<String> {
-        self.requests.lock().expect("not poisoned").clone()
+        self.state.requests.lock().expect("not poisoned").clone()
+    }
+
+    /// The most requests it was answering at the same time.
+    pub fn most_at_once(&self) -> usize {
+        self.state.most_at_once.load(Ordering::SeqCst)
     }
 }
 
-async fn echo(
-    State((requests, delay)): State<(Arc<Mutex<Vec<String>>>, Duration)>,
-    body: Bytes,
-) -> axum::response::Response {
+async fn echo(State(state): State<Arc<EchoState>>, body: Bytes) -> axum::response::Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let answered = messages
@@ -132,11 +146,15 @@ async fn echo(
         .find_map(|message| message["content"].as_str().and_then(token))
         .unwrap_or("<<none>>")
         .to_owned();
-    requests
+    state
+        .requests
         .lock()
         .expect("not poisoned")
         .push(answered.clone());
-    tokio::time::sleep(delay).await;
+    let answering = state.answering.fetch_add(1, Ordering::SeqCst) + 1;
+    state.most_at_once.fetch_max(answering, Ordering::SeqCst);
+    tokio::time::sleep(state.delay).await;
+    state.answering.fetch_sub(1, Ordering::SeqCst);
     let answer = json!({
         "id": "chatcmpl-echo",
         "object": "chat.completion",
