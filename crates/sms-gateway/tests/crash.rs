@@ -16,10 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, eventually, exchange, post_as_twilio,
-    stored_exchange, twilio,
-};
+use common::outage::{self, Outage};
+use common::{EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, post_as_twilio, twilio};
 use soul_persistence::PgStore;
 use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::TestDatabase;
@@ -214,113 +212,27 @@ async fn postgres_crashing_mid_turn_refuses_webhooks_at_once_and_loses_nothing()
     let cluster = Cluster::start();
     let dir = TempDir::new().unwrap();
     let twilio = twilio().await;
-    let model = EchoModel::start_slow(Duration::from_millis(500)).await;
-    let settings = Settings::new(dir.path(), &cluster.url(), &twilio, &model.base_url())
-        // Longer than the test: a turn is never taken over, so its commit must get through.
-        .set("TURN_LEASE", "120s")
-        .set("MODEL_TIMEOUT", "2s")
-        .set("MODEL_RETRY_BUDGET", "2s");
+    let model = EchoModel::start_slow(outage::MODEL_DELAY).await;
+    let settings = outage::settings(Settings::new(
+        dir.path(),
+        &cluster.url(),
+        &twilio,
+        &model.base_url(),
+    ));
     let gateway = Gateway::start(&settings).await;
-    let http = reqwest::Client::new();
-    let (ann, ben, cat) = ("+14155550301", "+14155550302", "+14155550303");
-    let sms = |from: &str, body: &str| {
-        twilio
-            .inbound_sms(from, TWILIO_FROM, body)
-            .sign(&gateway.webhook_url("/twilio/sms"), twilio.auth_token())
-    };
-
-    assert_eq!(
-        post_as_twilio(&http, &sms(ann, "a0 <<a0>>")).await,
-        Some(200)
+    let outage = Outage::new(
+        &gateway,
+        &twilio,
+        &model,
+        ["+14155550301", "+14155550302", "+14155550303"],
     );
-    twilio.wait_for_messages(1, PATIENCE).await;
 
-    // Ben's turn is waiting for the model when the database goes.
-    assert_eq!(
-        post_as_twilio(&http, &sms(ben, "b0 <<b0>>")).await,
-        Some(200)
-    );
-    eventually("the model asked about b0", || async {
-        model
-            .answered()
-            .contains(&"<<b0>>".to_owned())
-            .then_some(())
-    })
-    .await;
+    outage.before().await;
     cluster.kill();
-
-    let a1 = sms(ann, "a1 <<a1>>");
-    let c0 = sms(cat, "c0 <<c0>>");
-    for request in [&a1, &c0] {
-        assert_eq!(
-            post_as_twilio(&http, request).await,
-            Some(503),
-            "refused, not left hanging"
-        );
-    }
-    assert_eq!(gateway.get("/readyz").await.0, 503);
-    // The database stays down until Ben's turn has tried to store the model's answer.
-    eventually("the turn's commit failing", || async {
-        gateway
-            .logs()
-            .contains("storing a turn failed; trying again")
-            .then_some(())
-    })
-    .await;
-
+    let refused = outage.during().await;
     cluster.resume();
-    for request in [&a1, &c0] {
-        assert_eq!(
-            post_as_twilio(&http, request).await,
-            Some(200),
-            "Twilio's retry is taken"
-        );
-    }
-    twilio.wait_for_messages(4, PATIENCE).await;
-    assert_eq!(
-        post_as_twilio(&http, &sms(ann, "a2 <<a2>>")).await,
-        Some(200)
-    );
-    twilio.wait_for_messages(5, PATIENCE).await;
-    // Longer than the outbox's retry-after and several sweeps: a repeat would show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let mut replies: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for message in twilio.messages() {
-        replies.entry(message.to).or_default().push(message.body);
-    }
-    let logs = gateway.logs();
-    assert_eq!(
-        replies[ann],
-        ["echo <<a0>>", "echo <<a1>>", "echo <<a2>>"],
-        "{logs}"
-    );
-    assert_eq!(replies[ben], ["echo <<b0>>"], "{logs}");
-    assert_eq!(replies[cat], ["echo <<c0>>"], "{logs}");
-    assert_eq!(twilio.messages().len(), 5);
-    let asked_about_b0 = model.answered().iter().filter(|t| *t == "<<b0>>").count();
-    assert_eq!(
-        asked_about_b0, 1,
-        "the answer given before the crash was kept"
-    );
-
     let store = PgStore::connect(&cluster.url(), 1).await.unwrap();
-    assert_eq!(
-        stored_exchange(&store, ann).await,
-        exchange(&[
-            ("a0 <<a0>>", "echo <<a0>>"),
-            ("a1 <<a1>>", "echo <<a1>>"),
-            ("a2 <<a2>>", "echo <<a2>>"),
-        ])
-    );
-    assert_eq!(
-        stored_exchange(&store, ben).await,
-        exchange(&[("b0 <<b0>>", "echo <<b0>>")])
-    );
-    assert_eq!(
-        stored_exchange(&store, cat).await,
-        exchange(&[("c0 <<c0>>", "echo <<c0>>")])
-    );
+    outage.after(refused, &store).await;
 }
 
 /// PostgreSQL hung rather than down (every server process stopped, as a frozen host or a

@@ -7,11 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
+use common::outage::{self, Outage};
 use common::{
-    EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, assert_not_logged, eventually, exchange,
-    post_as_twilio, stored_exchange, twilio,
+    EchoModel, Gateway, PATIENCE, Settings, TWILIO_FROM, assert_not_logged, post_as_twilio, twilio,
 };
 use soul_persistence::PgStore;
 use soul_testkit::postgres::TestDatabase;
@@ -126,87 +125,19 @@ async fn a_conversation_on_supabase_is_answered_in_order_and_debug_logs_hold_no_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgrest_restarting_mid_turn_refuses_webhooks_at_once_and_loses_nothing() {
     let mut project = Project::new().await;
-    let model = EchoModel::start_slow(Duration::from_millis(500)).await;
-    let settings = project
-        .settings(&model)
-        .set("TURN_LEASE", "120s")
-        .set("MODEL_TIMEOUT", "2s")
-        .set("MODEL_RETRY_BUDGET", "2s");
-    let gateway = Gateway::start(&settings).await;
-    let http = reqwest::Client::new();
-    let (ann, ben, cat) = ("+14155550351", "+14155550352", "+14155550353");
+    let model = EchoModel::start_slow(outage::MODEL_DELAY).await;
+    let gateway = Gateway::start(&outage::settings(project.settings(&model))).await;
+    let outage = Outage::new(
+        &gateway,
+        &project.twilio,
+        &model,
+        ["+14155550351", "+14155550352", "+14155550353"],
+    );
 
-    let a0 = project.sms(&gateway, ann, "a0 <<a0>>");
-    assert_eq!(post_as_twilio(&http, &a0).await, Some(200));
-    project.twilio.wait_for_messages(1, PATIENCE).await;
-
-    let b0 = project.sms(&gateway, ben, "b0 <<b0>>");
-    assert_eq!(post_as_twilio(&http, &b0).await, Some(200));
-    eventually("the model asked about b0", || async {
-        model
-            .answered()
-            .contains(&"<<b0>>".to_owned())
-            .then_some(())
-    })
-    .await;
+    outage.before().await;
     project.server.kill();
-
-    let a1 = project.sms(&gateway, ann, "a1 <<a1>>");
-    let c0 = project.sms(&gateway, cat, "c0 <<c0>>");
-    for request in [&a1, &c0] {
-        assert_eq!(post_as_twilio(&http, request).await, Some(503));
-    }
-    assert_eq!(gateway.get("/readyz").await.0, 503);
-    eventually("the turn's commit failing", || async {
-        gateway
-            .logs()
-            .contains("storing a turn failed; trying again")
-            .then_some(())
-    })
-    .await;
-
+    let refused = outage.during().await;
     project.server.resume().await;
-    for request in [&a1, &c0] {
-        assert_eq!(post_as_twilio(&http, request).await, Some(200));
-    }
-    project.twilio.wait_for_messages(4, PATIENCE).await;
-    let a2 = project.sms(&gateway, ann, "a2 <<a2>>");
-    assert_eq!(post_as_twilio(&http, &a2).await, Some(200));
-    project.twilio.wait_for_messages(5, PATIENCE).await;
-    // Longer than the outbox's retry-after and several sweeps: a repeat would show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let replies = project.replies();
-    let logs = gateway.logs();
-    assert_eq!(
-        replies[ann],
-        ["echo <<a0>>", "echo <<a1>>", "echo <<a2>>"],
-        "{logs}"
-    );
-    assert_eq!(replies[ben], ["echo <<b0>>"], "{logs}");
-    assert_eq!(replies[cat], ["echo <<c0>>"], "{logs}");
-    assert_eq!(project.twilio.messages().len(), 5);
-    let asked_about_b0 = model.answered().iter().filter(|t| *t == "<<b0>>").count();
-    assert_eq!(
-        asked_about_b0, 1,
-        "the answer given before the crash was kept"
-    );
-
     let store = project.database_store().await;
-    assert_eq!(
-        stored_exchange(&store, ann).await,
-        exchange(&[
-            ("a0 <<a0>>", "echo <<a0>>"),
-            ("a1 <<a1>>", "echo <<a1>>"),
-            ("a2 <<a2>>", "echo <<a2>>"),
-        ])
-    );
-    assert_eq!(
-        stored_exchange(&store, ben).await,
-        exchange(&[("b0 <<b0>>", "echo <<b0>>")])
-    );
-    assert_eq!(
-        stored_exchange(&store, cat).await,
-        exchange(&[("c0 <<c0>>", "echo <<c0>>")])
-    );
+    outage.after(refused, &store).await;
 }
