@@ -326,8 +326,8 @@ async fn row_level_security_shuts_out_other_roles() {
 }
 
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
-/// can stand in for what it calls), except the four small SQL helpers, which must have none so
-/// that PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`).
+/// can stand in for what it calls), except the small SQL helpers, which must have none so that
+/// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`).
 #[tokio::test]
 async fn functions_fix_their_search_path_except_the_inlined_helpers() {
     let database = TestDatabase::migrated().await;
@@ -345,6 +345,7 @@ async fn functions_fix_their_search_path_except_the_inlined_helpers() {
     let inlined = [
         "soul_message_json",
         "soul_ms",
+        "soul_outbound_json",
         "soul_session_json",
         "soul_session_number",
     ];
