@@ -36,9 +36,6 @@ pub struct PgStore {
     options: PgConnectOptions,
     idle: Mutex<Vec<PgConnection>>,
     permits: Semaphore,
-    /// Connections only `begin_turn` may use besides the shared ones (none unless
-    /// [`PgStore::with_connections_for_begins`]).
-    begin_permits: Semaphore,
     operation_timeout: std::time::Duration,
 }
 
@@ -47,10 +44,6 @@ impl fmt::Debug for PgStore {
         // The options hold the password.
         f.debug_struct("PgStore")
             .field("available", &self.permits.available_permits())
-            .field(
-                "available_for_begins",
-                &self.begin_permits.available_permits(),
-            )
             .field("operation_timeout", &self.operation_timeout)
             .finish_non_exhaustive()
     }
@@ -75,7 +68,6 @@ impl PgStore {
             options,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(max),
-            begin_permits: Semaphore::new(0),
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
     }
@@ -86,15 +78,6 @@ impl PgStore {
     #[must_use]
     pub fn with_operation_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.operation_timeout = timeout;
-        self
-    }
-
-    /// Keeps `count` more connections for `begin_turn` alone, so that storing an arriving message
-    /// never waits behind the work of running turns (a webhook waits for that answer before it
-    /// acknowledges).
-    #[must_use]
-    pub fn with_connections_for_begins(mut self, count: u32) -> Self {
-        self.begin_permits = Semaphore::new(usize::try_from(count).unwrap_or(usize::MAX));
         self
     }
 
@@ -129,19 +112,11 @@ impl PgStore {
     /// Calls one SQL function with one jsonb argument: one statement, one round trip (once the
     /// connection has prepared it).
     async fn call(&self, sql: &'static str, request: Value) -> Result<Value> {
-        self.call_on(Lane::Shared, sql, request).await
-    }
-
-    async fn call_on(&self, lane: Lane, sql: &'static str, request: Value) -> Result<Value> {
-        let permit = match lane {
-            Lane::Shared => self.permits.acquire().await,
-            Lane::Begin => tokio::select! {
-                biased;
-                permit = self.begin_permits.acquire() => permit,
-                permit = self.permits.acquire() => permit,
-            },
-        };
-        let _permit = permit.map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
         // A timed-out call drops its connection with the future: its state is unknown.
         let answer = within(self.operation_timeout, async {
             let mut conn = match self.take_idle() {
@@ -168,15 +143,6 @@ impl PgStore {
             }
         }
     }
-}
-
-/// Which connections a call may use.
-#[derive(Clone, Copy)]
-enum Lane {
-    /// The shared ones.
-    Shared,
-    /// Those kept for begins first, else the shared ones.
-    Begin,
 }
 
 /// `operation`, or an I/O time-out error once `timeout` has passed.
@@ -211,7 +177,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let request = wire::begin_request(inbound, settings, now)?;
             wire::begin_outcome(
-                self.call_on(Lane::Begin, "select public.soul_begin_turn($1)", request)
+                self.call("select public.soul_begin_turn($1)", request)
                     .await?,
             )
         })

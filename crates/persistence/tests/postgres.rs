@@ -13,7 +13,7 @@ use soul_persistence::{
 };
 use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 struct PgHarness {
     database: TestDatabase,
@@ -437,85 +437,4 @@ async fn a_hung_server_times_out_and_the_store_recovers() {
     }
     cluster.thaw();
     assert!(store.session(&address).await.unwrap().is_none());
-}
-
-/// With every shared connection busy (here the only one, blocked on a row another transaction
-/// holds), a begin still goes through on a connection kept for begins: a webhook's
-/// acknowledgement does not queue behind the turns' work.
-#[tokio::test]
-async fn a_begin_does_not_wait_behind_busy_shared_connections() {
-    let database = TestDatabase::migrated().await;
-    let store = Arc::new(
-        PgStore::connect_with(database.options(), 1)
-            .await
-            .expect("connect")
-            .with_connections_for_begins(1)
-            // The blocked call must stay blocked until the lock goes, however slow the machine.
-            .with_operation_timeout(std::time::Duration::from_secs(120)),
-    );
-    let settings = settings();
-    let BeginOutcome::Started(turn) = store
-        .begin_turn(&inbound("first", t0()), &settings, t0())
-        .await
-        .expect("begin")
-    else {
-        panic!("expected a started turn")
-    };
-    store
-        .commit_turn(&TurnCommit::new(&turn), &settings, t0())
-        .await
-        .expect("commit");
-
-    let mut locker = PgConnection::connect_with(&database.options())
-        .await
-        .expect("connect");
-    locker.execute("begin").await.expect("begin");
-    locker
-        .execute("select 1 from public.user_sessions for update")
-        .await
-        .expect("lock");
-    let blocked = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            store
-                .set_opt_out(&Address::new("+15550000001"), true, t0())
-                .await
-        })
-    };
-    let mut watcher = PgConnection::connect_with(&database.options())
-        .await
-        .expect("connect");
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .expect("activity");
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-
-    let someone_else = Inbound {
-        from: Address::new("+15550000002"),
-        ..inbound("second", t0())
-    };
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        store.begin_turn(&someone_else, &settings, t0()),
-    )
-    .await
-    .expect("the begin did not wait for the busy connection")
-    .expect("begin");
-    assert!(matches!(outcome, BeginOutcome::Started(_)));
-    assert!(
-        !blocked.is_finished(),
-        "the shared connection was still busy"
-    );
-
-    locker.execute("rollback").await.expect("rollback");
-    assert!(blocked.await.expect("join").expect("opt out"));
 }

@@ -45,9 +45,6 @@ pub(crate) const DEFAULT_HELP_TEXT: &str = "This is an automated companion you c
 
 /// PostgreSQL connections per gateway process: turns hold one only for a round trip.
 const PG_CONNECTIONS: u32 = 16;
-/// More connections kept for storing arriving messages, so that a webhook's acknowledgement
-/// never queues behind the turns' work when the database is busy.
-const PG_CONNECTIONS_FOR_WEBHOOKS: u32 = 4;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +107,7 @@ pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, S
             Ok(Arc::new(SqliteStore::open(&path).await?))
         }
         StoreConfig::Postgres { url } => {
-            let store = PgStore::connect(url.expose(), PG_CONNECTIONS)
-                .await?
-                .with_connections_for_begins(PG_CONNECTIONS_FOR_WEBHOOKS);
+            let store = PgStore::connect(url.expose(), PG_CONNECTIONS).await?;
             store.migrate().await?;
             Ok(Arc::new(store))
         }
