@@ -127,21 +127,29 @@ impl PgStore {
                 .bind(request)
                 .fetch_one(&mut conn)
                 .await;
-            if matches!(answer, Ok(_) | Err(sqlx::Error::Database(_))) {
+            if !breaks_connections(&answer) {
                 // The server answered: the connection is in a known state and stays.
                 self.give_back(conn);
             }
             answer
         })
         .await;
-        match answer {
-            Ok(answer) => Ok(answer.unwrap_or(Value::Null)),
-            Err(error @ sqlx::Error::Database(_)) => Err(error.into()),
-            Err(error) => {
-                self.forget_idle();
-                Err(error.into())
-            }
+        if breaks_connections(&answer) {
+            self.forget_idle();
         }
+        Ok(answer?.unwrap_or(Value::Null))
+    }
+}
+
+/// Whether `answer` says the connection is gone or unusable: no answer on the wire (or none in
+/// time), or the server shutting down or dropping it (SQLSTATE classes 57P and 08).
+fn breaks_connections<T>(answer: &Result<T, sqlx::Error>) -> bool {
+    match answer {
+        Ok(_) => false,
+        Err(sqlx::Error::Database(error)) => error
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        Err(_) => true,
     }
 }
 
