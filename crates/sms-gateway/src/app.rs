@@ -450,11 +450,12 @@ impl App {
         let span = tracing::info_span!("turn", session = %context.session.id);
         self.tracker.spawn(
             async move {
-                let started = Instant::now();
-                // Never closed: the slot is always granted in the end.
+                // Never closed: the slot is always granted in the end. The turn's duration is
+                // counted from here, as before the bound existed.
                 let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
                     return;
                 };
+                let started = Instant::now();
                 let result = app.driver.run(context, &app.outbox).await;
                 app.record(result, started);
             }
@@ -468,10 +469,10 @@ impl App {
         let span = tracing::info_span!("turn", session = %session, resumed = true);
         self.tracker.spawn(
             async move {
-                let started = Instant::now();
                 let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
                     return;
                 };
+                let started = Instant::now();
                 let result = app.driver.resume(session, &app.outbox).await;
                 app.record(result, started);
             }

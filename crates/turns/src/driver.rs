@@ -270,8 +270,8 @@ impl TurnDriver {
 
     /// Stores `commit`, trying again while the store is unreachable, within
     /// [`COMMIT_RETRY_BUDGET`]. Repeating a commit that did apply (its answer was lost) is safe:
-    /// the store refuses it as [`StoreError::LeaseLost`], and the replies it stored are sent
-    /// from the outbox.
+    /// the store refuses it as [`StoreError::LeaseLost`], the replies it stored are sent by the
+    /// outbox sweeper, and a queued message it handed over runs once that lease expires.
     async fn commit(&self, commit: &TurnCommit) -> Result<CommitOutcome, StoreError> {
         let deadline = Instant::now() + COMMIT_RETRY_BUDGET;
         let mut delay = Duration::from_millis(50);

@@ -1,5 +1,6 @@
 //! What the end-to-end tests share: the gateway binary run as a child process, an echoing model
-//! server, and bounded waits.
+//! server, webhooks posted as Twilio posts them, reading back what a store holds, bounded waits,
+//! and (`outage`) the store-outage scenario.
 //!
 //! Every gateway runs with a cleared environment, configured only by what the test sets, and
 //! is killed when its [`Gateway`] is dropped.
