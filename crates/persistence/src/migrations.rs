@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "session_outbox",
         sql: include_str!("../../../migrations/20260102000100_session_outbox.sql"),
     },
+    Migration {
+        version: "20260102000200",
+        name: "update_in_place",
+        sql: include_str!("../../../migrations/20260102000200_update_in_place.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

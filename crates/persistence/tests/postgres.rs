@@ -409,6 +409,94 @@ async fn migration_runner_applies_each_file_once() {
     };
 }
 
+/// A session's working-memory snapshot is one row, which each turn's commit updates where it lies
+/// (`migrations/20260102000200_update_in_place.sql`): deleting and inserting it again left a dead
+/// kilobyte per turn. The migration keeps the newest of the rows a session had before.
+#[tokio::test]
+async fn a_sessions_snapshot_is_one_row_updated_in_place() {
+    const MIGRATION: &str = "20260102000200";
+    let database = TestDatabase::empty().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let (earlier, later): (Vec<&migrations::Migration>, Vec<_>) = migrations::MIGRATIONS
+        .iter()
+        .partition(|m| m.version < MIGRATION);
+    for migration in earlier {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut conn)
+            .await
+            .expect(migration.name);
+    }
+    sqlx::raw_sql(
+        "insert into public.user_sessions (id, phone_number, assigned_persona)
+           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
+         insert into public.working_memory_snapshots (session_id, snapshot)
+           values ('00000000-0000-0000-0000-000000000001', '{\"turn\": 1}'),
+                  ('00000000-0000-0000-0000-000000000001', '{\"turn\": 2}');",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("the old state");
+    for migration in later {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut conn)
+            .await
+            .expect(migration.name);
+    }
+    let kept: Vec<serde_json::Value> =
+        sqlx::query_scalar("select snapshot from public.working_memory_snapshots")
+            .fetch_all(&mut conn)
+            .await
+            .expect("snapshots");
+    assert_eq!(kept, vec![serde_json::json!({"turn": 2})]);
+    drop(conn.close().await);
+
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let mut rows = Vec::new();
+    for (n, body) in ["one", "two", "three"].into_iter().enumerate() {
+        let at = t0() + Duration::seconds(i64::try_from(n).expect("small"));
+        let BeginOutcome::Started(turn) = store
+            .begin_turn(&inbound(body, at), &settings(), at)
+            .await
+            .expect("begin")
+        else {
+            panic!("expected a started turn")
+        };
+        if n > 0 {
+            let loaded = turn
+                .snapshot
+                .as_ref()
+                .expect("the previous turn's snapshot");
+            assert_eq!(loaded.len(), n, "the newest snapshot is loaded");
+        }
+        let mut commit = TurnCommit::new(&turn);
+        let mut memory = soul_engine::WorkingMemory::new("aria");
+        for said in 0..=n {
+            memory = memory.with_memory(Memory::new(Role::User, format!("{said}"), at));
+        }
+        commit.changes.snapshot = Some(memory);
+        store
+            .commit_turn(&commit, &settings(), at)
+            .await
+            .expect("commit");
+        let row: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as("select id, seq from public.working_memory_snapshots")
+                .fetch_all(&mut conn)
+                .await
+                .expect("snapshot rows");
+        rows.push(row);
+    }
+    assert_eq!(rows[0].len(), 1, "{rows:?}");
+    assert!(rows.iter().all(|row| *row == rows[0]), "{rows:?}");
+}
+
 /// A server that stops answering (hung, or cut off by the network) fails each operation after
 /// the operation time-out, as retryable, instead of holding its caller for ever; once it answers
 /// again, so does the store, on fresh connections. On a cluster of the test's own, since the
