@@ -327,7 +327,8 @@ async fn row_level_security_shuts_out_other_roles() {
 
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
 /// can stand in for what it calls), except the small SQL helpers, which must have none so that
-/// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`).
+/// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`,
+/// `20260102000200_update_in_place.sql`).
 #[tokio::test]
 async fn functions_fix_their_search_path_except_the_inlined_helpers() {
     let database = TestDatabase::migrated().await;
@@ -343,6 +344,7 @@ async fn functions_fix_their_search_path_except_the_inlined_helpers() {
     .await
     .expect("functions");
     let inlined = [
+        "soul_delivery_rank",
         "soul_message_json",
         "soul_ms",
         "soul_outbound_json",
