@@ -50,3 +50,78 @@ async fn reopening_keeps_data_and_schema() {
     let session = store.session(&from).await.expect("session").expect("kept");
     assert_eq!(session.total_messages, 1);
 }
+
+/// A file made by the first schema (user_version 1) is brought up to date when opened: its
+/// messages stay, and it ends with the same indexes as a new file.
+#[tokio::test]
+async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
+    use sqlx::{Connection, SqliteConnection};
+    let old = harness().await;
+    let path = old.dir.path().join("souls.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("create");
+    sqlx::raw_sql(include_str!("../src/sqlite/schema.sql"))
+        .execute(&mut conn)
+        .await
+        .expect("the first schema");
+    sqlx::raw_sql(
+        "insert into user_sessions (id, phone_number, assigned_persona, first_contact_at, \
+           last_active_at) values ('00000000-0000-0000-0000-000000000001', '+15550000001', 'aria', \
+           '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z'); \
+         insert into messages (id, session_id, role, content, created_at) \
+           values ('00000000-0000-0000-0000-000000000002', \
+           '00000000-0000-0000-0000-000000000001', 'user', 'hi', '2026-01-01T00:00:00.000000Z');",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a conversation");
+    drop(conn.close().await);
+
+    let indexes = |path: std::path::PathBuf| async move {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        let version: i64 = sqlx::query_scalar("pragma user_version")
+            .fetch_one(&mut conn)
+            .await
+            .expect("version");
+        let names: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where type = 'index' and tbl_name = 'messages' \
+               and name not like 'sqlite_%' order by name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("indexes");
+        drop(conn.close().await);
+        (version, names)
+    };
+
+    let store = old.open().await.expect("open and upgrade");
+    let history = store
+        .history(&soul_persistence::Address::new("+15550000001"), None, 0)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    drop(store);
+    let upgraded = indexes(path).await;
+    assert_eq!(
+        upgraded,
+        (
+            2,
+            vec![
+                "idx_messages_created".to_owned(),
+                "idx_messages_session".to_owned(),
+                "idx_messages_session_user_created".to_owned(),
+            ]
+        )
+    );
+
+    let fresh = harness().await;
+    drop(fresh.open().await.expect("a new file"));
+    assert_eq!(indexes(fresh.dir.path().join("souls.db")).await, upgraded);
+}

@@ -40,7 +40,9 @@ macro_rules! write_tx {
     }};
 }
 
-const SCHEMA: &str = include_str!("schema.sql");
+/// The schema, step by step: step `n` takes a file from `pragma user_version` `n` to `n + 1` (the
+/// first creates it), so a file made by an older version is brought up to date when opened.
+const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql"), include_str!("upgrade_2.sql")];
 
 /// The store in one local SQLite file.
 #[derive(Clone)]
@@ -113,8 +115,13 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("pragma user_version")
             .fetch_one(&mut *tx)
             .await?;
-        if version == 0 {
-            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+        // A file from a newer version (more steps than this one knows) is left as it is.
+        for step in SCHEMA_STEPS
+            .iter()
+            .copied()
+            .skip(usize::try_from(version).unwrap_or(usize::MAX))
+        {
+            sqlx::raw_sql(step).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
