@@ -83,6 +83,15 @@ impl Store for CountingStore {
         )
     }
 
+    fn enqueue_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        self.tick().enqueue_turn(inbound, settings, now)
+    }
+
     fn begin_event_turn<'a>(
         &'a self,
         event: &'a ScheduledEvent,

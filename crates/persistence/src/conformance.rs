@@ -43,6 +43,8 @@ macro_rules! conformance_suite {
             timeout_starts_new_session_and_clears_ephemeral_state,
             repeated_external_id_is_a_duplicate,
             busy_session_queues_and_commit_hands_over_next,
+            enqueued_message_waits_for_a_resume,
+            enqueued_message_keeps_its_place_before_a_later_begin,
             unregistered_process_state_is_corrected,
             expired_lease_is_taken_over,
             renewed_lease_is_not_taken_over,
@@ -726,6 +728,125 @@ pub async fn repeated_external_id_is_a_duplicate(harness: &dyn Harness) {
         .expect("session")
         .expect("exists");
     assert_eq!(session.total_messages, 2);
+}
+
+/// `enqueue_turn` stores a message without starting it: no lease, no user message yet, the
+/// session stalled until a resume starts it (as new, for a first message); a message enqueued
+/// while that turn runs is queued behind it, and a repeated one is a duplicate.
+pub async fn enqueued_message_waits_for_a_resume(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let a = inbound(&from, "a", Some("SMa"), t0());
+    let waiting = store
+        .enqueue_turn(&a, &settings(), t0())
+        .await
+        .expect("enqueue");
+    let BeginOutcome::Waiting {
+        inbound_id,
+        session,
+    } = waiting
+    else {
+        panic!("expected a waiting message, got {waiting:?}");
+    };
+    let stored = store
+        .session(&from)
+        .await
+        .expect("session")
+        .expect("exists");
+    assert_eq!(stored.id, session);
+    assert_eq!((stored.version, stored.total_messages), (0, 0));
+    assert!(
+        store
+            .history(&from, None, 0)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(
+        store.stalled_sessions(t0(), 10).await.expect("stalled"),
+        [session],
+        "nobody holds it: a sweeper finds it at once"
+    );
+    let again = store
+        .enqueue_turn(&a, &settings(), t0())
+        .await
+        .expect("enqueue");
+    assert!(
+        matches!(again, BeginOutcome::Duplicate { inbound_id: id } if id == inbound_id),
+        "{again:?}"
+    );
+
+    let first = store
+        .resume_turn(session, &settings(), t0())
+        .await
+        .expect("resume")
+        .expect("started");
+    assert_eq!(first.inbound.id, inbound_id);
+    assert!(first.new_session && !first.resumed);
+    assert_eq!(bodies(&first.history), ["a"]);
+    assert_eq!(first.session.total_messages, 1);
+    assert!(
+        store
+            .resume_turn(session, &settings(), t0())
+            .await
+            .expect("resume")
+            .is_none(),
+        "started once"
+    );
+    let b = store
+        .enqueue_turn(&inbound(&from, "b", Some("SMb"), t0()), &settings(), t0())
+        .await
+        .expect("enqueue");
+    assert!(matches!(b, BeginOutcome::Queued { .. }), "{b:?}");
+
+    let mut outcome = TurnCommit::new(&first);
+    outcome.replies.push(reply("re: a", t0()));
+    let second = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit")
+        .next
+        .expect("b is next");
+    assert_eq!(second.inbound.body, "b");
+    assert!(!second.new_session);
+    commit(&*store, &TurnCommit::new(&second), t0()).await;
+    assert!(
+        store
+            .stalled_sessions(t0(), 10)
+            .await
+            .expect("stalled")
+            .is_empty()
+    );
+}
+
+/// A begin that finds an enqueued message waiting starts that one first: per-session order
+/// does not depend on which path stored a message.
+pub async fn enqueued_message_keeps_its_place_before_a_later_begin(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let waiting = store
+        .enqueue_turn(&inbound(&from, "a", Some("SMa"), t0()), &settings(), t0())
+        .await
+        .expect("enqueue");
+    assert!(
+        matches!(waiting, BeginOutcome::Waiting { .. }),
+        "{waiting:?}"
+    );
+    let first = start(
+        &*store,
+        &inbound(&from, "b", Some("SMb"), t0() + Duration::seconds(1)),
+        t0() + Duration::seconds(1),
+    )
+    .await;
+    assert_eq!(first.inbound.body, "a");
+    assert!(first.new_session, "the session's first turn");
+    let second = store
+        .commit_turn(&TurnCommit::new(&first), &settings(), t0())
+        .await
+        .expect("commit")
+        .next
+        .expect("b is next");
+    assert_eq!(second.inbound.body, "b");
 }
 
 /// While a turn runs, later messages queue; the commit starts the next one for the same worker.
@@ -1889,7 +2010,8 @@ pub async fn many_senders_many_workers_exactly_once_in_order(harness: &dyn Harne
             let from = address(sender);
             let mut runs = tokio::task::JoinSet::new();
             for n in 0..MESSAGES {
-                // Messages of one sender reach different workers, as webhooks do.
+                // Messages of one sender reach different workers, as webhooks do, and every
+                // other one is enqueued and then resumed, as a gateway that is behind does.
                 let store = Arc::clone(&workers[(sender + n) % workers.len()]);
                 let at = t0() + Duration::milliseconds(i64::try_from(n).unwrap_or(0));
                 let message = inbound(
@@ -1898,17 +2020,23 @@ pub async fn many_senders_many_workers_exactly_once_in_order(harness: &dyn Harne
                     Some(&format!("SM{sender}-{n}")),
                     at,
                 );
-                match store
-                    .begin_turn(&message, &settings, at)
-                    .await
-                    .expect("begin")
-                {
-                    BeginOutcome::Started(turn) => {
-                        let settings = Arc::clone(&settings);
-                        runs.spawn(run_turns(store, turn, settings));
-                    }
-                    BeginOutcome::Queued { .. } => {}
+                let begun = if n % 2 == 0 {
+                    store.begin_turn(&message, &settings, at).await
+                } else {
+                    store.enqueue_turn(&message, &settings, at).await
+                };
+                let started = match begun.expect("begin") {
+                    BeginOutcome::Started(turn) => Some(turn),
+                    BeginOutcome::Waiting { session, .. } => store
+                        .resume_turn(session, &settings, at)
+                        .await
+                        .expect("resume"),
+                    BeginOutcome::Queued { .. } => None,
                     BeginOutcome::Duplicate { .. } => panic!("no duplicates were sent"),
+                };
+                if let Some(turn) = started {
+                    let settings = Arc::clone(&settings);
+                    runs.spawn(run_turns(store, turn, settings));
                 }
                 tokio::task::yield_now().await;
             }

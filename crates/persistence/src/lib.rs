@@ -30,7 +30,7 @@ mod types;
 mod wire;
 
 pub use error::{Result, StoreError};
-pub use postgres::{DEFAULT_OPERATION_TIMEOUT, PgStore};
+pub use postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgStore};
 pub use sqlite::SqliteStore;
 pub use supabase::{RestError, RestProblem, SupabaseConfig, SupabaseStore, TransportError};
 pub use types::{
@@ -55,6 +55,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// latest snapshot. When a dead worker left older messages waiting, the turn started is for
     /// the oldest of them (per-session order); this message then comes from a later commit.
     fn begin_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome>;
+
+    /// Stores an inbound message in its session's queue exactly as [`Store::begin_turn`] does
+    /// (the session loaded or created, a repeated external id refused) but starts nothing: the
+    /// short, durable step a webhook is acknowledged after when turns are backed up. Answers
+    /// [`BeginOutcome::Queued`] when a worker holds the session (it runs the message when it
+    /// commits) and [`BeginOutcome::Waiting`] when none does: then the caller starts it with
+    /// [`Store::resume_turn`], and should the caller die first, the session shows in
+    /// [`Store::stalled_sessions`] at once (there is no lease to expire).
+    fn enqueue_turn<'a>(
         &'a self,
         inbound: &'a Inbound,
         settings: &'a TurnSettings,
@@ -108,8 +122,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> StoreFuture<'_, Lease>;
 
     /// Takes over a session whose lease is free or expired and starts its oldest waiting
-    /// message (re-running a turn whose worker died). `None` when the lease is live or nothing
-    /// waits.
+    /// message (re-running a turn whose worker died, or starting one [`Store::enqueue_turn`]
+    /// stored). `None` when the lease is live or nothing waits. The turn is
+    /// [`TurnContext::new_session`] when no turn of the session has started before.
     fn resume_turn<'a>(
         &'a self,
         session: SessionId,

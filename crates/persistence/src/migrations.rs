@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "update_in_place",
         sql: include_str!("../../../migrations/20260102000200_update_in_place.sql"),
     },
+    Migration {
+        version: "20260102000300",
+        name: "enqueue_turn",
+        sql: include_str!("../../../migrations/20260102000300_enqueue_turn.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -25,6 +25,11 @@ use crate::{Result, Store, StoreError, StoreFuture, migrations, wire};
 /// longer answers must not hold a webhook past Twilio's 15 s, nor a turn for ever.
 pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Connections reserved for [`Store::enqueue_turn`], beyond the `max_connections` every other
+/// operation shares: a webhook's acknowledgement waits for its insert, and must not queue behind
+/// turns when they have taken every other connection.
+pub const INTAKE_CONNECTIONS: usize = 4;
+
 /// The store on PostgreSQL (including Supabase's database, through its connection string).
 ///
 /// It keeps its own small set of connections rather than a `sqlx` pool: the pool pings every
@@ -36,6 +41,7 @@ pub struct PgStore {
     options: PgConnectOptions,
     idle: Mutex<Vec<PgConnection>>,
     permits: Semaphore,
+    intake_permits: Semaphore,
     operation_timeout: std::time::Duration,
 }
 
@@ -50,7 +56,8 @@ impl fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Connects with up to `max_connections` connections. Does not migrate.
+    /// Connects with up to `max_connections` connections, and [`INTAKE_CONNECTIONS`] more for
+    /// [`Store::enqueue_turn`]. Does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         Self::connect_with(PgConnectOptions::from_str(url)?, max_connections).await
     }
@@ -68,6 +75,7 @@ impl PgStore {
             options,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(max),
+            intake_permits: Semaphore::new(INTAKE_CONNECTIONS),
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
     }
@@ -112,8 +120,17 @@ impl PgStore {
     /// Calls one SQL function with one jsonb argument: one statement, one round trip (once the
     /// connection has prepared it).
     async fn call(&self, sql: &'static str, request: Value) -> Result<Value> {
-        let _permit = self
-            .permits
+        self.call_on(&self.permits, sql, request).await
+    }
+
+    /// [`call`](Self::call) under one of `permits`.
+    async fn call_on(
+        &self,
+        permits: &Semaphore,
+        sql: &'static str,
+        request: Value,
+    ) -> Result<Value> {
+        let _permit = permits
             .acquire()
             .await
             .map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
@@ -187,6 +204,25 @@ impl Store for PgStore {
             wire::begin_outcome(
                 self.call("select public.soul_begin_turn($1)", request)
                     .await?,
+            )
+        })
+    }
+
+    fn enqueue_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        Box::pin(async move {
+            let request = wire::enqueue_request(inbound, settings, now)?;
+            wire::begin_outcome(
+                self.call_on(
+                    &self.intake_permits,
+                    "select public.soul_begin_turn($1)",
+                    request,
+                )
+                .await?,
             )
         })
     }

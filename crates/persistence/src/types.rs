@@ -372,7 +372,8 @@ pub struct TurnContext {
     pub inbound: QueuedInbound,
     /// This worker's lease.
     pub lease: Lease,
-    /// The session was created by this begin.
+    /// The session's first turn: none started in it before (it was created by this begin, or
+    /// by the [`crate::Store::enqueue_turn`] of the message this turn answers).
     pub new_session: bool,
     /// The timeout elapsed: a new session number began and ephemeral state was cleared.
     pub session_reset: bool,
@@ -452,6 +453,14 @@ pub enum BeginOutcome {
     },
     /// This worker holds the lease: run the turn, then commit it.
     Started(Box<TurnContext>),
+    /// Stored by [`crate::Store::enqueue_turn`] and no worker holds the session: nobody starts
+    /// the message until the caller (or a sweeper) calls [`crate::Store::resume_turn`].
+    Waiting {
+        /// The stored inbound message.
+        inbound_id: Uuid,
+        /// Its session, to resume.
+        session: SessionId,
+    },
 }
 
 /// What [`crate::Store::begin_event_turn`] decided.

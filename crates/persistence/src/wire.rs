@@ -118,6 +118,17 @@ pub(crate) fn begin_request(
     }))
 }
 
+/// `soul_begin_turn`'s request for [`crate::Store::enqueue_turn`]: stored, not started.
+pub(crate) fn enqueue_request(
+    inbound: &Inbound,
+    turn: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    let mut request = begin_request(inbound, turn, now)?;
+    request["defer"] = Value::Bool(true);
+    Ok(request)
+}
+
 pub(crate) fn begin_event_request(
     event: &ScheduledEvent,
     turn: &TurnSettings,
@@ -269,6 +280,10 @@ pub(crate) fn begin_outcome(mut value: Value) -> Result<BeginOutcome> {
         }),
         "queued" => Ok(BeginOutcome::Queued {
             inbound_id: uuid_field(&value, "inbound_id")?,
+        }),
+        "waiting" => Ok(BeginOutcome::Waiting {
+            inbound_id: uuid_field(&value, "inbound_id")?,
+            session: SessionId(uuid_field(&value, "session_id")?),
         }),
         "started" => turn(value["turn"].take())?
             .map(BeginOutcome::Started)

@@ -1,16 +1,22 @@
 //! The gateway's state and what it does with an inbound message: the store, the turn driver,
 //! the outbox, the metrics, and the tasks running turns.
 //!
-//! A webhook is acknowledged once its message is durably stored ([`TurnDriver::begin`], one
-//! store round trip); the turn then runs on a task of the [`TaskTracker`], so that SIGTERM can
-//! wait for running turns. Keywords (STOP, START, HELP and their synonyms) never reach the model:
-//! their turns are closed here with no reply, or with the help text. One case escapes: a HELP
-//! (or a START after an opt-out) arriving while a turn of the same number is running is queued
-//! behind it, and the driver answers queued messages through the soul.
+//! A webhook is acknowledged once its message is durably stored in its session's queue
+//! ([`TurnDriver::enqueue`], one short insert that never waits for a turn); the turn then starts
+//! ([`TurnDriver::resume`]) and runs on a task of the [`TaskTracker`] once one of the
+//! `TURN_CONCURRENCY` slots is free, so that a burst is acknowledged at once and answered as
+//! fast as turns run, and SIGTERM can wait for running turns. Keywords (STOP, START, HELP and
+//! their synonyms) never reach the model: they begin their turn at once
+//! ([`TurnDriver::begin`]), which is closed here with no reply, or with the help text. One case
+//! escapes: a HELP (or a START after an opt-out) arriving while a message of the same number
+//! is running or waiting is queued behind it, and the driver answers queued messages through
+//! the soul.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -216,10 +222,23 @@ fn driver_error_kind(error: &DriverError) -> &'static str {
     }
 }
 
+fn driver_store_error(error: DriverError) -> StoreError {
+    match error {
+        DriverError::Store(error) => error,
+        other => StoreError::Invalid(other.to_string()),
+    }
+}
+
+/// Whether `context` is the turn of `inbound` (a begin starts the session's oldest waiting
+/// message, which may be an earlier one).
+fn answers(context: &TurnContext, inbound: &Inbound) -> bool {
+    context.inbound.external_id == inbound.external_id
+}
+
 /// What the gateway did with an inbound message; every one is acknowledged to Twilio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InboundOutcome {
-    /// Stored; its turn is running.
+    /// Stored; its turn starts as soon as a turn slot is free.
     Started,
     /// Stored behind a running turn of the same person.
     Queued,
@@ -271,10 +290,13 @@ pub(crate) struct App {
     /// Signs Twilio's webhooks.
     pub(crate) auth_token: Secret,
     limiter: Option<RateLimiter>,
-    /// Slots for running turns (`TURN_CONCURRENCY`): a started turn waits here, its message
-    /// stored and its lease held, so that thousands arriving together do not all hold a model
-    /// request and its buffers at once.
+    /// Slots for running turns (`TURN_CONCURRENCY`): a turn waits here for its start, its
+    /// message stored, so that thousands arriving together do not all hold a model request and
+    /// its buffers at once.
     turn_slots: Arc<Semaphore>,
+    /// Sessions with a task waiting for a slot to resume them: one task per session is enough,
+    /// as the turn it starts runs every message the session has waiting.
+    waiting: Mutex<HashSet<SessionId>>,
     help_text: String,
     /// A round of due events is running: the next sweep does not start another.
     firing_events: AtomicBool,
@@ -326,6 +348,7 @@ impl App {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
             firing_events: AtomicBool::new(false),
+            waiting: Mutex::new(HashSet::new()),
             config,
             store,
             driver,
@@ -369,8 +392,18 @@ impl App {
     }
 
     async fn converse(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
-        Ok(match self.begin(inbound).await? {
+        let enqueued = self
+            .driver
+            .enqueue(inbound)
+            .await
+            .map_err(driver_store_error)?;
+        Ok(match enqueued {
+            BeginOutcome::Waiting { session, .. } => {
+                self.spawn_resume(session);
+                InboundOutcome::Started
+            }
             BeginOutcome::Started(context) => {
+                // Not an answer `enqueue` gives; run it rather than leave it to its lease.
                 self.spawn_run(*context);
                 InboundOutcome::Started
             }
@@ -413,7 +446,12 @@ impl App {
             .set_opt_out(&inbound.from, false, self.clock.now())
             .await?;
         match self.begin(inbound).await? {
-            BeginOutcome::Started(context) => self.spawn_close(*context, None),
+            BeginOutcome::Started(context) if answers(&context, inbound) => {
+                self.spawn_close(*context, None);
+            }
+            // An earlier message was waiting: its turn comes first, through the soul, and the
+            // START is queued behind it.
+            BeginOutcome::Started(context) => self.spawn_run(*context),
             BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
             _ => {}
         }
@@ -424,10 +462,13 @@ impl App {
     /// HELP: the configured help text, without a model call (nothing to an opted-out number).
     async fn help(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
         match self.begin(inbound).await? {
-            BeginOutcome::Started(context) => {
+            BeginOutcome::Started(context) if answers(&context, inbound) => {
                 let reply = (!context.session.opted_out).then(|| self.help_text.clone());
                 self.spawn_close(*context, reply);
             }
+            // An earlier message was waiting: its turn comes first, through the soul, and the
+            // HELP is queued behind it.
+            BeginOutcome::Started(context) => self.spawn_run(*context),
             BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
             _ => {}
         }
@@ -435,13 +476,7 @@ impl App {
     }
 
     async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
-        self.driver
-            .begin(inbound)
-            .await
-            .map_err(|error| match error {
-                DriverError::Store(error) => error,
-                other => StoreError::Invalid(other.to_string()),
-            })
+        self.driver.begin(inbound).await.map_err(driver_store_error)
     }
 
     /// Runs a started turn, and the messages queued behind it, on a tracked task.
@@ -463,13 +498,22 @@ impl App {
         );
     }
 
-    /// Takes over a session a dead worker left, on a tracked task.
-    pub(crate) fn spawn_resume(self: &Arc<Self>, session: SessionId) {
+    /// Starts and runs what waits in a session nobody holds (enqueued messages, or those a dead
+    /// worker left) on a tracked task, once a turn slot is free. Returns `false` when a task
+    /// of this process is already waiting for that session.
+    pub(crate) fn spawn_resume(self: &Arc<Self>, session: SessionId) -> bool {
+        if !self.lock_waiting().insert(session) {
+            return false;
+        }
         let app = self.clone();
-        let span = tracing::info_span!("turn", session = %session, resumed = true);
+        let span = tracing::info_span!("turn", session = %session);
         self.tracker.spawn(
             async move {
-                let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
+                let slot = app.turn_slots.clone().acquire_owned().await;
+                // From here a message arriving for the session needs a task of its own: this
+                // one may already have found the queue empty.
+                app.lock_waiting().remove(&session);
+                let Ok(_slot) = slot else {
                     return;
                 };
                 let started = Instant::now();
@@ -478,6 +522,14 @@ impl App {
             }
             .instrument(span),
         );
+        true
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {
+        // The set is only inserted into and removed from: still whole after a panic elsewhere.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fires the due scheduled events (check-ins: the soul texting first) on a tracked task,

@@ -57,8 +57,10 @@ pub(crate) async fn sweep(app: &Arc<App>) {
     match app.store.stalled_sessions(now, RESUME_BATCH).await {
         Ok(sessions) => {
             for session in sessions {
-                tracing::info!(%session, "taking over a stalled session");
-                app.spawn_resume(session);
+                // Sessions this process enqueued and is about to start are listed too.
+                if app.spawn_resume(session) {
+                    tracing::info!(%session, "taking over a stalled session");
+                }
             }
         }
         Err(error) => tracing::warn!(

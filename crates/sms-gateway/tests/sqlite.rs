@@ -206,6 +206,33 @@ async fn turns_beyond_the_concurrency_wait_for_a_slot_and_are_all_answered() {
     assert_eq!(slow.most_at_once(), 1);
 }
 
+/// Regression: a HELP arriving while an earlier message of the same number waits for a turn
+/// slot begins the session's oldest waiting message, the earlier one, and that turn was closed
+/// with the help text: the message never reached the soul.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_behind_a_waiting_message_leaves_that_message_to_the_soul() {
+    let fx = Fixture::new().await;
+    let slow = EchoModel::start_slow(Duration::from_millis(500)).await;
+    let settings = fx
+        .settings
+        .clone()
+        .set("TURN_CONCURRENCY", "1")
+        .set("OPENAI_BASE_URL", &slow.base_url());
+    let gateway = Gateway::start(&settings).await;
+    let (busy, person) = ("+14155550171", "+14155550172");
+    // The first turn holds the only slot for the model's half second.
+    gateway.post(&fx.sms(&gateway, busy, "first <<x1>>")).await;
+    gateway
+        .post(&fx.sms(&gateway, person, "hello <<h1>>"))
+        .await;
+    let (status, _) = gateway.post(&fx.sms(&gateway, person, "HELP")).await;
+    assert_eq!(status, 200);
+    fx.twilio.wait_for_messages(3, common::PATIENCE).await;
+    // The HELP is answered through the soul, behind the message it found waiting.
+    assert_eq!(fx.bodies_to(person), ["echo <<h1>>", "echo <<h1>>"]);
+    assert_eq!(fx.bodies_to(busy), ["echo <<x1>>"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still_works() {
     let fx = Fixture::new().await;

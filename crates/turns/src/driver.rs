@@ -186,7 +186,18 @@ impl TurnDriver {
             .await?)
     }
 
-    /// Takes over a session whose worker died (its lease expired) and answers what it left.
+    /// Stores `inbound` durably in its session's queue without starting its turn (one short
+    /// store round trip): what a webhook is acknowledged after. [`BeginOutcome::Waiting`] means
+    /// nobody holds the session: start it with [`resume`](Self::resume).
+    pub async fn enqueue(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
+        Ok(self
+            .store
+            .enqueue_turn(inbound, &self.settings, self.clock.now())
+            .await?)
+    }
+
+    /// Takes over a session nobody holds (its worker died and the lease expired, or its messages
+    /// were only enqueued) and answers what waits in it.
     pub async fn resume(
         &self,
         session: SessionId,

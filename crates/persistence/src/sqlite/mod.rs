@@ -640,11 +640,14 @@ async fn apply_changes(
     Ok(())
 }
 
+/// What `public.soul_begin_turn` does in PostgreSQL; with `defer`, what it does for
+/// [`Store::enqueue_turn`].
 async fn begin(
     conn: &mut SqliteConnection,
     inbound: &Inbound,
     settings: &TurnSettings,
     now: DateTime<Utc>,
+    defer: bool,
 ) -> Result<BeginOutcome> {
     settings.validate()?;
     let now_text = ts(now);
@@ -652,8 +655,9 @@ async fn begin(
         .bind(inbound.from.as_str())
         .fetch_optional(&mut *conn)
         .await?;
+    // The session's first turn is new, whichever call created the session.
     let (row, new_session) = match existing {
-        Some(row) => (session_row(&row)?, false),
+        Some(row) => (session_row(&row)?, row.try_get::<i64, _>("version")? == 0),
         None => {
             let id = Uuid::new_v4().to_string();
             let metadata =
@@ -710,6 +714,12 @@ async fn begin(
 
     if lease_live(&row, &now_text) {
         return Ok(BeginOutcome::Queued { inbound_id });
+    }
+    if defer {
+        return Ok(BeginOutcome::Waiting {
+            inbound_id,
+            session: SessionId(parse_uuid(&row.id)?),
+        });
     }
     start_next(conn, &row.id, settings, now, new_session)
         .await?
@@ -990,9 +1000,20 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome> {
-        Box::pin(
-            async move { write_tx!(self, conn => { begin(conn, inbound, settings, now).await }) },
-        )
+        Box::pin(async move {
+            write_tx!(self, conn => { begin(conn, inbound, settings, now, false).await })
+        })
+    }
+
+    fn enqueue_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        Box::pin(async move {
+            write_tx!(self, conn => { begin(conn, inbound, settings, now, true).await })
+        })
     }
 
     fn begin_event_turn<'a>(
@@ -1083,7 +1104,9 @@ impl Store for SqliteStore {
                 if lease_live(&session_row(&row)?, &ts(now)) {
                     return Ok(None);
                 }
-                start_next(conn, &id, settings, now, false).await
+                // No turn has started in it yet: what a deferred first message leaves.
+                let new_session = row.try_get::<i64, _>("version")? == 0;
+                start_next(conn, &id, settings, now, new_session).await
             })
         })
     }

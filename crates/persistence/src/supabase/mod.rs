@@ -344,6 +344,22 @@ impl Store for SupabaseStore {
         })
     }
 
+    fn enqueue_turn<'a>(
+        &'a self,
+        inbound: &'a Inbound,
+        settings: &'a TurnSettings,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, BeginOutcome> {
+        Box::pin(async move {
+            let request = wire::enqueue_request(inbound, settings, now)?;
+            // Not idempotent, as a begin.
+            wire::begin_outcome(
+                self.rpc("soul_begin_turn", request, Idempotency::NotIdempotent)
+                    .await?,
+            )
+        })
+    }
+
     fn begin_event_turn<'a>(
         &'a self,
         event: &'a ScheduledEvent,
