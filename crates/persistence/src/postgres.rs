@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
@@ -120,20 +120,29 @@ impl PgStore {
     /// Calls one SQL function with one jsonb argument: one statement, one round trip (once the
     /// connection has prepared it).
     async fn call(&self, sql: &'static str, request: Value) -> Result<Value> {
-        self.call_on(&self.permits, sql, request).await
+        let permit = self.permits.acquire().await;
+        self.call_under(permit, sql, request).await
     }
 
-    /// [`call`](Self::call) under one of `permits`.
-    async fn call_on(
+    /// [`call`](Self::call) on a reserved intake connection or a shared one, whichever is free
+    /// first: the reserve is a floor for the acknowledgements, not a ceiling.
+    async fn call_intake(&self, sql: &'static str, request: Value) -> Result<Value> {
+        let permit = tokio::select! {
+            biased;
+            permit = self.intake_permits.acquire() => permit,
+            permit = self.permits.acquire() => permit,
+        };
+        self.call_under(permit, sql, request).await
+    }
+
+    /// [`call`](Self::call) once a permit is granted.
+    async fn call_under(
         &self,
-        permits: &Semaphore,
+        permit: Result<SemaphorePermit<'_>, AcquireError>,
         sql: &'static str,
         request: Value,
     ) -> Result<Value> {
-        let _permit = permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
+        let _permit = permit.map_err(|_| StoreError::Invalid("the store is closed".to_owned()))?;
         // A timed-out call drops its connection with the future: its state is unknown.
         let answer = within(self.operation_timeout, async {
             let mut conn = match self.take_idle() {
@@ -217,12 +226,8 @@ impl Store for PgStore {
         Box::pin(async move {
             let request = wire::enqueue_request(inbound, settings, now)?;
             wire::begin_outcome(
-                self.call_on(
-                    &self.intake_permits,
-                    "select public.soul_begin_turn($1)",
-                    request,
-                )
-                .await?,
+                self.call_intake("select public.soul_begin_turn($1)", request)
+                    .await?,
             )
         })
     }

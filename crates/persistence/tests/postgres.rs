@@ -528,3 +528,87 @@ async fn a_hung_server_times_out_and_the_store_recovers() {
     cluster.thaw();
     assert!(store.session(&address).await.unwrap().is_none());
 }
+
+/// Regression: the reserved intake connections were a ceiling. With all of them held by
+/// acknowledgements waiting on one session's row lock, every other person's acknowledgement
+/// waited too, although the shared connections were free.
+#[tokio::test]
+async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are_busy() {
+    let database = TestDatabase::migrated().await;
+    let store = Arc::new(PgStore::connect_with(database.options(), 4).await.unwrap());
+    let settings = settings();
+    let busy = Address::new("+15550000101");
+    let first = Inbound {
+        from: busy.clone(),
+        ..inbound("first", t0())
+    };
+    store.enqueue_turn(&first, &settings, t0()).await.unwrap();
+
+    // Another process holds the busy session's row: its enqueues wait for the lock.
+    let mut holder = PgConnection::connect_with(&database.options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    sqlx::query("select 1 from public.user_sessions where phone_number = $1 for update")
+        .bind(busy.as_str())
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut blocked = Vec::new();
+    for i in 0..soul_persistence::INTAKE_CONNECTIONS {
+        let store = store.clone();
+        let settings = settings.clone();
+        let message = Inbound {
+            from: busy.clone(),
+            ..inbound(&format!("blocked {i}"), t0())
+        };
+        blocked.push(tokio::spawn(async move {
+            store.enqueue_turn(&message, &settings, t0()).await
+        }));
+    }
+    // Until every intake connection waits on the lock (seen from outside the holder's
+    // transaction, which keeps one snapshot of pg_stat_activity).
+    let mut observer = PgConnection::connect_with(&database.options())
+        .await
+        .unwrap();
+    let waiting = "select count(*) from pg_catalog.pg_stat_activity
+                   where wait_event_type = 'Lock' and query like '%soul_begin_turn%'";
+    let all_waiting = async {
+        while sqlx::query_scalar::<_, i64>(waiting)
+            .fetch_one(&mut observer)
+            .await
+            .unwrap()
+            < i64::try_from(soul_persistence::INTAKE_CONNECTIONS).unwrap()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), all_waiting)
+        .await
+        .expect("the intake connections wait on the lock");
+
+    let other = Inbound {
+        from: Address::new("+15550000102"),
+        ..inbound("unrelated", t0())
+    };
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.enqueue_turn(&other, &settings, t0()),
+    )
+    .await
+    .expect("acknowledged while the intake connections wait on the lock")
+    .unwrap();
+    assert!(
+        matches!(outcome, BeginOutcome::Waiting { .. }),
+        "{outcome:?}"
+    );
+
+    sqlx::query("rollback").execute(&mut holder).await.unwrap();
+    for handle in blocked {
+        let outcome = handle.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome, BeginOutcome::Waiting { .. }),
+            "{outcome:?}"
+        );
+    }
+}

@@ -27,7 +27,7 @@ use soul_persistence::{
     StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,
 };
 use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
@@ -391,20 +391,32 @@ impl App {
         }
     }
 
+    /// An ordinary message. With a turn slot free, its begin stores it and starts the turn in one
+    /// round trip, and the turn runs in that slot. With every slot taken, only the message is
+    /// stored (one short insert, so Twilio hears back at once whatever the backlog) and the
+    /// session waits for a slot holding nothing but its id; starting it then costs a round trip
+    /// more, which only a gateway that is behind pays.
     async fn converse(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
-        let enqueued = self
-            .driver
-            .enqueue(inbound)
-            .await
-            .map_err(driver_store_error)?;
-        Ok(match enqueued {
-            BeginOutcome::Waiting { session, .. } => {
-                self.spawn_resume(session);
+        let free_slot = self.turn_slots.clone().try_acquire_owned().ok();
+        let outcome = match free_slot {
+            Some(_) => self.begin(inbound).await?,
+            None => self
+                .driver
+                .enqueue(inbound)
+                .await
+                .map_err(driver_store_error)?,
+        };
+        Ok(match outcome {
+            BeginOutcome::Started(context) => {
+                match free_slot {
+                    Some(slot) => self.spawn_run_in(slot, *context),
+                    // Not an answer `enqueue` gives; run it rather than leave it to its lease.
+                    None => self.spawn_run(*context),
+                }
                 InboundOutcome::Started
             }
-            BeginOutcome::Started(context) => {
-                // Not an answer `enqueue` gives; run it rather than leave it to its lease.
-                self.spawn_run(*context);
+            BeginOutcome::Waiting { session, .. } => {
+                self.spawn_resume(session);
                 InboundOutcome::Started
             }
             BeginOutcome::Duplicate { .. } => InboundOutcome::Duplicate,
@@ -479,23 +491,36 @@ impl App {
         self.driver.begin(inbound).await.map_err(driver_store_error)
     }
 
-    /// Runs a started turn, and the messages queued behind it, on a tracked task.
+    /// Runs a started turn, and the messages queued behind it, on a tracked task once a turn
+    /// slot is free.
     pub(crate) fn spawn_run(self: &Arc<Self>, context: TurnContext) {
         let app = self.clone();
         let span = tracing::info_span!("turn", session = %context.session.id);
         self.tracker.spawn(
             async move {
-                // Never closed: the slot is always granted in the end. The turn's duration is
-                // counted from here, as before the bound existed.
-                let Ok(_slot) = app.turn_slots.clone().acquire_owned().await else {
+                // Never closed: the slot is always granted in the end.
+                let Ok(slot) = app.turn_slots.clone().acquire_owned().await else {
                     return;
                 };
-                let started = Instant::now();
-                let result = app.driver.run(context, &app.outbox).await;
-                app.record(result, started);
+                app.run(slot, context).await;
             }
             .instrument(span),
         );
+    }
+
+    /// [`spawn_run`](Self::spawn_run) in a slot already taken.
+    fn spawn_run_in(self: &Arc<Self>, slot: OwnedSemaphorePermit, context: TurnContext) {
+        let app = self.clone();
+        let span = tracing::info_span!("turn", session = %context.session.id);
+        self.tracker
+            .spawn(async move { app.run(slot, context).await }.instrument(span));
+    }
+
+    /// The turn's duration is counted from its slot, as before the bound existed.
+    async fn run(&self, _slot: OwnedSemaphorePermit, context: TurnContext) {
+        let started = Instant::now();
+        let result = self.driver.run(context, &self.outbox).await;
+        self.record(result, started);
     }
 
     /// Starts and runs what waits in a session nobody holds (enqueued messages, or those a dead

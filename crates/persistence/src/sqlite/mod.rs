@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
@@ -16,6 +17,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::types::{
@@ -31,6 +33,7 @@ use crate::{Result, Store, StoreError, StoreFuture, wire};
 /// `return` from the body rolls back.
 macro_rules! write_tx {
     ($store:ident, $conn:ident => $body:block) => {{
+        let _writer = $store.writer.lock().await;
         let mut tx = $store.pool.begin_with("BEGIN IMMEDIATE").await?;
         let $conn: &mut SqliteConnection = &mut tx;
         let value: Result<_> = $body;
@@ -48,6 +51,11 @@ const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql"), include_str!("upgrad
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This process's writers take turns here, first come first served, before they ask SQLite
+    /// for the write lock: SQLite's busy handler would make them poll for it with growing sleeps
+    /// (milliseconds of idle lock and a long tail). Another process on the same file still meets
+    /// the busy handler.
+    writer: Arc<Mutex<()>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -105,7 +113,10 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            pool,
+            writer: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
