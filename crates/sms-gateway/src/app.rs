@@ -28,6 +28,7 @@ use soul_persistence::{
 };
 use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
@@ -297,6 +298,8 @@ pub(crate) struct App {
     /// Sessions with a task waiting for a slot to resume them: one task per session is enough,
     /// as the turn it starts runs every message the session has waiting.
     waiting: Mutex<HashSet<SessionId>>,
+    /// Cancelled on shutdown: sessions still waiting for a slot are left to the next gateway.
+    stopping: CancellationToken,
     help_text: String,
     /// A round of due events is running: the next sweep does not start another.
     firing_events: AtomicBool,
@@ -349,6 +352,7 @@ impl App {
                 .unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
             firing_events: AtomicBool::new(false),
             waiting: Mutex::new(HashSet::new()),
+            stopping: CancellationToken::new(),
             config,
             store,
             driver,
@@ -534,7 +538,13 @@ impl App {
         let span = tracing::info_span!("turn", session = %session);
         self.tracker.spawn(
             async move {
-                let slot = app.turn_slots.clone().acquire_owned().await;
+                let slot = tokio::select! {
+                    biased;
+                    // Nothing of the session is started or leased yet: whichever gateway sweeps
+                    // next takes it at once, so the shutdown need not run it.
+                    () = app.stopping.cancelled() => return,
+                    slot = app.turn_slots.clone().acquire_owned() => slot,
+                };
                 // From here a message arriving for the session needs a task of its own: this
                 // one may already have found the queue empty.
                 app.lock_waiting().remove(&session);
@@ -548,6 +558,12 @@ impl App {
             .instrument(span),
         );
         true
+    }
+
+    /// Leaves the sessions waiting for a turn slot to the next gateway (see `spawn_resume`);
+    /// started turns still run.
+    pub(crate) fn stop_waiting(&self) {
+        self.stopping.cancel();
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {

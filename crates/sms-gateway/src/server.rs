@@ -1,9 +1,11 @@
 //! `sms-gateway serve`: listen, sweep, and shut down gracefully.
 //!
 //! On SIGTERM (or Ctrl-C) the listener closes and requests in progress finish; then running
-//! turns and sends get up to `SHUTDOWN_TIMEOUT` to finish. Whatever is still running after that
-//! is recoverable: its messages are stored, its lease expires and another process (or this one,
-//! restarted) takes the session over; its committed replies are resent from the outbox.
+//! turns and sends get up to `SHUTDOWN_TIMEOUT` to finish. Sessions still waiting for a turn slot
+//! are not started: their messages are stored and unleased, so the next gateway to sweep starts
+//! them at once. Whatever is still running after the timeout is recoverable: its messages are
+//! stored, its lease expires and another process (or this one, restarted) takes the session
+//! over; its committed replies are resent from the outbox.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +60,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
 
 /// Waits for running turns and sends, up to the shutdown timeout.
 async fn drain(app: &Arc<App>) {
+    app.stop_waiting();
     app.tracker.close();
     let running = app.tracker.len();
     if running == 0 {

@@ -667,6 +667,37 @@ async fn sigterm_finishes_the_running_turn_before_exiting() {
     assert_eq!(fx.bodies_to(from), ["finished"]);
 }
 
+/// On SIGTERM a message still waiting for a turn slot is left stored, not started: nothing of its
+/// session is leased, so the next gateway's first sweep answers it, and the shutdown does not
+/// wait for turns that have not begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_a_waiting_message_to_the_next_gateway() {
+    let fx = Fixture::new().await;
+    let slow = EchoModel::start_slow(Duration::from_secs(2)).await;
+    let settings = fx
+        .settings
+        .clone()
+        .set("TURN_CONCURRENCY", "1")
+        .set("OPENAI_BASE_URL", &slow.base_url());
+    let mut gateway = Gateway::start(&settings).await;
+    let (running, waiting) = ("+14155550181", "+14155550182");
+    gateway
+        .post(&fx.sms(&gateway, running, "first <<r1>>"))
+        .await;
+    let (status, _) = gateway
+        .post(&fx.sms(&gateway, waiting, "second <<w1>>"))
+        .await;
+    assert_eq!(status, 200);
+    let status = gateway.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(fx.bodies_to(running), ["echo <<r1>>"]);
+    assert!(fx.bodies_to(waiting).is_empty());
+
+    let _next = Gateway::start(&fx.settings).await;
+    fx.twilio.wait_for_messages(2, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(waiting), ["echo <<w1>>"]);
+}
+
 fn env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs
         .iter()
