@@ -58,6 +58,9 @@ if [[ $what == all || $what == gateway ]]; then
   "$bench" gateway --database-url "$url" --mode open --rate 150 --requests 1500 --people 1000
   "$bench" gateway --database-url "$url" --mode open --model-delay-ms 1000 --rate 2000 \
     --requests 10000 --people 10000
+  # Enough webhooks that more than 10,000 conversations are in flight at once.
+  "$bench" gateway --database-url "$url" --mode open --model-delay-ms 1000 --rate 2000 \
+    --requests 15000 --people 15000
 fi
 if [[ $what == all || $what == snapshot ]]; then
   "$bench" snapshot --turns 200 --every 20
