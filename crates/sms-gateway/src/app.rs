@@ -239,8 +239,11 @@ fn answers(context: &TurnContext, inbound: &Inbound) -> bool {
 /// What the gateway did with an inbound message; every one is acknowledged to Twilio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InboundOutcome {
-    /// Stored; its turn starts as soon as a turn slot is free.
+    /// Stored, and its turn started in a free turn slot.
     Started,
+    /// Stored while every turn slot was taken (the gateway is behind): its turn starts once one
+    /// is free.
+    Waiting,
     /// Stored behind a running turn of the same person.
     Queued,
     /// Seen before.
@@ -260,6 +263,7 @@ impl InboundOutcome {
     pub(crate) fn label(self) -> &'static str {
         match self {
             InboundOutcome::Started => "started",
+            InboundOutcome::Waiting => "waiting",
             InboundOutcome::Queued => "queued",
             InboundOutcome::Duplicate => "duplicate",
             InboundOutcome::OptOut => "opt_out",
@@ -421,7 +425,7 @@ impl App {
             }
             BeginOutcome::Waiting { session, .. } => {
                 self.spawn_resume(session);
-                InboundOutcome::Started
+                InboundOutcome::Waiting
             }
             BeginOutcome::Duplicate { .. } => InboundOutcome::Duplicate,
             _ => InboundOutcome::Queued,

@@ -138,7 +138,7 @@ impl Histogram {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     /// Inbound webhooks by what became of them.
-    pub(crate) inbound: LabeledCounter<9>,
+    pub(crate) inbound: LabeledCounter<10>,
     /// Committed turns by result.
     pub(crate) turns: LabeledCounter<4>,
     /// Time to run a started turn and commit it, with the messages queued behind it.
@@ -161,10 +161,12 @@ impl Metrics {
         Metrics {
             inbound: LabeledCounter::new(
                 "sms_gateway_inbound_total",
-                "Inbound SMS webhooks by outcome.",
+                "Inbound SMS webhooks by outcome (waiting: stored while every turn slot was \
+                 taken, started once one frees).",
                 "outcome",
                 [
                     "started",
+                    "waiting",
                     "queued",
                     "duplicate",
                     "opt_out",

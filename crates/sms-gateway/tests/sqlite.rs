@@ -688,6 +688,10 @@ async fn sigterm_leaves_a_waiting_message_to_the_next_gateway() {
         .post(&fx.sms(&gateway, waiting, "second <<w1>>"))
         .await;
     assert_eq!(status, 200);
+    for (outcome, count) in [("started", 1), ("waiting", 1)] {
+        let series = format!("sms_gateway_inbound_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(gateway.metric(&series).await, count, "{series}");
+    }
     let status = gateway.terminate();
     assert!(status.success(), "exit status {status}");
     assert_eq!(fx.bodies_to(running), ["echo <<r1>>"]);
