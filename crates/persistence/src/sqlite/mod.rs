@@ -225,48 +225,64 @@ async fn history(
     rows.iter().map(memory_from).collect()
 }
 
-/// Reads `key, value` rows into a map.
-async fn keyed(
-    conn: &mut SqliteConnection,
-    query: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-) -> Result<Map<String, Value>> {
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut map = Map::new();
-    for row in rows {
-        map.insert(
-            row.try_get("key")?,
-            parse_json(&row.try_get::<String, _>("value")?)?,
-        );
-    }
-    Ok(map)
+/// What a turn loads besides the session and its history, read in one statement: each
+/// statement is a hand-off to the connection's thread and back, which costs more here than the
+/// reading. Values stay the text they were stored as until parsed.
+struct TurnMemories {
+    soul: Map<String, Value>,
+    process: Map<String, Value>,
+    /// By process and key; a subprocess that holds none is absent.
+    subprocesses: BTreeMap<String, Map<String, Value>>,
+    snapshot: Option<String>,
 }
 
-/// The memories of the named subprocesses, by process and key; one that holds none is absent.
-async fn subprocess_memories(
+async fn turn_memories(
     conn: &mut SqliteConnection,
     session: &str,
+    process: &str,
     subprocesses: &[String],
-) -> Result<BTreeMap<String, Map<String, Value>>> {
-    // The names go in as one JSON array, so the statement is the same for any number of them.
-    let rows = sqlx::query(
-        "select process_name, key, value from process_memories
-         where session_id = ? and process_name in (select value from json_each(?))",
+) -> Result<TurnMemories> {
+    // The subprocess names go in as one JSON array, so the statement is the same for any number.
+    let row = sqlx::query(
+        "select
+           (select json_group_array(json_array(key, value)) from soul_memories
+             where session_id = ?1) as soul,
+           (select json_group_array(json_array(key, value)) from process_memories
+             where session_id = ?1 and process_name = ?2) as process,
+           (select json_group_array(json_array(process_name, key, value)) from process_memories
+             where session_id = ?1 and process_name in (select value from json_each(?3)))
+             as subprocesses,
+           (select snapshot from working_memory_snapshots where session_id = ?1
+             order by seq desc limit 1) as snapshot",
     )
     .bind(session)
+    .bind(process)
     .bind(json_text(&json!(subprocesses)))
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let mut memories: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for row in rows {
-        memories
-            .entry(row.try_get("process_name")?)
+    let keyed = |column: &str| -> Result<Map<String, Value>> {
+        let pairs: Vec<(String, String)> =
+            serde_json::from_str(&row.try_get::<String, _>(column)?)?;
+        pairs
+            .into_iter()
+            .map(|(key, value)| Ok((key, parse_json(&value)?)))
+            .collect()
+    };
+    let mut by_process: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let triples: Vec<(String, String, String)> =
+        serde_json::from_str(&row.try_get::<String, _>("subprocesses")?)?;
+    for (name, key, value) in triples {
+        by_process
+            .entry(name)
             .or_default()
-            .insert(
-                row.try_get("key")?,
-                parse_json(&row.try_get::<String, _>("value")?)?,
-            );
+            .insert(key, parse_json(&value)?);
     }
-    Ok(memories)
+    Ok(TurnMemories {
+        soul: keyed("soul")?,
+        process: keyed("process")?,
+        subprocesses: by_process,
+        snapshot: row.try_get("snapshot")?,
+    })
 }
 
 /// What `public.soul_start_next` does in PostgreSQL; see there. The caller holds the write lock.
@@ -377,11 +393,11 @@ async fn start_next(
         token: Uuid::new_v4(),
         expires_at: (now + settings.lease_for).trunc_subsecs(6),
     };
-    sqlx::query(
+    let session_row = sqlx::query(
         "update user_sessions set metadata = ?, last_active_at = ?,
            total_messages = total_messages + ?, version = version + 1,
            lease_token = ?, lease_expires_at = ?, lease_inbound_id = ?
-         where id = ?",
+         where id = ? returning *",
     )
     .bind(json_text(&metadata))
     .bind(&now_text)
@@ -390,8 +406,9 @@ async fn start_next(
     .bind(ts(lease.expires_at))
     .bind(&inbound_id)
     .bind(session)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    let session_now = session_from(&session_row)?;
 
     let state = sqlx::query("select * from mental_process_state where session_id = ?")
         .bind(session)
@@ -430,22 +447,7 @@ async fn start_next(
         None => ProcessState::new(settings.processes.initial.clone(), json!({})),
     };
 
-    let session_now = load_session(conn, session).await?;
-    let soul_memories = keyed(
-        conn,
-        sqlx::query("select key, value from soul_memories where session_id = ?").bind(session),
-    )
-    .await?;
-    let process_memories = keyed(
-        conn,
-        sqlx::query(
-            "select key, value from process_memories where session_id = ? and process_name = ?",
-        )
-        .bind(session)
-        .bind(&process.name),
-    )
-    .await?;
-    let subprocess_memories = subprocess_memories(conn, session, &settings.subprocesses).await?;
+    let memories = turn_memories(conn, session, &process.name, &settings.subprocesses).await?;
     let history = history(
         conn,
         session,
@@ -453,13 +455,7 @@ async fn start_next(
         settings.history_limit,
     )
     .await?;
-    let snapshot: Option<String> = sqlx::query_scalar(
-        "select snapshot from working_memory_snapshots where session_id = ? order by seq desc limit 1",
-    )
-    .bind(session)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let snapshot = match snapshot {
+    let snapshot = match memories.snapshot {
         Some(text) => wire::read_snapshot(session_now.id, parse_json(&text)?),
         None => None,
     };
@@ -472,9 +468,9 @@ async fn start_next(
         resumed,
         process,
         corrected_from,
-        soul_memories,
-        process_memories,
-        subprocess_memories,
+        soul_memories: memories.soul,
+        process_memories: memories.process,
+        subprocess_memories: memories.subprocesses,
         history,
         snapshot,
     };
