@@ -23,6 +23,18 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The fixture's settings with one turn slot and a model that echoes after `delay`, so that
+    /// a second person's message waits for the slot; the model lives as long as the double.
+    async fn one_slot_slow_model(&self, delay: Duration) -> (Settings, EchoModel) {
+        let slow = EchoModel::start_slow(delay).await;
+        let settings = self
+            .settings
+            .clone()
+            .set("TURN_CONCURRENCY", "1")
+            .set("OPENAI_BASE_URL", &slow.base_url());
+        (settings, slow)
+    }
+
     async fn new() -> Fixture {
         let dir = TempDir::new().expect("a temporary directory");
         let twilio = twilio().await;
@@ -185,12 +197,7 @@ async fn debug_logs_hold_no_phone_number_body_or_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_beyond_the_concurrency_wait_for_a_slot_and_are_all_answered() {
     let fx = Fixture::new().await;
-    let slow = EchoModel::start_slow(Duration::from_millis(300)).await;
-    let settings = fx
-        .settings
-        .clone()
-        .set("TURN_CONCURRENCY", "1")
-        .set("OPENAI_BASE_URL", &slow.base_url());
+    let (settings, slow) = fx.one_slot_slow_model(Duration::from_millis(300)).await;
     let gateway = Gateway::start(&settings).await;
     let people = ["+14155550161", "+14155550162", "+14155550163"];
     for (i, from) in people.iter().enumerate() {
@@ -212,12 +219,7 @@ async fn turns_beyond_the_concurrency_wait_for_a_slot_and_are_all_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_behind_a_waiting_message_leaves_that_message_to_the_soul() {
     let fx = Fixture::new().await;
-    let slow = EchoModel::start_slow(Duration::from_millis(500)).await;
-    let settings = fx
-        .settings
-        .clone()
-        .set("TURN_CONCURRENCY", "1")
-        .set("OPENAI_BASE_URL", &slow.base_url());
+    let (settings, _slow) = fx.one_slot_slow_model(Duration::from_millis(500)).await;
     let gateway = Gateway::start(&settings).await;
     let (busy, person) = ("+14155550171", "+14155550172");
     // The first turn holds the only slot for the model's half second.
@@ -673,12 +675,7 @@ async fn sigterm_finishes_the_running_turn_before_exiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_a_waiting_message_to_the_next_gateway() {
     let fx = Fixture::new().await;
-    let slow = EchoModel::start_slow(Duration::from_secs(2)).await;
-    let settings = fx
-        .settings
-        .clone()
-        .set("TURN_CONCURRENCY", "1")
-        .set("OPENAI_BASE_URL", &slow.base_url());
+    let (settings, _slow) = fx.one_slot_slow_model(Duration::from_secs(2)).await;
     let mut gateway = Gateway::start(&settings).await;
     let (running, waiting) = ("+14155550181", "+14155550182");
     gateway
