@@ -50,6 +50,7 @@ if [[ $what == all || $what == store ]]; then
   "$bench" store --backend postgres --database-url "$url" --count-round-trips
   "$bench" store --backend sqlite
   "$bench" store --backend supabase --database-url "$url" --clients 1 --request-delay-ms 20
+  "$bench" store --backend supabase --database-url "$url" --clients 1 --count-round-trips
 fi
 if [[ $what == all || $what == gateway ]]; then
   "$bench" gateway --database-url "$url" --mode closed

@@ -12,6 +12,7 @@
 
 mod counting;
 mod gateway;
+mod latency;
 mod snapshot;
 mod soul;
 mod stats;

@@ -26,6 +26,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::counting::CountingStore;
+use crate::latency::{LatencyRelay, socket_of};
 use crate::soul::{ConstantModel, SOUL};
 use crate::stats::{median, ms, percentile};
 
@@ -51,7 +52,8 @@ pub(crate) enum Backend {
     Sqlite,
     /// `SupabaseStore`: `postrust-server` (PostgREST-compatible; `POSTRUST_SERVER` or
     /// `~/.cargo/bin/postrust`) on a database in the cluster named by `--database-url`, behind a
-    /// proxy that holds every request `--request-delay-ms` (a remote project's network latency).
+    /// TCP relay that delivers every request `--request-delay-ms` late (a remote project's network
+    /// latency).
     Supabase,
 }
 
@@ -79,8 +81,9 @@ pub(crate) struct StoreArgs {
     /// Runs; the summary gives the median of each figure.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// PostgreSQL: route the connections through the round-trip counting proxy (adds latency:
-    /// use the timings of runs without it).
+    /// Count round trips (PostgreSQL: protocol round trips; Supabase: HTTP requests, without the
+    /// added latency) through a counting proxy, which adds latency of its own: use the timings of
+    /// runs without it.
     #[arg(long)]
     count_round_trips: bool,
     /// Supabase: latency added to every request, in milliseconds.
@@ -175,10 +178,11 @@ fn summary(args: &StoreArgs, all: &[RunFigures]) {
         "\n## store + engine, {:?}{}, {} runs (medians; each run's value in brackets)\n\n",
         args.backend,
         match args.backend {
-            Backend::Supabase => format!(
-                ", {} ms added to every request (round trips: requests)",
-                args.request_delay_ms
-            ),
+            Backend::Supabase if args.count_round_trips => {
+                ", through the request counting proxy (round trips: requests; timings not comparable)"
+                    .to_owned()
+            }
+            Backend::Supabase => format!(", {} ms added to every request", args.request_delay_ms),
             _ if args.count_round_trips => {
                 ", through the round-trip counting proxy (timings not comparable)".to_owned()
             }
@@ -249,16 +253,29 @@ async fn server_run(
             let mut database_url = url::Url::parse(url)?;
             database_url.set_path(&name);
             let rest = PostgrestServer::start_on(database_url.as_str()).await;
-            let delay = Duration::from_millis(args.request_delay_ms);
-            let proxy = RequestCounter::delayed(&rest.url(), delay).await;
-            let config = SupabaseConfig::new(proxy.url(), token("service_role"))?;
-            let store = Arc::new(SupabaseStore::new(config));
-            let before = proxy.count();
-            let mut figures = workload(args, runtime, store, clients, None).await?;
-            // Every request of the run, warm-up included, over every turn.
-            let turns = args.warmup_users + figures.turns;
-            figures.round_trips_per_turn = Some((proxy.count() - before) as f64 / turns as f64);
-            figures
+            if args.count_round_trips {
+                // Requests are counted by an HTTP proxy, a hop of its own: timings of these runs
+                // are not the figure.
+                let proxy = RequestCounter::start(&rest.url()).await;
+                let config = SupabaseConfig::new(proxy.url(), token("service_role"))?;
+                let store = Arc::new(SupabaseStore::new(config));
+                let mut figures = workload(args, runtime, store, clients, None).await?;
+                // Every request of the run, warm-up included, over every turn.
+                let turns = args.warmup_users + figures.turns;
+                figures.round_trips_per_turn = Some(proxy.count() as f64 / turns as f64);
+                figures
+            } else {
+                let delay = Duration::from_millis(args.request_delay_ms);
+                let relay = LatencyRelay::start(socket_of(&rest.url())?, delay).await?;
+                let config = SupabaseConfig::new(relay.url(), token("service_role"))?;
+                let store = Arc::new(SupabaseStore::new(config));
+                let figures = workload(args, runtime, store, clients, None).await?;
+                eprintln!(
+                    "Supabase: {} connections to the server",
+                    relay.connections()
+                );
+                figures
+            }
         }
         _ => {
             let counter = if args.count_round_trips {

@@ -243,8 +243,6 @@ struct Forward {
     seen: Arc<Mutex<Vec<String>>>,
     /// Supabase's layout: the API under this path, and an `apikey` header required.
     supabase: Option<&'static str>,
-    /// Added before forwarding each request: network latency to a remote server.
-    delay: Duration,
 }
 
 /// Where Supabase serves the REST API.
@@ -253,23 +251,17 @@ const SUPABASE_REST_PATH: &str = "/rest/v1";
 impl RequestCounter {
     /// Starts the proxy in front of `upstream` (an `http://` base URL).
     pub async fn start(upstream: &str) -> Self {
-        Self::serve(upstream, None, Duration::ZERO).await
-    }
-
-    /// [`start`](Self::start), holding each request `delay` before forwarding it, as a remote
-    /// server's network latency would.
-    pub async fn delayed(upstream: &str, delay: Duration) -> Self {
-        Self::serve(upstream, None, delay).await
+        Self::serve(upstream, None).await
     }
 
     /// Starts the proxy as Supabase's API gateway in front of `upstream`: its URL is a project
     /// URL (the API under `/rest/v1`), a request without an `apikey` header is refused with 401,
     /// and while `upstream` is down requests get 502.
     pub async fn supabase(upstream: &str) -> Self {
-        Self::serve(upstream, Some(SUPABASE_REST_PATH), Duration::ZERO).await
+        Self::serve(upstream, Some(SUPABASE_REST_PATH)).await
     }
 
-    async fn serve(upstream: &str, supabase: Option<&'static str>, delay: Duration) -> Self {
+    async fn serve(upstream: &str, supabase: Option<&'static str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|error| panic!("binding the proxy: {error}"));
@@ -283,7 +275,6 @@ impl RequestCounter {
             client: reqwest::Client::new(),
             seen: Arc::clone(&seen),
             supabase,
-            delay,
         };
         let app = axum::Router::new()
             .fallback(forward_request)
@@ -311,19 +302,10 @@ impl RequestCounter {
     }
 }
 
-/// Waits until `deadline`, to within tens of microseconds. tokio's timer counts whole
-/// milliseconds and rounds every sleep up, which held a 20 ms request about 21.7 ms: the added
-/// latency would have been overstated by ~8 %. A blocking thread's sleep ends on time.
-async fn hold_until(deadline: Instant) {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    drop(tokio::task::spawn_blocking(move || std::thread::sleep(remaining)).await);
-}
-
 async fn forward_request(
     axum::extract::State(forward): axum::extract::State<Forward>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
-    let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     if let Ok(mut seen) = forward.seen.lock() {
         seen.push(format!("{} {}", parts.method, parts.uri.path()));
@@ -345,9 +327,6 @@ async fn forward_request(
         }
     }
     let target = format!("{}{path}", forward.upstream);
-    if !forward.delay.is_zero() {
-        hold_until(arrived + forward.delay).await;
-    }
     let bad_gateway = |error: &dyn fmt::Display| answer(502, format!("proxy: {error}"));
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
