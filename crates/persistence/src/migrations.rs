@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "enqueue_turn",
         sql: include_str!("../../../migrations/20260102000300_enqueue_turn.sql"),
     },
+    Migration {
+        version: "20260102000400",
+        name: "commit_updates_session_once",
+        sql: include_str!("../../../migrations/20260102000400_commit_updates_session_once.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
