@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "commit_updates_session_once",
         sql: include_str!("../../../migrations/20260102000400_commit_updates_session_once.sql"),
     },
+    Migration {
+        version: "20260102000500",
+        name: "begin_locks_known_session_first",
+        sql: include_str!("../../../migrations/20260102000500_begin_locks_known_session_first.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
