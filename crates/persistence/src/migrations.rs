@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "begin_locks_known_session_first",
         sql: include_str!("../../../migrations/20260102000500_begin_locks_known_session_first.sql"),
     },
+    Migration {
+        version: "20260102000600",
+        name: "apply_changes_skips_empty_lists",
+        sql: include_str!("../../../migrations/20260102000600_apply_changes_skips_empty_lists.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
