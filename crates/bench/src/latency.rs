@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -96,12 +95,4 @@ async fn hold_until(deadline: Instant) {
     if !remaining.is_zero() {
         drop(tokio::task::spawn_blocking(move || std::thread::sleep(remaining)).await);
     }
-}
-
-/// The socket address of an `http://host:port` URL.
-pub(crate) fn socket_of(url: &str) -> anyhow::Result<SocketAddr> {
-    let url = url::Url::parse(url)?;
-    let host = url.host_str().context("the URL has no host")?;
-    let port = url.port_or_known_default().context("the URL has no port")?;
-    Ok(format!("{host}:{port}").parse()?)
 }

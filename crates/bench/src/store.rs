@@ -26,7 +26,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::counting::CountingStore;
-use crate::latency::{LatencyRelay, socket_of};
+use crate::latency::LatencyRelay;
 use crate::soul::{ConstantModel, SOUL};
 use crate::stats::{median, ms, percentile};
 
@@ -266,7 +266,7 @@ async fn server_run(
                 figures
             } else {
                 let delay = Duration::from_millis(args.request_delay_ms);
-                let relay = LatencyRelay::start(socket_of(&rest.url())?, delay).await?;
+                let relay = LatencyRelay::start(rest.addr(), delay).await?;
                 let config = SupabaseConfig::new(relay.url(), token("service_role"))?;
                 let store = Arc::new(SupabaseStore::new(config));
                 let figures = workload(args, runtime, store, clients, None).await?;

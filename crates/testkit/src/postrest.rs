@@ -217,7 +217,12 @@ impl PostgrestServer {
 
     /// The REST API's URL (the server's root).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
@@ -285,7 +290,12 @@ impl RequestCounter {
 
     /// The proxy's URL, to use instead of the server's.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// Every request so far, as `METHOD /path` (no query), in arrival order.
