@@ -9,7 +9,8 @@
 //!   measured-phase turns over its wall time, webhook sent → reply accepted.
 //! - `--mode open`: `--requests` webhooks at a fixed `--rate` from `--people` people, each sent at
 //!   its scheduled time whether or not earlier ones were answered; the acknowledgement latency is
-//!   measured from the scheduled time (no coordinated omission). Also reports how many replies
+//!   measured from the scheduled time (no coordinated omission), after a warm-up of
+//!   `--warmup-users` other people, one webhook each at the same rate. Also reports how many replies
 //!   reached the sink, the most conversations in flight, and the gateway's peak RSS.
 //!
 //! Every run is bounded: loopback only, a fixed number of requests, and time limits.
@@ -77,7 +78,7 @@ pub(crate) struct GatewayArgs {
     /// Closed: messages per person.
     #[arg(long, default_value_t = 10)]
     turns: usize,
-    /// Closed: people in the warm-up, one message each.
+    /// People in the warm-up, one message each (open mode: at `--rate`).
     #[arg(long, default_value_t = 100)]
     warmup_users: usize,
     /// Open: webhooks per second.
@@ -578,60 +579,119 @@ async fn open(
     gateway: &Gateway,
     sink: &Arc<Sink>,
 ) -> anyhow::Result<Figures> {
-    let accepted_before = sink.accepted();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
-    let (results, mut collected) = mpsc::unbounded_channel::<anyhow::Result<Duration>>();
-    let started = tokio::time::Instant::now();
-    let mut in_flight_max = 0_u64;
-    for index in 0..args.requests {
-        let at = started + interval.mul_f64(index as f64);
-        tokio::time::sleep_until(at).await;
-        let client = client.clone();
-        let url = gateway.webhook_url.clone();
-        let results = results.clone();
-        let from = number(index % args.people.max(1));
-        tokio::spawn(async move {
-            let result = send(&client, &url, &from, &format!("message {index}")).await;
-            // From the scheduled time: a late start counts against the gateway.
-            let result = result.map(|_| at.elapsed());
-            drop(results.send(result));
-        });
-        if index % 64 == 0 {
-            let replied = sink.accepted() - accepted_before;
-            in_flight_max = in_flight_max.max(index as u64 + 1 - replied.min(index as u64 + 1));
-        }
+    // The warm-up: one webhook from each of `--warmup-users` other people, at the same rate,
+    // answered before the measured phase starts.
+    let warmup = Offer {
+        rate: args.rate,
+        requests: args.warmup_users,
+        first_person: 1_000_000,
+        people: args.warmup_users,
+    };
+    let warmed = warmup.run(client, gateway, sink).await;
+    if warmed.errors > 0 || warmed.replied < args.warmup_users as u64 {
+        bail!(
+            "the warm-up was not answered: {} errors, {} of {} replies",
+            warmed.errors,
+            warmed.replied,
+            args.warmup_users
+        );
     }
-    let offered = started.elapsed();
-    drop(results);
-    let mut acks = Vec::with_capacity(args.requests);
-    let mut errors = 0_u64;
-    while let Some(result) = collected.recv().await {
-        match result {
-            Ok(latency) => acks.push(latency),
-            Err(_) => errors += 1,
-        }
-    }
-    // Let the replies drain, bounded.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let expected = args.requests as u64;
-    while sink.accepted() - accepted_before < expected && Instant::now() < deadline {
-        let replied = sink.accepted() - accepted_before;
-        in_flight_max = in_flight_max.max(expected - replied);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = started.elapsed();
-    let replied = sink.accepted() - accepted_before;
+    let measured = Offer {
+        rate: args.rate,
+        requests: args.requests,
+        first_person: 0,
+        people: args.people,
+    };
+    let mut outcome = measured.run(client, gateway, sink).await;
     Ok(vec![
         (
             "offered rate/s",
-            args.requests as f64 / offered.as_secs_f64(),
+            args.requests as f64 / outcome.offered.as_secs_f64(),
         ),
-        ("ack p50 ms", ms(percentile(&mut acks, 50.0))),
-        ("ack p99 ms", ms(percentile(&mut acks, 99.0))),
-        ("ack max ms", ms(percentile(&mut acks, 100.0))),
-        ("webhook errors", errors as f64),
-        ("replies", replied as f64),
-        ("max in flight", in_flight_max as f64),
-        ("replies/s overall", replied as f64 / drained.as_secs_f64()),
+        ("ack p50 ms", ms(percentile(&mut outcome.acks, 50.0))),
+        ("ack p99 ms", ms(percentile(&mut outcome.acks, 99.0))),
+        ("ack max ms", ms(percentile(&mut outcome.acks, 100.0))),
+        ("webhook errors", outcome.errors as f64),
+        ("replies", outcome.replied as f64),
+        ("max in flight", outcome.in_flight_max as f64),
+        (
+            "replies/s overall",
+            outcome.replied as f64 / outcome.drained.as_secs_f64(),
+        ),
     ])
+}
+
+/// Webhooks at a fixed rate, one from each of `people` in rotation from `first_person`.
+struct Offer {
+    rate: u32,
+    requests: usize,
+    first_person: usize,
+    people: usize,
+}
+
+/// What an [`Offer`] got.
+struct Offered {
+    acks: Vec<Duration>,
+    errors: u64,
+    replied: u64,
+    in_flight_max: u64,
+    /// Until the last webhook was sent.
+    offered: Duration,
+    /// Until the last reply arrived (or the drain timed out).
+    drained: Duration,
+}
+
+impl Offer {
+    /// Sends every webhook at its scheduled time and waits, bounded, for the replies.
+    async fn run(&self, client: &reqwest::Client, gateway: &Gateway, sink: &Arc<Sink>) -> Offered {
+        let accepted_before = sink.accepted();
+        let interval = Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1)));
+        let (results, mut collected) = mpsc::unbounded_channel::<anyhow::Result<Duration>>();
+        let started = tokio::time::Instant::now();
+        let mut in_flight_max = 0_u64;
+        for index in 0..self.requests {
+            let at = started + interval.mul_f64(index as f64);
+            tokio::time::sleep_until(at).await;
+            let client = client.clone();
+            let url = gateway.webhook_url.clone();
+            let results = results.clone();
+            let from = number(self.first_person + index % self.people.max(1));
+            tokio::spawn(async move {
+                let result = send(&client, &url, &from, &format!("message {index}")).await;
+                // From the scheduled time: a late start counts against the gateway.
+                let result = result.map(|_| at.elapsed());
+                drop(results.send(result));
+            });
+            if index % 64 == 0 {
+                let replied = sink.accepted() - accepted_before;
+                in_flight_max = in_flight_max.max(index as u64 + 1 - replied.min(index as u64 + 1));
+            }
+        }
+        let offered = started.elapsed();
+        drop(results);
+        let mut acks = Vec::with_capacity(self.requests);
+        let mut errors = 0_u64;
+        while let Some(result) = collected.recv().await {
+            match result {
+                Ok(latency) => acks.push(latency),
+                Err(_) => errors += 1,
+            }
+        }
+        // Let the replies drain, bounded.
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let expected = self.requests as u64;
+        while sink.accepted() - accepted_before < expected && Instant::now() < deadline {
+            let replied = sink.accepted() - accepted_before;
+            in_flight_max = in_flight_max.max(expected - replied);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Offered {
+            acks,
+            errors,
+            replied: sink.accepted() - accepted_before,
+            in_flight_max,
+            offered,
+            drained: started.elapsed(),
+        }
+    }
 }
