@@ -25,6 +25,12 @@ pub trait Harness: Send + Sync {
     /// Opens a store on the test's database. Every call opens a new one (its own connections),
     /// as another gateway process would.
     fn open(&self) -> StoreFuture<'_, Arc<dyn Store>>;
+
+    /// Overwrites the stored working-memory snapshot of `address`'s session with `json`, as a
+    /// release with another snapshot format would have left it (through a store only readable
+    /// snapshots are stored).
+    fn overwrite_snapshot<'a>(&'a self, address: &'a Address, json: &'a str)
+    -> StoreFuture<'a, ()>;
 }
 
 /// Instantiates every conformance test for a backend: `conformance_suite!(harness_expr)`, where
@@ -40,6 +46,7 @@ macro_rules! conformance_suite {
             process_memory_upserts_on_session_process_and_key,
             subprocess_memories_are_loaded_by_every_begin,
             history_is_latest_first_limited_and_regioned,
+            history_comes_only_without_a_readable_snapshot,
             timeout_starts_new_session_and_clears_ephemeral_state,
             repeated_external_id_is_a_duplicate,
             busy_session_queues_and_commit_hands_over_next,
@@ -628,6 +635,48 @@ pub async fn history_is_latest_first_limited_and_regioned(harness: &dyn Harness)
         panic!("expected a started turn")
     };
     assert_eq!(bodies(&context.history), ["summary 7", "summary 11"]);
+}
+
+/// A turn gets the history only when it has no snapshot to start from (with one, the working
+/// memory already holds the conversation); a stored snapshot that no longer parses is ignored
+/// and the history loaded instead, so the turn still sees the whole conversation.
+pub async fn history_comes_only_without_a_readable_snapshot(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let snapshot =
+        soul_engine::WorkingMemory::new("aria").with_memory(Memory::new(Role::User, "one", t0()));
+    let changes = Changes {
+        snapshot: Some(snapshot),
+        ..Changes::default()
+    };
+    let first = turn(&*store, &from, "one", t0(), changes).await;
+    assert!(first.snapshot.is_none());
+    assert_eq!(bodies(&first.history), ["one"]);
+
+    let second = turn(&*store, &from, "two", t0() + minutes(1), Changes::default()).await;
+    assert_eq!(
+        second
+            .snapshot
+            .as_ref()
+            .map(soul_engine::WorkingMemory::len),
+        Some(1)
+    );
+    assert!(second.history.is_empty(), "{:?}", second.history);
+
+    harness
+        .overwrite_snapshot(
+            &from,
+            r#"{"version": 99, "soul_name": "aria", "region_order": [], "memories": []}"#,
+        )
+        .await
+        .expect("overwrite the snapshot");
+    let at = t0() + minutes(2);
+    let third = start(&*store, &inbound(&from, "three", None, at), at).await;
+    assert!(third.snapshot.is_none());
+    assert_eq!(
+        bodies(&third.history),
+        ["one", "re: one", "two", "re: two", "three"]
+    );
 }
 
 /// The seed's timeout: a user message an hour or more after the previous one starts a new

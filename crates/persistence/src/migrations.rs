@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "apply_changes_skips_empty_lists",
         sql: include_str!("../../../migrations/20260102000600_apply_changes_skips_empty_lists.sql"),
     },
+    Migration {
+        version: "20260102000700",
+        name: "history_only_without_snapshot",
+        sql: include_str!("../../../migrations/20260102000700_history_only_without_snapshot.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -210,10 +210,12 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, BeginOutcome> {
         Box::pin(async move {
             let request = wire::begin_request(inbound, settings, now)?;
-            wire::begin_outcome(
+            let mut outcome = wire::begin_outcome(
                 self.call("select public.soul_begin_turn($1)", request)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -225,10 +227,12 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, BeginOutcome> {
         Box::pin(async move {
             let request = wire::enqueue_request(inbound, settings, now)?;
-            wire::begin_outcome(
+            let mut outcome = wire::begin_outcome(
                 self.call_intake("select public.soul_begin_turn($1)", request)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -240,10 +244,12 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, EventOutcome> {
         Box::pin(async move {
             let request = wire::begin_event_request(event, settings, now)?;
-            wire::event_outcome(
+            let mut outcome = wire::event_outcome(
                 self.call("select public.soul_begin_event_turn($1)", request)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::event_begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -302,10 +308,12 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
         Box::pin(async move {
             let request = wire::resume_request(session, settings, now)?;
-            wire::resume_outcome(
+            let mut outcome = wire::resume_outcome(
                 self.call("select public.soul_resume_turn($1)", request)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, outcome.as_deref_mut(), settings).await?;
+            Ok(outcome)
         })
     }
 

@@ -115,7 +115,8 @@ pub struct TurnSettings {
     pub session_timeout: Duration,
     /// How long a turn's lease lasts; a worker that has not committed by then is presumed dead.
     pub lease_for: Duration,
-    /// How many of the latest history messages a turn loads; 0 loads all.
+    /// How many of the latest history messages a turn loads (when it has no snapshot, see
+    /// [`TurnContext::history`]); 0 loads all.
     pub history_limit: u32,
     /// Load only this region's history (`"default"` is the unregioned conversation).
     pub history_region: Option<String>,
@@ -368,7 +369,8 @@ fn keys(value: &serde_json::Value) -> Vec<&str> {
 pub struct TurnContext {
     /// The session, after the timeout was applied and the turn started.
     pub session: Session,
-    /// The message this turn answers (already the last user message in `history`).
+    /// The message this turn answers (already stored: the last user message of `history` when
+    /// that is loaded).
     pub inbound: QueuedInbound,
     /// This worker's lease.
     pub lease: Lease,
@@ -390,10 +392,15 @@ pub struct TurnContext {
     /// The memories of the subprocesses named in [`TurnSettings::subprocesses`], by process and
     /// key; a subprocess with no memory stored is absent.
     pub subprocess_memories: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-    /// The latest messages (limit and region per [`TurnSettings`]), oldest first.
+    /// The latest messages (limit and region per [`TurnSettings`]), oldest first, to rebuild the
+    /// working memory from: loaded only when there is no readable `snapshot` (empty otherwise;
+    /// [`crate::Store::history`] reads them at any time).
     pub history: Vec<Memory>,
     /// The latest working-memory snapshot, if one is stored and readable.
     pub snapshot: Option<WorkingMemory>,
+    /// A snapshot was stored but did not parse, and the answer came without the history (sent
+    /// only without a snapshot): the store loads it before handing the turn out.
+    pub(crate) history_missing: bool,
 }
 
 impl fmt::Debug for TurnContext {
@@ -425,6 +432,7 @@ impl fmt::Debug for TurnContext {
             )
             .field("history", &self.history)
             .field("snapshot", &self.snapshot)
+            .field("history_missing", &self.history_missing)
             .finish()
     }
 }

@@ -14,7 +14,7 @@ use crate::types::{
     OutboundRef, ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use crate::{Result, StoreError};
+use crate::{Result, Store, StoreError};
 
 fn millis(duration: Duration) -> i64 {
     duration.num_milliseconds()
@@ -213,6 +213,7 @@ pub(crate) fn turn(value: Value) -> Result<Option<Box<TurnContext>>> {
         return Ok(None);
     }
     let wire: TurnWire = serde_json::from_value(value)?;
+    let stored_snapshot = wire.snapshot.is_some();
     let snapshot = wire
         .snapshot
         .and_then(|json| read_snapshot(wire.session.id, json));
@@ -229,14 +230,53 @@ pub(crate) fn turn(value: Value) -> Result<Option<Box<TurnContext>>> {
         process_memories: wire.process_memories,
         subprocess_memories: wire.subprocess_memories,
         history: wire.history,
+        history_missing: stored_snapshot && snapshot.is_none(),
         snapshot,
     };
     warn_if_corrected(&context);
     Ok(Some(Box::new(context)))
 }
 
-/// A snapshot that no longer parses is dropped rather than failing the turn: the history still
-/// holds the conversation, and the next commit writes a fresh snapshot.
+/// Loads the history of a started turn that came without it (see
+/// [`TurnContext::history_missing`]): one more round trip, only when a stored snapshot did not
+/// parse.
+pub(crate) async fn load_missing_history<S: Store + ?Sized>(
+    store: &S,
+    context: Option<&mut TurnContext>,
+    settings: &TurnSettings,
+) -> Result<()> {
+    if let Some(context) = context.filter(|context| context.history_missing) {
+        context.history = store
+            .history(
+                &context.session.address,
+                settings.history_region.as_deref(),
+                settings.history_limit,
+            )
+            .await?;
+        context.history_missing = false;
+    }
+    Ok(())
+}
+
+/// The turn a begin started, if it started one.
+pub(crate) fn begun(outcome: &mut BeginOutcome) -> Option<&mut TurnContext> {
+    match outcome {
+        BeginOutcome::Started(context) => Some(context),
+        _ => None,
+    }
+}
+
+/// The turn an event's begin started, if it started one.
+pub(crate) fn event_begun(outcome: &mut EventOutcome) -> Option<&mut TurnContext> {
+    match outcome {
+        EventOutcome::Started(context) => Some(context),
+        _ => None,
+    }
+}
+
+/// A snapshot that no longer parses is dropped rather than failing the turn: the turn rebuilds
+/// its working memory from the history (see [`load_missing_history`]), and the next commit
+/// writes a fresh snapshot.
 pub(crate) fn read_snapshot(session: SessionId, json: Value) -> Option<WorkingMemory> {
     match WorkingMemory::from_json(json) {
         Ok(memory) => Some(memory),

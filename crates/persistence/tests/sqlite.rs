@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use soul_persistence::conformance::Harness;
-use soul_persistence::{SqliteStore, Store, StoreFuture};
+use soul_persistence::{Address, SqliteStore, Store, StoreFuture};
+use sqlx::{Connection, SqliteConnection};
 
 struct SqliteHarness {
     dir: tempfile::TempDir,
@@ -14,6 +15,27 @@ impl Harness for SqliteHarness {
         Box::pin(async move {
             let store = SqliteStore::open(self.dir.path().join("souls.db")).await?;
             Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    }
+
+    fn overwrite_snapshot<'a>(
+        &'a self,
+        address: &'a Address,
+        json: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let url = format!("sqlite://{}", self.dir.path().join("souls.db").display());
+            let mut conn = SqliteConnection::connect(&url).await?;
+            sqlx::query(
+                "update working_memory_snapshots set snapshot = ?1
+                   where session_id = (select id from user_sessions where phone_number = ?2)",
+            )
+            .bind(json)
+            .bind(address.as_str())
+            .execute(&mut conn)
+            .await?;
+            drop(conn.close().await);
+            Ok(())
         })
     }
 }
@@ -29,7 +51,7 @@ soul_persistence::conformance_suite!(harness());
 #[tokio::test]
 async fn reopening_keeps_data_and_schema() {
     use chrono::Utc;
-    use soul_persistence::{Address, Inbound, Processes, TurnSettings};
+    use soul_persistence::{Inbound, Processes, TurnSettings};
     let harness = harness().await;
     let from = Address::new("+15550000001");
     {
@@ -55,7 +77,6 @@ async fn reopening_keeps_data_and_schema() {
 /// messages stay, and it ends with the same indexes as a new file.
 #[tokio::test]
 async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
-    use sqlx::{Connection, SqliteConnection};
     let old = harness().await;
     let path = old.dir.path().join("souls.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new()

@@ -448,16 +448,22 @@ async fn start_next(
     };
 
     let memories = turn_memories(conn, session, &process.name, &settings.subprocesses).await?;
-    let history = history(
-        conn,
-        session,
-        settings.history_region.as_deref(),
-        settings.history_limit,
-    )
-    .await?;
     let snapshot = match memories.snapshot {
         Some(text) => wire::read_snapshot(session_now.id, parse_json(&text)?),
         None => None,
+    };
+    // With a readable snapshot the working memory already holds the conversation.
+    let history = match snapshot {
+        Some(_) => Vec::new(),
+        None => {
+            history(
+                conn,
+                session,
+                settings.history_region.as_deref(),
+                settings.history_limit,
+            )
+            .await?
+        }
     };
     let context = TurnContext {
         session: session_now,
@@ -473,6 +479,7 @@ async fn start_next(
         subprocess_memories: memories.subprocesses,
         history,
         snapshot,
+        history_missing: false,
     };
     wire::warn_if_corrected(&context);
     Ok(Some(Box::new(context)))

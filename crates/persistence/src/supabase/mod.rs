@@ -337,10 +337,12 @@ impl Store for SupabaseStore {
         Box::pin(async move {
             let request = wire::begin_request(inbound, settings, now)?;
             // Not idempotent: a message without an external id would be stored twice.
-            wire::begin_outcome(
+            let mut outcome = wire::begin_outcome(
                 self.rpc("soul_begin_turn", request, Idempotency::NotIdempotent)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -353,10 +355,12 @@ impl Store for SupabaseStore {
         Box::pin(async move {
             let request = wire::enqueue_request(inbound, settings, now)?;
             // Not idempotent, as a begin.
-            wire::begin_outcome(
+            let mut outcome = wire::begin_outcome(
                 self.rpc("soul_begin_turn", request, Idempotency::NotIdempotent)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -368,10 +372,12 @@ impl Store for SupabaseStore {
     ) -> StoreFuture<'a, EventOutcome> {
         Box::pin(async move {
             let request = wire::begin_event_request(event, settings, now)?;
-            wire::event_outcome(
+            let mut outcome = wire::event_outcome(
                 self.rpc("soul_begin_event_turn", request, Idempotency::NotIdempotent)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, wire::event_begun(&mut outcome), settings).await?;
+            Ok(outcome)
         })
     }
 
@@ -437,10 +443,12 @@ impl Store for SupabaseStore {
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
         Box::pin(async move {
             let request = wire::resume_request(session, settings, now)?;
-            wire::resume_outcome(
+            let mut outcome = wire::resume_outcome(
                 self.rpc("soul_resume_turn", request, Idempotency::NotIdempotent)
                     .await?,
-            )
+            )?;
+            wire::load_missing_history(self, outcome.as_deref_mut(), settings).await?;
+            Ok(outcome)
         })
     }
 
