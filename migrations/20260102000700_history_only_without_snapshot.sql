@@ -159,5 +159,3 @@ begin
   );
 end
 $$;
-
--- Applies a change set (the part of a commit that subprocess commits share). For one key the
