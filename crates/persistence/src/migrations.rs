@@ -74,8 +74,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: "20260102000700",
-        name: "history_only_without_snapshot",
-        sql: include_str!("../../../migrations/20260102000700_history_only_without_snapshot.sql"),
+        name: "start_reads_less",
+        sql: include_str!("../../../migrations/20260102000700_start_reads_less.sql"),
+    },
+    Migration {
+        version: "20260102000800",
+        name: "fewer_index_entries_per_turn",
+        sql: include_str!("../../../migrations/20260102000800_fewer_index_entries_per_turn.sql"),
     },
 ];
 

@@ -133,11 +133,10 @@ async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
     assert_eq!(
         upgraded,
         (
-            2,
+            3,
             vec![
                 "idx_messages_created".to_owned(),
                 "idx_messages_session".to_owned(),
-                "idx_messages_session_user_created".to_owned(),
             ]
         )
     );

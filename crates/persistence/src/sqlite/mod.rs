@@ -45,7 +45,11 @@ macro_rules! write_tx {
 
 /// The schema, step by step: step `n` takes a file from `pragma user_version` `n` to `n + 1` (the
 /// first creates it), so a file made by an older version is brought up to date when opened.
-const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql"), include_str!("upgrade_2.sql")];
+const SCHEMA_STEPS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("upgrade_2.sql"),
+    include_str!("upgrade_3.sql"),
+];
 
 /// The store in one local SQLite file.
 #[derive(Clone)]
@@ -346,10 +350,11 @@ async fn start_next(
             .await?;
     } else if !resumed {
         let last: Option<String> = sqlx::query_scalar(
-            "select max(created_at) from messages where session_id = ? and role = 'user'",
+            "select created_at from messages where session_id = ? and role = 'user'
+             order by seq desc limit 1",
         )
         .bind(session)
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
         let mut number = session_number(&metadata);
         if let Some(last) = last {

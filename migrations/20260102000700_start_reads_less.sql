@@ -1,11 +1,15 @@
--- A turn loaded both the working-memory snapshot and the latest messages (20 by default, each
--- turned into JSON), although the turn reads the history only to rebuild a working memory when
--- there is no snapshot. Now `soul_start_next` reads the snapshot first and the history only
--- without one; a client that cannot read a stored snapshot asks for the history separately
--- (`soul_history`). Measured in docs/performance.md.
+-- What a turn's start reads, made smaller:
+-- - It loaded both the working-memory snapshot and the latest messages (20 by default, each
+--   turned into JSON), although the turn reads the history only to rebuild a working memory when
+--   there is no snapshot. Now it reads the snapshot first and the history only without one; a
+--   client that cannot read a stored snapshot asks for the history separately (`soul_history`).
+-- - The session timeout's "newest user message" is the newest by insertion order (`seq`), as the
+--   history orders messages, read from the session index (the replies that followed it are
+--   passed over); the partial index of user messages by time it needed goes in 20260102000800.
+-- Measured in docs/performance.md.
 --
--- Restated in full (a migration restates what it changes); new: `v_snapshot` and the `if`
--- around the history.
+-- Restated in full (a migration restates what it changes); new: `v_snapshot`, the `if` around
+-- the history, and the timeout's lookup.
 create or replace function public.soul_start_next(
   p_session uuid,
   p_settings jsonb,
@@ -55,8 +59,12 @@ begin
     -- Not the person talking: no user message, and the timeout neither fires nor restarts.
     update public.inbound_messages set status = 'started', started_at = p_now where id = v_in.id;
   elsif not v_resumed then
-    select max(created_at) into v_last from public.messages
-      where session_id = p_session and role = 'user';
+    -- The newest user message by insertion order, as the history orders messages: the session
+    -- index read newest first finds it after the replies that followed it.
+    select created_at into v_last from public.messages
+      where session_id = p_session and role = 'user'
+      order by seq desc
+      limit 1;
     v_number := public.soul_session_number(v_metadata);
     v_reset := v_last is not null
       and v_in.received_at - v_last >= public.soul_ms(p_settings -> 'session_timeout_ms');
