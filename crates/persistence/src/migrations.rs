@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fewer_index_entries_per_turn",
         sql: include_str!("../../../migrations/20260102000800_fewer_index_entries_per_turn.sql"),
     },
+    Migration {
+        version: "20260102000900",
+        name: "snapshot_compression_lz4",
+        sql: include_str!("../../../migrations/20260102000900_snapshot_compression_lz4.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

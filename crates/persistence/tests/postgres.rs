@@ -345,6 +345,32 @@ async fn row_level_security_shuts_out_other_roles() {
     .expect("drop probe role");
 }
 
+/// Snapshots are compressed with lz4 wherever the server offers it, and the migration that says
+/// so applies on a server without it too, leaving the default
+/// (`migrations/20260102000900_snapshot_compression_lz4.sql`).
+#[tokio::test]
+async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
+    let database = TestDatabase::migrated().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let offered: bool = sqlx::query_scalar(
+        "select 'lz4' = any(enumvals) from pg_catalog.pg_settings
+           where name = 'default_toast_compression'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("the server's compression methods");
+    let method: String = sqlx::query_scalar(
+        "select attcompression::text from pg_catalog.pg_attribute
+           where attrelid = 'public.working_memory_snapshots'::regclass and attname = 'snapshot'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("the column's compression");
+    assert_eq!(method, if offered { "l" } else { "" });
+}
+
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
 /// can stand in for what it calls), except the small SQL helpers, which must have none so that
 /// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`,
