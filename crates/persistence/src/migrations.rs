@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "snapshot_compression_lz4",
         sql: include_str!("../../../migrations/20260102000900_snapshot_compression_lz4.sql"),
     },
+    Migration {
+        version: "20260102001000",
+        name: "resume_does_not_wait_for_the_disk",
+        sql: include_str!("../../../migrations/20260102001000_resume_does_not_wait_for_the_disk.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -371,6 +371,72 @@ async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
     assert_eq!(method, if offered { "l" } else { "" });
 }
 
+/// A resume commits without waiting for the disk (its messages are on disk already, and a lost
+/// resume is started again), a begin waits (it stores what its caller acknowledges), and the
+/// setting ends with the resume's transaction instead of staying on the connection
+/// (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`).
+#[tokio::test]
+async fn a_resume_alone_commits_without_waiting_for_the_disk() {
+    /// Calls `sql` in a transaction: the answer's outcome and `synchronous_commit` before the
+    /// transaction commits.
+    async fn call(
+        conn: &mut PgConnection,
+        sql: &'static str,
+        request: serde_json::Value,
+    ) -> (String, String) {
+        let mut tx = conn.begin().await.expect("begin");
+        let answer: serde_json::Value = sqlx::query_scalar(sql)
+            .bind(request)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("call");
+        let setting: String = sqlx::query_scalar("show synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("show");
+        tx.commit().await.expect("commit");
+        (answer["outcome"].as_str().unwrap_or("?").to_owned(), setting)
+    }
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    let BeginOutcome::Waiting { session, .. } = store
+        .enqueue_turn(&inbound("queued", t0()), &settings(), t0())
+        .await
+        .expect("enqueue")
+    else {
+        panic!("expected a message waiting for its resume")
+    };
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let settings = serde_json::json!({
+        "persona": "aria", "known_processes": ["initial"], "initial_process": "initial",
+        "subprocesses": [], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
+        "history_limit": 20, "history_region": null,
+    });
+    let resume = serde_json::json!({"session_id": session.0, "now": t0(), "settings": settings});
+    assert_eq!(
+        call(&mut conn, "select public.soul_resume_turn($1)", resume).await,
+        ("started".to_owned(), "off".to_owned())
+    );
+    let after: String = sqlx::query_scalar("show synchronous_commit")
+        .fetch_one(&mut conn)
+        .await
+        .expect("show");
+    assert_eq!(after, "on");
+
+    let begin = serde_json::json!({
+        "address": "+15550000002", "body": "hello", "external_id": "SM-begin",
+        "received_at": t0(), "now": t0(), "settings": settings,
+    });
+    assert_eq!(
+        call(&mut conn, "select public.soul_begin_turn($1)", begin).await,
+        ("started".to_owned(), "on".to_owned())
+    );
+}
+
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
 /// can stand in for what it calls), except the small SQL helpers, which must have none so that
 /// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`,
