@@ -90,7 +90,16 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: "20260102001000",
         name: "resume_does_not_wait_for_the_disk",
-        sql: include_str!("../../../migrations/20260102001000_resume_does_not_wait_for_the_disk.sql"),
+        sql: include_str!(
+            "../../../migrations/20260102001000_resume_does_not_wait_for_the_disk.sql"
+        ),
+    },
+    Migration {
+        version: "20260102001100",
+        name: "delivery_updates_do_not_wait_for_the_disk",
+        sql: include_str!(
+            "../../../migrations/20260102001100_delivery_updates_do_not_wait_for_the_disk.sql"
+        ),
     },
 ];
 

@@ -49,11 +49,12 @@ pub(crate) fn pending_request(older_than: DateTime<Utc>, limit: u32) -> Value {
     json!({ "older_than": older_than, "limit": limit })
 }
 
-/// `soul_set_opt_out`'s request.
+/// `soul_session_outbox`'s request.
 pub(crate) fn session_outbox_request(session: SessionId) -> Value {
     json!({ "session_id": session })
 }
 
+/// `soul_set_opt_out`'s request.
 pub(crate) fn opt_out_request(address: &Address, opted_out: bool, now: DateTime<Utc>) -> Value {
     json!({ "address": address.as_str(), "opted_out": opted_out, "now": now })
 }

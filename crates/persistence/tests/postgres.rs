@@ -371,19 +371,20 @@ async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
     assert_eq!(method, if offered { "l" } else { "" });
 }
 
-/// A resume commits without waiting for the disk (its messages are on disk already, and a lost
-/// resume is started again), a begin waits (it stores what its caller acknowledges), and the
-/// setting ends with the resume's transaction instead of staying on the connection
-/// (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`).
+/// Two operations commit without waiting for the disk, each recording what is safe elsewhere: a
+/// resume (its messages are on disk already, and a lost resume is started again) and a delivery
+/// update (Twilio holds what it records, and the outbox finds a reply it took in its list). The
+/// rest wait: a begin stores what its caller acknowledges, an opt-out must not be forgotten. The
+/// setting ends with its transaction instead of staying on the connection
+/// (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`, `…1100_delivery_updates…`).
 #[tokio::test]
-async fn a_resume_alone_commits_without_waiting_for_the_disk() {
-    /// Calls `sql` in a transaction: the answer's outcome and `synchronous_commit` before the
-    /// transaction commits.
+async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk() {
+    /// Calls `sql` in a transaction: the answer and `synchronous_commit` before the commit.
     async fn call(
         conn: &mut PgConnection,
         sql: &'static str,
         request: serde_json::Value,
-    ) -> (String, String) {
+    ) -> (serde_json::Value, String) {
         let mut tx = conn.begin().await.expect("begin");
         let answer: serde_json::Value = sqlx::query_scalar(sql)
             .bind(request)
@@ -395,7 +396,7 @@ async fn a_resume_alone_commits_without_waiting_for_the_disk() {
             .await
             .expect("show");
         tx.commit().await.expect("commit");
-        (answer["outcome"].as_str().unwrap_or("?").to_owned(), setting)
+        (answer, setting)
     }
     let database = TestDatabase::migrated().await;
     let store = PgStore::connect_with(database.options(), 2)
@@ -416,10 +417,12 @@ async fn a_resume_alone_commits_without_waiting_for_the_disk() {
         "subprocesses": [], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
         "history_limit": 20, "history_region": null,
     });
+
     let resume = serde_json::json!({"session_id": session.0, "now": t0(), "settings": settings});
+    let (answer, setting) = call(&mut conn, "select public.soul_resume_turn($1)", resume).await;
     assert_eq!(
-        call(&mut conn, "select public.soul_resume_turn($1)", resume).await,
-        ("started".to_owned(), "off".to_owned())
+        (answer["outcome"].as_str(), setting.as_str()),
+        (Some("started"), "off")
     );
     let after: String = sqlx::query_scalar("show synchronous_commit")
         .fetch_one(&mut conn)
@@ -427,14 +430,33 @@ async fn a_resume_alone_commits_without_waiting_for_the_disk() {
         .expect("show");
     assert_eq!(after, "on");
 
+    let delivery = serde_json::json!({
+        "id": null, "provider_id": "SM-nobody", "status": "delivered", "error": null, "now": t0(),
+    });
+    let (answer, setting) = call(
+        &mut conn,
+        "select public.soul_update_delivery($1)",
+        delivery,
+    )
+    .await;
+    assert_eq!(
+        (answer["applied"].as_bool(), setting.as_str()),
+        (Some(false), "off")
+    );
+
     let begin = serde_json::json!({
         "address": "+15550000002", "body": "hello", "external_id": "SM-begin",
         "received_at": t0(), "now": t0(), "settings": settings,
     });
+    let (answer, setting) = call(&mut conn, "select public.soul_begin_turn($1)", begin).await;
     assert_eq!(
-        call(&mut conn, "select public.soul_begin_turn($1)", begin).await,
-        ("started".to_owned(), "on".to_owned())
+        (answer["outcome"].as_str(), setting.as_str()),
+        (Some("started"), "on")
     );
+
+    let opt_out = serde_json::json!({"address": "+15550000002", "opted_out": true, "now": t0()});
+    let (_, setting) = call(&mut conn, "select public.soul_set_opt_out($1)", opt_out).await;
+    assert_eq!(setting, "on");
 }
 
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
