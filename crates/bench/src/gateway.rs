@@ -136,6 +136,9 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         };
         let rss = gateway.memory();
         gateway.stop().await;
+        drop(counter);
+        let (server, name) = database_name(&database)?;
+        crate::store::drop_database(&server, &name).await?;
         let mut figures = figures?;
         figures.push(("gateway peak RSS MB", rss.peak_mb));
         let line: Vec<String> = figures
@@ -338,6 +341,16 @@ async fn serve(router: Router) -> anyhow::Result<std::net::SocketAddr> {
 // PostgreSQL and the gateway process.
 
 /// A new database in the cluster of `url`; its URL.
+/// The server (its `postgres` database) and the database a run's URL names.
+fn database_name(url: &str) -> anyhow::Result<(sqlx::postgres::PgConnectOptions, String)> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let name = options
+        .get_database()
+        .context("the run's URL names no database")?
+        .to_owned();
+    Ok((options.database("postgres"), name))
+}
+
 async fn fresh_database(url: &str, run: usize) -> anyhow::Result<String> {
     let name = format!("bench_gw_{}_{run}", std::process::id());
     let mut admin = PgConnection::connect(url).await?;

@@ -296,7 +296,21 @@ async fn server_run(
     figures.bytes_total = Some(after);
     figures.bytes_per_turn =
         Some((after - before) as f64 / (args.warmup_users + figures.turns) as f64);
+    drop_database(&server, &name).await?;
     Ok(figures)
+}
+
+/// Drops a run's database: a cluster that keeps every run's files makes each checkpoint sync
+/// thousands of them, which stalls the commits of the runs after it.
+pub(crate) async fn drop_database(server: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect_with(server).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "drop database {name} with (force)"
+        )))
+        .await?;
+    drop(admin.close().await);
+    Ok(())
 }
 
 /// `pg_total_relation_size` (heap, indexes, TOAST) summed over our tables.
