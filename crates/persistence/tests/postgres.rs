@@ -33,16 +33,9 @@ impl Harness for PgHarness {
         json: &'a str,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = PgConnection::connect_with(&self.database.options()).await?;
-            sqlx::query(
-                "update public.working_memory_snapshots set snapshot = $1::jsonb
-                   where session_id = (select id from public.user_sessions where phone_number = $2)",
-            )
-            .bind(json)
-            .bind(address.as_str())
-            .execute(&mut conn)
-            .await?;
-            drop(conn.close().await);
+            self.database
+                .overwrite_snapshot(address.as_str(), json)
+                .await;
             Ok(())
         })
     }

@@ -173,6 +173,23 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Overwrites the stored working-memory snapshot of `phone_number`'s session with `json`, as
+    /// a release with another snapshot format would have left it (the stores only store readable
+    /// ones).
+    pub async fn overwrite_snapshot(&self, phone_number: &str, json: &str) {
+        let mut conn = connect(&self.options()).await;
+        sqlx::query(
+            "update public.working_memory_snapshots set snapshot = $1::jsonb
+               where session_id = (select id from public.user_sessions where phone_number = $2)",
+        )
+        .bind(json)
+        .bind(phone_number)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|error| panic!("overwriting a snapshot: {error}"));
+        drop(conn.close().await);
+    }
 }
 
 impl Drop for TestDatabase {
