@@ -405,6 +405,12 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
     let mut conn = PgConnection::connect_with(&database.options())
         .await
         .expect("connect");
+    // The tests' server runs without waiting for its disk at all (scripts/test): this connection
+    // starts from the default a real server has.
+    sqlx::raw_sql("set synchronous_commit = on")
+        .execute(&mut conn)
+        .await
+        .expect("set");
     let settings = serde_json::json!({
         "persona": "aria", "known_processes": ["initial"], "initial_process": "initial",
         "subprocesses": [], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
