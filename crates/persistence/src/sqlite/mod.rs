@@ -107,9 +107,11 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // WAL with NORMAL is durable across application crashes; a power loss may drop the
-            // last commits, which the turn contract then redoes from the stored inbound message.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: each commit syncs the WAL, so an acknowledged message and a reply about to be
+            // sent survive a power loss or a crash of the machine, as on PostgreSQL. NORMAL is
+            // durable only across crashes of the process: after a power loss the last commits may
+            // roll back, the insert of a message Twilio was told is stored among them.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // Writers queue on the file lock: several stores (processes) may share one file.
             .busy_timeout(StdDuration::from_secs(30));
