@@ -677,6 +677,33 @@ pub async fn history_comes_only_without_a_readable_snapshot(harness: &dyn Harnes
         bodies(&third.history),
         ["one", "re: one", "two", "re: two", "three"]
     );
+
+    // The same for the queued turn a commit hands over.
+    let queued = store
+        .begin_turn(&inbound(&from, "four", None, at), &settings(), at)
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+    let mut outcome = TurnCommit::new(&third);
+    outcome.replies.push(reply("re: three", at));
+    let committed = store
+        .commit_turn(&outcome, &settings(), at)
+        .await
+        .expect("commit");
+    let fourth = committed.next.expect("four is next");
+    assert!(fourth.snapshot.is_none());
+    assert_eq!(
+        bodies(&fourth.history),
+        [
+            "one",
+            "re: one",
+            "two",
+            "re: two",
+            "three",
+            "re: three",
+            "four"
+        ]
+    );
 }
 
 /// The seed's timeout: a user message an hour or more after the previous one starts a new

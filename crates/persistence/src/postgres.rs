@@ -264,7 +264,9 @@ impl Store for PgStore {
             let answer = self
                 .call("select public.soul_commit_turn($1)", request)
                 .await?;
-            wire::commit_outcome(answer, commit)
+            let mut outcome = wire::commit_outcome(answer, commit)?;
+            wire::load_next_turns_history(self, &mut outcome, settings).await;
+            Ok(outcome)
         })
     }
 

@@ -259,6 +259,24 @@ pub(crate) async fn load_missing_history<S: Store + ?Sized>(
     Ok(())
 }
 
+/// [`load_missing_history`] for the turn a commit handed over. The commit itself is stored by
+/// then and its replies must go out, so a failure here does not fail it: the next turn, without
+/// the history it needs, is let go and runs again once its lease expires.
+pub(crate) async fn load_next_turns_history<S: Store + ?Sized>(
+    store: &S,
+    outcome: &mut CommitOutcome,
+    settings: &TurnSettings,
+) {
+    if let Err(error) = load_missing_history(store, outcome.next.as_deref_mut(), settings).await {
+        // The error's text is not logged: a database's may quote the values it refused.
+        tracing::warn!(
+            retryable = error.is_retryable(),
+            "could not load the history of the turn a commit handed over; it runs when its lease expires"
+        );
+        outcome.next = None;
+    }
+}
+
 /// The turn a begin started, if it started one.
 pub(crate) fn begun(outcome: &mut BeginOutcome) -> Option<&mut TurnContext> {
     match outcome {

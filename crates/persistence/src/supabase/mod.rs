@@ -394,7 +394,9 @@ impl Store for SupabaseStore {
             let answer = self
                 .rpc("soul_commit_turn", request, Idempotency::Idempotent)
                 .await?;
-            wire::commit_outcome(answer, commit)
+            let mut outcome = wire::commit_outcome(answer, commit)?;
+            wire::load_next_turns_history(self, &mut outcome, settings).await;
+            Ok(outcome)
         })
     }
 
