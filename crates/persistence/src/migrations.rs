@@ -101,6 +101,11 @@ pub const MIGRATIONS: &[Migration] = &[
             "../../../migrations/20260102001100_delivery_updates_do_not_wait_for_the_disk.sql"
         ),
     },
+    Migration {
+        version: "20260102001200",
+        name: "fewer_wal_records_per_turn",
+        sql: include_str!("../../../migrations/20260102001200_fewer_wal_records_per_turn.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

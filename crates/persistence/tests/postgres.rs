@@ -9,7 +9,8 @@ use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
     Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore,
-    ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
+    ProcessMemoryChange, Processes, SessionId, Store, StoreFuture, TurnCommit, TurnSettings,
+    migrations,
 };
 use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
@@ -456,6 +457,219 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
     let opt_out = serde_json::json!({"address": "+15550000002", "opted_out": true, "now": t0()});
     let (_, setting) = call(&mut conn, "select public.soul_set_opt_out($1)", opt_out).await;
     assert_eq!(setting, "on");
+}
+
+/// A message that starts at once is inserted as started, and its commit marks it done in its
+/// page without a new index entry (heap-only): one insert and one heap-only update per turn on
+/// `inbound_messages` (`migrations/20260102001200_fewer_wal_records_per_turn.sql`). A message
+/// sent during a turn waits in the queue behind it and is started by that turn's commit, and one
+/// sent after both are done starts at once again.
+#[tokio::test]
+async fn a_message_is_inserted_started_and_marked_done_in_place() {
+    /// Calls `sql` in a transaction: the answer, and the queue's rows inserted, updated and
+    /// updated heap-only by it.
+    async fn call(
+        conn: &mut PgConnection,
+        sql: &'static str,
+        request: serde_json::Value,
+    ) -> (serde_json::Value, (i64, i64, i64)) {
+        // The backend's counts since its statistics were last reported, earlier transactions'
+        // included: the call's are the difference.
+        const COUNTS: &str = "select pg_stat_get_xact_tuples_inserted(t),
+                pg_stat_get_xact_tuples_updated(t), pg_stat_get_xact_tuples_hot_updated(t)
+              from (select 'public.inbound_messages'::regclass::oid as t) q";
+        let mut tx = conn.begin().await.expect("begin");
+        let before: (i64, i64, i64) = sqlx::query_as(COUNTS)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("statistics");
+        let answer: serde_json::Value = sqlx::query_scalar(sql)
+            .bind(request)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("call");
+        let after: (i64, i64, i64) = sqlx::query_as(COUNTS)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("statistics");
+        tx.commit().await.expect("commit");
+        let writes = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+        (answer, writes)
+    }
+    let database = TestDatabase::migrated().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let settings = serde_json::json!({
+        "persona": "aria", "known_processes": ["initial"], "initial_process": "initial",
+        "subprocesses": [], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
+        "history_limit": 20, "history_region": null,
+    });
+    let begin = |sid: &str| {
+        serde_json::json!({
+            "address": "+15550000003", "body": "hello", "external_id": sid,
+            "received_at": t0(), "now": t0(), "settings": settings,
+        })
+    };
+    let commit = |turn: &serde_json::Value| {
+        serde_json::json!({
+            "session_id": turn["session"]["id"], "lease_token": turn["lease"]["token"],
+            "replies": [], "now": t0(), "settings": settings,
+            "changes": {
+                "memories": [], "soul_memory": [], "process_memory": [], "process_state": null,
+                "snapshot": null, "schedule": [], "cancel_events": [],
+            },
+        })
+    };
+
+    let (first, writes) = call(
+        &mut conn,
+        "select public.soul_begin_turn($1)",
+        begin("SM-1"),
+    )
+    .await;
+    assert_eq!(
+        (first["outcome"].as_str(), writes),
+        (Some("started"), (1, 0, 0))
+    );
+    let (second, writes) = call(
+        &mut conn,
+        "select public.soul_begin_turn($1)",
+        begin("SM-2"),
+    )
+    .await;
+    assert_eq!(
+        (second["outcome"].as_str(), writes),
+        (Some("queued"), (1, 0, 0))
+    );
+
+    let (answer, writes) = call(
+        &mut conn,
+        "select public.soul_commit_turn($1)",
+        commit(&first["turn"]),
+    )
+    .await;
+    let next = &answer["next"];
+    assert_eq!(
+        (
+            next["inbound"]["id"].as_str(),
+            next["resumed"].as_bool(),
+            writes
+        ),
+        (second["inbound_id"].as_str(), Some(false), (0, 2, 1)),
+        "the first done in place, the second taken from the queue: {answer}"
+    );
+    let (answer, writes) = call(
+        &mut conn,
+        "select public.soul_commit_turn($1)",
+        commit(next),
+    )
+    .await;
+    assert_eq!((answer["next"].is_null(), writes), (true, (0, 1, 1)));
+
+    let (third, writes) = call(
+        &mut conn,
+        "select public.soul_begin_turn($1)",
+        begin("SM-3"),
+    )
+    .await;
+    assert_eq!(
+        (third["outcome"].as_str(), writes),
+        (Some("started"), (1, 0, 0))
+    );
+    let states: Vec<String> =
+        sqlx::query_scalar("select status from public.inbound_messages order by seq")
+            .fetch_all(&mut conn)
+            .await
+            .expect("statuses");
+    assert_eq!(states, ["done", "done", "started"]);
+}
+
+/// Upgrading flags exactly the queued messages as waiting, and the queue's order survives it: the
+/// stopped turn's message is resumed first, then the waiting ones oldest first
+/// (`migrations/20260102001200_fewer_wal_records_per_turn.sql`).
+#[tokio::test]
+async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
+    const MIGRATION: &str = "20260102001200";
+    let database = TestDatabase::empty().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let (earlier, later): (Vec<&migrations::Migration>, Vec<_>) = migrations::MIGRATIONS
+        .iter()
+        .partition(|m| m.version < MIGRATION);
+    for migration in earlier {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut conn)
+            .await
+            .expect(migration.name);
+    }
+    // A turn whose worker stopped (its lease expired), with two messages queued behind it.
+    sqlx::raw_sql(
+        "insert into public.user_sessions (
+             id, phone_number, assigned_persona, version, lease_token, lease_expires_at,
+             lease_inbound_id)
+           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria', 2,
+             '00000000-0000-0000-0000-0000000000aa', '2026-03-01T11:00:00Z',
+             '00000000-0000-0000-0000-000000000012');
+         insert into public.inbound_messages (id, session_id, external_id, body, received_at, status)
+           values
+             ('00000000-0000-0000-0000-000000000011', '00000000-0000-0000-0000-000000000001',
+              'SM-1', 'one', '2026-03-01T10:00:00Z', 'done'),
+             ('00000000-0000-0000-0000-000000000012', '00000000-0000-0000-0000-000000000001',
+              'SM-2', 'two', '2026-03-01T10:01:00Z', 'started'),
+             ('00000000-0000-0000-0000-000000000013', '00000000-0000-0000-0000-000000000001',
+              'SM-3', 'three', '2026-03-01T10:02:00Z', 'queued'),
+             ('00000000-0000-0000-0000-000000000014', '00000000-0000-0000-0000-000000000001',
+              'SM-4', 'four', '2026-03-01T10:03:00Z', 'queued');",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("the old state");
+    for migration in later {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut conn)
+            .await
+            .expect(migration.name);
+    }
+    let waiting: Vec<(String, bool)> =
+        sqlx::query_as("select external_id, waiting from public.inbound_messages order by seq")
+            .fetch_all(&mut conn)
+            .await
+            .expect("flags");
+    let expected = [
+        ("SM-1", false),
+        ("SM-2", false),
+        ("SM-3", true),
+        ("SM-4", true),
+    ];
+    assert_eq!(
+        waiting,
+        expected.map(|(id, flag)| (id.to_owned(), flag)).to_vec()
+    );
+    drop(conn.close().await);
+
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    let session = SessionId(uuid::Uuid::from_u128(1));
+    let mut started = Vec::new();
+    let mut next = store
+        .resume_turn(session, &settings(), t0())
+        .await
+        .expect("resume");
+    while let Some(turn) = next {
+        started.push((turn.inbound.body.clone(), turn.resumed));
+        next = store
+            .commit_turn(&TurnCommit::new(&turn), &settings(), t0())
+            .await
+            .expect("commit")
+            .next;
+    }
+    assert_eq!(
+        started,
+        [("two", true), ("three", false), ("four", false)].map(|(b, r)| (b.to_owned(), r))
+    );
 }
 
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
