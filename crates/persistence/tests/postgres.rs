@@ -590,22 +590,9 @@ async fn a_message_is_inserted_started_and_marked_done_in_place() {
 /// (`migrations/20260102001200_fewer_wal_records_per_turn.sql`).
 #[tokio::test]
 async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
-    const MIGRATION: &str = "20260102001200";
-    let database = TestDatabase::empty().await;
-    let mut conn = PgConnection::connect_with(&database.options())
-        .await
-        .expect("connect");
-    let (earlier, later): (Vec<&migrations::Migration>, Vec<_>) = migrations::MIGRATIONS
-        .iter()
-        .partition(|m| m.version < MIGRATION);
-    for migration in earlier {
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut conn)
-            .await
-            .expect(migration.name);
-    }
     // A turn whose worker stopped (its lease expired), with two messages queued behind it.
-    sqlx::raw_sql(
+    let (database, mut conn) = migrated_from(
+        "20260102001200",
         "insert into public.user_sessions (
              id, phone_number, assigned_persona, version, lease_token, lease_expires_at,
              lease_inbound_id)
@@ -623,15 +610,7 @@ async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
              ('00000000-0000-0000-0000-000000000014', '00000000-0000-0000-0000-000000000001',
               'SM-4', 'four', '2026-03-01T10:03:00Z', 'queued');",
     )
-    .execute(&mut conn)
-    .await
-    .expect("the old state");
-    for migration in later {
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut conn)
-            .await
-            .expect(migration.name);
-    }
+    .await;
     let waiting: Vec<(String, bool)> =
         sqlx::query_as("select external_id, waiting from public.inbound_messages order by seq")
             .fetch_all(&mut conn)
@@ -758,41 +737,49 @@ async fn migration_runner_applies_each_file_once() {
     };
 }
 
-/// A session's working-memory snapshot is one row, which each turn's commit updates where it lies
-/// (`migrations/20260102000200_update_in_place.sql`): deleting and inserting it again left a dead
-/// kilobyte per turn. The migration keeps the newest of the rows a session had before.
-#[tokio::test]
-async fn a_sessions_snapshot_is_one_row_updated_in_place() {
-    const MIGRATION: &str = "20260102000200";
+/// A database migrated up to (not including) `version`, given `old_state`, then migrated to the
+/// end: what an upgrade does to rows the earlier schema wrote.
+async fn migrated_from(version: &str, old_state: &'static str) -> (TestDatabase, PgConnection) {
     let database = TestDatabase::empty().await;
     let mut conn = PgConnection::connect_with(&database.options())
         .await
         .expect("connect");
     let (earlier, later): (Vec<&migrations::Migration>, Vec<_>) = migrations::MIGRATIONS
         .iter()
-        .partition(|m| m.version < MIGRATION);
+        .partition(|m| m.version < version);
     for migration in earlier {
         sqlx::raw_sql(migration.sql)
             .execute(&mut conn)
             .await
             .expect(migration.name);
     }
-    sqlx::raw_sql(
-        "insert into public.user_sessions (id, phone_number, assigned_persona)
-           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
-         insert into public.working_memory_snapshots (session_id, snapshot)
-           values ('00000000-0000-0000-0000-000000000001', '{\"turn\": 1}'),
-                  ('00000000-0000-0000-0000-000000000001', '{\"turn\": 2}');",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("the old state");
+    sqlx::raw_sql(old_state)
+        .execute(&mut conn)
+        .await
+        .expect("the old state");
     for migration in later {
         sqlx::raw_sql(migration.sql)
             .execute(&mut conn)
             .await
             .expect(migration.name);
     }
+    (database, conn)
+}
+
+/// A session's working-memory snapshot is one row, which each turn's commit updates where it lies
+/// (`migrations/20260102000200_update_in_place.sql`): deleting and inserting it again left a dead
+/// kilobyte per turn. The migration keeps the newest of the rows a session had before.
+#[tokio::test]
+async fn a_sessions_snapshot_is_one_row_updated_in_place() {
+    let (_database, mut conn) = migrated_from(
+        "20260102000200",
+        "insert into public.user_sessions (id, phone_number, assigned_persona)
+           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
+         insert into public.working_memory_snapshots (session_id, snapshot)
+           values ('00000000-0000-0000-0000-000000000001', '{\"turn\": 1}'),
+                  ('00000000-0000-0000-0000-000000000001', '{\"turn\": 2}');",
+    )
+    .await;
     let kept: Vec<serde_json::Value> =
         sqlx::query_scalar("select snapshot from public.working_memory_snapshots")
             .fetch_all(&mut conn)
