@@ -106,6 +106,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fewer_wal_records_per_turn",
         sql: include_str!("../../../migrations/20260102001200_fewer_wal_records_per_turn.sql"),
     },
+    Migration {
+        version: "20260102001300",
+        name: "one_column_checks_as_domains",
+        sql: include_str!("../../../migrations/20260102001300_one_column_checks_as_domains.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

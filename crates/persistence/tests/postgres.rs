@@ -651,6 +651,54 @@ async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
     );
 }
 
+/// A role, status or kind outside its list is refused with `check_violation` on every column that
+/// has one, and the listed values go in: since
+/// `migrations/20260102001300_one_column_checks_as_domains.sql` the lists are domains, not table
+/// checks.
+#[tokio::test]
+async fn roles_statuses_and_kinds_outside_their_lists_are_refused() {
+    let database = TestDatabase::migrated().await;
+    let mut conn = PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "insert into public.user_sessions (id, phone_number, assigned_persona)
+           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("session");
+    let refused = [
+        "insert into public.messages (session_id, role, content)
+           values ('00000000-0000-0000-0000-000000000001', 'robot', 'x')",
+        "insert into public.inbound_messages (session_id, body, received_at, status, waiting)
+           values ('00000000-0000-0000-0000-000000000001', 'x', now(), 'lost', false)",
+        "insert into public.inbound_messages (session_id, body, received_at, kind)
+           values ('00000000-0000-0000-0000-000000000001', 'x', now(), 'call')",
+        "insert into public.outbound_messages (id, session_id, body, status)
+           values (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'x', 'read')",
+    ];
+    for sql in refused {
+        let error = sqlx::raw_sql(sql).execute(&mut conn).await.expect_err(sql);
+        let code = error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .map(|code| code.into_owned());
+        assert_eq!(code.as_deref(), Some("23514"), "{sql}: {error}");
+    }
+    sqlx::raw_sql(
+        "insert into public.messages (session_id, role, content)
+           values ('00000000-0000-0000-0000-000000000001', 'assistant', 'x');
+         insert into public.inbound_messages (session_id, body, received_at, status, waiting)
+           values ('00000000-0000-0000-0000-000000000001', 'x', now(), 'done', false);
+         insert into public.outbound_messages (id, session_id, body, status)
+           values (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'x', 'delivered')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("listed values");
+}
+
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
 /// can stand in for what it calls), except the small SQL helpers, which must have none so that
 /// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`,
