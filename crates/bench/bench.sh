@@ -14,26 +14,9 @@ cargo build --release --locked -p sms-gateway >&2
 cargo build --release --locked -p soul-bench >&2
 bench=target/release/soul-bench
 
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" ]]; then
-  echo "PostgreSQL is not installed (Debian: apt-get install postgresql)" >&2
-  exit 1
-fi
-pg_dir=$(mktemp -d)
-pg_run=()
-if [[ $(id -u) -eq 0 ]]; then
-  chown postgres: "$pg_dir"
-  pg_run=(runuser -u postgres --)
-fi
-stop_postgres() {
-  "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
-  rm -rf "$pg_dir"
-}
-trap stop_postgres EXIT
-"${pg_run[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+source crates/bench/cluster.sh
 for _ in 1 2 3 4 5; do
-  port=$((20000 + RANDOM % 40000))
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+  port=$(free_port)
   # Stock settings (fsync, synchronous_commit and full_page_writes on); only where it listens.
   if "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s start \
     -o "-h 127.0.0.1 -p $port -k $pg_dir ${BENCH_PG_OPTIONS:-}"; then

@@ -17,39 +17,25 @@ if [[ ! -x "$bench" ]]; then
   cargo build --release --locked -p soul-bench >&2
 fi
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-[[ -n "$pg_bin" && -x "$pg_bin/initdb" ]] || { echo "PostgreSQL is not installed" >&2; exit 1; }
-
-dir=$(mktemp -d)
-run=()
-if [[ $(id -u) -eq 0 ]]; then
-  chown postgres: "$dir"
-  run=(runuser -u postgres --)
-fi
-stop() {
-  "${run[@]}" "$pg_bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap stop EXIT
-"${run[@]}" "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
-"${run[@]}" mkdir "$dir/counts"
-port=$((20000 + RANDOM % 40000))
-"${run[@]}" bash -c "exec valgrind --tool=callgrind --callgrind-out-file='$dir/counts/%p' \
-  --dump-instr=no --dump-line=no '$pg_bin/postgres' -D '$dir/data' -h 127.0.0.1 -p $port \
-  -k '$dir' >'$dir/log' 2>&1" &
+source crates/bench/cluster.sh
+"${pg_run[@]}" mkdir "$pg_dir/counts"
+port=$(free_port)
+"${pg_run[@]}" bash -c "exec valgrind --tool=callgrind --callgrind-out-file='$pg_dir/counts/%p' \
+  --dump-instr=no --dump-line=no '$pg_bin/postgres' -D '$pg_dir/data' -h 127.0.0.1 -p $port \
+  -k '$pg_dir' >'$pg_dir/log' 2>&1" &
 url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 for _ in $(seq 1 120); do
   "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break
   sleep 1
 done
-"$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" || { cat "$dir/log" >&2; exit 1; }
+"$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" || { cat "$pg_dir/log" >&2; exit 1; }
 
 # Only what the run's backends count: the files already there are the server's own processes.
-ls "$dir/counts" >"$dir/before"
+ls "$pg_dir/counts" >"$pg_dir/before"
 "$bench" store --backend postgres --database-url "$url" --runs 1 --clients 1 \
   --users "${CALLGRIND_USERS:-30}" --turns "${CALLGRIND_TURNS:-5}" --warmup-users 5 >&2
 # A backend writes its counts when it exits, a moment after its connection closes.
 sleep 5
-for file in $(ls "$dir/counts" | grep -vxFf "$dir/before"); do
-  sed -n 's/^summary: //p' "$dir/counts/$file"
+for file in $(ls "$pg_dir/counts" | grep -vxFf "$pg_dir/before"); do
+  sed -n 's/^summary: //p' "$pg_dir/counts/$file"
 done | sort -n | awk '{ print "backend instructions", $1; sum += $1 } END { print "sum", sum }'
