@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::{
     Address, BeginOutcome, Changes, DeliveryStatus, DeliveryUpdate, EventOutcome, Inbound,
-    InboundKind, MemoryChange, NewEvent, OutboundRef, ProcessMemoryChange, ProcessState, Processes,
-    ScheduledEvent, SessionId, Store, StoreError, StoreFuture, SubprocessCommit, SubprocessOutcome,
-    TurnCommit, TurnContext, TurnSettings,
+    InboundKind, MemoryChange, NewEvent, OutboundRef, OutboxAtCommit, ProcessMemoryChange,
+    ProcessState, Processes, ScheduledEvent, SessionId, Store, StoreError, StoreFuture,
+    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 
 /// One test's database, fresh and empty.
@@ -58,6 +58,7 @@ macro_rules! conformance_suite {
             subprocess_commit_is_refused_after_newer_turn,
             delivery_status_only_moves_forward,
             session_outbox_holds_its_own_pending_replies_and_the_opt_out,
+            commit_tells_the_sender_of_earlier_pending_replies_and_the_opt_out,
             opt_out_is_recorded,
             due_events_are_claimed_and_completed,
             event_turn_leaves_conversation_count_and_timeout_alone,
@@ -1381,6 +1382,75 @@ pub async fn session_outbox_holds_its_own_pending_replies_and_the_opt_out(harnes
             .await
             .expect("outbox"),
         None
+    );
+}
+
+/// A commit answers the outbox's question as it stored its replies: whether replies of the
+/// session's earlier commits were still pending (another session's do not count, nor its own),
+/// and whether the person had opted out, even while its turn ran.
+pub async fn commit_tells_the_sender_of_earlier_pending_replies_and_the_opt_out(
+    harness: &dyn Harness,
+) {
+    let store = open(harness).await;
+    let (from, other) = (address(1), address(2));
+    let elsewhere = start(&*store, &inbound(&other, "b", None, t0()), t0()).await;
+    let mut outcome = TurnCommit::new(&elsewhere);
+    outcome.replies = vec![reply("not theirs", t0())];
+    commit(&*store, &outcome, t0()).await;
+
+    let committed = |context: &TurnContext, text: &str, at| {
+        let mut outcome = TurnCommit::new(context);
+        outcome.replies = vec![reply(text, at)];
+        let store = store.clone();
+        async move {
+            store
+                .commit_turn(&outcome, &settings(), at)
+                .await
+                .expect("commit")
+        }
+    };
+    let at = t0() + minutes(1);
+    let first = start(&*store, &inbound(&from, "a", None, at), at).await;
+    let one = committed(&first, "one", at).await;
+    assert_eq!(
+        one.outbox,
+        OutboxAtCommit {
+            opted_out: false,
+            earlier_pending: false
+        }
+    );
+
+    let at = t0() + minutes(2);
+    let second = start(&*store, &inbound(&from, "b", None, at), at).await;
+    let two = committed(&second, "two", at).await;
+    assert_eq!(
+        two.outbox,
+        OutboxAtCommit {
+            opted_out: false,
+            earlier_pending: true
+        }
+    );
+
+    for (n, id) in one.outbound.iter().chain(&two.outbound).enumerate() {
+        let accepted = DeliveryUpdate {
+            target: OutboundRef::Id(*id),
+            status: DeliveryStatus::Accepted,
+            provider_id: Some(format!("SMout{n}")),
+            error: None,
+            at,
+        };
+        assert!(store.update_delivery(&accepted).await.expect("update"));
+    }
+    let at = t0() + minutes(3);
+    let third = start(&*store, &inbound(&from, "c", None, at), at).await;
+    assert!(store.set_opt_out(&from, true, at).await.expect("opt out"));
+    let three = committed(&third, "three", at).await;
+    assert_eq!(
+        three.outbox,
+        OutboxAtCommit {
+            opted_out: true,
+            earlier_pending: false
+        }
     );
 }
 

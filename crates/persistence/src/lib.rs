@@ -36,9 +36,9 @@ pub use supabase::{RestError, RestProblem, SupabaseConfig, SupabaseStore, Transp
 pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage, OutboundRef,
-    ProcessMemoryChange, ProcessState, Processes, QueuedInbound, ScheduledEvent, Session,
-    SessionId, SessionOutbox, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext,
-    TurnSettings,
+    OutboxAtCommit, ProcessMemoryChange, ProcessState, Processes, QueuedInbound, ScheduledEvent,
+    Session, SessionId, SessionOutbox, SubprocessCommit, SubprocessOutcome, TurnCommit,
+    TurnContext, TurnSettings,
 };
 
 /// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.
@@ -94,7 +94,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Commits a turn begun under `commit.lease_token`: applies the changes, stores the replies
     /// as outbound messages pending delivery, marks the inbound message done, and starts the
     /// session's next waiting message (returned in [`CommitOutcome::next`]) or releases the
-    /// lease. Fails with [`StoreError::LeaseLost`] when another worker took the session over.
+    /// lease; reads, under the same lock, what sending the replies needs to know
+    /// ([`CommitOutcome::outbox`]). Fails with [`StoreError::LeaseLost`] when another worker
+    /// took the session over.
     fn commit_turn<'a>(
         &'a self,
         commit: &'a TurnCommit,

@@ -111,6 +111,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "one_column_checks_as_domains",
         sql: include_str!("../../../migrations/20260102001300_one_column_checks_as_domains.sql"),
     },
+    Migration {
+        version: "20260102001400",
+        name: "commit_reads_the_outbox",
+        sql: include_str!("../../../migrations/20260102001400_commit_reads_the_outbox.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -675,6 +675,21 @@ pub struct CommitOutcome {
     pub outbound: Vec<Uuid>,
     /// The session's next waiting message, already started under a fresh lease: run it next.
     pub next: Option<Box<TurnContext>>,
+    /// The session's outbox as the commit found it, so that sending these replies need not ask.
+    pub outbox: OutboxAtCommit,
+}
+
+/// What sending a commit's replies needs to know, read by the commit itself under the session's
+/// lock: whether the person opted out, and whether replies of earlier commits were still pending
+/// (to be sent, or waited for, first). An earlier reply settled by then stays settled, so "none
+/// pending" holds for as long as the replies wait; an opt-out may come later and is looked for
+/// again only where the send has to ask anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxAtCommit {
+    /// The person had opted out: nothing may be sent.
+    pub opted_out: bool,
+    /// Replies stored by earlier commits of the session were still pending.
+    pub earlier_pending: bool,
 }
 
 /// Changes made by subprocesses after the turn's commit, applied only if no newer turn began.

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
-    OutboundRef, ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    OutboundRef, OutboxAtCommit, ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId,
+    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError};
 
@@ -376,6 +376,10 @@ pub(crate) fn commit_outcome(mut value: Value, commit: &TurnCommit) -> Result<Co
     match outcome(&value)? {
         "committed" => Ok(CommitOutcome {
             outbound: commit.replies.iter().map(|reply| reply.id.0).collect(),
+            outbox: OutboxAtCommit {
+                opted_out: flag(&value, "opted_out")?,
+                earlier_pending: flag(&value, "earlier_pending")?,
+            },
             next: turn(value["next"].take())?,
         }),
         "lease_lost" => Err(StoreError::LeaseLost),

@@ -671,6 +671,7 @@ impl App {
                             .copied()
                             .zip(commit.replies.iter().map(|m| m.content.clone()))
                             .collect(),
+                        at_commit: Some(committed.outbox),
                     });
                 }
                 if let Some(next) = committed.next {

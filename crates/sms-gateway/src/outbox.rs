@@ -137,6 +137,7 @@ impl Outbox {
             session: message.session_id,
             address: message.address,
             messages: vec![(message.id, message.body)],
+            at_commit: None,
         });
         true
     }
@@ -224,8 +225,14 @@ impl Inner {
     /// sweeper), oldest first, and waits for the rest, which another process is sending. Then
     /// says whether the person opted out, as read after the earlier replies were settled;
     /// `None` when one of them could not be sent: the batch must then stay pending too, so that
-    /// nothing overtakes it. One store call when nothing earlier is pending (the usual case).
+    /// nothing overtakes it. No store call when the commit found nothing earlier pending (the
+    /// usual case): an earlier reply settled then stays settled.
     async fn settle_earlier_replies(&self, batch: &OutboundBatch) -> Option<bool> {
+        if let Some(at_commit) = batch.at_commit
+            && !at_commit.earlier_pending
+        {
+            return Some(at_commit.opted_out);
+        }
         let ours: HashSet<Uuid> = batch.messages.iter().map(|(id, _)| *id).collect();
         let retry_after =
             chrono::Duration::from_std(self.retry_after).unwrap_or(chrono::Duration::MAX);

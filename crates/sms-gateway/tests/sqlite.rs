@@ -460,6 +460,34 @@ async fn stop_start_and_help_are_handled_without_the_model() {
     );
 }
 
+/// The reply of a turn that was waiting for the model when STOP came is committed and never
+/// sent: its commit read the opt-out, and the sender does not ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_turn_waits_for_the_model_leaves_its_reply_unsent() {
+    let fx = Fixture::new().await;
+    let (settings, slow) = fx.one_slot_slow_model(Duration::from_secs(2)).await;
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550106";
+    gateway.post(&fx.sms(&gateway, from, "hi <<s1>>")).await;
+    eventually("the turn at the model", || async {
+        (!slow.answered().is_empty()).then_some(())
+    })
+    .await;
+    gateway.post(&fx.sms(&gateway, from, "STOP")).await;
+
+    gateway
+        .wait_metric("sms_gateway_outbound_total{status=\"suppressed\"}", 1)
+        .await;
+    let outbound = eventually("the reply marked failed", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound.len() == 1 && outbound[0]["status"] == "failed").then_some(outbound)
+    })
+    .await;
+    assert_eq!(outbound[0]["body"], "echo <<s1>>");
+    assert_eq!(slow.answered(), ["<<s1>>"]);
+    assert_eq!(fx.twilio.request_count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_reply_is_split_at_sentences_and_sent_in_order() {
     let fx = Fixture::new().await;

@@ -8,8 +8,8 @@ use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
 use soul_persistence::{
-    Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, SessionId, Store,
-    StoreError, SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, OutboxAtCommit,
+    SessionId, Store, StoreError, SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
 };
 use uuid::Uuid;
 
@@ -24,6 +24,9 @@ pub struct OutboundBatch {
     pub address: Address,
     /// The stored outbound messages (their ids and texts), in order.
     pub messages: Vec<(Uuid, String)>,
+    /// The session's outbox as the commit that stored them found it; `None` for replies found
+    /// pending later (whose sender has to ask the store).
+    pub at_commit: Option<OutboxAtCommit>,
 }
 
 impl fmt::Debug for OutboundBatch {
@@ -366,6 +369,7 @@ impl TurnDriver {
                     session: context.session.id,
                     address: context.session.address.clone(),
                     messages,
+                    at_commit: Some(committed.outbox),
                 })
                 .await;
         }

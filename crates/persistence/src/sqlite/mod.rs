@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 use crate::types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
-    Inbound, InboundKind, Lease, MemoryChange, OutboundMessage, OutboundRef, ProcessState,
-    QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings, session_number,
+    Inbound, InboundKind, Lease, MemoryChange, OutboundMessage, OutboundRef, OutboxAtCommit,
+    ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox,
+    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings, session_number,
 };
 use crate::{Result, Store, StoreError, StoreFuture, wire};
 
@@ -829,12 +829,23 @@ async fn commit(
     now: DateTime<Utc>,
 ) -> Result<CommitOutcome> {
     let session = commit.session_id.0.to_string();
-    let row = sqlx::query("select * from user_sessions where id = ?")
-        .bind(&session)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let row = match row {
-        Some(row) => session_row(&row)?,
+    // Read before this commit's replies are stored: what sending them needs to know.
+    let row = sqlx::query(
+        "select *, exists (select 1 from outbound_messages o
+                           where o.session_id = s.id and o.status = 'pending') as earlier_pending
+         from user_sessions s where id = ?",
+    )
+    .bind(&session)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (row, outbox) = match row {
+        Some(row) => (
+            session_row(&row)?,
+            OutboxAtCommit {
+                opted_out: row.try_get::<Option<String>, _>("opted_out_at")?.is_some(),
+                earlier_pending: row.try_get("earlier_pending")?,
+            },
+        ),
         None => return Err(StoreError::LeaseLost),
     };
     if row.lease_token.as_deref() != Some(commit.lease_token.to_string().as_str()) {
@@ -877,6 +888,7 @@ async fn commit(
     Ok(CommitOutcome {
         outbound: commit.replies.iter().map(|reply| reply.id.0).collect(),
         next: start_next(conn, &session, settings, now, false).await?,
+        outbox,
     })
 }
 
