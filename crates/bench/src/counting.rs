@@ -162,6 +162,13 @@ impl Store for CountingStore {
         self.tick().update_delivery(update)
     }
 
+    fn update_deliveries<'a>(
+        &'a self,
+        updates: &'a [DeliveryUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        self.tick().update_deliveries(updates)
+    }
+
     fn pending_deliveries(
         &self,
         older_than: DateTime<Utc>,

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             renewed_lease_is_not_taken_over,
             subprocess_commit_is_refused_after_newer_turn,
             delivery_status_only_moves_forward,
+            delivery_updates_together_apply_in_order_each_as_alone,
             session_outbox_holds_its_own_pending_replies_and_the_opt_out,
             commit_tells_the_sender_of_earlier_pending_replies_and_the_opt_out,
             opt_out_is_recorded,
@@ -1315,6 +1316,112 @@ pub async fn delivery_status_only_moves_forward(harness: &dyn Harness) {
         export["outbound_messages"][0]["provider_id"],
         json!("SMout1")
     );
+}
+
+/// Delivery updates stored in one call apply in order, each as it would alone: forward only, by
+/// our id or the provider's (including one set by an earlier update of the same call), unknown
+/// targets refused; one flag per update.
+pub async fn delivery_updates_together_apply_in_order_each_as_alone(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let context = start(&*store, &inbound(&from, "a", None, t0()), t0()).await;
+    let mut outcome = TurnCommit::new(&context);
+    outcome.replies = vec![reply("one", t0()), reply("two", t0()), reply("three", t0())];
+    let committed = store
+        .commit_turn(&outcome, &settings(), t0())
+        .await
+        .expect("commit");
+    let [one, two, three] = committed.outbound[..] else {
+        panic!("three replies stored");
+    };
+    let update = |target, status, provider_id: Option<&str>, error: Option<&str>| DeliveryUpdate {
+        target,
+        status,
+        provider_id: provider_id.map(str::to_owned),
+        error: error.map(str::to_owned),
+        at: t0() + minutes(1),
+    };
+    let updates = [
+        update(
+            OutboundRef::Id(one),
+            DeliveryStatus::Accepted,
+            Some("SMone"),
+            None,
+        ),
+        update(
+            OutboundRef::Id(one),
+            DeliveryStatus::Accepted,
+            Some("SMone"),
+            None,
+        ),
+        update(
+            OutboundRef::ProviderId("SMone".into()),
+            DeliveryStatus::Delivered,
+            None,
+            None,
+        ),
+        update(
+            OutboundRef::Id(two),
+            DeliveryStatus::Failed,
+            None,
+            Some("refused"),
+        ),
+        update(
+            OutboundRef::Id(two),
+            DeliveryStatus::Accepted,
+            Some("SMtwo"),
+            None,
+        ),
+        update(
+            OutboundRef::ProviderId("SMnobody".into()),
+            DeliveryStatus::Sent,
+            None,
+            None,
+        ),
+        update(
+            OutboundRef::Id(Uuid::new_v4()),
+            DeliveryStatus::Accepted,
+            Some("SMx"),
+            None,
+        ),
+    ];
+    assert_eq!(
+        store.update_deliveries(&updates).await.expect("update"),
+        [true, false, true, true, false, false, false]
+    );
+    assert_eq!(
+        store
+            .update_deliveries(&[])
+            .await
+            .expect("nothing to update"),
+        Vec::<bool>::new()
+    );
+    let export = store
+        .export_user(&from)
+        .await
+        .expect("export")
+        .expect("exists");
+    let stored: Vec<(String, Option<String>)> = export["outbound_messages"]
+        .as_array()
+        .expect("outbound messages")
+        .iter()
+        .map(|m| {
+            (
+                m["status"].as_str().unwrap_or_default().to_owned(),
+                m["provider_id"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("delivered".to_owned(), Some("SMone".to_owned())),
+            ("failed".to_owned(), None),
+            ("pending".to_owned(), None),
+        ]
+    );
+    let pending = store.pending_deliveries(t0(), 10).await.expect("pending");
+    assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [three]);
 }
 
 /// The outbox's question: one session's pending replies, oldest first (no one else's), and

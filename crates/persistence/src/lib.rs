@@ -154,6 +154,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// or already at or past that status.
     fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool>;
 
+    /// Applies `updates` in order, each as [`Store::update_delivery`] applies it alone, in one
+    /// round trip; one flag per update, in the same order.
+    fn update_deliveries<'a>(&'a self, updates: &'a [DeliveryUpdate])
+    -> StoreFuture<'a, Vec<bool>>;
+
     /// Outbound messages still pending that were stored at or before `older_than`, oldest
     /// first: after a restart, replies that may or may not have been sent.
     fn pending_deliveries(

@@ -116,6 +116,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "commit_reads_the_outbox",
         sql: include_str!("../../../migrations/20260102001400_commit_reads_the_outbox.sql"),
     },
+    Migration {
+        version: "20260102001500",
+        name: "delivery_updates_together",
+        sql: include_str!("../../../migrations/20260102001500_delivery_updates_together.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

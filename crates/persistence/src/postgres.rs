@@ -366,6 +366,21 @@ impl Store for PgStore {
         })
     }
 
+    fn update_deliveries<'a>(
+        &'a self,
+        updates: &'a [DeliveryUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    "select public.soul_update_deliveries($1)",
+                    wire::deliveries_request(updates),
+                )
+                .await?;
+            wire::applied_flags(&answer, updates.len())
+        })
+    }
+
     fn pending_deliveries(
         &self,
         older_than: DateTime<Utc>,

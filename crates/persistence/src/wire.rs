@@ -187,6 +187,33 @@ pub(crate) fn delivery_request(update: &DeliveryUpdate) -> Value {
     })
 }
 
+/// `soul_update_deliveries`' request.
+pub(crate) fn deliveries_request(updates: &[DeliveryUpdate]) -> Value {
+    json!({ "updates": updates.iter().map(delivery_request).collect::<Vec<_>>() })
+}
+
+/// `soul_update_deliveries`' answer: one flag per update.
+pub(crate) fn applied_flags(value: &Value, updates: usize) -> Result<Vec<bool>> {
+    let flags = value
+        .get("applied")
+        .and_then(Value::as_array)
+        .ok_or_else(|| StoreError::Corrupt("answer without `applied`".to_owned()))?;
+    if flags.len() != updates {
+        return Err(StoreError::Corrupt(format!(
+            "{} flags for {updates} delivery updates",
+            flags.len()
+        )));
+    }
+    flags
+        .iter()
+        .map(|flag| {
+            flag.as_bool().ok_or_else(|| {
+                StoreError::Corrupt("a delivery flag that is not a boolean".to_owned())
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn address_request(address: &Address) -> Value {
     json!({ "address": address.as_str() })
 }

@@ -367,7 +367,7 @@ async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
 
 /// Two operations commit without waiting for the disk, each recording what is safe elsewhere: a
 /// resume (its messages are on disk already, and a lost resume is started again) and a delivery
-/// update (Twilio holds what it records, and the outbox finds a reply it took in its list). The
+/// update, alone or with others (Twilio holds what it records, and the outbox finds a reply it took in its list). The
 /// rest wait: a begin stores what its caller acknowledges, an opt-out must not be forgotten. The
 /// setting ends with its transaction instead of staying on the connection
 /// (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`, `…1100_delivery_updates…`).
@@ -436,12 +436,23 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
     let (answer, setting) = call(
         &mut conn,
         "select public.soul_update_delivery($1)",
-        delivery,
+        delivery.clone(),
     )
     .await;
     assert_eq!(
         (answer["applied"].as_bool(), setting.as_str()),
         (Some(false), "off")
+    );
+    let deliveries = serde_json::json!({"updates": [delivery]});
+    let (answer, setting) = call(
+        &mut conn,
+        "select public.soul_update_deliveries($1)",
+        deliveries,
+    )
+    .await;
+    assert_eq!(
+        (answer["applied"].clone(), setting.as_str()),
+        (serde_json::json!([false]), "off")
     );
 
     let begin = serde_json::json!({

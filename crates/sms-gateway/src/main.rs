@@ -23,6 +23,7 @@ mod chat;
 mod config;
 mod inbound_text;
 mod keywords;
+mod marks;
 mod metrics;
 mod outbox;
 mod ratelimit;

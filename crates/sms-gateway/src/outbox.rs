@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::marks::Marks;
 use crate::metrics::Metrics;
 use crate::segments::{self, Encoding, MAX_BODY_CHARS};
 use crate::twilio::client::{CLOCK_SKEW, OutboundSms, SendError, TwilioClient};
@@ -57,6 +58,8 @@ pub(crate) struct Outbox {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// Where this process's delivery marks are stored, together when they come together.
+    marks: Marks,
     twilio: TwilioClient,
     status_callback: Option<String>,
     metrics: Arc<Metrics>,
@@ -111,6 +114,7 @@ impl Outbox {
     ) -> Self {
         Outbox {
             inner: Arc::new(Inner {
+                marks: Marks::new(store.clone(), tracker.clone()),
                 store,
                 twilio,
                 status_callback,
@@ -439,12 +443,12 @@ impl Inner {
             error: error.map(str::to_owned),
             at: self.clock.now(),
         };
-        if let Err(error) = self.store.update_delivery(&update).await {
+        if let Err(error) = self.marks.store(update).await {
             // An accepted reply left pending may be sent again after a restart.
             tracing::warn!(
                 %id,
                 status = status.as_str(),
-                error = crate::app::store_error_kind(&error),
+                error,
                 "could not record a delivery status"
             );
         }

@@ -892,6 +892,44 @@ async fn commit(
     })
 }
 
+/// Moves one outbound message's status forward, in the caller's transaction.
+async fn update_delivery(conn: &mut SqliteConnection, update: &DeliveryUpdate) -> Result<bool> {
+    let row = match &update.target {
+        OutboundRef::Id(id) => {
+            sqlx::query("select id, status from outbound_messages where id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        OutboundRef::ProviderId(provider_id) => {
+            sqlx::query("select id, status from outbound_messages where provider_id = ?")
+                .bind(provider_id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    let Some(row) = row else { return Ok(false) };
+    let stored: String = row.try_get("status")?;
+    let stored = DeliveryStatus::parse(&stored)
+        .ok_or_else(|| StoreError::Corrupt(format!("delivery status {stored:?}")))?;
+    if stored.rank() >= update.status.rank() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "update outbound_messages set status = ?,
+           provider_id = coalesce(?, provider_id), error = coalesce(?, error),
+           updated_at = ? where id = ?",
+    )
+    .bind(update.status.as_str())
+    .bind(&update.provider_id)
+    .bind(&update.error)
+    .bind(ts(update.at))
+    .bind(row.try_get::<String, _>("id")?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
 fn outbound_from(row: &SqliteRow) -> Result<OutboundMessage> {
     let status: String = row.try_get("status")?;
     Ok(OutboundMessage {
@@ -1194,42 +1232,20 @@ impl Store for SqliteStore {
     }
 
     fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
+        Box::pin(async move { write_tx!(self, conn => { update_delivery(conn, update).await }) })
+    }
+
+    fn update_deliveries<'a>(
+        &'a self,
+        updates: &'a [DeliveryUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
         Box::pin(async move {
             write_tx!(self, conn => {
-                let row = match &update.target {
-                    OutboundRef::Id(id) => {
-                        sqlx::query("select id, status from outbound_messages where id = ?")
-                            .bind(id.to_string())
-                            .fetch_optional(&mut *conn)
-                            .await?
-                    }
-                    OutboundRef::ProviderId(provider_id) => {
-                        sqlx::query("select id, status from outbound_messages where provider_id = ?")
-                            .bind(provider_id)
-                            .fetch_optional(&mut *conn)
-                            .await?
-                    }
-                };
-                let Some(row) = row else { return Ok(false) };
-                let stored: String = row.try_get("status")?;
-                let stored = DeliveryStatus::parse(&stored)
-                    .ok_or_else(|| StoreError::Corrupt(format!("delivery status {stored:?}")))?;
-                if stored.rank() >= update.status.rank() {
-                    return Ok(false);
+                let mut applied = Vec::with_capacity(updates.len());
+                for update in updates {
+                    applied.push(update_delivery(&mut *conn, update).await?);
                 }
-                sqlx::query(
-                    "update outbound_messages set status = ?,
-                       provider_id = coalesce(?, provider_id), error = coalesce(?, error),
-                       updated_at = ? where id = ?",
-                )
-                .bind(update.status.as_str())
-                .bind(&update.provider_id)
-                .bind(&update.error)
-                .bind(ts(update.at))
-                .bind(row.try_get::<String, _>("id")?)
-                .execute(&mut *conn)
-                .await?;
-                Ok(true)
+                Ok(applied)
             })
         })
     }

@@ -572,6 +572,23 @@ impl Store for SupabaseStore {
         })
     }
 
+    fn update_deliveries<'a>(
+        &'a self,
+        updates: &'a [DeliveryUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            // Repeating it finds the statuses already moved: the same state either way.
+            let answer = self
+                .rpc(
+                    "soul_update_deliveries",
+                    wire::deliveries_request(updates),
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            wire::applied_flags(&answer, updates.len())
+        })
+    }
+
     fn pending_deliveries(
         &self,
         older_than: DateTime<Utc>,
