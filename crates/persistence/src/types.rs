@@ -684,7 +684,7 @@ pub struct CommitOutcome {
 /// (to be sent, or waited for, first). An earlier reply settled by then stays settled, so "none
 /// pending" holds for as long as the replies wait; an opt-out may come later and is looked for
 /// again only where the send has to ask anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxAtCommit {
     /// The person had opted out: nothing may be sent.
     pub opted_out: bool,

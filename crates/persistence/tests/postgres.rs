@@ -367,10 +367,11 @@ async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
 
 /// Two operations commit without waiting for the disk, each recording what is safe elsewhere: a
 /// resume (its messages are on disk already, and a lost resume is started again) and a delivery
-/// update, alone or with others (Twilio holds what it records, and the outbox finds a reply it took in its list). The
-/// rest wait: a begin stores what its caller acknowledges, an opt-out must not be forgotten. The
-/// setting ends with its transaction instead of staying on the connection
-/// (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`, `…1100_delivery_updates…`).
+/// update, alone or with others (Twilio holds what it records, and the outbox finds a reply it
+/// took in its list). The rest wait: a begin stores what its caller acknowledges, an opt-out
+/// must not be forgotten. The setting ends with its transaction instead of staying on the
+/// connection (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`,
+/// `…1100_delivery_updates…`, `…1500_delivery_updates_together.sql`).
 #[tokio::test]
 async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk() {
     /// Calls `sql` in a transaction: the answer and `synchronous_commit` before the commit.
