@@ -158,10 +158,6 @@ impl Store for CountingStore {
         self.tick().history(address, region, limit)
     }
 
-    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
-        self.tick().update_delivery(update)
-    }
-
     fn update_deliveries<'a>(
         &'a self,
         updates: &'a [DeliveryUpdate],

@@ -151,11 +151,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> StoreFuture<'a, Vec<Memory>>;
 
     /// Moves an outbound message's delivery status forward; `false` when the message is unknown
-    /// or already at or past that status.
-    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool>;
+    /// or already at or past that status. One update of [`Store::update_deliveries`].
+    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let applied = self.update_deliveries(std::slice::from_ref(update)).await?;
+            applied
+                .first()
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt("no flag for a delivery update".to_owned()))
+        })
+    }
 
-    /// Applies `updates` in order, each as [`Store::update_delivery`] applies it alone, in one
-    /// round trip; one flag per update, in the same order.
+    /// Applies `updates` in order, each as it would be applied alone (forward only, by our id
+    /// or the provider's), in one round trip; one flag per update, in the same order.
     fn update_deliveries<'a>(&'a self, updates: &'a [DeliveryUpdate])
     -> StoreFuture<'a, Vec<bool>>;
 

@@ -356,16 +356,6 @@ impl Store for PgStore {
         })
     }
 
-    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let request = wire::delivery_request(update);
-            let answer = self
-                .call("select public.soul_update_delivery($1)", request)
-                .await?;
-            wire::flag(&answer, "applied")
-        })
-    }
-
     fn update_deliveries<'a>(
         &'a self,
         updates: &'a [DeliveryUpdate],

@@ -1231,10 +1231,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
-        Box::pin(async move { write_tx!(self, conn => { update_delivery(conn, update).await }) })
-    }
-
     fn update_deliveries<'a>(
         &'a self,
         updates: &'a [DeliveryUpdate],

@@ -23,9 +23,9 @@ use soul_engine::memory::UNREGIONED;
 use self::error::Idempotency;
 pub use self::error::{RestError, RestProblem, TransportError};
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome, Inbound,
-    Lease, OutboundMessage, OutboundRef, ScheduledEvent, Session, SessionId, SessionOutbox,
-    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError, StoreFuture, wire};
 
@@ -522,53 +522,6 @@ impl Store for SupabaseStore {
                     Ok(serde_json::from_value(row)?)
                 })
                 .collect()
-        })
-    }
-
-    fn update_delivery<'a>(&'a self, update: &'a DeliveryUpdate) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            // Statuses only move forward: only a row at an earlier status is updated.
-            let earlier: Vec<&str> = [
-                DeliveryStatus::Pending,
-                DeliveryStatus::Accepted,
-                DeliveryStatus::Sent,
-            ]
-            .into_iter()
-            .filter(|status| status.rank() < update.status.rank())
-            .map(DeliveryStatus::as_str)
-            .collect();
-            if earlier.is_empty() {
-                return Ok(false);
-            }
-            let mut changes = json!({
-                "status": update.status.as_str(),
-                "updated_at": update.at,
-            });
-            let request = self.client.from("outbound_messages");
-            let request = match &update.target {
-                OutboundRef::Id(id) => {
-                    if let Some(provider_id) = &update.provider_id {
-                        changes["provider_id"] = json!(provider_id);
-                    }
-                    request.eq("id", id.to_string())
-                }
-                OutboundRef::ProviderId(provider_id) => {
-                    request.eq("provider_id", provider_id.as_str())
-                }
-            };
-            if let Some(error) = &update.error {
-                changes["error"] = json!(error);
-            }
-            let request = request
-                .in_("status", earlier)
-                .update(changes.to_string())
-                .select("id");
-            // Repeating it finds the status already moved: the same state either way.
-            // Rows of `Prefer: return=representation` with `select=id`: only their number matters.
-            let rows: Vec<serde::de::IgnoredAny> = self
-                .rows(request, Idempotency::Idempotent, "outbound_messages")
-                .await?;
-            Ok(!rows.is_empty())
         })
     }
 
