@@ -3,7 +3,7 @@
 # whose postmaster runs under valgrind's callgrind (every backend it forks is counted apart), one
 # `soul-bench store` run against it (one client), and each backend's total. Unlike a time, the
 # count hardly moves with what else the machine does, so two builds of the SQL compare on a
-# shared machine whose speed drifts between runs (docs/performance.md, "WAL records per turn").
+# shared machine whose speed drifts between runs (docs/performance.md, "Reproducing").
 #
 # Usage: crates/bench/callgrind.sh [SOUL_BENCH_BINARY]   (default: target/release/soul-bench,
 #        built if missing). The workload's size: CALLGRIND_USERS (30) people × CALLGRIND_TURNS (5).
