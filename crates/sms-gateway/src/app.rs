@@ -205,15 +205,7 @@ fn open_model(config: &ModelConfig, limits: &Config) -> Result<Arc<dyn LanguageM
 
 /// A store error's kind, for logs: the errors' text can quote stored values.
 pub(crate) fn store_error_kind(error: &StoreError) -> &'static str {
-    match error {
-        StoreError::Unavailable(_) => "store unavailable",
-        StoreError::Database(_) => "database error",
-        StoreError::LeaseLost => "lease lost to another worker",
-        StoreError::Invalid(_) => "invalid input",
-        StoreError::Corrupt(_) => "unexpected stored data",
-        StoreError::Migration { .. } => "migration failed",
-        _ => "store error",
-    }
+    error.kind()
 }
 
 fn driver_error_kind(error: &DriverError) -> &'static str {
