@@ -4,6 +4,7 @@ pub mod clock;
 pub mod memory;
 pub mod model;
 pub mod step;
+pub mod text;
 pub mod working_memory;
 
 pub use clock::{Clock, SystemClock};

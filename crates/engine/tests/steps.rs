@@ -316,6 +316,30 @@ async fn a_typed_step_rejects_an_answer_of_the_wrong_type_after_one_repair() {
     assert!(matches!(err, StepError::InvalidAnswer { .. }), "{err}");
 }
 
+/// What a turn stores of an answer has no control characters (PostgreSQL refuses U+0000): in
+/// free text, and in JSON, where `\u0000` is an escape until decoded.
+#[tokio::test]
+async fn control_characters_in_answers_are_dropped_before_a_step_reads_them() {
+    let (double, mind) = setup().await;
+    double.push_content("Samantha said: \"I'm\u{0} here\u{7}.\r\nTake your time.\"");
+    let (after, said) = mind
+        .run(external_dialog("Be warm."), &memory())
+        .await
+        .unwrap();
+    assert_eq!(said, "I'm here.\nTake your time.");
+    assert_eq!(
+        after.last().unwrap().content,
+        "Samantha said: \"I'm here.\nTake your time.\""
+    );
+
+    double.push_content(r#"{"mood": "we\u0000ary\u001b", "intensity": 7}"#);
+    let assess = typed::<Mood>("assess mood", |_| "How do they feel?".into())
+        .remember(|_, mood| Some(Memory::assistant(format!("sensed {}", mood.mood))));
+    let (after, mood) = mind.run(assess, &memory()).await.unwrap();
+    assert_eq!(mood.mood, "weary");
+    assert_eq!(after.last().unwrap().content, "sensed weary");
+}
+
 #[tokio::test]
 async fn a_decision_without_choices_fails_before_calling_the_model() {
     let (double, mind) = setup().await;

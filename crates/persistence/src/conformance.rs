@@ -54,6 +54,7 @@ macro_rules! conformance_suite {
             enqueued_message_keeps_its_place_before_a_later_begin,
             unregistered_process_state_is_corrected,
             expired_lease_is_taken_over,
+            turn_attempts_count_the_starts_of_each_message,
             renewed_lease_is_not_taken_over,
             subprocess_commit_is_refused_after_newer_turn,
             delivery_status_only_moves_forward,
@@ -1131,6 +1132,90 @@ pub async fn expired_lease_is_taken_over(harness: &dyn Harness) {
             .await
             .expect("resume")
             .is_none()
+    );
+}
+
+/// A message's turn counts its starts: 1 for a fresh message, for one a commit hands over and for
+/// one enqueued and then resumed; one more at each re-start after its worker stopped, by a
+/// sweeper's resume or by a begin, whichever store (gateway) takes it over.
+pub async fn turn_attempts_count_the_starts_of_each_message(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let from = address(1);
+    let expiry = settings().lease_for + Duration::seconds(1);
+    let first = start(&*store, &inbound(&from, "a", Some("SMa"), t0()), t0()).await;
+    assert_eq!((first.resumed, first.attempt), (false, 1));
+    let queued = store
+        .begin_turn(&inbound(&from, "b", Some("SMb"), t0()), &settings(), t0())
+        .await
+        .expect("begin");
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+
+    // Its worker stops each time; the lease expires and the turn is taken over.
+    let mut at = t0() + expiry;
+    let second = store
+        .resume_turn(first.session.id, &settings(), at)
+        .await
+        .expect("resume")
+        .expect("taken over");
+    assert_eq!(
+        (second.inbound.id, second.resumed, second.attempt),
+        (first.inbound.id, true, 2)
+    );
+    at += expiry;
+    let third = start(&*store, &inbound(&from, "c", Some("SMc"), at), at).await;
+    assert_eq!(
+        (third.inbound.id, third.resumed, third.attempt),
+        (first.inbound.id, true, 3)
+    );
+    at += expiry;
+    let other = open(harness).await;
+    let fourth = other
+        .resume_turn(first.session.id, &settings(), at)
+        .await
+        .expect("resume")
+        .expect("taken over");
+    assert_eq!((fourth.inbound.id, fourth.attempt), (first.inbound.id, 4));
+
+    // The messages that waited behind it start once each.
+    let b = other
+        .commit_turn(&TurnCommit::new(&fourth), &settings(), at)
+        .await
+        .expect("commit")
+        .next
+        .expect("b");
+    assert_eq!(
+        (b.inbound.body.as_str(), b.resumed, b.attempt),
+        ("b", false, 1)
+    );
+    let c = other
+        .commit_turn(&TurnCommit::new(&b), &settings(), at)
+        .await
+        .expect("commit")
+        .next
+        .expect("c");
+    assert_eq!(
+        (c.inbound.body.as_str(), c.resumed, c.attempt),
+        ("c", false, 1)
+    );
+    commit(&*other, &TurnCommit::new(&c), at).await;
+
+    // A message only enqueued, then resumed, starts for the first time.
+    let quiet = address(2);
+    let waiting = store
+        .enqueue_turn(&inbound(&quiet, "x", None, at), &settings(), at)
+        .await
+        .expect("enqueue");
+    let BeginOutcome::Waiting { session, .. } = waiting else {
+        panic!("expected a waiting message, got {waiting:?}");
+    };
+    let x = store
+        .resume_turn(session, &settings(), at)
+        .await
+        .expect("resume")
+        .expect("started");
+    assert_eq!(
+        (x.inbound.body.as_str(), x.resumed, x.attempt),
+        ("x", false, 1)
     );
 }
 

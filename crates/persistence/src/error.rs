@@ -80,6 +80,23 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// What kind of error this is, in words fit for a log line: unlike its `Display`, never a
+    /// database's message, which may quote the values it refused.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store unavailable",
+            StoreError::Database(_) => "database error",
+            StoreError::LeaseLost => "lease lost to another worker",
+            StoreError::Invalid(_) => "invalid input",
+            StoreError::Corrupt(_) => "unexpected stored data",
+            StoreError::Migration { .. } => "migration failed",
+            StoreError::Rest { .. } => "REST API error",
+            StoreError::RestUnavailable { .. } => "REST API unavailable",
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_transient(&error) {

@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "delivery_updates_together",
         sql: include_str!("../../../migrations/20260102001500_delivery_updates_together.sql"),
     },
+    Migration {
+        version: "20260102001800",
+        name: "turn_attempts",
+        sql: include_str!("../../../migrations/20260102001800_turn_attempts.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

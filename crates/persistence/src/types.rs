@@ -381,6 +381,10 @@ pub struct TurnContext {
     pub session_reset: bool,
     /// The turn was started before by a worker whose lease expired; this is a re-run.
     pub resumed: bool,
+    /// How many times this message's turn has been started, this start included: 1, and one
+    /// more at each re-run ([`resumed`](Self::resumed)). Stored with the message, so the count
+    /// survives the workers that died running it; a caller gives a turn up past its bound.
+    pub attempt: u32,
     /// The validated process state (the initial process with empty params when none is stored).
     pub process: ProcessState,
     /// The stored process name that was not registered and was corrected to the initial one.
@@ -412,6 +416,7 @@ impl fmt::Debug for TurnContext {
             .field("new_session", &self.new_session)
             .field("session_reset", &self.session_reset)
             .field("resumed", &self.resumed)
+            .field("attempt", &self.attempt)
             .field("process", &self.process)
             .field("corrected_from", &self.corrected_from)
             .field(

@@ -133,7 +133,7 @@ async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
     assert_eq!(
         upgraded,
         (
-            3,
+            5,
             vec![
                 "idx_messages_created".to_owned(),
                 "idx_messages_session".to_owned(),

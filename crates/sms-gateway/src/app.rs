@@ -205,14 +205,19 @@ fn open_model(config: &ModelConfig, limits: &Config) -> Result<Arc<dyn LanguageM
 
 /// A store error's kind, for logs: the errors' text can quote stored values.
 pub(crate) fn store_error_kind(error: &StoreError) -> &'static str {
-    match error {
-        StoreError::Unavailable(_) => "store unavailable",
-        StoreError::Database(_) => "database error",
-        StoreError::LeaseLost => "lease lost to another worker",
-        StoreError::Invalid(_) => "invalid input",
-        StoreError::Corrupt(_) => "unexpected stored data",
-        StoreError::Migration { .. } => "migration failed",
-        _ => "store error",
+    error.kind()
+}
+
+/// A committed turn's label in `sms_gateway_turns_total`.
+fn turn_result(report: &TurnReport) -> &'static str {
+    if report.given_up {
+        "given_up"
+    } else if report.fell_back {
+        "fallback"
+    } else if report.replies.is_empty() {
+        "silent"
+    } else {
+        "answered"
     }
 }
 
@@ -600,13 +605,7 @@ impl App {
             Ok(reports) if reports.is_empty() => return,
             Ok(reports) => {
                 for report in &reports {
-                    let label = if report.fell_back {
-                        "fallback"
-                    } else if report.replies.is_empty() {
-                        "silent"
-                    } else {
-                        "answered"
-                    };
+                    let label = turn_result(report);
                     self.metrics.turns.inc(label);
                     tracing::info!(
                         session = %report.session,
@@ -719,6 +718,27 @@ mod tests {
             open_store(&supabase).await.is_ok(),
             "serving needs no migration step"
         );
+    }
+
+    #[test]
+    fn each_kind_of_committed_turn_has_its_label() {
+        let report = |replies: &[&str], fell_back, given_up| TurnReport {
+            session: SessionId(uuid::Uuid::nil()),
+            inbound: uuid::Uuid::nil(),
+            replies: replies.iter().map(|reply| (*reply).to_owned()).collect(),
+            outbound: Vec::new(),
+            processes_run: Vec::new(),
+            process: "initial".to_owned(),
+            fell_back,
+            given_up,
+            subprocesses_applied: false,
+        };
+        assert_eq!(turn_result(&report(&["hi"], false, false)), "answered");
+        assert_eq!(turn_result(&report(&[], false, false)), "silent");
+        assert_eq!(turn_result(&report(&["sorry"], true, false)), "fallback");
+        assert_eq!(turn_result(&report(&["sorry"], false, true)), "given_up");
+        assert_eq!(turn_result(&report(&[], false, true)), "given_up");
+        assert_eq!(Metrics::new().turns.get("given_up"), 0);
     }
 
     #[test]

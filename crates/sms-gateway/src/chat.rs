@@ -78,7 +78,8 @@ pub(crate) async fn run(config: &Config, from: &str) -> Result<(), StartError> {
         }
         let inbound = Inbound {
             from: Address::new(from),
-            body: body.to_owned(),
+            // Made storable as an SMS is (a pasted control character would fail its begin).
+            body: soul_engine::text::storable(body).into_owned(),
             external_id: None,
             received_at: clock.now(),
         };

@@ -5,9 +5,10 @@
 //! - any Unicode (emoji, joiners, right-to-left marks, combining marks) passes unchanged, and so
 //!   does any length the webhook's size limit lets through (Twilio's own limit is 1,600
 //!   characters); replies are split into parts by the outbox, not here;
-//! - control characters other than line feed and tab are dropped: PostgreSQL's `text` and
-//!   `jsonb` refuse U+0000, and a message its store refuses would be retried by Twilio forever
-//!   and never answered; carriage returns come from phones' line ends;
+//! - control characters other than line feed and tab are dropped ([`soul_engine::text`], the
+//!   cleaning model answers get too): PostgreSQL's `text` and `jsonb` refuse U+0000, and a
+//!   message its store refuses would be retried by Twilio forever and never answered; carriage
+//!   returns come from phones' line ends;
 //! - media (an MMS) is named by type, never by URL: Twilio's media URLs open the picture to
 //!   anyone holding the account's credentials, and the soul cannot see it anyway;
 //! - a message with neither text nor media reads [`EMPTY`].
@@ -19,16 +20,12 @@ pub(crate) const EMPTY: &str = "[an empty message]";
 
 /// The text stored and perceived for `sms`.
 pub(crate) fn perceived(sms: &InboundSms) -> String {
-    let text: String = sms
-        .body
-        .chars()
-        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
-        .collect();
+    let text = soul_engine::text::storable(&sms.body);
     let attachments = attachments(sms);
     match (text.trim().is_empty(), attachments) {
         (true, None) => EMPTY.to_owned(),
         (true, Some(attachments)) => attachments,
-        (false, None) => text,
+        (false, None) => text.into_owned(),
         (false, Some(attachments)) => format!("{text}\n{attachments}"),
     }
 }

@@ -140,7 +140,7 @@ pub(crate) struct Metrics {
     /// Inbound webhooks by what became of them.
     pub(crate) inbound: LabeledCounter<10>,
     /// Committed turns by result.
-    pub(crate) turns: LabeledCounter<4>,
+    pub(crate) turns: LabeledCounter<5>,
     /// Time to run a started turn and commit it, with the messages queued behind it.
     pub(crate) turn_seconds: Histogram,
     /// Model tokens by kind.
@@ -180,9 +180,12 @@ impl Metrics {
             turns: LabeledCounter::new(
                 "sms_gateway_turns_total",
                 "Turns run, by result (silent: stored without a reply, for an opted-out number \
-                 or a keyword; fallback: the engine failed and the fallback reply was sent).",
+                 or a keyword; fallback: the engine failed, or the store refused the turn, and \
+                 the fallback reply was sent; given_up: started too often without being stored, \
+                 closed with the fallback reply or none; failed: not stored, run again once its \
+                 lease expires).",
                 "result",
-                ["answered", "silent", "fallback", "failed"],
+                ["answered", "silent", "fallback", "given_up", "failed"],
             ),
             turn_seconds: Histogram::new(
                 "sms_gateway_turn_duration_seconds",

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{EchoModel, Gateway, Settings, TWILIO_FROM, eventually, twilio};
 use soul_persistence::{Address, PgStore, Store};
+use soul_testkit::openai::OpenAiDouble;
 use soul_testkit::postgres::TestDatabase;
 use soul_testkit::twilio::TwilioDouble;
 use tempfile::TempDir;
@@ -200,4 +201,52 @@ async fn every_kind_of_message_is_stored_and_answered_on_postgres() {
         !export.to_string().contains("api.twilio.com/media"),
         "a media URL was stored"
     );
+}
+
+/// A model answer holding U+0000, which PostgreSQL refuses in `text` and `jsonb`, is stored and
+/// sent without it, and the person's next message is answered. With a short lease, a turn left
+/// unstored would be run again (the model asked again) while the test waits for its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_answer_holding_a_nul_is_sent_without_it_and_the_next_message_answered() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = OpenAiDouble::start().await;
+    let url = database_url(&database);
+    let settings = Settings::new(dir.path(), &url, &twilio, &model.base_url())
+        .set("TURN_LEASE", "2s")
+        .set("MODEL_TIMEOUT", "500ms")
+        .set("MODEL_RETRY_BUDGET", "1s");
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550231";
+    model
+        .push_content("Pip said: \"Hello\u{0} there,\u{1b} friend.\"")
+        .push_content("Pip said: \"Glad you asked.\"");
+
+    send(&gateway, &twilio, from, "hi <<1>>").await;
+    twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(by_number(&twilio)[from], ["Hello there, friend."]);
+    send(&gateway, &twilio, from, "and then? <<2>>").await;
+    twilio.wait_for_messages(2, common::PATIENCE).await;
+    assert_eq!(
+        by_number(&twilio)[from],
+        ["Hello there, friend.", "Glad you asked."]
+    );
+    gateway
+        .wait_metric("sms_gateway_turns_total{result=\"answered\"}", 2)
+        .await;
+
+    assert_eq!(model.requests().await.len(), 2, "each message asked once");
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    assert_eq!(
+        common::stored_exchange(&store, from).await,
+        common::exchange(&[
+            ("hi <<1>>", "Hello there, friend."),
+            ("and then? <<2>>", "Glad you asked."),
+        ])
+    );
+    for result in ["fallback", "given_up", "failed"] {
+        let series = format!("sms_gateway_turns_total{{result=\"{result}\"}}");
+        assert_eq!(gateway.metric(&series).await, 0, "{series}");
+    }
 }

@@ -84,8 +84,13 @@ pub struct TurnReport {
     pub processes_run: Vec<String>,
     /// The process the session is in now.
     pub process: String,
-    /// The engine failed and the fallback reply was sent instead; nothing else was stored.
+    /// The engine failed, or the store refused what the turn produced, and the fallback reply
+    /// was sent instead; nothing else was stored.
     pub fell_back: bool,
+    /// The turn had been started [`MAX_TURN_ATTEMPTS`] times without being stored and was given
+    /// up without the model: the fallback reply was sent, or nothing if the store refused even
+    /// that. Nothing else was stored, and the messages behind it go on.
+    pub given_up: bool,
     /// Whether the subprocesses' changes were stored (`false`: none ran, one was cancelled by a
     /// newer message, or the store refused them as stale).
     pub subprocesses_applied: bool,
@@ -95,7 +100,8 @@ pub struct TurnReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
-    /// The store failed; the message is stored and its turn will be re-run after the lease expires.
+    /// The store failed; the message is stored and its turn will be re-run after the lease
+    /// expires (and given up once it has been started [`MAX_TURN_ATTEMPTS`] times).
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -124,6 +130,11 @@ impl fmt::Debug for TurnDriver {
 const COMMIT_RETRY_BUDGET: Duration = Duration::from_secs(15);
 /// The longest wait between two tries of a commit.
 const COMMIT_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How many times a message's turn is started before it is given up: a turn whose worker dies
+/// each time (or whose commit the store refuses even as the fallback reply) would otherwise be
+/// re-run at each expiry of its lease for good, and the person's next messages never started.
+pub const MAX_TURN_ATTEMPTS: u32 = 3;
 
 /// What the person gets when the engine cannot answer (the model is down past its retries).
 pub const DEFAULT_FALLBACK_REPLY: &str =
@@ -328,35 +339,71 @@ impl TurnDriver {
                 processes_run: Vec::new(),
                 process: context.process.name.clone(),
                 fell_back: false,
+                given_up: false,
                 subprocesses_applied: false,
             };
             return Ok((report, committed.next.map(|next| *next)));
         }
-        let state = mapping::soul_state(soul, context);
-        let main = self
-            .runtime
-            .run_main(&session_key, state, mapping::perception(context), None)
-            .await;
-
-        let (main, fell_back) = match main {
-            Ok(main) => {
-                commit.replies = mapping::reply_memories(&main.replies, self.clock.now());
-                commit.changes = mapping::main_changes(context, &main);
-                (Some(main), false)
-            }
-            Err(error) => {
-                // The person still gets an answer; nothing else of the failed turn is stored,
-                // so the state is exactly as before it.
-                log_turn_error(context.session.id, &error);
-                commit.replies = mapping::reply_memories(
-                    std::slice::from_ref(&self.fallback_reply),
-                    self.clock.now(),
-                );
-                commit.changes = Changes::default();
-                (None, true)
+        let given_up = context.attempt > MAX_TURN_ATTEMPTS;
+        let (mut main, mut fell_back) = if given_up {
+            // Logged without the message: the session and the count say which turn it was.
+            tracing::error!(
+                session = %context.session.id,
+                attempt = context.attempt,
+                "turn given up after {MAX_TURN_ATTEMPTS} starts that stored nothing; sending \
+                 the fallback reply without the model"
+            );
+            commit.replies = self.fallback_replies();
+            (None, false)
+        } else {
+            let state = mapping::soul_state(soul, context);
+            let main = self
+                .runtime
+                .run_main(&session_key, state, mapping::perception(context), None)
+                .await;
+            match main {
+                Ok(main) => {
+                    commit.replies = mapping::reply_memories(&main.replies, self.clock.now());
+                    commit.changes = mapping::main_changes(context, &main);
+                    (Some(main), false)
+                }
+                Err(error) => {
+                    // The person still gets an answer; nothing else of the failed turn is
+                    // stored, so the state is exactly as before it.
+                    log_turn_error(context.session.id, &error);
+                    commit.replies = self.fallback_replies();
+                    (None, true)
+                }
             }
         };
-        let committed = self.commit(&commit).await?;
+        let committed = match self.commit(&commit).await {
+            Ok(committed) => committed,
+            // Refused, not unreachable: the same commit would be refused again at every re-run.
+            // The turn stores less instead: the fallback reply alone, as when the engine fails;
+            // a turn given up, not even that.
+            Err(error) if is_refused(&error) && (main.is_some() || given_up) => {
+                if main.take().is_some() {
+                    tracing::warn!(
+                        session = %context.session.id,
+                        error = error.kind(),
+                        "the store refused the turn; sending the fallback reply instead"
+                    );
+                    commit.replies = self.fallback_replies();
+                    commit.changes = Changes::default();
+                    fell_back = true;
+                } else {
+                    tracing::error!(
+                        session = %context.session.id,
+                        error = error.kind(),
+                        "the store refused the fallback reply of a turn given up; closing it \
+                         without a reply"
+                    );
+                    commit.replies.clear();
+                }
+                self.commit(&commit).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
         if !committed.outbound.is_empty() {
             let messages = committed
                 .outbound
@@ -387,6 +434,7 @@ impl TurnDriver {
                 .as_ref()
                 .map_or_else(|| context.process.name.clone(), |m| m.process.name.clone()),
             fell_back,
+            given_up,
             subprocesses_applied: false,
         };
         let next = committed.next.map(|next| *next);
@@ -396,6 +444,11 @@ impl TurnDriver {
             report.subprocesses_applied = self.run_subprocesses(context, main).await?;
         }
         Ok((report, next))
+    }
+
+    /// The fallback reply as the turn's one reply.
+    fn fallback_replies(&self) -> Vec<soul_engine::Memory> {
+        mapping::reply_memories(std::slice::from_ref(&self.fallback_reply), self.clock.now())
     }
 
     async fn run_subprocesses(
@@ -431,6 +484,12 @@ impl TurnDriver {
             soul_persistence::SubprocessOutcome::Applied
         ))
     }
+}
+
+/// The store refused the commit (a database error, invalid input): not unreachable, where trying
+/// again may succeed, and not taken over, where another worker runs the turn.
+fn is_refused(error: &StoreError) -> bool {
+    !error.is_retryable() && !matches!(error, StoreError::LeaseLost)
 }
 
 fn log_turn_error(session: SessionId, error: &TurnError) {

@@ -7,16 +7,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
-use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime};
 use soul_engine::step::external_dialog;
-use soul_persistence::{Address, Inbound, PgStore, SqliteStore, Store};
+use soul_engine::{Clock, Memory, MemoryId, Region, Role};
+use soul_persistence::{Address, BeginOutcome, Inbound, PgStore, SqliteStore, Store};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
-use soul_turns::{Delivery, Handled, NoDelivery, OutboundBatch, TurnDriver, TurnReport};
+use soul_turns::{
+    DEFAULT_FALLBACK_REPLY, Delivery, Handled, MAX_TURN_ATTEMPTS, NoDelivery, OutboundBatch,
+    TurnDriver, TurnReport,
+};
 use tokio::sync::Notify;
 
 soul_engine::soul! {
@@ -47,6 +50,22 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
     cx.soul_memory().set("heard", &(heard + 1))?;
     cx.process_memory()
         .set("last_invocation", &cx.invocation_count())?;
+    // What a store refuses: a note under the id of the stored message it answers (every store
+    // keeps one message per id), and a value holding U+0000 (PostgreSQL's `jsonb` refuses it).
+    let memory = match body.as_str() {
+        "refused note" => {
+            let mut note = Memory::new(Role::Assistant, "a note", cx.now())
+                .in_region(Region::new("notes").unwrap());
+            let answered = cx.perception().metadata["inbound_id"].as_str().unwrap();
+            note.id = MemoryId(answered.parse().unwrap());
+            memory.with_memory(note)
+        }
+        "nul memory" => {
+            cx.soul_memory().set("raw", "a\u{0}b")?;
+            memory
+        }
+        _ => memory,
+    };
     if body == "remind me" {
         cx.schedule(
             cx.now() + Duration::hours(1),
@@ -142,6 +161,15 @@ struct Fixture {
 }
 
 async fn driver_on(store: Arc<dyn Store>, keep: Box<dyn std::any::Any + Send + Sync>) -> Fixture {
+    driver_with(store, keep, |driver| driver).await
+}
+
+/// [`driver_on`], the driver changed by `configure`.
+async fn driver_with(
+    store: Arc<dyn Store>,
+    keep: Box<dyn std::any::Any + Send + Sync>,
+    configure: impl FnOnce(TurnDriver) -> TurnDriver,
+) -> Fixture {
     let double = OpenAiDouble::start().await;
     let config = OpenAiConfig::new(double.base_url(), "sk-test", "double-model")
         .with_retry(RetryPolicy::no_retries());
@@ -149,7 +177,7 @@ async fn driver_on(store: Arc<dyn Store>, keep: Box<dyn std::any::Any + Send + S
     let soul = Registry::load().unwrap().soul("driven").unwrap();
     let clock = Arc::new(TestClock::default());
     let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
-    let driver = Arc::new(TurnDriver::new(store, runtime, clock.clone()));
+    let driver = Arc::new(configure(TurnDriver::new(store, runtime, clock.clone())));
     Fixture {
         double,
         driver,
@@ -465,6 +493,204 @@ async fn a_subprocess_counts_in_its_own_memory_across_turns(fixture: Fixture) {
     assert_eq!(tally_of(&driver, &address).await, json!(1));
 }
 
+/// The parts of a person's export a fallen-back turn leaves as they were.
+const UNTOUCHED_BY_A_FALLBACK: [&str; 5] = [
+    "soul_memories",
+    "process_memories",
+    "mental_process_state",
+    "working_memory_snapshots",
+    "scheduled_events",
+];
+
+async fn a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let address = Address::new("+15550008");
+    double.push_content("Dee said: \"Hello.\"");
+    answered(&driver, inbound("+15550008", "hi", "SMr1", now())).await;
+    let before = driver.store().export_user(&address).await.unwrap().unwrap();
+
+    double.push_content("Dee said: \"Noted.\"");
+    let refused = answered(&driver, inbound("+15550008", "refused note", "SMr2", now())).await;
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].fell_back && !refused[0].given_up);
+    assert_eq!(refused[0].replies, [DEFAULT_FALLBACK_REPLY]);
+    assert_eq!(refused[0].outbound.len(), 1, "the fallback reply is stored");
+    assert!(!refused[0].subprocesses_applied);
+    let after = driver.store().export_user(&address).await.unwrap().unwrap();
+    for key in UNTOUCHED_BY_A_FALLBACK {
+        assert_eq!(before[key], after[key], "{key} changed by the refused turn");
+    }
+
+    double.push_content("Dee said: \"Back.\"");
+    let next = answered(&driver, inbound("+15550008", "still there?", "SMr3", now())).await;
+    assert_eq!(next[0].replies, ["Back."]);
+    let history = driver.store().history(&address, None, 0).await.unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said,
+        [
+            "hi",
+            "Hello.",
+            "refused note",
+            DEFAULT_FALLBACK_REPLY,
+            "still there?",
+            "Back."
+        ]
+    );
+    assert_eq!(double.requests().await.len(), 3);
+}
+
+/// Lets the lease of the turn running for `session` expire and starts it again through the store,
+/// as the sweeper of a gateway that then dies does; the attempt number of that start.
+async fn restart_and_die(
+    driver: &TurnDriver,
+    clock: &TestClock,
+    session: soul_persistence::SessionId,
+) -> u32 {
+    clock.advance(driver.settings().lease_for + Duration::seconds(1));
+    let turn = driver
+        .store()
+        .resume_turn(session, driver.settings(), clock.now())
+        .await
+        .unwrap()
+        .expect("the turn is taken over");
+    assert!(turn.resumed);
+    turn.attempt
+}
+
+async fn a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs(fixture: Fixture) {
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    let address = Address::new("+15550009");
+    let store = driver.store();
+    // Started by a worker that dies before it commits, with the person's next message behind it.
+    let started = store
+        .begin_turn(
+            &inbound("+15550009", "lost", "SMg1", clock.now()),
+            driver.settings(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    let BeginOutcome::Started(first) = started else {
+        panic!("expected a started turn, got {started:?}");
+    };
+    assert_eq!(first.attempt, 1);
+    let queued = store
+        .begin_turn(
+            &inbound("+15550009", "next", "SMg2", clock.now()),
+            driver.settings(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
+    for attempt in 2..=MAX_TURN_ATTEMPTS {
+        assert_eq!(
+            restart_and_die(&driver, &clock, first.session.id).await,
+            attempt
+        );
+    }
+
+    // The next start gives it up: the fallback reply without the model, then the next message.
+    clock.advance(driver.settings().lease_for + Duration::seconds(1));
+    double.push_content("Dee said: \"Answering next.\"");
+    let delivery = Recorded::default();
+    let reports = driver.resume(first.session.id, &delivery).await.unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(reports[0].inbound, first.inbound.id);
+    assert!(reports[0].given_up && !reports[0].fell_back);
+    assert_eq!(reports[0].replies, [DEFAULT_FALLBACK_REPLY]);
+    assert!(reports[0].processes_run.is_empty());
+    assert!(!reports[1].given_up);
+    assert_eq!(reports[1].replies, ["Answering next."]);
+    assert_eq!(
+        *delivery.sent.lock().unwrap(),
+        [DEFAULT_FALLBACK_REPLY, "Answering next."]
+    );
+    assert_eq!(
+        double.requests().await.len(),
+        1,
+        "only the next message asked the model"
+    );
+    let history = store.history(&address, None, 0).await.unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said,
+        ["lost", DEFAULT_FALLBACK_REPLY, "next", "Answering next."]
+    );
+    assert!(
+        store
+            .stalled_sessions(clock.now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// On PostgreSQL, which refuses U+0000: a turn storing one in a memory, with a fallback reply
+/// holding one too (a configuration mistake), fails at each start until the bound; then it is
+/// closed without a reply and the next message is answered.
+#[tokio::test]
+async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the_bound() {
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    let fixture = driver_with(Arc::new(store), Box::new(database), |driver| {
+        driver.with_fallback_reply("Sorry\u{0}")
+    })
+    .await;
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    let address = Address::new("+15550010");
+    double.push_content("Dee said: \"Noted.\"");
+    let message = inbound("+15550010", "nul memory", "SMn1", clock.now());
+    assert!(driver.handle(&message, &NoDelivery).await.is_err());
+    let next = inbound("+15550010", "next", "SMn2", clock.now());
+    assert!(matches!(
+        driver.handle(&next, &NoDelivery).await.unwrap(),
+        Handled::Queued
+    ));
+    let session = driver.store().session(&address).await.unwrap().unwrap().id;
+    for _ in 2..=MAX_TURN_ATTEMPTS {
+        clock.advance(driver.settings().lease_for + Duration::seconds(1));
+        double.push_content("Dee said: \"Noted.\"");
+        assert!(driver.resume(session, &NoDelivery).await.is_err());
+    }
+
+    clock.advance(driver.settings().lease_for + Duration::seconds(1));
+    double.push_content("Dee said: \"Answering next.\"");
+    let reports = driver.resume(session, &NoDelivery).await.unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(reports[0].given_up);
+    assert!(reports[0].replies.is_empty() && reports[0].outbound.is_empty());
+    assert_eq!(reports[1].replies, ["Answering next."]);
+    let requests = usize::try_from(MAX_TURN_ATTEMPTS).unwrap() + 1;
+    assert_eq!(double.requests().await.len(), requests);
+    let history = driver.store().history(&address, None, 0).await.unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said, ["nul memory", "next", "Answering next."]);
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let soul_memories: Vec<_> = exported["soul_memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["key"].clone(), row["value"].clone()))
+        .collect();
+    assert_eq!(
+        soul_memories,
+        [(json!("heard"), json!(1)), (json!("tally"), json!(1))],
+        "nothing of the refused turns"
+    );
+}
+
 fn uuid_like() -> String {
     format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
@@ -488,4 +714,6 @@ on_every_store!(
     a_session_timeout_resets_process_state_but_not_soul_memory,
     a_scheduled_check_in_makes_the_aimed_process_speak_once,
     a_subprocess_counts_in_its_own_memory_across_turns,
+    a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else,
+    a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs,
 );

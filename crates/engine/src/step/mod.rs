@@ -22,6 +22,7 @@ use crate::memory::{Memory, Role};
 use crate::model::{
     ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, ResponseSchema, Usage,
 };
+use crate::text;
 use crate::working_memory::WorkingMemory;
 
 pub use builtins::{
@@ -162,7 +163,10 @@ pub async fn run_step<S: CognitiveStep + ?Sized>(
         step: step.name().to_owned(),
         source,
     };
-    let first = model.complete(&request).await.map_err(model_error)?;
+    let mut first = model.complete(&request).await.map_err(model_error)?;
+    // Whatever the answer becomes (a reply, a memory, a value a process stores) is stored by the
+    // turn's commit, which a control character would make the store refuse.
+    text::make_storable(&mut first.content);
     let mut usage = first.usage;
     let (value, appended) = match step.interpret(memory, &first.content) {
         Ok(interpreted) => interpreted,
@@ -177,7 +181,8 @@ pub async fn run_step<S: CognitiveStep + ?Sized>(
             request
                 .messages
                 .push(ChatMessage::new(Role::System, repair_prompt(step, &reason)));
-            let second = model.complete(&request).await.map_err(model_error)?;
+            let mut second = model.complete(&request).await.map_err(model_error)?;
+            text::make_storable(&mut second.content);
             usage += second.usage;
             step.interpret(memory, &second.content)
                 .map_err(|reason| StepError::InvalidAnswer {
@@ -225,8 +230,10 @@ fn repair_prompt<S: CognitiveStep + ?Sized>(step: &S, reason: &InvalidAnswer) ->
     }
 }
 
-/// Parses a JSON answer strictly into `T`. The only leniency: surrounding white space and one
-/// Markdown code fence, which OpenAI-compatible servers without structured output often add.
+/// Parses a JSON answer strictly into `T`, its strings made [`storable`](text::storable) (an
+/// escaped `\u0000` is a character only once decoded). The only leniency: surrounding white space
+/// and one Markdown code fence, which OpenAI-compatible servers without structured output often
+/// add.
 pub fn parse_json<T: DeserializeOwned>(answer: &str) -> Result<T, InvalidAnswer> {
     let trimmed = answer.trim();
     let unfenced = trimmed
@@ -235,16 +242,20 @@ pub fn parse_json<T: DeserializeOwned>(answer: &str) -> Result<T, InvalidAnswer>
         .and_then(|rest| rest.strip_suffix("```"))
         .unwrap_or(trimmed)
         .trim();
-    // The position, not serde's message: the message quotes the answer, which may quote a person.
-    serde_json::from_str(unfenced).map_err(|e| {
-        let problem = match e.classify() {
-            serde_json::error::Category::Data => "JSON, but not of the expected shape",
-            _ => "not valid JSON",
-        };
-        InvalidAnswer(format!(
-            "it is {problem} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
+    let mut value: serde_json::Value =
+        serde_json::from_str(unfenced).map_err(|e| unusable_json("not valid JSON", Some(&e)))?;
+    text::make_json_storable(&mut value);
+    serde_json::from_value(value).map_err(|_| {
+        // The position in the answer as the model wrote it, which only parsing that text gives.
+        let parsed = serde_json::from_str::<T>(unfenced);
+        unusable_json("JSON, but not of the expected shape", parsed.err().as_ref())
+    })
+}
+
+/// The position, not serde's message: the message quotes the answer, which may quote a person.
+fn unusable_json(problem: &str, error: Option<&serde_json::Error>) -> InvalidAnswer {
+    InvalidAnswer(match error {
+        Some(e) => format!("it is {problem} (line {}, column {})", e.line(), e.column()),
+        None => format!("it is {problem}"),
     })
 }

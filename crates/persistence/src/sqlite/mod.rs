@@ -49,6 +49,7 @@ const SCHEMA_STEPS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("upgrade_2.sql"),
     include_str!("upgrade_3.sql"),
+    include_str!("upgrade_5.sql"),
 ];
 
 /// The store in one local SQLite file.
@@ -339,6 +340,17 @@ async fn start_next(
         kind,
     };
     let resumed = next.try_get::<String, _>("status")? == "started";
+    let mut attempt: i64 = next.try_get("attempts")?;
+    if resumed {
+        // A re-start: the worker that started it stopped. Counted with the message, so that a
+        // turn that keeps failing can be given up; a first start writes nothing for it.
+        attempt = sqlx::query_scalar(
+            "update inbound_messages set attempts = attempts + 1 where id = ? returning attempts",
+        )
+        .bind(&inbound_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    }
 
     let stored = load_session(conn, session).await?;
     let mut metadata = stored.metadata.clone();
@@ -479,6 +491,7 @@ async fn start_next(
         new_session,
         session_reset: reset,
         resumed,
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         process,
         corrected_from,
         soul_memories: memories.soul,
