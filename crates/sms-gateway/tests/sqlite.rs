@@ -460,6 +460,54 @@ async fn stop_start_and_help_are_handled_without_the_model() {
     );
 }
 
+/// hi → STOP → START → STOP, then Twilio delivers the START again (same MessageSid, same
+/// signature): a duplicate changes nothing, so the number stays opted out and its next message
+/// is stored unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_start_does_not_opt_a_stopped_number_back_in() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550107";
+    let silent = "sms_gateway_turns_total{result=\"silent\"}";
+
+    gateway.post(&fx.sms(&gateway, from, "hi <<k1>>")).await;
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let start = fx.sms(&gateway, from, "START");
+    for (request, keyword_turns) in [
+        (fx.sms(&gateway, from, "STOP"), 1),
+        (start.clone(), 2),
+        (fx.sms(&gateway, from, "STOP"), 3),
+    ] {
+        assert_eq!(gateway.post(&request).await.0, 200);
+        gateway.wait_metric(silent, keyword_turns).await;
+    }
+    let (status, body) = gateway.post(&start).await;
+    assert_eq!(status, 200);
+    assert!(is_twiml(&body), "{body}");
+    gateway
+        .wait_metric("sms_gateway_inbound_total{outcome=\"duplicate\"}", 1)
+        .await;
+    let store = fx.store().await;
+    let session = store.session(&Address::new(from)).await.unwrap().unwrap();
+    assert!(session.opted_out, "the replayed START opted the number in");
+
+    gateway
+        .post(&fx.sms(&gateway, from, "hello again <<k2>>"))
+        .await;
+    gateway.wait_metric(silent, 4).await;
+    assert_eq!(fx.bodies_to(from), ["echo <<k1>>"]);
+    assert_eq!(fx.model.answered(), ["<<k1>>"]);
+    let export = store
+        .export_user(&Address::new(from))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        common::user_texts(&export),
+        ["hi <<k1>>", "STOP", "START", "STOP", "hello again <<k2>>"]
+    );
+}
+
 /// The reply of a turn that was waiting for the model when STOP came is committed and never
 /// sent: its commit read the opt-out, and the sender does not ask again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -838,6 +886,7 @@ async fn a_due_event_makes_the_soul_text_first() {
             body: "hello".to_owned(),
             external_id: Some(new_sid("SM")),
             received_at: now,
+            opt_out: None,
         };
         let BeginOutcome::Started(context) =
             store.begin_turn(&inbound, &settings, now).await.unwrap()
