@@ -401,6 +401,49 @@ async fn unsigned_forged_oversize_and_malformed_webhooks_are_refused_and_not_sto
     );
 }
 
+/// A `From` that cannot be a sender this gateway answers (empty, letters, 5,000 digits, a NUL,
+/// another channel's address) is refused with 400, signed or not: nothing is stored, nothing
+/// reaches the model, nothing is sent; Twilio does not retry a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_that_are_not_phone_numbers_are_refused_and_not_stored() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let digits = "4".repeat(5_000);
+    let senders = [
+        "",
+        "letters",
+        digits.as_str(),
+        "+1415555\u{0}0112",
+        "whatsapp:+14155550112",
+    ];
+    for from in senders {
+        let (status, body) = gateway.post(&fx.sms(&gateway, from, "hi <<f1>>")).await;
+        assert_eq!(status, 400, "{from:?}: {body}");
+        assert!(body.contains("From"), "{body}");
+    }
+    let store = fx.store().await;
+    for from in senders {
+        assert!(
+            store.session(&Address::new(from)).await.unwrap().is_none(),
+            "{from:?} was stored"
+        );
+    }
+    // A phone number is answered, and is the first message the model sees.
+    let (status, _) = gateway
+        .post(&fx.sms(&gateway, "+14155550112", "hi <<f2>>"))
+        .await;
+    assert_eq!(status, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(fx.model.answered(), ["<<f2>>"]);
+    assert_eq!(fx.twilio.messages().len(), 1);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"rejected\"}")
+            .await,
+        5
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_and_help_are_handled_without_the_model() {
     let fx = Fixture::new().await;
