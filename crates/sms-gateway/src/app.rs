@@ -377,8 +377,8 @@ impl App {
         let address = Address::new(sms.from);
         let keyword = keywords::classify(&sms.body);
         // Keywords are never limited: STOP must always work.
-        if keyword.is_none()
-            && let Some(limiter) = &self.limiter
+        let limiter = self.limiter.as_ref().filter(|_| keyword.is_none());
+        if let Some(limiter) = limiter
             && !limiter.allow(address.as_str(), now)
         {
             // Dropped by policy, never silently: logged (without the number) and counted.
@@ -392,12 +392,20 @@ impl App {
             received_at: now,
             opt_out: (keyword == Some(Keyword::OptOut)).then_some(true),
         };
-        match keyword {
+        let outcome = match keyword {
             Some(Keyword::OptOut) => self.opt_out(&inbound).await,
             Some(Keyword::OptIn) => self.opt_in(inbound).await,
             Some(Keyword::Help) => self.help(&inbound).await,
             None => self.converse(&inbound).await,
+        };
+        // A message counts once, when it is stored: Twilio's retries of one the store already
+        // has, or of one it could not store, give the token back.
+        if let Some(limiter) = limiter
+            && matches!(outcome, Ok(InboundOutcome::Duplicate) | Err(_))
+        {
+            limiter.refund(address.as_str(), now);
         }
+        outcome
     }
 
     /// An ordinary message. With a turn slot free, its begin stores it and starts the turn in one

@@ -281,6 +281,37 @@ async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still
     assert_eq!(stored, ["again <<r1>>", "again <<r2>>", "STOP"]);
 }
 
+/// Twilio delivering one message again (same MessageSid) does not use up the sender's
+/// rate-limit tokens: the retries are duplicates, and the next new message is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_deliveries_use_no_rate_limit_tokens() {
+    let fx = Fixture::new().await;
+    let settings = fx.settings.clone().set("RATE_LIMIT_PER_MINUTE", "2");
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550134";
+    let first = fx.sms(&gateway, from, "once <<t1>>");
+    assert_eq!(gateway.post(&first).await.0, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    for _ in 0..3 {
+        assert_eq!(gateway.post(&first).await.0, 200);
+    }
+    let outcome = |label: &str| format!("sms_gateway_inbound_total{{outcome=\"{label}\"}}");
+    assert_eq!(gateway.metric(&outcome("duplicate")).await, 3);
+    assert_eq!(gateway.metric(&outcome("rate_limited")).await, 0);
+    assert_eq!(
+        gateway
+            .post(&fx.sms(&gateway, from, "twice <<t2>>"))
+            .await
+            .0,
+        200
+    );
+    fx.twilio.wait_for_messages(2, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(from), ["echo <<t1>>", "echo <<t2>>"]);
+    // The limit still holds for new messages: the burst of 2 is spent.
+    gateway.post(&fx.sms(&gateway, from, "thrice <<t3>>")).await;
+    assert_eq!(gateway.metric(&outcome("rate_limited")).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_answer() {
     let fx = Fixture::new().await;
