@@ -323,6 +323,42 @@ async fn health_readiness_and_metrics_answer() {
     assert!(metrics.contains("# TYPE sms_gateway_inbound_total counter"));
 }
 
+/// With `METRICS_TOKEN` set, `/metrics` and `/readyz` need `Authorization: Bearer` with it:
+/// refused without it or with anything else, served with it; `/healthz` stays open for liveness
+/// probes. Without the setting they are open (`health_readiness_and_metrics_answer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_need_the_token_when_one_is_set() {
+    let fx = Fixture::new().await;
+    let token = "s3cret-scrape";
+    let gateway = Gateway::start(&fx.settings.clone().set("METRICS_TOKEN", token)).await;
+    let http = reqwest::Client::new();
+    for path in ["/metrics", "/readyz"] {
+        let url = format!("{}{path}", gateway.url);
+        let without = http.get(&url).send().await.unwrap();
+        assert_eq!(without.status(), 401, "{path}");
+        assert_eq!(without.headers()["www-authenticate"], "Bearer");
+        for wrong in [
+            "Bearer s3cret",
+            "Bearer s3cret-scrape-",
+            "Bearer ",
+            "Basic s3cret-scrape",
+            "s3cret-scrape",
+        ] {
+            let refused = http
+                .get(&url)
+                .header("authorization", wrong)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 401, "{path} with {wrong:?}");
+        }
+        let served = http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(served.status(), 200, "{path}");
+    }
+    assert_eq!(gateway.get("/healthz").await.0, 200);
+    assert_not_logged(&gateway, &[token]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_when_asked() {
     let fx = Fixture::new().await;
