@@ -102,6 +102,7 @@ pub(crate) async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
             body: body.to_owned(),
             external_id: Some(format!("SMsnapshot{turn:05}")),
             received_at: Utc::now(),
+            opt_out: None,
         };
         match driver.handle(&inbound, &NoDelivery).await? {
             Handled::Answered(reports) if reports.iter().all(|r| !r.fell_back) => {}

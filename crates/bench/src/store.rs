@@ -448,6 +448,7 @@ async fn drive(
                 body: format!("message {turn} of the reference workload"),
                 external_id: Some(format!("SMbench{person:07}x{turn:04}")),
                 received_at: Utc::now(),
+                opt_out: None,
             };
             let started = Instant::now();
             let handled = driver.handle(&inbound, &NoDelivery).await?;

@@ -122,6 +122,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/20260102001500_delivery_updates_together.sql"),
     },
     Migration {
+        version: "20260102001700",
+        name: "keywords_opt_with_begin",
+        sql: include_str!("../../../migrations/20260102001700_keywords_opt_with_begin.sql"),
+    },
+    Migration {
         version: "20260102001800",
         name: "turn_attempts",
         sql: include_str!("../../../migrations/20260102001800_turn_attempts.sql"),

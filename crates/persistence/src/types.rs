@@ -56,6 +56,11 @@ pub struct Inbound {
     pub external_id: Option<String>,
     /// When the channel received it. The session timeout measures from here.
     pub received_at: DateTime<Utc>,
+    /// The change to the person's opt-out the message asks for: `Some(true)` for STOP,
+    /// `Some(false)` for START. The begin (or enqueue) that stores the message applies it in the
+    /// same transaction, and only when the message is not a duplicate, so that a replayed
+    /// keyword changes nothing and a turn started or queued for the message already sees it.
+    pub opt_out: Option<bool>,
 }
 
 impl fmt::Debug for Inbound {
@@ -65,6 +70,7 @@ impl fmt::Debug for Inbound {
             .field("body_len", &self.body.len())
             .field("external_id", &self.external_id)
             .field("received_at", &self.received_at)
+            .field("opt_out", &self.opt_out)
             .finish()
     }
 }

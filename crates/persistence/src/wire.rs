@@ -114,6 +114,7 @@ pub(crate) fn begin_request(
         "body": inbound.body,
         "external_id": inbound.external_id,
         "received_at": inbound.received_at,
+        "opt_out": inbound.opt_out,
         "now": now,
         "settings": settings(turn)?,
     }))

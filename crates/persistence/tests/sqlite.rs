@@ -61,6 +61,7 @@ async fn reopening_keeps_data_and_schema() {
             body: "hi".into(),
             external_id: None,
             received_at: Utc::now(),
+            opt_out: None,
         };
         let settings = TurnSettings::new("aria", Processes::new("initial", ["initial"]));
         store

@@ -75,6 +75,7 @@ fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
         body: body.into(),
         external_id: Some(format!("SM-{body}")),
         received_at: at,
+        opt_out: None,
     }
 }
 

@@ -382,8 +382,8 @@ impl App {
         let address = Address::new(sms.from);
         let keyword = keywords::classify(&sms.body);
         // Keywords are never limited: STOP must always work.
-        if keyword.is_none()
-            && let Some(limiter) = &self.limiter
+        let limiter = self.limiter.as_ref().filter(|_| keyword.is_none());
+        if let Some(limiter) = limiter
             && !limiter.allow(address.as_str(), now)
         {
             // Dropped by policy, never silently: logged (without the number) and counted.
@@ -395,13 +395,22 @@ impl App {
             body,
             external_id: Some(sms.message_sid),
             received_at: now,
+            opt_out: (keyword == Some(Keyword::OptOut)).then_some(true),
         };
-        match keyword {
+        let outcome = match keyword {
             Some(Keyword::OptOut) => self.opt_out(&inbound).await,
-            Some(Keyword::OptIn) => self.opt_in(&inbound).await,
+            Some(Keyword::OptIn) => self.opt_in(inbound).await,
             Some(Keyword::Help) => self.help(&inbound).await,
             None => self.converse(&inbound).await,
+        };
+        // A message counts once, when it is stored: Twilio's retries of one the store already
+        // has, or of one it could not store, give the token back.
+        if let Some(limiter) = limiter
+            && matches!(outcome, Ok(InboundOutcome::Duplicate) | Err(_))
+        {
+            limiter.refund(address.as_str(), now);
         }
+        outcome
     }
 
     /// An ordinary message. With a turn slot free, its begin stores it and starts the turn in one
@@ -437,18 +446,19 @@ impl App {
         })
     }
 
-    /// STOP: recorded before the message is stored, so that a turn started or queued for it
-    /// already sees the opt-out and is stored unanswered by the driver.
+    /// STOP: the opt-out travels with the message, and the store's begin records it in the
+    /// transaction that stores the message, after its duplicate check: a replayed STOP changes
+    /// nothing, and a turn started or queued for the message (or behind it) already sees the
+    /// opt-out, so that the driver stores it unanswered; a reply already committed is not sent,
+    /// as the outbox reads the opt-out right before each send. One round trip.
     async fn opt_out(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
-        let now = self.clock.now();
-        let known = self.store.set_opt_out(&inbound.from, true, now).await?;
         match self.begin(inbound).await? {
-            BeginOutcome::Started(context) if known => self.spawn_run(*context),
-            BeginOutcome::Started(context) => {
-                // A first message that is STOP: the session exists only now.
-                self.store.set_opt_out(&inbound.from, true, now).await?;
+            BeginOutcome::Started(context) if answers(&context, inbound) => {
                 self.spawn_close(*context, None);
             }
+            // An earlier message was waiting: its turn comes first, stored unanswered as the
+            // person has opted out, and the STOP's after it.
+            BeginOutcome::Started(context) => self.spawn_run(*context),
             BeginOutcome::Duplicate { .. } => return Ok(InboundOutcome::Duplicate),
             _ => {}
         }
@@ -456,22 +466,22 @@ impl App {
         Ok(InboundOutcome::OptOut)
     }
 
-    /// START from an opted-out number: recorded and stored, not answered (Twilio confirms it).
-    /// From anyone else it is an ordinary message: "yes" usually answers a question.
-    async fn opt_in(self: &Arc<Self>, inbound: &Inbound) -> Result<InboundOutcome, StoreError> {
+    /// START from an opted-out number: the opt-in travels with the message, applied by the
+    /// store's begin after its duplicate check (a replayed START changes nothing); stored, not
+    /// answered (Twilio confirms it). From anyone else it is an ordinary message: "yes" usually
+    /// answers a question.
+    async fn opt_in(self: &Arc<Self>, mut inbound: Inbound) -> Result<InboundOutcome, StoreError> {
         let opted_out = self
             .store
             .session(&inbound.from)
             .await?
             .is_some_and(|session| session.opted_out);
         if !opted_out {
-            return self.converse(inbound).await;
+            return self.converse(&inbound).await;
         }
-        self.store
-            .set_opt_out(&inbound.from, false, self.clock.now())
-            .await?;
-        match self.begin(inbound).await? {
-            BeginOutcome::Started(context) if answers(&context, inbound) => {
+        inbound.opt_out = Some(false);
+        match self.begin(&inbound).await? {
+            BeginOutcome::Started(context) if answers(&context, &inbound) => {
                 self.spawn_close(*context, None);
             }
             // An earlier message was waiting: its turn comes first, through the soul, and the

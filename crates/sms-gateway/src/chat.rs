@@ -82,6 +82,7 @@ pub(crate) async fn run(config: &Config, from: &str) -> Result<(), StartError> {
             body: soul_engine::text::storable(body).into_owned(),
             external_id: None,
             received_at: clock.now(),
+            opt_out: None,
         };
         let note = match driver.handle(&inbound, &terminal).await {
             Ok(Handled::Queued) => {

@@ -26,6 +26,11 @@ pub(crate) const CONFIG_FILE_VARIABLE: &str = "SOUL_CONFIG";
 pub(crate) const KEYS: &[&str] = &[
     "BIND",
     "PORT",
+    // The HTTP listener's bounds and the operations endpoints' token (`HttpLimits`).
+    "MAX_CONNECTIONS",
+    "HEADER_READ_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "METRICS_TOKEN",
     "PUBLIC_URL",
     "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN",
@@ -83,6 +88,14 @@ const DEFAULT_MODEL_TIMEOUT: Duration = Duration::from_secs(20);
 /// One model call, retries and their waits included: two full attempts and a backoff, after
 /// which the person gets the fallback reply. Well under [`DEFAULT_TURN_LEASE`].
 const DEFAULT_MODEL_RETRY_BUDGET: Duration = Duration::from_secs(45);
+
+/// Connections served at once by default; lowered at start to half the open-file limit.
+const DEFAULT_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(4096).expect("not zero");
+/// Twilio sends a request's headers at once; a client that has not within this time is not
+/// Twilio, or has gone.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Twilio waits 15 s for a webhook's answer: past that no answer matters.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the command being run needs; each level needs everything the one before it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -187,6 +200,24 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// How the HTTP listener bounds its clients, and who may read the operations endpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpLimits {
+    /// Connections served at once (`MAX_CONNECTIONS`); more wait in the kernel's accept queue.
+    /// Lowered at start to half the open-file limit, so that the store, the model and Twilio
+    /// always have descriptors left.
+    pub(crate) max_connections: NonZeroU32,
+    /// How long a client has to send a request's headers, from the connection's opening or from
+    /// its previous answer (`HEADER_READ_TIMEOUT`): also how long an idle connection is kept.
+    pub(crate) header_read_timeout: Duration,
+    /// How long a request may take from its headers to its answer, its body and its handling
+    /// (`REQUEST_TIMEOUT`); answered 408 past it.
+    pub(crate) request_timeout: Duration,
+    /// When set (`METRICS_TOKEN`), `/metrics` and `/readyz` require `Authorization: Bearer` with
+    /// it; `/healthz` stays open for liveness probes.
+    pub(crate) metrics_token: Option<Secret>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -234,6 +265,8 @@ pub(crate) struct Config {
     /// The time one model call may take in all, retries and their waits included; shorter than
     /// `turn_lease`.
     pub(crate) model_retry_budget: Duration,
+    /// The HTTP listener's bounds and the operations endpoints' token.
+    pub(crate) http: HttpLimits,
 }
 
 impl Config {
@@ -263,6 +296,7 @@ impl Config {
                 text.parse().ok()
             })
             .unwrap_or(DEFAULT_PORT);
+        let http = reader.http();
         let public_url = reader.url("PUBLIC_URL", false);
         if reader.get("PUBLIC_URL").is_none() && level >= Level::Serve {
             reader.missing("PUBLIC_URL", "to check Twilio's webhook signatures");
@@ -354,6 +388,7 @@ impl Config {
                 fallback_reply,
                 model_timeout,
                 model_retry_budget,
+                http,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -664,6 +699,23 @@ impl Reader<'_> {
         )
     }
 
+    fn http(&mut self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self
+                .parsed("MAX_CONNECTIONS", "not a positive integer", |text| {
+                    text.parse().ok()
+                })
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: self
+                .duration("HEADER_READ_TIMEOUT")
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            request_timeout: self
+                .duration("REQUEST_TIMEOUT")
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            metrics_token: self.secret("METRICS_TOKEN"),
+        }
+    }
+
     fn twilio(&mut self, level: Level) -> Option<TwilioConfig> {
         let needed = level >= Level::Serve;
         let account_sid = self.parsed(
@@ -892,6 +944,7 @@ fn fuzz_check_values(values: &BTreeMap<String, String>, level: Level) {
         ("TWILIO_AUTH_TOKEN", "twilio-token"),
         ("OPENAI_API_KEY", "openai-key"),
         ("SUPABASE_SERVICE_KEY", "supabase-key"),
+        ("METRICS_TOKEN", "metrics-token"),
     ] {
         if set(key).is_some() {
             masked.insert(key.to_owned(), stand_in.to_owned());
@@ -1468,6 +1521,51 @@ api_key = "sk-file"
                 "MODEL_RETRY_BUDGET and MODEL_TIMEOUT",
                 "TURN_LEASE and MODEL_RETRY_BUDGET"
             ]
+        );
+    }
+
+    #[test]
+    fn http_limits_and_the_metrics_token() {
+        let config = Config::from_values(&BTreeMap::new(), Level::Migrate).unwrap();
+        assert_eq!(config.http.max_connections.get(), 4096);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(15));
+        assert!(config.http.metrics_token.is_none());
+
+        let config = Config::from_values(
+            &values(&[
+                ("MAX_CONNECTIONS", "100"),
+                ("HEADER_READ_TIMEOUT", "2s"),
+                ("REQUEST_TIMEOUT", "30s"),
+                ("METRICS_TOKEN", " scrape-me "),
+            ]),
+            Level::Migrate,
+        )
+        .unwrap();
+        assert_eq!(config.http.max_connections.get(), 100);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(30));
+        let token = config.http.metrics_token.as_ref().unwrap();
+        assert_eq!(token.expose(), "scrape-me");
+        assert!(!format!("{config:?}").contains("scrape-me"));
+
+        let malformed: Vec<String> = problems(
+            &values(&[
+                ("MAX_CONNECTIONS", "0"),
+                ("HEADER_READ_TIMEOUT", "never"),
+                ("REQUEST_TIMEOUT", "0s"),
+            ]),
+            Level::Migrate,
+        )
+        .into_iter()
+        .map(|problem| match problem {
+            Problem::Malformed { key, .. } => key,
+            other => panic!("expected malformed values only, got {other:?}"),
+        })
+        .collect();
+        assert_eq!(
+            malformed,
+            ["MAX_CONNECTIONS", "HEADER_READ_TIMEOUT", "REQUEST_TIMEOUT"]
         );
     }
 

@@ -2,7 +2,12 @@
 //!
 //! Twilio answers these itself on long codes and blocks later sends to an opted-out number
 //! (error 21610), but it still forwards the message, so the gateway must record the opt-out
-//! and not reply. A keyword is the whole message: "stop" is one, "please stop texting" is not.
+//! and not reply. The gateway reads keywords as Twilio does: only a message that is a single
+//! keyword counts, in any case, with the white space and punctuation around it ignored —
+//! "Stop.", " STOP! " and "stop" are STOP. "stop please" and "please stop texting" are not:
+//! Twilio does not block the number for them either (its opt-out documentation gives "STOP
+//! PLEASE" and "PLEASE CANCEL" as messages that do not opt out), so they are ordinary messages
+//! and the soul answers them.
 
 /// What a keyword message asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,9 +33,10 @@ const OPT_OUT: &[&str] = &[
 const OPT_IN: &[&str] = &["START", "UNSTOP", "YES"];
 const HELP: &[&str] = &["HELP", "INFO"];
 
-/// The keyword `body` is, if any: the whole body, trimmed, in any case.
+/// The keyword `body` is, if any: the whole body, in any case, less the white space and
+/// punctuation around it.
 pub(crate) fn classify(body: &str) -> Option<Keyword> {
-    let word = body.trim();
+    let word = body.trim_matches(|c: char| c.is_whitespace() || is_punctuation(c));
     let is_one_of = |list: &[&str]| {
         list.iter()
             .any(|keyword| keyword.eq_ignore_ascii_case(word))
@@ -44,6 +50,12 @@ pub(crate) fn classify(body: &str) -> Option<Keyword> {
     } else {
         None
     }
+}
+
+/// ASCII punctuation, and the marks phones put in for it: curly quotes, inverted marks,
+/// the ellipsis.
+fn is_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation() || matches!(c, '‘' | '’' | '“' | '”' | '¡' | '¿' | '…' | '«' | '»')
 }
 
 #[cfg(test)]
@@ -74,13 +86,38 @@ mod tests {
     }
 
     #[test]
+    fn punctuation_around_the_keyword_is_ignored() {
+        for body in [
+            "Stop.",
+            "STOP!",
+            " stop. ",
+            "stop!!!",
+            "\"STOP\"",
+            "“Stop”",
+            "¡Stop!",
+            "(stop)",
+            "...stop...",
+            "stop…",
+            "- STOP -",
+        ] {
+            assert_eq!(classify(body), Some(Keyword::OptOut), "{body:?}");
+        }
+        assert_eq!(classify("Yes!"), Some(Keyword::OptIn));
+        assert_eq!(classify("Help?"), Some(Keyword::Help));
+        assert_eq!(classify("?!."), None);
+    }
+
+    #[test]
     fn only_the_whole_body_counts() {
         for body in [
             "",
             "   ",
             "please stop",
             "stop it",
-            "STOP!",
+            "stop please",
+            "Stop, please.",
+            "stop stop",
+            "st.op",
             "S TOP",
             "helpful",
             "yes please",

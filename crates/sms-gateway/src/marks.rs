@@ -147,6 +147,7 @@ mod tests {
             body: "hi".to_owned(),
             external_id: None,
             received_at: now,
+            opt_out: None,
         };
         let BeginOutcome::Started(context) = store
             .begin_turn(&inbound, &settings, now)

@@ -1,6 +1,8 @@
 //! A per-number limit on inbound messages (`RATE_LIMIT_PER_MINUTE`), kept in this process's
 //! memory: it protects the model bill from a runaway sender, not a shared quota, so with several
-//! gateway processes each one counts the messages it receives.
+//! gateway processes each one counts the messages it receives (a number may get up to the limit
+//! through each). A message counts once: Twilio's retry of a message already stored, or of one
+//! whose storing failed, gives its token back ([`RateLimiter::refund`]).
 //!
 //! The limit is a token bucket in its GCRA form: a number may send `per_minute` messages in a
 //! burst, then one more every `60 s / per_minute`. Unlike counts per calendar minute, a burst
@@ -50,6 +52,18 @@ impl RateLimiter {
         full_at.insert(number.to_owned(), start + self.interval);
         true
     }
+
+    /// Gives back the token [`allow`](Self::allow) took for a message from `number` that was not
+    /// a new one after all (a retried delivery the store had already) or was not stored.
+    pub(crate) fn refund(&self, number: &str, now: DateTime<Utc>) {
+        let mut full_at = self.full_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = full_at.get_mut(number) {
+            *at -= self.interval;
+            if *at <= now {
+                full_at.remove(number);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +105,23 @@ mod tests {
         assert_eq!((0..5).filter(|_| limiter.allow("+1", t0)).count(), 3);
         let later = t0 + Duration::minutes(1);
         assert_eq!((0..5).filter(|_| limiter.allow("+1", later)).count(), 3);
+    }
+
+    #[test]
+    fn a_refunded_message_uses_no_token() {
+        let limiter = limiter(2);
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 24, 18, 0, 0).unwrap();
+        assert!(limiter.allow("+1", t0));
+        for _ in 0..5 {
+            assert!(limiter.allow("+1", t0));
+            limiter.refund("+1", t0);
+        }
+        assert!(limiter.allow("+1", t0));
+        assert!(!limiter.allow("+1", t0));
+        // A refund for a number never counted, or whose bucket is full again, changes nothing.
+        limiter.refund("+2", t0);
+        assert!(limiter.allow("+2", t0) && limiter.allow("+2", t0));
+        assert!(!limiter.allow("+2", t0));
     }
 
     #[test]

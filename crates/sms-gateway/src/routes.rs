@@ -4,7 +4,12 @@
 //! parameters Twilio sent, against the configured public URL plus the request's path and query
 //! (never the `Host` header, which a TLS-terminating proxy rewrites). A missing signature is 401,
 //! a wrong one 403, and nothing is stored for either; a body over 64 KiB is 413 before it is
-//! read whole; a webhook missing a required field is 400.
+//! read whole; a webhook missing a required field is 400. A request not answered within
+//! `REQUEST_TIMEOUT` of its headers (its body included) is 408.
+//!
+//! `/healthz` is open to anyone, for liveness probes. `/metrics` and `/readyz` are open too
+//! unless `METRICS_TOKEN` is set; then they need `Authorization: Bearer <token>`, compared in
+//! constant time, and are 401 without it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sha2::{Digest as _, Sha256};
 use soul_persistence::{Address, DeliveryStatus, DeliveryUpdate, OutboundRef};
+use subtle::ConstantTimeEq as _;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::app::{App, store_error_kind};
 use crate::twilio::client::OPTED_OUT;
@@ -38,6 +46,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The gateway's routes.
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let request_timeout = app.config.http.request_timeout;
     Router::new()
         .route("/twilio/sms", post(inbound))
         .route("/twilio/status", post(status))
@@ -45,7 +54,39 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A client that sends headers and then a body slowly, or never, would otherwise hold its
+        // connection (and a handler) for as long as it likes: the body is read inside the handler.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(app)
+}
+
+/// `None` when the request may read the operations endpoints: no `METRICS_TOKEN` is set, or
+/// it carries `Authorization: Bearer <token>`; else the 401 to answer. The comparison is of
+/// the two values' SHA-256 digests in constant time, so that neither the token's bytes nor its
+/// length show in the time taken.
+fn unauthorized(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let token = app.config.http.metrics_token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, given)| given.trim());
+    let matches = Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.expose()));
+    if bool::from(matches) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "this endpoint needs Authorization: Bearer with the METRICS_TOKEN\n",
+        )
+            .into_response(),
+    )
 }
 
 /// Checks the request's signature; the parameters when it is Twilio's.
@@ -199,7 +240,10 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: the store answers.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readyz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     match tokio::time::timeout(READY_TIMEOUT, app.store_reachable()).await {
         Ok(true) => "ready\n".into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response(),
@@ -207,7 +251,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

@@ -1,20 +1,44 @@
-//! `sms-gateway serve`: listen, sweep, and shut down gracefully.
+//! `sms-gateway serve`: listen within bounds, sweep, and shut down within `SHUTDOWN_TIMEOUT`.
 //!
-//! On SIGTERM (or Ctrl-C) the listener closes and requests in progress finish; then running
-//! turns and sends get up to `SHUTDOWN_TIMEOUT` to finish. Sessions still waiting for a turn slot
-//! are not started: their messages are stored and unleased, so the next gateway to sweep starts
-//! them at once. Whatever is still running after the timeout is recoverable: its messages are
-//! stored, its lease expires and another process (or this one, restarted) takes the session
-//! over; its committed replies are resent from the outbox.
+//! Connections are served by hyper directly (`axum::serve` sets no timer, so no header timeout,
+//! and has no connection cap), bounded so that no client, signed or not, can hold the gateway:
+//! - at most `MAX_CONNECTIONS` are served at once, and never more than half the open-file limit
+//!   (raised to its hard limit at start), so that the store, the model and Twilio always have
+//!   descriptors left; further clients wait in the kernel's accept queue until one closes;
+//! - a request's headers must arrive within `HEADER_READ_TIMEOUT` of the connection's opening or
+//!   of its previous answer (hyper's header read timeout, which so also closes idle keep-alive
+//!   connections), however slowly they trickle in;
+//! - a request must be answered within `REQUEST_TIMEOUT` of its headers, its body included
+//!   (`routes::router`).
+//!
+//! On SIGTERM (or Ctrl-C) the listener closes and idle connections with it; requests in
+//! progress may finish; then running turns and sends. All of it within `SHUTDOWN_TIMEOUT` of
+//! the signal. Sessions still waiting for a turn slot are not started: their messages are stored
+//! and unleased, so the next gateway to sweep starts them at once. Whatever the timeout leaves
+//! open or running is recoverable (an unanswered request is retried by Twilio; a turn's messages
+//! are stored, its lease expires and another process takes the session over; committed replies
+//! are resent from the outbox), and the process then exits non-zero, saying what it left.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, App, StartError};
-use crate::config::Config;
+use crate::config::{Config, HttpLimits};
 use crate::{routes, sweeper};
+
+/// How long accepting pauses after an error that is not one client's (out of descriptors):
+/// retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,51 +55,165 @@ pub(crate) enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The server failed.
-    #[error("the HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    /// The shutdown timeout ended the shutdown with work left.
+    #[error(
+        "SHUTDOWN_TIMEOUT was reached with {connections} connection(s) still open and {tasks} \
+         turn(s) or send(s) still running; unanswered webhooks are retried by Twilio, and stored \
+         messages and replies are taken over from the store once their leases expire"
+    )]
+    LeftWork {
+        /// Connections still open.
+        connections: usize,
+        /// Turns and sends still running.
+        tasks: usize,
+    },
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     app::configure_crisis_resources(&config);
     let address = config.listen_addr();
+    let max_connections = connection_cap(config.http.max_connections, open_file_limit());
     let app = App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(address)
+    let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServeError::Bind { address, source })?;
-    tracing::info!(%address, "listening");
+    tracing::info!(%address, max_connections, "listening");
 
     let stop_sweeping = CancellationToken::new();
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_sweeping.clone()));
-    let served = axum::serve(listener, routes::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    accept(
+        listener,
+        &app,
+        &slots,
+        &graceful,
+        std::pin::pin!(shutdown_signal()),
+    )
+    .await;
+    let deadline = Instant::now() + app.config.shutdown_timeout;
     stop_sweeping.cancel();
+
+    // Idle connections close at once; those with a request in progress when it is answered.
+    let connections = match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
+        Ok(()) => 0,
+        Err(_) => max_connections - slots.available_permits(),
+    };
     // The sweeper only reads and queues; its end is not worth an error.
-    let _ = sweeper.await;
-    drain(&app).await;
-    served.map_err(ServeError::Serve)
+    let _ = tokio::time::timeout_at(deadline, sweeper).await;
+    let tasks = drain(&app, deadline).await;
+    if connections == 0 && tasks == 0 {
+        tracing::info!("shut down");
+        Ok(())
+    } else {
+        Err(ServeError::LeftWork { connections, tasks })
+    }
 }
 
-/// Waits for running turns and sends, up to the shutdown timeout.
-async fn drain(app: &Arc<App>) {
+/// Serves connections from `listener` until `stop` resolves, each watched by `graceful`, at most
+/// as many at once as `slots` has permits.
+async fn accept(
+    listener: TcpListener,
+    app: &Arc<App>,
+    slots: &Arc<Semaphore>,
+    graceful: &GracefulShutdown,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
+    let builder = connection_builder(&app.config.http);
+    let service = TowerToHyperService::new(routes::router(app.clone()));
+    loop {
+        // Taken before accepting: beyond the cap, clients wait in the accept queue, holding none
+        // of this process's descriptors.
+        let slot = tokio::select! {
+            () = stop.as_mut() => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else {
+            // Never closed.
+            return;
+        };
+        let stream = tokio::select! {
+            () = stop.as_mut() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    if !is_connection_error(&error) {
+                        tracing::warn!(%error, "cannot accept a connection; pausing");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let connection =
+            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            // A client that went away, or was cut by a timeout: nothing to do but close.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+}
+
+/// HTTP/1 connections with a timer, so that hyper's header read timeout applies.
+fn connection_builder(limits: &HttpLimits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+}
+
+/// An error of one client's connection (it went away before it was accepted), not of the
+/// listener's.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The process's open-file limit, raised first to the hard limit; `None` when that failed.
+fn open_file_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+        .inspect_err(|error| tracing::warn!(%error, "cannot raise the open-file limit"))
+        .ok()
+}
+
+/// How many connections are served at once: `configured`, but at most half of `open_files`,
+/// so that the store, the model, Twilio and the log always have descriptors left.
+fn connection_cap(configured: NonZeroU32, open_files: Option<u64>) -> usize {
+    let configured = usize::try_from(configured.get()).unwrap_or(usize::MAX);
+    let Some(open_files) = open_files else {
+        return configured;
+    };
+    let half = usize::try_from(open_files / 2).unwrap_or(usize::MAX).max(1);
+    if configured > half {
+        tracing::warn!(
+            configured,
+            open_files,
+            serving = half,
+            "MAX_CONNECTIONS lowered to half the open-file limit"
+        );
+    }
+    configured.min(half)
+}
+
+/// Waits for running turns and sends until `deadline`; how many are left then.
+async fn drain(app: &Arc<App>, deadline: Instant) -> usize {
     app.stop_waiting();
     app.tracker.close();
     let running = app.tracker.len();
     if running == 0 {
-        return;
+        return 0;
     }
     tracing::info!(running, "waiting for running turns and sends");
-    let timeout = app.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, app.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = app.tracker.len(),
-            "shutdown timeout reached; the rest is resumed from the store after a restart"
-        );
+    match tokio::time::timeout_at(deadline, app.tracker.wait()).await {
+        Ok(()) => 0,
+        Err(_) => app.tracker.len(),
     }
 }
 
@@ -102,5 +240,22 @@ async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
-    tracing::info!("shutting down: no new requests");
+    tracing::info!("shutting down: no new connections");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_half_the_open_files_to_the_rest() {
+        let cap = |configured: u32, open_files| {
+            connection_cap(NonZeroU32::new(configured).unwrap(), open_files)
+        };
+        assert_eq!(cap(4096, Some(1_048_576)), 4096);
+        assert_eq!(cap(4096, Some(1024)), 512);
+        assert_eq!(cap(100, Some(1024)), 100);
+        assert_eq!(cap(4096, None), 4096);
+        assert_eq!(cap(4096, Some(1)), 1);
+    }
 }

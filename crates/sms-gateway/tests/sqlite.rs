@@ -281,6 +281,37 @@ async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still
     assert_eq!(stored, ["again <<r1>>", "again <<r2>>", "STOP"]);
 }
 
+/// Twilio delivering one message again (same MessageSid) does not use up the sender's
+/// rate-limit tokens: the retries are duplicates, and the next new message is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_deliveries_use_no_rate_limit_tokens() {
+    let fx = Fixture::new().await;
+    let settings = fx.settings.clone().set("RATE_LIMIT_PER_MINUTE", "2");
+    let gateway = Gateway::start(&settings).await;
+    let from = "+14155550134";
+    let first = fx.sms(&gateway, from, "once <<t1>>");
+    assert_eq!(gateway.post(&first).await.0, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    for _ in 0..3 {
+        assert_eq!(gateway.post(&first).await.0, 200);
+    }
+    let outcome = |label: &str| format!("sms_gateway_inbound_total{{outcome=\"{label}\"}}");
+    assert_eq!(gateway.metric(&outcome("duplicate")).await, 3);
+    assert_eq!(gateway.metric(&outcome("rate_limited")).await, 0);
+    assert_eq!(
+        gateway
+            .post(&fx.sms(&gateway, from, "twice <<t2>>"))
+            .await
+            .0,
+        200
+    );
+    fx.twilio.wait_for_messages(2, common::PATIENCE).await;
+    assert_eq!(fx.bodies_to(from), ["echo <<t1>>", "echo <<t2>>"]);
+    // The limit still holds for new messages: the burst of 2 is spent.
+    gateway.post(&fx.sms(&gateway, from, "thrice <<t3>>")).await;
+    assert_eq!(gateway.metric(&outcome("rate_limited")).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_answer() {
     let fx = Fixture::new().await;
@@ -290,6 +321,42 @@ async fn health_readiness_and_metrics_answer() {
     let (status, metrics) = gateway.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("# TYPE sms_gateway_inbound_total counter"));
+}
+
+/// With `METRICS_TOKEN` set, `/metrics` and `/readyz` need `Authorization: Bearer` with it:
+/// refused without it or with anything else, served with it; `/healthz` stays open for liveness
+/// probes. Without the setting they are open (`health_readiness_and_metrics_answer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_need_the_token_when_one_is_set() {
+    let fx = Fixture::new().await;
+    let token = "s3cret-scrape";
+    let gateway = Gateway::start(&fx.settings.clone().set("METRICS_TOKEN", token)).await;
+    let http = reqwest::Client::new();
+    for path in ["/metrics", "/readyz"] {
+        let url = format!("{}{path}", gateway.url);
+        let without = http.get(&url).send().await.unwrap();
+        assert_eq!(without.status(), 401, "{path}");
+        assert_eq!(without.headers()["www-authenticate"], "Bearer");
+        for wrong in [
+            "Bearer s3cret",
+            "Bearer s3cret-scrape-",
+            "Bearer ",
+            "Basic s3cret-scrape",
+            "s3cret-scrape",
+        ] {
+            let refused = http
+                .get(&url)
+                .header("authorization", wrong)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 401, "{path} with {wrong:?}");
+        }
+        let served = http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(served.status(), 200, "{path}");
+    }
+    assert_eq!(gateway.get("/healthz").await.0, 200);
+    assert_not_logged(&gateway, &[token]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +468,49 @@ async fn unsigned_forged_oversize_and_malformed_webhooks_are_refused_and_not_sto
     );
 }
 
+/// A `From` that cannot be a sender this gateway answers (empty, letters, 5,000 digits, a NUL,
+/// another channel's address) is refused with 400, signed or not: nothing is stored, nothing
+/// reaches the model, nothing is sent; Twilio does not retry a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_that_are_not_phone_numbers_are_refused_and_not_stored() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let digits = "4".repeat(5_000);
+    let senders = [
+        "",
+        "letters",
+        digits.as_str(),
+        "+1415555\u{0}0112",
+        "whatsapp:+14155550112",
+    ];
+    for from in senders {
+        let (status, body) = gateway.post(&fx.sms(&gateway, from, "hi <<f1>>")).await;
+        assert_eq!(status, 400, "{from:?}: {body}");
+        assert!(body.contains("From"), "{body}");
+    }
+    let store = fx.store().await;
+    for from in senders {
+        assert!(
+            store.session(&Address::new(from)).await.unwrap().is_none(),
+            "{from:?} was stored"
+        );
+    }
+    // A phone number is answered, and is the first message the model sees.
+    let (status, _) = gateway
+        .post(&fx.sms(&gateway, "+14155550112", "hi <<f2>>"))
+        .await;
+    assert_eq!(status, 200);
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    assert_eq!(fx.model.answered(), ["<<f2>>"]);
+    assert_eq!(fx.twilio.messages().len(), 1);
+    assert_eq!(
+        gateway
+            .metric("sms_gateway_inbound_total{outcome=\"rejected\"}")
+            .await,
+        5
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_and_help_are_handled_without_the_model() {
     let fx = Fixture::new().await;
@@ -457,6 +567,54 @@ async fn stop_start_and_help_are_handled_without_the_model() {
             .metric("sms_gateway_inbound_total{outcome=\"opt_out\"}")
             .await,
         2
+    );
+}
+
+/// hi → STOP → START → STOP, then Twilio delivers the START again (same MessageSid, same
+/// signature): a duplicate changes nothing, so the number stays opted out and its next message
+/// is stored unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_start_does_not_opt_a_stopped_number_back_in() {
+    let fx = Fixture::new().await;
+    let gateway = Gateway::start(&fx.settings).await;
+    let from = "+14155550107";
+    let silent = "sms_gateway_turns_total{result=\"silent\"}";
+
+    gateway.post(&fx.sms(&gateway, from, "hi <<k1>>")).await;
+    fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let start = fx.sms(&gateway, from, "START");
+    for (request, keyword_turns) in [
+        (fx.sms(&gateway, from, "STOP"), 1),
+        (start.clone(), 2),
+        (fx.sms(&gateway, from, "STOP"), 3),
+    ] {
+        assert_eq!(gateway.post(&request).await.0, 200);
+        gateway.wait_metric(silent, keyword_turns).await;
+    }
+    let (status, body) = gateway.post(&start).await;
+    assert_eq!(status, 200);
+    assert!(is_twiml(&body), "{body}");
+    gateway
+        .wait_metric("sms_gateway_inbound_total{outcome=\"duplicate\"}", 1)
+        .await;
+    let store = fx.store().await;
+    let session = store.session(&Address::new(from)).await.unwrap().unwrap();
+    assert!(session.opted_out, "the replayed START opted the number in");
+
+    gateway
+        .post(&fx.sms(&gateway, from, "hello again <<k2>>"))
+        .await;
+    gateway.wait_metric(silent, 4).await;
+    assert_eq!(fx.bodies_to(from), ["echo <<k1>>"]);
+    assert_eq!(fx.model.answered(), ["<<k1>>"]);
+    let export = store
+        .export_user(&Address::new(from))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        common::user_texts(&export),
+        ["hi <<k1>>", "STOP", "START", "STOP", "hello again <<k2>>"]
     );
 }
 
@@ -838,6 +996,7 @@ async fn a_due_event_makes_the_soul_text_first() {
             body: "hello".to_owned(),
             external_id: Some(new_sid("SM")),
             received_at: now,
+            opt_out: None,
         };
         let BeginOutcome::Started(context) =
             store.begin_turn(&inbound, &settings, now).await.unwrap()

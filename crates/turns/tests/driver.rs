@@ -204,6 +204,7 @@ fn inbound(from: &str, body: &str, sid: &str, at: DateTime<Utc>) -> Inbound {
         body: body.to_owned(),
         external_id: Some(sid.to_owned()),
         received_at: at,
+        opt_out: None,
     }
 }
 

@@ -160,6 +160,7 @@ impl Runner {
                     // Unique per step, as the channel's message ids are.
                     external_id: Some(format!("SMreplay{number:04}")),
                     received_at: step.at,
+                    opt_out: None,
                 };
                 match self.driver.handle(&inbound, &NoDelivery).await? {
                     Handled::Answered(reports) => absorb(&mut outcome, &reports),

@@ -733,6 +733,19 @@ async fn begin(
         }
     }
 
+    if let Some(opted_out) = inbound.opt_out {
+        sqlx::query(
+            "update user_sessions set opted_out_at =
+               case when ?1 then coalesce(opted_out_at, ?2) end
+             where id = ?3",
+        )
+        .bind(opted_out)
+        .bind(&now_text)
+        .bind(&row.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+
     let inbound_id = Uuid::new_v4();
     sqlx::query(
         "insert into inbound_messages (id, session_id, external_id, body, received_at)

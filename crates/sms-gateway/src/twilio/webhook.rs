@@ -125,6 +125,13 @@ impl InboundSms {
             return Err(WebhookError::InvalidMessageSid);
         }
         let from = required(params, "From")?;
+        if !is_phone_number(from) {
+            return Err(WebhookError::Malformed {
+                field: "From",
+                reason: "not a phone number in E.164 form (+ and 7 to 15 digits); this gateway \
+                         answers SMS and MMS from phone numbers only",
+            });
+        }
         let to = required(params, "To")?;
         // Present but empty is an MMS without text; absent is a malformed webhook.
         let body = required(params, "Body")?;
@@ -281,6 +288,19 @@ pub(crate) fn is_message_sid(sid: &str) -> bool {
     bytes.len() == 34
         && (bytes.starts_with(b"SM") || bytes.starts_with(b"MM"))
         && bytes[2..].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Whether `from` can be the sender of a message this gateway answers: a phone number in E.164
+/// form, `+` and 7 to 15 digits, the first not 0, as Twilio gives SMS and MMS senders. Replies
+/// go out as SMS from `TWILIO_FROM` (or the messaging service), so another channel's address
+/// (`whatsapp:+1…`, `messenger:…`) or a short code could not be answered, and an empty, overlong
+/// or non-numeric value cannot be anyone's number.
+pub(crate) fn is_phone_number(from: &str) -> bool {
+    from.strip_prefix('+').is_some_and(|digits| {
+        (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
 }
 
 fn required<'a>(params: &'a FormParams, name: &'static str) -> Result<&'a str, WebhookError> {
@@ -446,7 +466,7 @@ mod tests {
     #[test]
     fn mms_without_text_has_an_empty_body_and_media() {
         let body = format!(
-            "MessageSid=MM{}&From=%2B1415&To=%2B1500&Body=&NumMedia=2\
+            "MessageSid=MM{}&From=%2B14155550100&To=%2B1500&Body=&NumMedia=2\
              &MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fm0&MediaContentType0=image%2Fjpeg\
              &MediaUrl1=https%3A%2F%2Fapi.twilio.com%2Fm1",
             "a".repeat(32)
@@ -471,7 +491,7 @@ mod tests {
 
     #[test]
     fn missing_fields_are_typed_errors() {
-        let full = format!("MessageSid={SID}&From=%2B1&To=%2B2&Body=hi");
+        let full = format!("MessageSid={SID}&From=%2B14155550100&To=%2B2&Body=hi");
         for (field, name) in [
             ("MessageSid", "MessageSid"),
             ("From", "From"),
@@ -503,7 +523,7 @@ mod tests {
             "SMé123456789abcdef0123456789abcde",
         ] {
             assert!(!is_message_sid(bad), "{bad}");
-            let body = format!("MessageSid={bad}&From=%2B1&To=%2B2&Body=hi");
+            let body = format!("MessageSid={bad}&From=%2B14155550100&To=%2B2&Body=hi");
             assert_eq!(
                 InboundSms::parse(body.as_bytes()),
                 Err(WebhookError::InvalidMessageSid),
@@ -515,8 +535,66 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_must_be_a_phone_number() {
+        for good in [
+            "+14155550100",
+            "+447700900123",
+            "+6834002",
+            "+123456789012345",
+        ] {
+            assert!(is_phone_number(good), "{good}");
+            let body = format!(
+                "MessageSid={SID}&From={}&To=%2B2&Body=hi",
+                good.replace('+', "%2B")
+            );
+            assert_eq!(
+                InboundSms::parse(body.as_bytes()).map(|sms| sms.from),
+                Ok(good.to_owned())
+            );
+        }
+        let digits = "9".repeat(5000);
+        for bad in [
+            "",
+            "+",
+            "14155550100",
+            "+1415555010a",
+            "+0123456789",
+            "+123456",
+            "+1234567890123456",
+            digits.as_str(),
+            "+1415\u{0}5550100",
+            "+14155550100\u{0}",
+            "whatsapp:+14155550100",
+            "messenger:1234567890",
+            "12345",
+            " +14155550100",
+            "+1 415 555 0100",
+            "+١٤١٥٥٥٥٠١٠٠",
+        ] {
+            assert!(!is_phone_number(bad), "{bad:?}");
+            let body: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("MessageSid", SID)
+                .append_pair("From", bad)
+                .append_pair("To", "+15005550006")
+                .append_pair("Body", "hi")
+                .finish();
+            let error = InboundSms::parse(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(error, WebhookError::Malformed { field: "From", .. }),
+                "{bad:?}: {error:?}"
+            );
+            // The value is personal: the error never quotes it.
+            assert_eq!(
+                error.to_string(),
+                "the webhook's From parameter is malformed: not a phone number in E.164 form (+ \
+                 and 7 to 15 digits); this gateway answers SMS and MMS from phone numbers only"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_numbers_are_typed_errors() {
-        let body = format!("MessageSid={SID}&From=%2B1&To=%2B2&Body=hi&NumMedia=lots");
+        let body = format!("MessageSid={SID}&From=%2B14155550100&To=%2B2&Body=hi&NumMedia=lots");
         assert_eq!(
             InboundSms::parse(body.as_bytes()),
             Err(WebhookError::Malformed {
@@ -528,7 +606,8 @@ mod tests {
 
     #[test]
     fn huge_num_media_is_bounded() {
-        let body = format!("MessageSid={SID}&From=%2B1&To=%2B2&Body=&NumMedia=4000000000");
+        let body =
+            format!("MessageSid={SID}&From=%2B14155550100&To=%2B2&Body=&NumMedia=4000000000");
         let sms = InboundSms::parse(body.as_bytes()).unwrap();
         assert_eq!(sms.num_media, 4_000_000_000);
         assert!(sms.media.is_empty());

@@ -258,9 +258,33 @@ pub fn command(env: &BTreeMap<String, String>) -> Command {
     command
 }
 
+/// The gateway binary, configured by `env` alone, under an open-file limit of `open_files`
+/// (soft and hard, as the shell's `ulimit -n` sets both).
+pub fn command_with_open_files(env: &BTreeMap<String, String>, open_files: u32) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .args([
+            "-c",
+            &format!("ulimit -n {open_files} && exec \"$0\""),
+            env!("CARGO_BIN_EXE_sms-gateway"),
+        ])
+        .env_clear()
+        .envs(env);
+    command
+}
+
 impl Gateway {
     /// Starts a gateway with `settings` and waits until it answers `/healthz`.
     pub async fn start(settings: &Settings) -> Gateway {
+        Self::start_command(settings, command(&settings.env)).await
+    }
+
+    /// [`start`](Self::start) under an open-file limit of `open_files`.
+    pub async fn start_with_open_files(settings: &Settings, open_files: u32) -> Gateway {
+        Self::start_command(settings, command_with_open_files(&settings.env, open_files)).await
+    }
+
+    async fn start_command(settings: &Settings, mut command: Command) -> Gateway {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -268,7 +292,7 @@ impl Gateway {
             .append(true)
             .open(&settings.log)
             .expect("open the log file");
-        let child = command(&settings.env)
+        let child = command
             .env("PORT", port.to_string())
             .env("PUBLIC_URL", &url)
             .stdin(Stdio::null())
