@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "delivery_updates_together",
         sql: include_str!("../../../migrations/20260102001500_delivery_updates_together.sql"),
     },
+    Migration {
+        version: "20260102001600",
+        name: "reply_claims",
+        sql: include_str!("../../../migrations/20260102001600_reply_claims.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
