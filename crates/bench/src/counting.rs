@@ -16,6 +16,7 @@ use soul_persistence::{
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
     SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
+use uuid::Uuid;
 
 /// `future`, adding the time it took to `nanos`.
 fn timed<'a, T: Send + 'a>(
@@ -165,16 +166,25 @@ impl Store for CountingStore {
         self.tick().update_deliveries(updates)
     }
 
-    fn pending_deliveries(
+    fn claim_pending_deliveries(
         &self,
-        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
-        self.tick().pending_deliveries(older_than, limit)
+        self.tick()
+            .claim_pending_deliveries(now, claim_until, limit)
     }
 
-    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
-        self.tick().session_outbox(session)
+    fn claim_session_outbox(
+        &self,
+        session: SessionId,
+        through: Uuid,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+    ) -> StoreFuture<'_, Option<SessionOutbox>> {
+        self.tick()
+            .claim_session_outbox(session, through, now, claim_until)
     }
 
     fn set_opt_out<'a>(

@@ -3,8 +3,8 @@
 //! A turn costs two round trips to the database: [`Store::begin_turn`] stores the inbound
 //! message and either starts the turn (loading everything it needs under a lease) or reports it
 //! as a duplicate or queued behind the running turn; [`Store::commit_turn`] applies the turn's
-//! changes atomically, stores its replies for delivery, releases the lease and starts the
-//! session's next waiting message, if any. Both are atomic. A due scheduled event enters the
+//! changes atomically, stores its replies for delivery (claimed for their sender), releases the
+//! lease and starts the session's next waiting message, if any. Both are atomic. A due scheduled event enters the
 //! same queue through [`Store::begin_event_turn`], as a turn that is not the person talking.
 //!
 //! Backends: [`PgStore`] (PostgreSQL or Supabase's database, through SQL functions defined in
@@ -18,6 +18,7 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
+use uuid::Uuid;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -167,17 +168,31 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn update_deliveries<'a>(&'a self, updates: &'a [DeliveryUpdate])
     -> StoreFuture<'a, Vec<bool>>;
 
-    /// Outbound messages still pending that were stored at or before `older_than`, oldest
-    /// first: after a restart, replies that may or may not have been sent.
-    fn pending_deliveries(
+    /// Claims for the caller, until `claim_until`, up to `limit` pending replies whose claim
+    /// expired by `now` (their sender died, or gave up), oldest first: replies that may or may
+    /// not have been sent, for a sweeper to send again. Two callers at once get disjoint sets,
+    /// and a reply claimed here is not handed out again before `claim_until`. A commit claims its
+    /// own replies ([`OutboxAtCommit::claimed_until`]).
+    fn claim_pending_deliveries(
         &self,
-        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>>;
 
-    /// Whether `session`'s person opted out and the session's pending replies, oldest first, in
-    /// one call: what the outbox asks before each send. `None` for an unknown session.
-    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>>;
+    /// Whether `session`'s person opted out and the session's pending replies stored up to and
+    /// including `through`, oldest first, in one call; in it, those of them whose claim expired
+    /// by `now` are claimed for the caller until `claim_until` ([`SessionOutbox::claimed`]).
+    /// What a sender asks before sending `through` when earlier replies of the session may still
+    /// be pending: it sends those it holds, and waits for the others. `None` for an unknown
+    /// session.
+    fn claim_session_outbox(
+        &self,
+        session: SessionId,
+        through: Uuid,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+    ) -> StoreFuture<'_, Option<SessionOutbox>>;
 
     /// Records that a person opted out of (or back into) messages; `false` when unknown.
     fn set_opt_out<'a>(

@@ -122,6 +122,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/20260102001500_delivery_updates_together.sql"),
     },
     Migration {
+        version: "20260102001600",
+        name: "reply_claims",
+        sql: include_str!("../../../migrations/20260102001600_reply_claims.sql"),
+    },
+    Migration {
         version: "20260102001700",
         name: "keywords_opt_with_begin",
         sql: include_str!("../../../migrations/20260102001700_keywords_opt_with_begin.sql"),

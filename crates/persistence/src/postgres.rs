@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
+use uuid::Uuid;
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
@@ -264,7 +265,7 @@ impl Store for PgStore {
             let answer = self
                 .call("select public.soul_commit_turn($1)", request)
                 .await?;
-            let mut outcome = wire::commit_outcome(answer, commit)?;
+            let mut outcome = wire::commit_outcome(answer, commit, settings, now)?;
             wire::load_next_turns_history(self, &mut outcome, settings).await;
             Ok(outcome)
         })
@@ -371,25 +372,32 @@ impl Store for PgStore {
         })
     }
 
-    fn pending_deliveries(
+    fn claim_pending_deliveries(
         &self,
-        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
         max: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
         Box::pin(async move {
-            let request = wire::pending_request(older_than, max);
+            let request = wire::claim_pending_request(now, claim_until, max);
             list(
-                self.call("select public.soul_pending_deliveries($1)", request)
+                self.call("select public.soul_claim_pending_deliveries($1)", request)
                     .await?,
             )
         })
     }
 
-    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+    fn claim_session_outbox(
+        &self,
+        session: SessionId,
+        through: Uuid,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+    ) -> StoreFuture<'_, Option<SessionOutbox>> {
         Box::pin(async move {
-            let request = wire::session_outbox_request(session);
+            let request = wire::claim_session_outbox_request(session, through, now, claim_until);
             let answer = self
-                .call("select public.soul_session_outbox($1)", request)
+                .call("select public.soul_claim_session_outbox($1)", request)
                 .await?;
             Ok(serde_json::from_value(answer)?)
         })

@@ -121,6 +121,10 @@ pub struct TurnSettings {
     pub session_timeout: Duration,
     /// How long a turn's lease lasts; a worker that has not committed by then is presumed dead.
     pub lease_for: Duration,
+    /// How long a commit's replies are claimed for the sender that committed them: nobody else
+    /// sends them before then, and after it any process may claim them
+    /// ([`crate::Store::claim_pending_deliveries`]). The gateway's `OUTBOX_RETRY_AFTER`.
+    pub reply_claim_for: Duration,
     /// How many of the latest history messages a turn loads (when it has no snapshot, see
     /// [`TurnContext::history`]); 0 loads all.
     pub history_limit: u32,
@@ -130,7 +134,7 @@ pub struct TurnSettings {
 
 impl TurnSettings {
     /// The seed's defaults: one-hour timeout, the last 20 messages of every region, and a
-    /// two-minute lease; no subprocesses.
+    /// two-minute lease; no subprocesses; replies claimed for a minute.
     pub fn new(persona: impl Into<String>, processes: Processes) -> Self {
         TurnSettings {
             persona: persona.into(),
@@ -138,6 +142,7 @@ impl TurnSettings {
             subprocesses: Vec::new(),
             session_timeout: Duration::hours(1),
             lease_for: Duration::minutes(2),
+            reply_claim_for: Duration::minutes(1),
             history_limit: 20,
             history_region: None,
         }
@@ -147,9 +152,12 @@ impl TurnSettings {
 impl TurnSettings {
     /// Rejects settings no store can honour.
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        if self.lease_for <= Duration::zero() || self.session_timeout <= Duration::zero() {
+        if self.lease_for <= Duration::zero()
+            || self.session_timeout <= Duration::zero()
+            || self.reply_claim_for <= Duration::zero()
+        {
             return Err(crate::StoreError::Invalid(
-                "lease_for and session_timeout must be positive".to_owned(),
+                "lease_for, session_timeout and reply_claim_for must be positive".to_owned(),
             ));
         }
         if self.processes.initial.is_empty() {
@@ -630,22 +638,17 @@ impl TurnCommit {
     }
 }
 
-/// What sending a session's replies needs to know, read in one call.
-#[derive(Clone, PartialEq, Deserialize)]
+/// What sending a session's replies needs to know when earlier ones may still be pending, read
+/// (and claimed) in one call: [`crate::Store::claim_session_outbox`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SessionOutbox {
     /// The person opted out: nothing may be sent.
     pub opted_out: bool,
-    /// The session's replies still pending, oldest first.
+    /// The session's replies still pending up to the one asked about, oldest first.
     pub pending: Vec<OutboundMessage>,
-}
-
-impl fmt::Debug for SessionOutbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionOutbox")
-            .field("opted_out", &self.opted_out)
-            .field("pending", &self.pending)
-            .finish()
-    }
+    /// The ids of those this call claimed (their claim had expired): the caller alone may send
+    /// them now. The others are claimed by another sender, or by the caller already.
+    pub claimed: Vec<Uuid>,
 }
 
 /// A reply to deliver, as stored in the outbox.
@@ -692,15 +695,19 @@ pub struct CommitOutcome {
 
 /// What sending a commit's replies needs to know, read by the commit itself under the session's
 /// lock: whether the person opted out, and whether replies of earlier commits were still pending
-/// (to be sent, or waited for, first). An earlier reply settled by then stays settled, so "none
-/// pending" holds for as long as the replies wait; an opt-out may come later and is looked for
-/// again only where the send has to ask anyway.
+/// (to be sent, or waited for, first); and until when the commit claimed its replies for their
+/// sender. An earlier reply settled by then stays settled, so "none pending" holds for as long as
+/// the replies wait; an opt-out may come later and is looked for again only where the send has to
+/// ask anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxAtCommit {
     /// The person had opted out: nothing may be sent.
     pub opted_out: bool,
     /// Replies stored by earlier commits of the session were still pending.
     pub earlier_pending: bool,
+    /// The commit's replies are the caller's to send until then (the commit's `now` plus
+    /// [`TurnSettings::reply_claim_for`]); afterwards any process may claim them.
+    pub claimed_until: DateTime<Utc>,
 }
 
 /// Changes made by subprocesses after the turn's commit, applied only if no newer turn began.

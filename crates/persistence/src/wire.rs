@@ -20,6 +20,12 @@ fn millis(duration: Duration) -> i64 {
     duration.num_milliseconds()
 }
 
+/// Until when a commit at `now` claims its replies: in whole milliseconds, as the SQL functions
+/// receive the duration.
+pub(crate) fn reply_claim_until(settings: &TurnSettings, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + Duration::milliseconds(millis(settings.reply_claim_for))
+}
+
 /// `soul_renew_lease`'s request.
 pub(crate) fn renew_request(
     session: SessionId,
@@ -44,14 +50,23 @@ pub(crate) fn stalled_request(now: DateTime<Utc>, limit: u32) -> Value {
     json!({ "now": now, "limit": limit })
 }
 
-/// `soul_pending_deliveries`' request.
-pub(crate) fn pending_request(older_than: DateTime<Utc>, limit: u32) -> Value {
-    json!({ "older_than": older_than, "limit": limit })
+/// `soul_claim_pending_deliveries`' request.
+pub(crate) fn claim_pending_request(
+    now: DateTime<Utc>,
+    claim_until: DateTime<Utc>,
+    limit: u32,
+) -> Value {
+    json!({ "now": now, "claim_until": claim_until, "limit": limit })
 }
 
-/// `soul_session_outbox`'s request.
-pub(crate) fn session_outbox_request(session: SessionId) -> Value {
-    json!({ "session_id": session })
+/// `soul_claim_session_outbox`'s request.
+pub(crate) fn claim_session_outbox_request(
+    session: SessionId,
+    through: Uuid,
+    now: DateTime<Utc>,
+    claim_until: DateTime<Utc>,
+) -> Value {
+    json!({ "session_id": session, "through": through, "now": now, "claim_until": claim_until })
 }
 
 /// `soul_set_opt_out`'s request.
@@ -99,6 +114,7 @@ pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
         "subprocesses": settings.subprocesses,
         "session_timeout_ms": millis(settings.session_timeout),
         "lease_ms": millis(settings.lease_for),
+        "reply_claim_ms": millis(settings.reply_claim_for),
         "history_limit": settings.history_limit,
         "history_region": settings.history_region,
     }))
@@ -402,13 +418,19 @@ pub(crate) fn event_outcome(mut value: Value) -> Result<EventOutcome> {
     }
 }
 
-pub(crate) fn commit_outcome(mut value: Value, commit: &TurnCommit) -> Result<CommitOutcome> {
+pub(crate) fn commit_outcome(
+    mut value: Value,
+    commit: &TurnCommit,
+    settings: &TurnSettings,
+    now: DateTime<Utc>,
+) -> Result<CommitOutcome> {
     match outcome(&value)? {
         "committed" => Ok(CommitOutcome {
             outbound: commit.replies.iter().map(|reply| reply.id.0).collect(),
             outbox: OutboxAtCommit {
                 opted_out: flag(&value, "opted_out")?,
                 earlier_pending: flag(&value, "earlier_pending")?,
+                claimed_until: reply_claim_until(settings, now),
             },
             next: turn(value["next"].take())?,
         }),

@@ -894,6 +894,72 @@ async fn a_sessions_snapshot_is_one_row_updated_in_place() {
     assert!(rows.iter().all(|row| *row == rows[0]), "{rows:?}");
 }
 
+/// Replies pending when claims came (`migrations/20260102001600_reply_claims.sql`) keep the rule
+/// they were stored under: any process may send one again a minute after it was stored, not
+/// before; and a commit from a gateway of the previous build, which sends no claim duration,
+/// claims its replies for that minute too, so that a sweeper of the new build does not send them
+/// while their own sender does.
+#[tokio::test]
+async fn replies_from_before_claims_are_claimed_for_the_minute_they_were_stored_under() {
+    let (database, mut conn) = migrated_from(
+        "20260102001600",
+        "insert into public.user_sessions (id, phone_number, assigned_persona)
+           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
+         insert into public.outbound_messages (id, session_id, body, status, created_at)
+           values
+             ('00000000-0000-0000-0000-000000000021', '00000000-0000-0000-0000-000000000001',
+              'sent', 'accepted', '2026-03-01T11:59:00Z'),
+             ('00000000-0000-0000-0000-000000000022', '00000000-0000-0000-0000-000000000001',
+              'pending', 'pending', '2026-03-01T11:59:00Z');",
+    )
+    .await;
+    let store = PgStore::connect_with(database.options(), 2)
+        .await
+        .expect("connect");
+    let claimable = |at: DateTime<Utc>| {
+        let store = &store;
+        async move {
+            store
+                .claim_pending_deliveries(at, at, 10)
+                .await
+                .expect("claim")
+                .into_iter()
+                .map(|m| m.body)
+                .collect::<Vec<_>>()
+        }
+    };
+    let stored = t0() - Duration::minutes(1);
+    assert!(claimable(t0() - Duration::microseconds(1)).await.is_empty());
+    assert_eq!(claimable(t0()).await, ["pending"]);
+
+    // The previous build's commit: its settings have no `reply_claim_ms`.
+    let BeginOutcome::Started(turn) = store
+        .begin_turn(&inbound("hi", stored), &settings(), stored)
+        .await
+        .expect("begin")
+    else {
+        panic!("expected a started turn")
+    };
+    let settings = serde_json::json!({
+        "persona": "aria", "known_processes": ["initial"], "initial_process": "initial",
+        "subprocesses": ["summary"], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
+        "history_limit": 20, "history_region": null,
+    });
+    let commit = serde_json::json!({
+        "session_id": turn.session.id, "lease_token": turn.lease.token,
+        "replies": [Memory::new(Role::Assistant, "old build", stored)],
+        "changes": {}, "now": stored, "settings": settings,
+    });
+    let answer: serde_json::Value = sqlx::query_scalar("select public.soul_commit_turn($1)")
+        .bind(commit)
+        .fetch_one(&mut conn)
+        .await
+        .expect("commit");
+    assert_eq!(answer["outcome"], "committed");
+    assert!(claimable(t0() - Duration::microseconds(1)).await.is_empty());
+    assert_eq!(claimable(t0()).await, ["pending", "old build"]);
+}
+
 /// A server that stops answering (hung, or cut off by the network) fails each operation after
 /// the operation time-out, as retryable, instead of holding its caller for ever; once it answers
 /// again, so does the store, on fresh connections. On a cluster of the test's own, since the

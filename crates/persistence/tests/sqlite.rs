@@ -75,7 +75,8 @@ async fn reopening_keeps_data_and_schema() {
 }
 
 /// A file made by the first schema (user_version 1) is brought up to date when opened: its
-/// messages stay, and it ends with the same indexes as a new file.
+/// messages stay, a reply it left pending is claimed for a minute from when it was stored (as
+/// the earlier rule let it be sent again), and it ends with the same indexes as a new file.
 #[tokio::test]
 async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
     let old = harness().await;
@@ -96,7 +97,11 @@ async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
            '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z'); \
          insert into messages (id, session_id, role, content, created_at) \
            values ('00000000-0000-0000-0000-000000000002', \
-           '00000000-0000-0000-0000-000000000001', 'user', 'hi', '2026-01-01T00:00:00.000000Z');",
+           '00000000-0000-0000-0000-000000000001', 'user', 'hi', '2026-01-01T00:00:00.000000Z'); \
+         insert into outbound_messages (id, session_id, body, created_at, updated_at) \
+           values ('00000000-0000-0000-0000-000000000003', \
+           '00000000-0000-0000-0000-000000000001', 'hello', '2026-01-01T00:59:30.250000Z', \
+           '2026-01-01T00:59:30.250000Z');",
     )
     .execute(&mut conn)
     .await
@@ -129,6 +134,28 @@ async fn a_file_from_the_first_schema_is_upgraded_when_opened() {
         .await
         .expect("history");
     assert_eq!(history.len(), 1);
+    let at = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("a time")
+            .with_timezone(&chrono::Utc)
+    };
+    let before = at("2026-01-01T01:00:30.249999Z");
+    assert!(
+        store
+            .claim_pending_deliveries(before, before, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let expired = at("2026-01-01T01:00:30.250000Z");
+    let claimed = store
+        .claim_pending_deliveries(expired, expired, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["hello"]
+    );
     drop(store);
     let upgraded = indexes(path).await;
     assert_eq!(

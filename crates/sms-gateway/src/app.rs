@@ -178,6 +178,9 @@ pub(crate) fn build_driver(
         chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);
     settings.lease_for =
         chrono::Duration::from_std(config.turn_lease).unwrap_or(settings.lease_for);
+    // A commit claims its replies for their sender as long as a sweep claims one for.
+    settings.reply_claim_for =
+        chrono::Duration::from_std(config.outbox_retry_after).unwrap_or(settings.reply_claim_for);
     let driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
     Ok(match &config.fallback_reply {
         Some(reply) => driver.with_fallback_reply(reply.as_str()),
@@ -691,12 +694,16 @@ impl App {
         );
     }
 
-    /// Queues pending replies another run left for sending, in order, unless this process is
-    /// sending them already.
-    pub(crate) fn resend(&self, pending: Vec<OutboundMessage>) -> usize {
-        pending
+    /// Queues the pending replies the sweeper claimed until `claimed_until` for sending, in
+    /// order, unless this process has them queued already.
+    pub(crate) fn resend(
+        &self,
+        claimed: Vec<OutboundMessage>,
+        claimed_until: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        claimed
             .into_iter()
-            .map(|message| self.outbox.recover(message))
+            .map(|message| self.outbox.recover(message, claimed_until))
             .filter(|queued| *queued)
             .count()
     }

@@ -66,8 +66,11 @@ const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_MODEL: &str = "gpt-4o-mini";
 const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-/// Longer than one send's retry budget (30 s), so a message still being sent is not resent.
+/// How long a reply's sender holds its claim on it: longer than one send's retry budget (30 s,
+/// and a last attempt of 10 s), so that a send retried to the end is not cut off by its claim.
 const DEFAULT_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The shortest claim on a reply: its sender needs time for Twilio's answers within it.
+const MIN_OUTBOX_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// A person texts in bursts of a few short messages; a script sends dozens. Each answered
 /// message is a model call, so the default keeps a runaway sender's bill small.
 const DEFAULT_RATE_LIMIT_PER_MINUTE: NonZeroU32 = NonZeroU32::new(6).expect("not zero");
@@ -248,8 +251,10 @@ pub(crate) struct Config {
     pub(crate) turn_concurrency: NonZeroU32,
     /// The crisis resources text the souls append in careful mode; `None` keeps theirs.
     pub(crate) crisis_resources: Option<String>,
-    /// How long a reply may stay pending before the outbox sweeper sends it again: after a
-    /// restart, or when every retry of its send failed.
+    /// How long a reply's sender holds its claim on it (the commit's for its own replies, a
+    /// sweep's for the replies it takes): nobody else sends it before then, and it is sent
+    /// again by whoever claims it after, when it is still pending (its sender died, or every
+    /// retry failed).
     pub(crate) outbox_retry_after: Duration,
     /// How often the sweeper looks for pending replies and stalled sessions.
     pub(crate) sweep_interval: Duration,
@@ -337,6 +342,13 @@ impl Config {
         let outbox_retry_after = reader
             .duration("OUTBOX_RETRY_AFTER")
             .unwrap_or(DEFAULT_OUTBOX_RETRY_AFTER);
+        if outbox_retry_after < MIN_OUTBOX_RETRY_AFTER {
+            reader.problems.push(Problem::Malformed {
+                key: "OUTBOX_RETRY_AFTER".to_owned(),
+                reason: "shorter than 1s: a reply's sender holds its claim on it this long, and \
+                         needs that long at least for Twilio to answer",
+            });
+        }
         let sweep_interval = reader
             .duration("SWEEP_INTERVAL")
             .unwrap_or(DEFAULT_SWEEP_INTERVAL);
@@ -1442,6 +1454,23 @@ api_key = "sk-file"
             Level::Migrate,
         );
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    /// A reply's claim must leave its sender time for Twilio's answers.
+    #[test]
+    fn outbox_retry_after_is_at_least_a_second() {
+        let problems = problems(&values(&[("OUTBOX_RETRY_AFTER", "500ms")]), Level::Migrate);
+        assert_eq!(
+            problems,
+            [Problem::Malformed {
+                key: "OUTBOX_RETRY_AFTER".to_owned(),
+                reason: "shorter than 1s: a reply's sender holds its claim on it this long, and \
+                         needs that long at least for Twilio to answer",
+            }]
+        );
+        let config =
+            Config::from_values(&values(&[("OUTBOX_RETRY_AFTER", "1s")]), Level::Migrate).unwrap();
+        assert_eq!(config.outbox_retry_after, Duration::from_secs(1));
     }
 
     #[test]

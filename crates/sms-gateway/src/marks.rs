@@ -183,9 +183,11 @@ mod tests {
         for (answer, known) in answers {
             assert_eq!(answer, Ok(known));
         }
+        // Long after the commit's claim: any reply still pending would be handed out.
+        let later = now + chrono::Duration::days(1);
         assert!(
             store
-                .pending_deliveries(now, 100)
+                .claim_pending_deliveries(later, later, 100)
                 .await
                 .expect("pending")
                 .is_empty(),

@@ -148,7 +148,7 @@ pub(crate) struct Metrics {
     /// Model requests by result.
     pub(crate) model_requests: LabeledCounter<2>,
     /// Outbound replies by send result.
-    pub(crate) outbound: LabeledCounter<5>,
+    pub(crate) outbound: LabeledCounter<6>,
     /// SMS segments handed to Twilio, by encoding.
     pub(crate) segments: LabeledCounter<2>,
     /// Delivery status callbacks by status.
@@ -205,13 +205,16 @@ impl Metrics {
             ),
             outbound: LabeledCounter::new(
                 "sms_gateway_outbound_total",
-                "Outbound replies by send result (retry_later: left pending for the outbox).",
+                "Outbound replies by send result (retry_later: left pending for the outbox; \
+                 found_sent: a part found at Twilio already, taken by an earlier attempt; \
+                 suppressed: not sent to an opted-out number).",
                 "status",
                 [
                     "accepted",
                     "failed",
                     "opted_out",
                     "retry_later",
+                    "found_sent",
                     "suppressed",
                 ],
             ),
@@ -311,6 +314,28 @@ mod tests {
         assert!(text.contains("sms_gateway_turn_duration_seconds_count 2\n"));
         assert!(text.contains("sms_gateway_turn_duration_seconds_sum 100.08\n"));
         assert!(text.contains("# TYPE sms_gateway_model_tokens_total counter\n"));
+    }
+
+    /// Every series the outbox counts has its own, opt-outs apart from replies Twilio had taken.
+    #[test]
+    fn every_outbound_result_is_a_series_of_its_own() {
+        let metrics = Metrics::new();
+        let results = [
+            "accepted",
+            "failed",
+            "opted_out",
+            "retry_later",
+            "found_sent",
+            "suppressed",
+        ];
+        for (result, count) in results.into_iter().zip(1..) {
+            metrics.outbound.add(result, count);
+        }
+        let text = metrics.render();
+        for (result, count) in results.into_iter().zip(1..) {
+            let series = format!("sms_gateway_outbound_total{{status=\"{result}\"}} {count}\n");
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
     }
 
     #[test]

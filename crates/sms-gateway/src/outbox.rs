@@ -4,26 +4,38 @@
 //! queued message); sending happens on a task per session that takes that session's batches one
 //! after another, so replies reach Twilio in the order they were committed even when several
 //! turns commit before the first send is done. Twilio does not order separate messages itself.
+//!
+//! A reply is sent only by the process that holds its claim in the store, and only while it
+//! holds it. The commit stores its replies claimed for the process that committed them, for
+//! `OUTBOX_RETRY_AFTER` ([`OutboxAtCommit::claimed_until`]), so a turn's own send asks the store
+//! nothing more; the sweeper claims the replies whose claim expired, their sender dead or given
+//! up ([`Outbox::recover`]); a claim, once taken, is nobody else's until it expires. A sender
+//! makes its Twilio requests for a reply only within its claim, less a margin, and cuts off one
+//! still running there, so a claim cannot expire under a live send: whatever was not finished
+//! stays pending for the next claim, this process's or another's.
+//!
 //! Across processes, a turn may commit in one gateway while the previous turn's reply is still
 //! being sent by another: before sending, a batch settles every earlier reply of its session
-//! that is still pending. One that nobody is sending any more (stale: pending for longer than
-//! `OUTBOX_RETRY_AFTER`, so its sender died or gave up) or that waits in this session's own
-//! queue is sent first, here; one another process may still be sending is waited for until it
-//! is sent or stale. Replies thus reach Twilio in commit order across crashes and processes.
+//! that is still pending, claiming those whose claim expired ([`Store::claim_session_outbox`]).
+//! One this process holds (claimed so, or waiting in this session's own queue) is sent first,
+//! here; one another process holds is waited for until it is sent or its claim expires. Replies
+//! thus reach Twilio in commit order across crashes and processes.
 //!
 //! Exactly once: a reply whose earlier send may have reached Twilio without its answer being
-//! recorded (the process died, or the attempt timed out) is first looked for in Twilio's list
-//! of messages sent to the person since it was committed, matched by text; only parts not
-//! found there are sent. Twilio has no idempotency key for sending, so its own record is the
-//! witness. The one confusion left: two replies to one person with word-for-word the same text,
-//! the later in doubt, count as one.
+//! recorded (its claim passed on from a process that died or was cut off, or an attempt timed
+//! out) is first looked for in Twilio's list of messages sent to the person since it was
+//! committed, matched by text; only parts not found there are sent. Twilio has no idempotency
+//! key for sending, so its own record is the witness; the claim makes sure nobody else sends
+//! while that question is asked. The one confusion left: two replies to one person with
+//! word-for-word the same text, the later in doubt, count as one.
 //!
 //! Each reply is split at sentence boundaries into messages of at most 1,600 characters, sent
 //! in order; once every part is accepted, the reply is marked accepted with the last part's SID
 //! (whose status callbacks then track it). A reply whose send failed for a retryable reason
-//! stays pending, and so do the replies after it in the batch: the sweeper sends them again
-//! later, in order, skipping parts Twilio already took. Error 21610 marks the number opted out;
-//! other refusals mark the reply failed. Nothing is sent to a number recorded as opted out.
+//! stays pending, and so do the replies after it in the batch: the sweeper claims them again
+//! once their claims expire and sends them, in order, skipping parts Twilio already took. Error
+//! 21610 marks the number opted out; other refusals mark the reply failed. Nothing is sent to a
+//! number recorded as opted out.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -33,6 +45,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
+#[cfg(doc)]
+use soul_persistence::OutboxAtCommit;
 use soul_persistence::{
     Address, DeliveryStatus, DeliveryUpdate, OutboundMessage, OutboundRef, SessionId, Store,
 };
@@ -49,6 +63,11 @@ use crate::twilio::client::{CLOCK_SKEW, OutboundSms, SendError, TwilioClient};
 
 /// How often a batch looks again at an earlier reply another process may be sending.
 const EARLIER_REPLIES_POLL: Duration = Duration::from_millis(25);
+
+/// The end of a claim its holder leaves unused, at most: a request cut off when the claim runs
+/// out may still be taken by Twilio a moment later, and another host's clock may run a little
+/// ahead of this one's. A quarter of a shorter claim.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// Sends committed replies; cheap to clone.
 #[derive(Clone)]
@@ -67,13 +86,15 @@ struct Inner {
     tracker: TaskTracker,
     /// The queue of each session whose sending task is running.
     queues: Mutex<HashMap<SessionId, mpsc::UnboundedSender<OutboundBatch>>>,
-    /// Replies queued or being sent by this process, which the sweeper must not send again.
-    in_flight: Mutex<HashSet<Uuid>>,
+    /// Replies queued or being sent by this process → until when its claim on each lasts.
+    in_flight: Mutex<HashMap<Uuid, DateTime<Utc>>>,
     /// Replies that may have reached Twilio before (sent by a process that died, or whose
     /// attempt got no answer) → the time from which Twilio's list is searched for them.
     in_doubt: Mutex<HashMap<Uuid, DateTime<Utc>>>,
-    /// How long a reply stays pending before anyone may send it again.
-    retry_after: Duration,
+    /// How long this process claims the replies it takes from the store (`OUTBOX_RETRY_AFTER`).
+    claim_for: chrono::Duration,
+    /// How much of the end of a claim is left unused ([`CLAIM_MARGIN`]).
+    margin: chrono::Duration,
 }
 
 impl fmt::Debug for Outbox {
@@ -102,7 +123,8 @@ enum BatchEnd {
 
 impl Outbox {
     /// An outbox sending through `twilio`, asking for status callbacks at `status_callback`,
-    /// recording results in `store`; its tasks run on `tracker`.
+    /// recording results in `store`, claiming the replies it takes from the store for
+    /// `claim_for`; its tasks run on `tracker`.
     pub(crate) fn new(
         store: Arc<dyn Store>,
         twilio: TwilioClient,
@@ -110,8 +132,10 @@ impl Outbox {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         tracker: TaskTracker,
-        retry_after: Duration,
+        claim_for: Duration,
     ) -> Self {
+        let margin = CLAIM_MARGIN.min(claim_for / 4);
+        let duration = |std| chrono::Duration::from_std(std).unwrap_or(chrono::Duration::MAX);
         Outbox {
             inner: Arc::new(Inner {
                 marks: Marks::new(store.clone(), tracker.clone()),
@@ -124,20 +148,26 @@ impl Outbox {
                 queues: Mutex::default(),
                 in_flight: Mutex::default(),
                 in_doubt: Mutex::default(),
-                retry_after,
+                claim_for: duration(claim_for),
+                margin: duration(margin),
             }),
         }
     }
 
-    /// Queues a pending reply found in the store (left by a process that died, or whose every
-    /// retry failed), unless this process is sending it already; `true` if queued. It is
-    /// looked for at Twilio before being sent.
-    pub(crate) fn recover(&self, message: OutboundMessage) -> bool {
-        if lock(&self.inner.in_flight).contains(&message.id) {
+    /// Until when a claim taken at `now` lasts: what the sweeper asks the store for.
+    pub(crate) fn claim_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.inner.claim_until(now)
+    }
+
+    /// Queues a pending reply the sweeper claimed until `claimed_until` (its sender died, or
+    /// every retry failed), unless this process has it queued already; `true` if queued. A reply
+    /// queued here whose claim had run out is this process's again, until `claimed_until`. Either
+    /// way it is looked for at Twilio before being sent: another process may have held it since.
+    pub(crate) fn recover(&self, message: OutboundMessage, claimed_until: DateTime<Utc>) -> bool {
+        if self.inner.hold(&message, claimed_until) {
             return false;
         }
-        lock(&self.inner.in_doubt).insert(message.id, message.created_at - CLOCK_SKEW);
-        self.enqueue(OutboundBatch {
+        self.inner.queue(OutboundBatch {
             session: message.session_id,
             address: message.address,
             messages: vec![(message.id, message.body)],
@@ -146,14 +176,75 @@ impl Outbox {
         true
     }
 
-    /// Queues `batch` behind the session's earlier batches; returns at once.
+    /// Queues `batch` behind the session's earlier batches; returns at once. Its replies are
+    /// this process's to send until their commit's claim runs out.
     pub(crate) fn enqueue(&self, batch: OutboundBatch) {
+        // Without the commit's word, the replies are held once claimed before sending.
+        let claimed_until = batch
+            .at_commit
+            .map_or(DateTime::<Utc>::MIN_UTC, |at_commit| {
+                at_commit.claimed_until
+            });
         {
             let mut in_flight = lock(&self.inner.in_flight);
-            in_flight.extend(batch.messages.iter().map(|(id, _)| *id));
+            for (id, _) in &batch.messages {
+                in_flight.insert(*id, claimed_until);
+            }
         }
+        self.inner.queue(batch);
+    }
+}
+
+impl Delivery for Outbox {
+    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
+        self.enqueue(batch);
+        Box::pin(async {})
+    }
+}
+
+impl Inner {
+    fn claim_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now.checked_add_signed(self.claim_for).unwrap_or(now)
+    }
+
+    /// Records that this process holds the claim on `message` until `until` (its claim had
+    /// expired, so it is in doubt); whether this process had it queued already.
+    fn hold(&self, message: &OutboundMessage, until: DateTime<Utc>) -> bool {
+        lock(&self.in_doubt)
+            .entry(message.id)
+            .or_insert(message.created_at - CLOCK_SKEW);
+        let mut in_flight = lock(&self.in_flight);
+        match in_flight.get_mut(&message.id) {
+            Some(held) => {
+                *held = (*held).max(until);
+                true
+            }
+            None => {
+                in_flight.insert(message.id, until);
+                false
+            }
+        }
+    }
+
+    /// How long this process may still spend on Twilio requests for reply `id`: until its claim
+    /// runs out, less the margin; `None` when it does not hold it, or no time is left.
+    fn time_left(&self, id: Uuid) -> Option<Duration> {
+        let held_until = *lock(&self.in_flight).get(&id)?;
+        let left = held_until.signed_duration_since(self.clock.now()) - self.margin;
+        left.to_std().ok().filter(|left| !left.is_zero())
+    }
+
+    /// `request` for reply `id`, if this process's claim on it leaves time to make it, cut off
+    /// where it stands when that time is up; `None` then.
+    async fn within_claim<T>(&self, id: Uuid, request: impl Future<Output = T>) -> Option<T> {
+        let left = self.time_left(id)?;
+        tokio::time::timeout(left, request).await.ok()
+    }
+
+    /// Queues `batch`, whose replies are in `in_flight`, behind the session's earlier batches.
+    fn queue(self: &Arc<Self>, batch: OutboundBatch) {
         let session = batch.session;
-        let mut queues = lock(&self.inner.queues);
+        let mut queues = lock(&self.queues);
         // The worker removes its queue under this lock once it is empty, so a queue found here
         // is still drained.
         let batch = match queues.get(&session) {
@@ -167,22 +258,12 @@ impl Outbox {
         // The receiver is alive: this cannot fail.
         let _ = queue.send(batch);
         queues.insert(session, queue);
-        let inner = self.inner.clone();
+        let inner = self.clone();
         let span = tracing::info_span!("send", session = %session);
-        self.inner
-            .tracker
+        self.tracker
             .spawn(async move { inner.drain(session, receiver).await }.instrument(span));
     }
-}
 
-impl Delivery for Outbox {
-    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
-        self.enqueue(batch);
-        Box::pin(async {})
-    }
-}
-
-impl Inner {
     /// Sends the session's batches until its queue is empty.
     async fn drain(
         &self,
@@ -204,7 +285,7 @@ impl Inner {
             // Replies sent meanwhile, ahead of an earlier batch, are done.
             batch
                 .messages
-                .retain(|(id, _)| lock(&self.in_flight).contains(id));
+                .retain(|(id, _)| lock(&self.in_flight).contains_key(id));
             if batch.messages.is_empty() {
                 continue;
             }
@@ -224,29 +305,49 @@ impl Inner {
         }
     }
 
-    /// Settles every reply of the batch's session stored before it and still pending: sends
-    /// those nobody else is sending (stale ones, and ones queued behind this batch by the
-    /// sweeper), oldest first, and waits for the rest, which another process is sending. Then
-    /// says whether the person opted out, as read after the earlier replies were settled;
-    /// `None` when one of them could not be sent: the batch must then stay pending too, so that
-    /// nothing overtakes it. No store call when the commit found nothing earlier pending (the
-    /// usual case): an earlier reply settled then stays settled.
+    /// Settles every reply of the batch's session stored before it and still pending: claims
+    /// those whose claim expired, sends those this process holds (claimed so, or queued behind
+    /// this batch), oldest first, and waits for the rest, which another process holds. Then says
+    /// whether the person opted out, as read after the earlier replies were settled; `None` when
+    /// one of them could not be sent: the batch must then stay pending too, so that nothing
+    /// overtakes it. No store call when the commit found nothing earlier pending (the usual
+    /// case): an earlier reply settled then stays settled.
     async fn settle_earlier_replies(&self, batch: &OutboundBatch) -> Option<bool> {
         if let Some(at_commit) = batch.at_commit
             && !at_commit.earlier_pending
         {
             return Some(at_commit.opted_out);
         }
+        let mut claimed_here = Vec::new();
+        let settled = self.claim_earlier_replies(batch, &mut claimed_here).await;
+        // Earlier replies claimed here and not sent (a reply before them could not be) are let
+        // go: whoever claims them once their claim expires sends them, this process included.
+        self.settled(&claimed_here);
+        settled
+    }
+
+    /// [`settle_earlier_replies`](Self::settle_earlier_replies) past the commit's word: adds to
+    /// `claimed_here` the earlier replies it claimed that this process did not hold before.
+    async fn claim_earlier_replies(
+        &self,
+        batch: &OutboundBatch,
+        claimed_here: &mut Vec<Uuid>,
+    ) -> Option<bool> {
         let ours: HashSet<Uuid> = batch.messages.iter().map(|(id, _)| *id).collect();
-        let retry_after =
-            chrono::Duration::from_std(self.retry_after).unwrap_or(chrono::Duration::MAX);
+        let through = batch.messages.last()?.0;
         let mut sent_here = HashSet::new();
         loop {
             let now = self.clock.now();
-            let outbox = match self.store.session_outbox(batch.session).await {
+            let claim_until = self.claim_until(now);
+            let outbox = match self
+                .store
+                .claim_session_outbox(batch.session, through, now, claim_until)
+                .await
+            {
                 Ok(Some(outbox)) => outbox,
                 // Better to send than to hold replies on a lookup; Twilio refuses opted-out
-                // numbers. An unknown session was erased after its commit.
+                // numbers. An unknown session was erased after its commit. Either way only
+                // what this process holds is sent.
                 Ok(None) => return Some(false),
                 Err(error) => {
                     tracing::warn!(
@@ -256,12 +357,20 @@ impl Inner {
                     return Some(false);
                 }
             };
-            // Oldest first: what comes before our first reply was stored before it.
+            // Claimed by this call, this batch's own replies included when their commit's
+            // claim ran out meanwhile: this process's now, in doubt.
+            for message in &outbox.pending {
+                if outbox.claimed.contains(&message.id) && !self.hold(message, claim_until) {
+                    claimed_here.push(message.id);
+                }
+            }
+            // Oldest first: what comes before our first reply was stored before it. None of
+            // ours pending: every one listed is earlier.
             let first_ours = outbox
                 .pending
                 .iter()
                 .position(|m| ours.contains(&m.id))
-                .unwrap_or(0);
+                .unwrap_or(outbox.pending.len());
             let earlier: Vec<OutboundMessage> = outbox
                 .pending
                 .into_iter()
@@ -272,18 +381,15 @@ impl Inner {
             if earlier.is_empty() {
                 return Some(outbox.opted_out);
             }
-            let stale_before = now.checked_sub_signed(retry_after).unwrap_or(now);
-            let mut sent_by_another = false;
+            let mut held_elsewhere = false;
             for earlier in earlier {
-                // Only this session's queue can hold one of its replies in this process, and it
-                // is behind this batch.
-                let queued_here = lock(&self.in_flight).contains(&earlier.id);
-                if !queued_here && earlier.created_at > stale_before {
-                    sent_by_another = true;
+                // Another process holds it, or this one's claim is about to run out: wait
+                // until it is sent, or claimable.
+                if self.time_left(earlier.id).is_none() {
+                    held_elsewhere = true;
                     break;
                 }
                 let id = earlier.id;
-                lock(&self.in_flight).insert(id);
                 lock(&self.in_doubt)
                     .entry(id)
                     .or_insert(earlier.created_at - CLOCK_SKEW);
@@ -302,7 +408,7 @@ impl Inner {
                     return None;
                 }
             }
-            if sent_by_another {
+            if held_elsewhere {
                 tokio::time::sleep(EARLIER_REPLIES_POLL).await;
             }
         }
@@ -330,7 +436,7 @@ impl Inner {
             match self.send_reply(&batch.address, *id, text).await {
                 BatchEnd::Done => {}
                 BatchEnd::RetryLater => {
-                    tracing::info!("send failed; left pending for the outbox sweeper");
+                    tracing::info!("a reply was not sent; left pending with the rest of its batch");
                     return;
                 }
                 BatchEnd::OptedOut => break,
@@ -345,14 +451,22 @@ impl Inner {
     }
 
     /// Sends one reply, in as many messages as its length needs; a reply in doubt only in the
-    /// parts Twilio does not have already.
+    /// parts Twilio does not have already. Every request is made within this process's claim on
+    /// the reply: when that runs out, what is left stays pending for the next claim.
     async fn send_reply(&self, address: &Address, id: Uuid, text: &str) -> BatchEnd {
         let parts = segments::split_reply(text, MAX_BODY_CHARS);
-        let in_doubt_since = lock(&self.in_doubt).get(&id).copied();
         let mut last_sid = None;
         for part in &parts {
+            // Asked again for each part: a claim taken again meanwhile leaves the reply in doubt.
+            let in_doubt_since = lock(&self.in_doubt).get(&id).copied();
             if let Some(since) = in_doubt_since {
-                match self.twilio.sent_since(address.as_str(), part, since).await {
+                let Some(found) = self
+                    .within_claim(id, self.twilio.sent_since(address.as_str(), part, since))
+                    .await
+                else {
+                    return self.claim_ran_out();
+                };
+                match found {
                     Ok(Some(sid)) => {
                         self.metrics.outbound.inc("found_sent");
                         last_sid = Some(sid);
@@ -372,7 +486,10 @@ impl Inner {
                 body: part.clone(),
                 status_callback: self.status_callback.clone(),
             };
-            match self.twilio.send(&message).await {
+            let Some(sent) = self.within_claim(id, self.twilio.send(&message)).await else {
+                return self.claim_ran_out();
+            };
+            match sent {
                 Ok(accepted) => {
                     let encoding = match segments::encoding(part) {
                         Encoding::Gsm7 => "gsm7",
@@ -427,6 +544,14 @@ impl Inner {
                 .await;
         }
         BatchEnd::Done
+    }
+
+    /// This process's claim on a reply ran out before it was sent: whatever Twilio took of it
+    /// is found in its list by the next claim's holder, which sends the rest.
+    fn claim_ran_out(&self) -> BatchEnd {
+        tracing::info!("the claim on a reply ran out before it was sent; left pending");
+        self.metrics.outbound.inc("retry_later");
+        BatchEnd::RetryLater
     }
 
     async fn mark(

@@ -3,13 +3,12 @@
 //! again, sessions whose worker died with messages waiting are taken over, and due scheduled
 //! events are fired, so that a soul can text first (a check-in after a silence).
 //!
-//! A reply is resent only once it has been pending for `OUTBOX_RETRY_AFTER`, longer than one
-//! send's retry budget, so a send still under way in another process is normally not repeated;
-//! within this process, replies being sent are skipped; and before resending, the outbox asks
-//! Twilio whether an earlier attempt was taken. The store has no claim on outbox rows, so two
-//! processes sweeping at the same instant can still both send the same stale reply, when
-//! neither has finished before the other asks Twilio: a rare duplicate, judged better than a
-//! lost reply.
+//! A reply is sent again only once its claim has expired: the claim its commit took for its
+//! sender, or the one an earlier sweep took, each for `OUTBOX_RETRY_AFTER`. The sweep claims
+//! such replies in the store for this process, so two processes sweeping at the same instant
+//! get disjoint sets and nobody else sends what this one claimed until its claim expires (a live
+//! sender stops short of its claim's end, see `outbox.rs`). Before resending, the outbox asks
+//! Twilio whether an earlier attempt was taken.
 
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, store_error_kind};
 
-/// Replies resent per sweep; the rest wait for the next.
+/// Replies claimed and resent per sweep; the rest wait for the next.
 const RESEND_BATCH: u32 = 100;
 /// Stalled sessions taken over per sweep.
 const RESUME_BATCH: u32 = 20;
@@ -38,20 +37,22 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
 /// One sweep.
 pub(crate) async fn sweep(app: &Arc<App>) {
     let now = app.clock.now();
-    let retry_after =
-        chrono::Duration::from_std(app.config.outbox_retry_after).unwrap_or(chrono::Duration::MAX);
-    let older_than = now.checked_sub_signed(retry_after).unwrap_or(now);
-    match app.store.pending_deliveries(older_than, RESEND_BATCH).await {
-        Ok(pending) if pending.is_empty() => {}
-        Ok(pending) => {
-            let queued = app.resend(pending);
+    let claim_until = app.outbox.claim_until(now);
+    match app
+        .store
+        .claim_pending_deliveries(now, claim_until, RESEND_BATCH)
+        .await
+    {
+        Ok(claimed) if claimed.is_empty() => {}
+        Ok(claimed) => {
+            let queued = app.resend(claimed, claim_until);
             if queued > 0 {
                 tracing::info!(replies = queued, "resending pending replies");
             }
         }
         Err(error) => tracing::warn!(
             error = store_error_kind(&error),
-            "could not list pending replies"
+            "could not claim pending replies"
         ),
     }
     match app.store.stalled_sessions(now, RESUME_BATCH).await {

@@ -837,6 +837,42 @@ async fn a_restart_sends_committed_replies_twilio_never_took() {
     drop(second);
 }
 
+/// A reply Twilio took from a gateway that died before hearing so is found in Twilio's list by
+/// the next gateway once the dead one's claim on it expires: marked accepted with Twilio's SID,
+/// not sent again, and counted as found, not as an opt-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_finds_a_reply_twilio_took_and_counts_it_as_found() {
+    let fx = Fixture::new().await;
+    // Taken at once, answered never: the gateway dies waiting.
+    fx.twilio
+        .push_failure(Failure::AcceptSlowly(Duration::from_secs(120)));
+    let mut first = Gateway::start(&fx.settings).await;
+    let from = "+14155550112";
+    first.post(&fx.sms(&first, from, "hi <<f1>>")).await;
+    let sent = fx.twilio.wait_for_messages(1, common::PATIENCE).await;
+    first.crash();
+    assert_eq!(fx.outbound(from).await[0]["status"], "pending");
+
+    let second = Gateway::start(&fx.settings).await;
+    second
+        .wait_metric("sms_gateway_outbound_total{status=\"found_sent\"}", 1)
+        .await;
+    eventually("the reply marked accepted with Twilio's SID", || async {
+        let outbound = fx.outbound(from).await;
+        (outbound[0]["status"] == "accepted" && outbound[0]["provider_id"] == sent[0].sid.as_str())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        second
+            .metric("sms_gateway_outbound_total{status=\"suppressed\"}")
+            .await,
+        0
+    );
+    assert_eq!(fx.twilio.request_count(), 1, "sent once");
+    assert_eq!(fx.twilio.messages().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_running_turn_before_exiting() {
     let fx = Fixture::new().await;

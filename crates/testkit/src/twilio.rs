@@ -2,8 +2,9 @@
 //!
 //! [`TwilioDouble`] serves the Messages API (`POST /2010-04-01/Accounts/{sid}/Messages.json`)
 //! on a loopback port: it checks Basic auth and the form the way Twilio does, records every
-//! accepted message in order, answers with Twilio-shaped JSON, and can be scripted to fail the
-//! next sends ([`Failure`]). The test numbers Twilio documents behave as they do with test
+//! accepted message in order, answers with Twilio-shaped JSON, can be scripted to fail the
+//! next sends ([`Failure`]), and can answer slowly, as Twilio's API does
+//! ([`TwilioDouble::answer_within`]). The test numbers Twilio documents behave as they do with test
 //! credentials: `To` +15005550001 is invalid (21211), +15005550004 has opted out (21610).
 //!
 //! [`InboundSmsWebhook`] and [`StatusCallbackWebhook`] build the form posts Twilio sends,
@@ -11,6 +12,7 @@
 //! gateway's, so that a mistake in one is caught by the other.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,20 @@ struct State {
     created: Vec<chrono::DateTime<chrono::Utc>>,
     requests: usize,
     list_requests: usize,
+    /// Every answer comes after a delay drawn from this range (empty: at once).
+    answer_delay: Range<Duration>,
+}
+
+impl State {
+    /// The delay before the next answer.
+    fn answer_delay(&self) -> Duration {
+        let Range { start, end } = self.answer_delay;
+        if end <= start {
+            return start;
+        }
+        let spread = u64::try_from((end - start).as_micros()).unwrap_or(u64::MAX);
+        start + Duration::from_micros(fastrand::u64(0..spread))
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -147,6 +163,14 @@ impl TwilioDouble {
         self
     }
 
+    /// Answers every request after a delay drawn anew from `delay` each time, as Twilio's API
+    /// takes 100–300 ms: a message is recorded (and listed) when its request arrives, and its
+    /// sender hears so only after the delay, so that a test can act between the two.
+    pub fn answer_within(&self, delay: Range<Duration>) -> &Self {
+        lock(&self.state).answer_delay = delay;
+        self
+    }
+
     /// The messages accepted so far, in order.
     pub fn messages(&self) -> Vec<SentMessage> {
         lock(&self.state).messages.clone()
@@ -204,6 +228,24 @@ impl Respond for MessagesEndpoint {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let mut state = lock(&self.state);
         state.requests += 1;
+        // A scripted slow answer keeps its own delay.
+        let scripted_delay = matches!(
+            state.failures.front(),
+            Some(Failure::Hang(_) | Failure::AcceptSlowly(_))
+        );
+        let delay = state.answer_delay();
+        let answer = self.answer(&mut state, request);
+        if scripted_delay {
+            answer
+        } else {
+            answer.set_delay(delay)
+        }
+    }
+}
+
+impl MessagesEndpoint {
+    /// The answer to a send, recording the message if it is accepted.
+    fn answer(&self, state: &mut State, request: &Request) -> ResponseTemplate {
         if !self.authorized(request) {
             return twilio_error(401, 20003, "Authenticate");
         }
@@ -274,7 +316,15 @@ impl Respond for MessageList {
         let endpoint = &self.0;
         let mut state = lock(&endpoint.state);
         state.list_requests += 1;
-        if !endpoint.authorized(request) {
+        let delay = state.answer_delay();
+        endpoint.list(&state, request).set_delay(delay)
+    }
+}
+
+impl MessagesEndpoint {
+    /// The answer to a list request: the messages recorded by now.
+    fn list(&self, state: &State, request: &Request) -> ResponseTemplate {
+        if !self.authorized(request) {
             return twilio_error(401, 20003, "Authenticate");
         }
         let query: BTreeMap<String, String> = request
@@ -305,7 +355,7 @@ impl Respond for MessageList {
             .filter(|(message, _)| matches(message))
             .skip(page * page_size)
             .take(page_size + 1)
-            .map(|(message, created)| endpoint.resource(message, *created))
+            .map(|(message, created)| self.resource(message, *created))
             .collect();
         let more = listed.len() > page_size;
         let path = request.url.path();
@@ -331,9 +381,7 @@ impl Respond for MessageList {
             "end": page * page_size + page_size.saturating_sub(1),
         }))
     }
-}
 
-impl MessagesEndpoint {
     fn authorized(&self, request: &Request) -> bool {
         let expected = format!("{}:{}", self.account_sid, self.auth_token);
         request

@@ -49,6 +49,7 @@ const SCHEMA_STEPS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("upgrade_2.sql"),
     include_str!("upgrade_3.sql"),
+    include_str!("upgrade_4.sql"),
     include_str!("upgrade_5.sql"),
 ];
 
@@ -870,6 +871,7 @@ async fn commit(
             OutboxAtCommit {
                 opted_out: row.try_get::<Option<String>, _>("opted_out_at")?.is_some(),
                 earlier_pending: row.try_get("earlier_pending")?,
+                claimed_until: wire::reply_claim_until(settings, now),
             },
         ),
         None => return Err(StoreError::LeaseLost),
@@ -879,6 +881,7 @@ async fn commit(
     }
     apply_changes(conn, &session, &commit.changes, settings, now).await?;
     let now_text = ts(now);
+    let claimed_until_text = ts(outbox.claimed_until);
     for reply in &commit.replies {
         let reply = Memory {
             role: Role::Assistant,
@@ -886,14 +889,16 @@ async fn commit(
         };
         insert_memory(conn, &session, &reply).await?;
         sqlx::query(
-            "insert into outbound_messages (id, session_id, body, created_at, updated_at)
-             values (?, ?, ?, ?, ?)",
+            "insert into outbound_messages
+               (id, session_id, body, created_at, updated_at, claimed_until)
+             values (?, ?, ?, ?, ?, ?)",
         )
         .bind(reply.id.0.to_string())
         .bind(&session)
         .bind(&reply.content)
         .bind(&now_text)
         .bind(&now_text)
+        .bind(&claimed_until_text)
         .execute(&mut *conn)
         .await?;
     }
@@ -1272,49 +1277,87 @@ impl Store for SqliteStore {
         })
     }
 
-    fn pending_deliveries(
+    fn claim_pending_deliveries(
         &self,
-        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "select o.*, s.phone_number from outbound_messages o
-                 join user_sessions s on s.id = o.session_id
-                 where o.status = 'pending' and o.created_at <= ? order by o.seq limit ?",
-            )
-            .bind(ts(older_than))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter().map(outbound_from).collect()
+            write_tx!(self, conn => {
+                let rows = sqlx::query(
+                    "select o.*, s.phone_number from outbound_messages o
+                     join user_sessions s on s.id = o.session_id
+                     where o.status = 'pending'
+                       and (o.claimed_until is null or o.claimed_until <= ?)
+                     order by o.seq limit ?",
+                )
+                .bind(ts(now))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?;
+                let claimed = rows.iter().map(outbound_from).collect::<Result<Vec<_>>>()?;
+                let until = ts(claim_until);
+                for reply in &claimed {
+                    sqlx::query("update outbound_messages set claimed_until = ? where id = ?")
+                        .bind(&until)
+                        .bind(reply.id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(claimed)
+            })
         })
     }
 
-    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+    fn claim_session_outbox(
+        &self,
+        session: SessionId,
+        through: Uuid,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+    ) -> StoreFuture<'_, Option<SessionOutbox>> {
         Box::pin(async move {
-            // One read transaction: the flag and the replies from the same snapshot.
-            let mut tx = self.pool.begin().await?;
-            let opted_out: Option<bool> = sqlx::query_scalar(
-                "select opted_out_at is not null from user_sessions where id = ?",
-            )
-            .bind(session.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(opted_out) = opted_out else {
-                return Ok(None);
-            };
-            let rows = sqlx::query(
-                "select o.*, s.phone_number from outbound_messages o
-                 join user_sessions s on s.id = o.session_id
-                 where o.session_id = ? and o.status = 'pending' order by o.seq",
-            )
-            .bind(session.to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-            let pending = rows.iter().map(outbound_from).collect::<Result<_>>()?;
-            tx.commit().await?;
-            Ok(Some(SessionOutbox { opted_out, pending }))
+            write_tx!(self, conn => {
+                let opted_out: Option<bool> = sqlx::query_scalar(
+                    "select opted_out_at is not null from user_sessions where id = ?",
+                )
+                .bind(session.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(opted_out) = opted_out else {
+                    return Ok(None);
+                };
+                let rows = sqlx::query(
+                    "select o.*, s.phone_number from outbound_messages o
+                     join user_sessions s on s.id = o.session_id
+                     where o.session_id = ?1 and o.status = 'pending'
+                       and o.seq <= (select seq from outbound_messages where id = ?2)
+                     order by o.seq",
+                )
+                .bind(session.to_string())
+                .bind(through.to_string())
+                .fetch_all(&mut *conn)
+                .await?;
+                let now = ts(now);
+                let until = ts(claim_until);
+                let mut pending = Vec::with_capacity(rows.len());
+                let mut claimed = Vec::new();
+                for row in &rows {
+                    let reply = outbound_from(row)?;
+                    let claim: Option<String> = row.try_get("claimed_until")?;
+                    if claim.is_none_or(|claim| claim <= now) {
+                        sqlx::query("update outbound_messages set claimed_until = ? where id = ?")
+                            .bind(&until)
+                            .bind(reply.id.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                        claimed.push(reply.id);
+                    }
+                    pending.push(reply);
+                }
+                Ok(Some(SessionOutbox { opted_out, pending, claimed }))
+            })
         })
     }
 

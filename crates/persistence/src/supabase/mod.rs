@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use soul_engine::Memory;
 use soul_engine::memory::UNREGIONED;
+use uuid::Uuid;
 
 use self::error::Idempotency;
 pub use self::error::{RestError, RestProblem, TransportError};
@@ -394,7 +395,7 @@ impl Store for SupabaseStore {
             let answer = self
                 .rpc("soul_commit_turn", request, Idempotency::Idempotent)
                 .await?;
-            let mut outcome = wire::commit_outcome(answer, commit)?;
+            let mut outcome = wire::commit_outcome(answer, commit, settings, now)?;
             wire::load_next_turns_history(self, &mut outcome, settings).await;
             Ok(outcome)
         })
@@ -542,29 +543,42 @@ impl Store for SupabaseStore {
         })
     }
 
-    fn pending_deliveries(
+    fn claim_pending_deliveries(
         &self,
-        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
         max: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
         Box::pin(async move {
-            if max == 0 {
-                return Ok(Vec::new());
-            }
-            // Each row carries its session's address: one consistent read across two tables.
-            let request = wire::pending_request(older_than, max);
+            // A claim with `skip locked`, joined with each row's address: one statement. Not
+            // repeated: a claim whose answer was lost holds its replies until it expires.
+            let request = wire::claim_pending_request(now, claim_until, max);
             list(
-                self.rpc("soul_pending_deliveries", request, Idempotency::Idempotent)
-                    .await?,
+                self.rpc(
+                    "soul_claim_pending_deliveries",
+                    request,
+                    Idempotency::NotIdempotent,
+                )
+                .await?,
             )
         })
     }
 
-    fn session_outbox(&self, session: SessionId) -> StoreFuture<'_, Option<SessionOutbox>> {
+    fn claim_session_outbox(
+        &self,
+        session: SessionId,
+        through: Uuid,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+    ) -> StoreFuture<'_, Option<SessionOutbox>> {
         Box::pin(async move {
-            let request = wire::session_outbox_request(session);
+            let request = wire::claim_session_outbox_request(session, through, now, claim_until);
             let answer = self
-                .rpc("soul_session_outbox", request, Idempotency::Idempotent)
+                .rpc(
+                    "soul_claim_session_outbox",
+                    request,
+                    Idempotency::NotIdempotent,
+                )
                 .await?;
             Ok(serde_json::from_value(answer)?)
         })
