@@ -219,10 +219,10 @@ async fn retry_after_reaches_the_error() {
             ModelError::Http {
                 status: 429,
                 retry_after,
-                ref message,
+                ref code,
             } => {
                 assert_eq!(retry_after, Some(Duration::from_secs(7)));
-                assert_eq!(message, "scripted status 429");
+                assert_eq!(code.as_deref(), Some("rate_limit_error"));
             }
             other => panic!("expected HTTP 429, got {other:?}"),
         },
@@ -499,6 +499,7 @@ fn unusable_configurations_are_config_errors() {
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m").with_request_timeout(Duration::ZERO),
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m")
             .with_retry(RetryPolicy::default().with_budget(Duration::ZERO)),
+        OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m").with_max_response_bytes(0),
     ];
     for config in bad {
         let error = OpenAiModel::new(config).unwrap_err();
@@ -508,4 +509,69 @@ fn unusable_configurations_are_config_errors() {
             "the API key leaked: {error}"
         );
     }
+}
+
+/// A server's error body that repeats the request, as some do for a 400.
+fn error_quoting_the_request(status: u16) -> Reply {
+    Reply::Raw {
+        status,
+        headers: Vec::new(),
+        body: json!({
+            "error": {
+                "message": "Invalid 'messages[0].content': 'hello, I feel low today' is not allowed",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": null
+            }
+        })
+        .to_string(),
+    }
+}
+
+#[tokio::test]
+async fn an_error_body_that_quotes_the_request_is_not_kept() {
+    let double = OpenAiDouble::start().await;
+    double.push(error_quoting_the_request(400));
+
+    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
+
+    assert_private(&error);
+    assert_eq!(
+        error.to_string(),
+        "model server answered HTTP 400 (invalid_request_error)"
+    );
+    assert_eq!(double.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_over_the_size_limit_is_refused_unread_and_not_retried() {
+    let double = OpenAiDouble::start().await;
+    double
+        .push_content("x".repeat(10_000))
+        .push_content("never asked for");
+    let limited = config(&double, 4).with_max_response_bytes(4096);
+
+    let error = OpenAiModel::new(limited)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, ModelError::TooLarge { limit: 4096 }),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(double.requests().await.len(), 1);
+
+    // An answer within the limit is read as usual.
+    double.clear();
+    double.push_content("x".repeat(3000));
+    let limited = config(&double, 4).with_max_response_bytes(4096);
+    let completion = OpenAiModel::new(limited)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap();
+    assert_eq!(completion.content.len(), 3000);
 }

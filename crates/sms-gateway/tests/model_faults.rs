@@ -334,3 +334,30 @@ async fn an_empty_utterance_is_repaired_once() {
     let fx = Fixture::start(&[]).await;
     fx.run(|| Reply::content("Pip said: \"\""), 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_that_quotes_the_message_is_not_logged() {
+    // Some servers repeat the request in a 400's message; only the status and the error's
+    // code may reach the logs.
+    let fx = Fixture::start(&[]).await;
+    fx.model.push(Reply::Raw {
+        status: 400,
+        headers: Vec::new(),
+        body: serde_json::json!({
+            "error": {
+                "message": "Invalid content in messages[1]: 'my secret plan <<1>>'",
+                "type": "invalid_request_error",
+                "code": "invalid_content"
+            }
+        })
+        .to_string(),
+    });
+
+    let sent = fx.text("my secret plan <<1>>", 1).await;
+
+    assert_eq!(sent, [FALLBACK]);
+    assert_eq!(fx.requests().await, 1, "a 400 is not retried");
+    let logs = fx.gateway.logs();
+    assert!(logs.contains("HTTP 400 (invalid_content)"), "{logs}");
+    assert_not_logged(&fx.gateway, &[fx.from, "secret plan", "Invalid content"]);
+}

@@ -220,7 +220,7 @@ mod tests {
     fn http(status: u16, retry_after: Option<Duration>) -> ModelError {
         ModelError::Http {
             status,
-            message: "scripted".into(),
+            code: None,
             retry_after,
         }
     }

@@ -344,8 +344,9 @@ pub enum ProcessError {
     /// Soul or process memory could not be read or written.
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    /// The params are not of the expected type.
-    #[error("the process params are not of the expected type: {0}")]
+    /// The params are not of the expected type. The message leaves serde's reason out (it
+    /// quotes the value); it is the `source`.
+    #[error("the process params are not of the expected type")]
     Params(#[source] serde_json::Error),
     /// Anything else the author wants to fail with.
     #[error("{0}")]
