@@ -375,3 +375,65 @@ async fn an_error_that_quotes_the_message_is_not_logged() {
     assert!(logs.contains("HTTP 400 (invalid_content)"), "{logs}");
     assert_not_logged(&fx.gateway, &[fx.from, "secret plan", "Invalid content"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_answer_is_cut_before_it_is_stored_sent_or_remembered() {
+    // 160 KB of answer: without a limit, a hundred Twilio messages and a next model request
+    // carrying all of it.
+    let sentence = "Osmosis is the movement of water across a membrane. ";
+    let runaway = sentence.repeat(3000);
+    let fx = Fixture::start(&[("MAX_REPLY_SEGMENTS", "3")]).await;
+    fx.model
+        .push_content(format!("Pip said: \"{}\"", runaway.trim_end()));
+
+    let sent = fx.text("what is osmosis <<1>>", 1).await;
+
+    // Three GSM-7 segments hold 459 characters: eight whole sentences.
+    let cut = sentence.repeat(8).trim_end().to_owned();
+    assert_eq!(sent, [cut.as_str()]);
+    assert_eq!(fx.twilio.messages().len(), 1);
+    let export = fx.export().await;
+    assert_eq!(export["outbound_messages"][0]["body"], cut.as_str());
+    let said: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(said, [cut.as_str()]);
+    let snapshot = export["working_memory_snapshots"].to_string();
+    assert!(snapshot.len() < 10_000, "{} bytes", snapshot.len());
+    fx.gateway
+        .wait_metric("sms_gateway_replies_cut_total", 1)
+        .await;
+    assert!(
+        fx.gateway
+            .metric("sms_gateway_reply_segments_cut_total")
+            .await
+            > 300
+    );
+
+    // What the soul remembers saying is the cut reply: the next request is small.
+    fx.model.push_content("Pip said: \"Water moves.\"");
+    fx.text("in short? <<2>>", 2).await;
+    let requests = fx.model.requests().await;
+    let next = requests[1].to_string();
+    assert!(next.contains(&cut), "the cut reply is remembered");
+    assert!(next.len() < 10_000, "{} bytes", next.len());
+    assert_not_logged(&fx.gateway, &[fx.from, "membrane"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_size_limit_is_not_read_and_gets_the_fallback() {
+    // Past the 256 KiB the client reads: refused unread, not retried.
+    let fx = Fixture::start(&[]).await;
+    fx.model
+        .push_content(format!("Pip said: \"{}\"", "Water moves. ".repeat(30_000)));
+
+    let sent = fx.text("what is osmosis <<1>>", 1).await;
+
+    assert_eq!(sent, [FALLBACK]);
+    assert_eq!(fx.requests().await, 1);
+    assert_not_logged(&fx.gateway, &[fx.from, "Water moves"]);
+}
