@@ -83,6 +83,32 @@ fn the_offline_demo_replays_the_shipped_cassette() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_key_in_the_environment_does_not_take_the_demo_live() {
+    let double = OpenAiDouble::start().await;
+    double.push_content("Sage said: \"Live!\"");
+    let mut command = embed();
+    command
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", double.base_url());
+
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(stdout_of(&output), TRANSCRIPT);
+    assert!(double.requests().await.is_empty(), "the model was called");
+}
+
+#[test]
+fn going_live_without_a_key_says_what_is_missing() {
+    let output = embed().arg("--live").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--live needs OPENAI_API_KEY"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_cassette_is_what_the_demo_records() {
     let double = OpenAiDouble::start().await;
     for answer in ANSWERS {
@@ -93,7 +119,7 @@ async fn the_shipped_cassette_is_what_the_demo_records() {
 
     let mut command = embed();
     command
-        .arg("--demo")
+        .args(["--live", "--demo"])
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", double.base_url())
         .env("SOUL_MODEL", "double-model")

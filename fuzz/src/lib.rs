@@ -2,8 +2,9 @@
 //! once, beside the code it checks, and included here by path, so the workspace's tests replay
 //! the kept corpus in `corpus/` through the very same checks.
 //!
-//! The gateway is a binary, not a library: its configuration and Twilio webhook modules, which
-//! need only std and crates.io crates, are compiled into this crate from their source files.
+//! The gateway is a binary, not a library: its configuration, SMS segment and Twilio webhook
+//! modules, which need only std and crates.io crates, are compiled into this crate from their
+//! source files.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -12,6 +13,10 @@ use std::sync::OnceLock;
 #[allow(dead_code)]
 #[path = "../../crates/sms-gateway/src/config.rs"]
 mod config;
+// The configuration counts SMS segments (the crisis resources against MAX_REPLY_SEGMENTS).
+#[allow(dead_code)]
+#[path = "../../crates/sms-gateway/src/segments.rs"]
+mod segments;
 
 // Declared at the top so that their paths resolve from `src/`, and gathered under `twilio` as
 // in the gateway, whose paths (`crate::twilio::signature`) they use.

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod memory;
+pub mod memory_budget;
 pub mod model;
 pub mod step;
 pub mod text;
@@ -9,6 +10,7 @@ pub mod working_memory;
 
 pub use clock::{Clock, SystemClock};
 pub use memory::{Memory, MemoryId, Region, RegionError, Role};
+pub use memory_budget::MemoryBudget;
 pub use model::{
     ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage,
 };

@@ -187,24 +187,6 @@ async fn retry_after_zero_is_honoured() {
 }
 
 #[tokio::test]
-async fn a_retry_after_above_the_cap_is_cut_to_the_cap() {
-    let double = OpenAiDouble::start().await;
-    double
-        .push(Reply::Status {
-            status: 503,
-            retry_after: Some(1),
-        })
-        .push_content("ok");
-
-    // `quick_retries` caps Retry-After at 1 ms; the delay arithmetic itself is unit-tested in
-    // `model::retry`.
-    let completion = model(&double, 4).complete(&hello()).await.unwrap();
-
-    assert_eq!(completion.content, "ok");
-    assert_eq!(double.requests().await.len(), 2);
-}
-
-#[tokio::test]
 async fn retry_after_reaches_the_error() {
     let double = OpenAiDouble::start().await;
     double.push(Reply::Status {
@@ -219,10 +201,10 @@ async fn retry_after_reaches_the_error() {
             ModelError::Http {
                 status: 429,
                 retry_after,
-                ref message,
+                ref code,
             } => {
                 assert_eq!(retry_after, Some(Duration::from_secs(7)));
-                assert_eq!(message, "scripted status 429");
+                assert_eq!(code.as_deref(), Some("rate_limit_error"));
             }
             other => panic!("expected HTTP 429, got {other:?}"),
         },
@@ -499,6 +481,7 @@ fn unusable_configurations_are_config_errors() {
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m").with_request_timeout(Duration::ZERO),
         OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m")
             .with_retry(RetryPolicy::default().with_budget(Duration::ZERO)),
+        OpenAiConfig::new("http://127.0.0.1/v1", KEY, "m").with_max_response_bytes(0),
     ];
     for config in bad {
         let error = OpenAiModel::new(config).unwrap_err();
@@ -508,4 +491,164 @@ fn unusable_configurations_are_config_errors() {
             "the API key leaked: {error}"
         );
     }
+}
+
+/// A server's error body that repeats the request, as some do for a 400.
+fn error_quoting_the_request(status: u16) -> Reply {
+    Reply::Raw {
+        status,
+        headers: Vec::new(),
+        body: json!({
+            "error": {
+                "message": "Invalid 'messages[0].content': 'hello, I feel low today' is not allowed",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": null
+            }
+        })
+        .to_string(),
+    }
+}
+
+#[tokio::test]
+async fn an_error_body_that_quotes_the_request_is_not_kept() {
+    let double = OpenAiDouble::start().await;
+    double.push(error_quoting_the_request(400));
+
+    let error = model(&double, 4).complete(&hello()).await.unwrap_err();
+
+    assert_private(&error);
+    assert_eq!(
+        error.to_string(),
+        "model server answered HTTP 400 (invalid_request_error)"
+    );
+    assert_eq!(double.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_over_the_size_limit_is_refused_unread_and_not_retried() {
+    let double = OpenAiDouble::start().await;
+    double
+        .push_content("x".repeat(10_000))
+        .push_content("never asked for");
+    let limited = config(&double, 4).with_max_response_bytes(4096);
+
+    let error = OpenAiModel::new(limited)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, ModelError::TooLarge { limit: 4096 }),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(double.requests().await.len(), 1);
+
+    // An answer within the limit is read as usual.
+    double.clear();
+    double.push_content("x".repeat(3000));
+    let limited = config(&double, 4).with_max_response_bytes(4096);
+    let completion = OpenAiModel::new(limited)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap();
+    assert_eq!(completion.content.len(), 3000);
+}
+
+/// A `Retry-After` header of `value` on a 429.
+fn rate_limited_with(value: &str) -> Reply {
+    Reply::Raw {
+        status: 429,
+        headers: vec![("retry-after".to_owned(), value.to_owned())],
+        body: json!({ "error": { "message": "slow down", "type": "rate_limit_error" } })
+            .to_string(),
+    }
+}
+
+/// An HTTP date `seconds` from now (negative: in the past).
+fn http_date_in(seconds: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(seconds))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_retry_after_over_the_cap_ends_the_call_at_once() {
+    // 40 s of budget would hold the 30 s a cut-down wait would take, but the server said
+    // 120 s (and, as a date, an hour): no shorter wait is taken in its place.
+    for asked in ["120".to_owned(), http_date_in(3600)] {
+        let double = OpenAiDouble::start().await;
+        double
+            .push(rate_limited_with(&asked))
+            .push_content("never asked for");
+        let config = OpenAiConfig::new(double.base_url(), KEY, "m").with_retry(
+            RetryPolicy::default()
+                .with_budget(Duration::from_secs(40))
+                .with_max_retry_after(Duration::from_millis(50)),
+        );
+
+        let error = OpenAiModel::new(config)
+            .unwrap()
+            .complete(&hello())
+            .await
+            .unwrap_err();
+
+        match error {
+            ModelError::RetriesExhausted { attempts: 1, last } => assert!(
+                matches!(*last, ModelError::Http { status: 429, .. }),
+                "{asked}: {last:?}"
+            ),
+            other => panic!("{asked}: expected RetriesExhausted after 1 attempt, got {other:?}"),
+        }
+        assert_eq!(double.requests().await.len(), 1, "{asked}");
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_date_in_the_past_is_retried_at_once() {
+    let double = OpenAiDouble::start().await;
+    double
+        .push(rate_limited_with(&http_date_in(-60)))
+        .push_content("ok");
+    let config = OpenAiConfig::new(double.base_url(), KEY, "m")
+        .with_retry(RetryPolicy::default().with_budget(Duration::from_secs(40)));
+
+    let completion = OpenAiModel::new(config)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap();
+
+    assert_eq!(completion.content, "ok");
+    assert_eq!(double.requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_across_the_budget() {
+    // A short outage: eight 5xx answers in a row, then the server is back. The retries are
+    // spread over the budget (short backoffs here, so the test is quick) rather than given up
+    // after a fixed few.
+    let double = OpenAiDouble::start().await;
+    for status in [500, 502, 503, 500, 502, 503, 500, 502] {
+        double.push(Reply::status(status));
+    }
+    double.push_content("back");
+    let config = OpenAiConfig::new(double.base_url(), KEY, "m").with_retry(
+        RetryPolicy::default()
+            .with_budget(Duration::from_secs(30))
+            .with_base_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(40)),
+    );
+
+    let completion = OpenAiModel::new(config)
+        .unwrap()
+        .complete(&hello())
+        .await
+        .unwrap();
+
+    assert_eq!(completion.content, "back");
+    assert_eq!(double.requests().await.len(), 9);
 }

@@ -38,6 +38,7 @@ use crate::keywords::{self, Keyword};
 use crate::metrics::{MeteredModel, Metrics};
 use crate::outbox::Outbox;
 use crate::ratelimit::RateLimiter;
+use crate::reply_limit::SegmentLimit;
 use crate::twilio::client::{self, TwilioClient};
 use crate::twilio::signature;
 use crate::twilio::webhook::InboundSms;
@@ -152,7 +153,8 @@ pub(crate) fn configure_crisis_resources(config: &Config) {
     }
 }
 
-/// Builds the driver for the configured soul on `store`, its model metered into `metrics`.
+/// Builds the driver for the configured soul on `store`, its model metered into `metrics` and
+/// its replies cut to `MAX_REPLY_SEGMENTS`.
 pub(crate) fn build_driver(
     config: &Config,
     store: Arc<dyn Store>,
@@ -172,7 +174,9 @@ pub(crate) fn build_driver(
         open_model(model_config, config)?,
         metrics.clone(),
     ));
-    let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
+    let limit = SegmentLimit::new(config.max_reply_segments, metrics.clone());
+    let runtime =
+        Arc::new(Runtime::new(soul, model, clock.clone()).with_reply_limit(Arc::new(limit)));
     let mut settings = soul_turns::turn_settings(runtime.soul());
     settings.session_timeout =
         chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);

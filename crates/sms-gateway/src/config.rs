@@ -19,6 +19,8 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::segments;
+
 /// The environment variable naming the TOML file (overridden by `--config`).
 pub(crate) const CONFIG_FILE_VARIABLE: &str = "SOUL_CONFIG";
 
@@ -58,6 +60,7 @@ pub(crate) const KEYS: &[&str] = &[
     "FALLBACK_REPLY",
     "MODEL_TIMEOUT",
     "MODEL_RETRY_BUDGET",
+    "MAX_REPLY_SEGMENTS",
 ];
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/soul.db";
@@ -91,6 +94,10 @@ const DEFAULT_MODEL_TIMEOUT: Duration = Duration::from_secs(20);
 /// One model call, retries and their waits included: two full attempts and a backoff, after
 /// which the person gets the fallback reply. Well under [`DEFAULT_TURN_LEASE`].
 const DEFAULT_MODEL_RETRY_BUDGET: Duration = Duration::from_secs(45);
+/// A few segments: Sage's longest in-character reply (320 characters, and an emoji or a curly
+/// apostrophe makes it UCS-2 at 67 a segment) fits, a model that runs on is cut to about 4 US
+/// cents a reply.
+const DEFAULT_MAX_REPLY_SEGMENTS: u8 = 5;
 
 /// Connections served at once by default; lowered at start to half the open-file limit.
 const DEFAULT_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(4096).expect("not zero");
@@ -272,6 +279,8 @@ pub(crate) struct Config {
     pub(crate) model_retry_budget: Duration,
     /// The HTTP listener's bounds and the operations endpoints' token.
     pub(crate) http: HttpLimits,
+    /// The most SMS segments a reply may take; a longer one is cut where a sentence ends.
+    pub(crate) max_reply_segments: u8,
 }
 
 impl Config {
@@ -370,6 +379,7 @@ impl Config {
                          one attempt's time limit",
             });
         }
+        let max_reply_segments = reader.max_reply_segments();
         if turn_lease <= model_retry_budget {
             reader.problems.push(Problem::Conflict {
                 keys: "TURN_LEASE and MODEL_RETRY_BUDGET",
@@ -401,6 +411,7 @@ impl Config {
                 model_timeout,
                 model_retry_budget,
                 http,
+                max_reply_segments,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -679,6 +690,32 @@ impl Reader<'_> {
             self.malformed(key, reason);
         }
         parsed
+    }
+
+    /// `MAX_REPLY_SEGMENTS`, and whether the crisis resources fit in it: they are never cut, so
+    /// a reply too short for them would have to be longer than the limit.
+    fn max_reply_segments(&mut self) -> u8 {
+        let max = self
+            .parsed(
+                "MAX_REPLY_SEGMENTS",
+                "not a whole number from 1 to 10",
+                |text| {
+                    text.parse::<u8>()
+                        .ok()
+                        .filter(|n| (1..=segments::MAX_REPLY_SEGMENTS_CEILING).contains(n))
+                },
+            )
+            .unwrap_or(DEFAULT_MAX_REPLY_SEGMENTS);
+        if let Some(resources) = self.get("SOUL_CRISIS_RESOURCES")
+            && segments::segment_count(resources) > usize::from(max)
+        {
+            self.problems.push(Problem::Conflict {
+                keys: "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS",
+                reason: "the crisis resources take more SMS segments than a reply may, and they \
+                         are never cut: shorten them or allow more segments",
+            });
+        }
+        max
     }
 
     /// A positive duration such as `90s`, `1h` or `500ms`.
@@ -1596,6 +1633,52 @@ api_key = "sk-file"
             malformed,
             ["MAX_CONNECTIONS", "HEADER_READ_TIMEOUT", "REQUEST_TIMEOUT"]
         );
+    }
+
+    #[test]
+    fn max_reply_segments() {
+        let config = Config::from_values(&BTreeMap::new(), Level::Migrate).unwrap();
+        assert_eq!(config.max_reply_segments, 5);
+        let config =
+            Config::from_values(&values(&[("MAX_REPLY_SEGMENTS", "10")]), Level::Migrate).unwrap();
+        assert_eq!(config.max_reply_segments, 10);
+        for bad in ["0", "11", "three", "-1", "2.5"] {
+            assert_eq!(
+                problems(&values(&[("MAX_REPLY_SEGMENTS", bad)]), Level::Migrate),
+                [Problem::Malformed {
+                    key: "MAX_REPLY_SEGMENTS".to_owned(),
+                    reason: "not a whole number from 1 to 10",
+                }],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn crisis_resources_must_fit_in_a_reply() {
+        let resources = "Call 988, text HOME to 741741, or your local emergency number. ".repeat(3);
+        let problems = problems(
+            &values(&[
+                ("SOUL_CRISIS_RESOURCES", resources.as_str()),
+                ("MAX_REPLY_SEGMENTS", "1"),
+            ]),
+            Level::Migrate,
+        );
+        assert!(
+            matches!(
+                problems.as_slice(),
+                [Problem::Conflict {
+                    keys: "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS",
+                    ..
+                }]
+            ),
+            "{problems:?}"
+        );
+        let config = Config::from_values(
+            &values(&[("SOUL_CRISIS_RESOURCES", resources.as_str())]),
+            Level::Migrate,
+        );
+        assert!(config.is_ok());
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod marks;
 mod metrics;
 mod outbox;
 mod ratelimit;
+mod reply_limit;
 mod routes;
 mod segments;
 mod server;

@@ -80,6 +80,46 @@ impl<const N: usize> LabeledCounter<N> {
     }
 }
 
+/// A counter without labels.
+#[derive(Debug)]
+pub(crate) struct Counter {
+    name: &'static str,
+    help: &'static str,
+    count: AtomicU64,
+}
+
+impl Counter {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Counter {
+            name,
+            help,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `by`.
+    pub(crate) fn add(&self, by: u64) {
+        self.count.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    /// The count (for tests).
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} counter", self.name);
+        let _ = writeln!(out, "{} {}", self.name, self.count.load(Ordering::Relaxed));
+    }
+}
+
 /// Upper bounds of the turn latency buckets, in seconds: a turn is one to a few model calls.
 const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
 
@@ -151,6 +191,10 @@ pub(crate) struct Metrics {
     pub(crate) outbound: LabeledCounter<6>,
     /// SMS segments handed to Twilio, by encoding.
     pub(crate) segments: LabeledCounter<2>,
+    /// Replies cut to `MAX_REPLY_SEGMENTS` before they were stored.
+    pub(crate) replies_cut: Counter,
+    /// The segments those replies would have taken beyond what was sent.
+    pub(crate) reply_segments_cut: Counter,
     /// Delivery status callbacks by status.
     pub(crate) delivery_status: LabeledCounter<6>,
 }
@@ -224,6 +268,15 @@ impl Metrics {
                 "encoding",
                 ["gsm7", "ucs2"],
             ),
+            replies_cut: Counter::new(
+                "sms_gateway_replies_cut_total",
+                "Replies longer than MAX_REPLY_SEGMENTS, cut where a sentence ends before they \
+                 were stored and sent.",
+            ),
+            reply_segments_cut: Counter::new(
+                "sms_gateway_reply_segments_cut_total",
+                "SMS segments cut from replies: what they would have taken beyond what was sent.",
+            ),
             delivery_status: LabeledCounter::new(
                 "sms_gateway_delivery_status_total",
                 "Delivery status callbacks from Twilio, by status.",
@@ -250,6 +303,8 @@ impl Metrics {
         self.model_requests.render(&mut out);
         self.outbound.render(&mut out);
         self.segments.render(&mut out);
+        self.replies_cut.render(&mut out);
+        self.reply_segments_cut.render(&mut out);
         self.delivery_status.render(&mut out);
         out
     }
@@ -314,6 +369,11 @@ mod tests {
         assert!(text.contains("sms_gateway_turn_duration_seconds_count 2\n"));
         assert!(text.contains("sms_gateway_turn_duration_seconds_sum 100.08\n"));
         assert!(text.contains("# TYPE sms_gateway_model_tokens_total counter\n"));
+        metrics.reply_segments_cut.add(7);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE sms_gateway_reply_segments_cut_total counter\n"));
+        assert!(text.contains("sms_gateway_reply_segments_cut_total 7\n"));
+        assert!(text.contains("sms_gateway_replies_cut_total 0\n"));
     }
 
     /// Every series the outbox counts has its own, opt-outs apart from replies Twilio had taken.

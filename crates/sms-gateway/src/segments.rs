@@ -1,14 +1,90 @@
-//! SMS encoding and segments, and splitting long replies into messages.
+//! SMS encoding and segments, cutting replies to `MAX_REPLY_SEGMENTS`, and splitting long
+//! replies into messages.
 //!
 //! A message whose every character is in the GSM 03.38 alphabet travels as GSM-7: 160 septets
 //! in one segment, 153 per segment once split (the rest carries the concatenation header), the
 //! extension-table characters (`{ } [ ] ~ \ | ^ €` and form feed) taking two septets. One
 //! character outside it makes the whole message UCS-2: 70 UTF-16 code units, 67 per segment
-//! when split. Segments cost money and arrive slowly, which is why souls should keep replies
-//! short; [`split_reply`] only enforces Twilio's hard limit of 1,600 characters per message.
+//! when split. Segments cost money and arrive slowly: [`cut_reply`] cuts a reply to the
+//! configured number of segments (as the soul speaks it, through `reply_limit`, before it is
+//! stored), and [`split_reply`] enforces Twilio's hard limit of 1,600 characters per message.
+//!
+//! Only std is used here: the fuzz crate compiles the configuration, which counts segments,
+//! from its source.
 
 /// The longest body Twilio accepts in one message (longer gets error 21617).
 pub(crate) const MAX_BODY_CHARS: usize = 1600;
+
+/// The most segments `MAX_REPLY_SEGMENTS` may allow: ten segments are at most 1,530 GSM-7
+/// characters, so a reply cut to them is always one message.
+pub(crate) const MAX_REPLY_SEGMENTS_CEILING: u8 = 10;
+
+/// Septets (GSM-7) in one segment of a multi-segment message; no segment holds more than 160.
+const MOST_CHARS_PER_SEGMENT: usize = 160;
+
+/// A reply cut to a number of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// What is sent.
+    pub(crate) text: String,
+    /// The segments the whole reply would have taken.
+    pub(crate) segments_before: usize,
+    /// The segments `text` takes.
+    pub(crate) segments_after: usize,
+}
+
+/// `body` followed by `ending`, cut to at most `max_segments` segments; `None` when it fits.
+///
+/// The body is cut at the end of its last sentence that fits (`.`, `!` or `?` before white
+/// space, or a line break), with `ending` kept whole after it — or alone, when no sentence of
+/// the body fits. When `ending` is too long by itself, or empty, the whole reply is cut at its
+/// last sentence that fits, else at its last word, else at a character, as [`split_reply`]
+/// splits. White space at a cut is dropped.
+pub(crate) fn cut_reply(body: &str, ending: &str, max_segments: usize) -> Option<Cut> {
+    let max_segments = max_segments.max(1);
+    let whole = format!("{body}{ending}");
+    let segments_before = segment_count(&whole);
+    if segments_before <= max_segments {
+        return None;
+    }
+    let ending_alone = ending.trim_start();
+    let text = if !ending_alone.is_empty() && segment_count(ending_alone) <= max_segments {
+        let limit = longest_fitting(body, ending, max_segments);
+        match sentence_end(body, limit).map(|cut| body[..cut].trim_end()) {
+            Some(kept) => format!("{kept}{ending}"),
+            None => ending_alone.to_owned(),
+        }
+    } else {
+        let limit = longest_fitting(&whole, "", max_segments);
+        let cut = sentence_end(&whole, limit)
+            .or_else(|| word_end(&whole, limit))
+            .unwrap_or(limit);
+        whole[..cut].trim_end().to_owned()
+    };
+    Some(Cut {
+        segments_after: segment_count(&text),
+        text,
+        segments_before,
+    })
+}
+
+/// The byte length of the longest beginning of `text` that, followed by `ending`, fits
+/// `max_segments` segments.
+fn longest_fitting(text: &str, ending: &str, max_segments: usize) -> usize {
+    // No segment holds more than 160 characters, so only that many can matter.
+    let most = max_segments.saturating_mul(MOST_CHARS_PER_SEGMENT);
+    let bound = text.char_indices().nth(most).map_or(text.len(), |(i, _)| i);
+    let ends: Vec<usize> = text[..bound]
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .collect();
+    // A longer beginning never takes fewer segments (more units, or a switch to UCS-2), so
+    // the beginnings that fit come first.
+    let fitting = ends.partition_point(|&end| {
+        segment_count(&format!("{}{ending}", &text[..end])) <= max_segments
+    });
+    fitting.checked_sub(1).map_or(0, |last| ends[last])
+}
 
 /// How a message is encoded on the air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +356,101 @@ mod tests {
     fn tiny_limits_still_progress() {
         assert_eq!(split_reply("ab😀", 0), ["ab", "😀"]);
         assert_eq!(split_reply("a b", 1), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_reply_within_the_limit_is_not_cut() {
+        assert_eq!(cut_reply(&"a".repeat(306), "", 2), None);
+        assert_eq!(cut_reply("Hi.", "\n\nCall 988.", 1), None);
+    }
+
+    #[test]
+    fn a_long_reply_is_cut_where_a_sentence_ends() {
+        let sentence = "This sentence is here to take up some room in a reply. ";
+        let text = sentence.repeat(100);
+        let cut = cut_reply(text.trim_end(), "", 3).unwrap();
+        assert!(cut.text.ends_with("reply."), "{:?}", cut.text);
+        assert!(text.starts_with(&cut.text));
+        assert_eq!(cut.segments_after, segment_count(&cut.text));
+        assert!(cut.segments_after <= 3);
+        // As many whole sentences as three segments hold: 459 septets, 55 characters each.
+        assert_eq!(cut.text.len(), 8 * 55 - 1);
+        assert_eq!(cut.segments_before, segment_count(text.trim_end()));
+    }
+
+    #[test]
+    fn ucs2_replies_are_cut_by_their_own_segment_size() {
+        // The curly apostrophe has no GSM-7 form: 67 characters a segment.
+        let text = "C’est très bien, merci. ".repeat(40);
+        let cut = cut_reply(text.trim_end(), "", 2).unwrap();
+        assert_eq!(encoding(&cut.text), Encoding::Ucs2);
+        assert!(cut.segments_after <= 2);
+        assert_eq!(cut.text, "C’est très bien, merci. ".repeat(5).trim_end());
+    }
+
+    #[test]
+    fn without_a_sentence_end_the_cut_is_at_a_word_then_a_character() {
+        let words = "word ".repeat(200);
+        let cut = cut_reply(words.trim_end(), "", 1).unwrap().text;
+        assert!(cut.ends_with("word") && cut.len() <= 160, "{cut:?}");
+        let letters = "x".repeat(1000);
+        assert_eq!(cut_reply(&letters, "", 1).unwrap().text, "x".repeat(160));
+    }
+
+    #[test]
+    fn the_ending_is_kept_whole_and_the_body_cut_at_a_sentence() {
+        let body = "You matter to me. I am glad you said it. ".repeat(20);
+        let ending = "\n\nIf you are in danger or thinking about hurting yourself, please call \
+                      or text 988 (Suicide & Crisis Lifeline, US) or your local emergency number.";
+        let cut = cut_reply(body.trim_end(), ending, 2).unwrap();
+        assert!(cut.text.ends_with(ending), "{:?}", cut.text);
+        let kept = cut.text.strip_suffix(ending).unwrap();
+        assert!(
+            kept.starts_with("You matter to me.") && kept.ends_with('.'),
+            "{kept:?}"
+        );
+        assert!(cut.segments_after <= 2);
+        // Room for a word of the body but no sentence: the ending alone, without its break.
+        let cut = cut_reply(body.trim_end(), ending, 1).unwrap();
+        assert_eq!(cut.text, ending.trim_start());
+    }
+
+    #[test]
+    fn an_ending_too_long_alone_is_cut_with_the_rest() {
+        let ending = format!("\n\n{}", "Call us. ".repeat(40));
+        let cut = cut_reply("Hello there.", &ending, 1).unwrap();
+        assert!(cut.text.starts_with("Hello there.\n\nCall us."));
+        assert!(cut.segments_after <= 1);
+    }
+
+    #[test]
+    fn megabytes_are_cut_to_a_few_segments() {
+        let text = "Lorem ipsum dolor sit amet. ".repeat(200_000);
+        let cut = cut_reply(&text, "", 5).unwrap();
+        assert!(cut.segments_after <= 5);
+        assert!(cut.segments_before > 30_000);
+        assert_eq!(split_reply(&cut.text, MAX_BODY_CHARS).len(), 1);
+    }
+
+    /// Over generated text and every allowed limit: the cut fits, is a beginning of the text,
+    /// and says something whenever the text does.
+    #[test]
+    fn cut_properties_hold_for_generated_text() {
+        let mut rng = fastrand::Rng::with_seed(153);
+        for round in 0..300 {
+            let text = generated_text(&mut rng);
+            let text = text.trim();
+            let max = rng.usize(1..=usize::from(MAX_REPLY_SEGMENTS_CEILING));
+            match cut_reply(text, "", max) {
+                None => assert!(segment_count(text) <= max, "round {round}"),
+                Some(cut) => {
+                    assert!(cut.segments_after <= max, "round {round}");
+                    assert!(text.starts_with(&cut.text), "round {round}");
+                    assert!(!cut.text.trim().is_empty(), "round {round}: {text:?}");
+                    assert!(cut.text.encode_utf16().count() <= MAX_BODY_CHARS);
+                }
+            }
+        }
     }
 
     fn generated_text(rng: &mut fastrand::Rng) -> String {

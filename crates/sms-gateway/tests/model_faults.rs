@@ -4,7 +4,8 @@
 //! Each test takes one fault through three messages from one person: the fault once and then a
 //! good answer (the person gets the real reply; the model was asked once more), the fault until
 //! the retry budget is spent (the person gets the fallback reply, once, and nothing but the
-//! message and that reply is stored), and a healthy model again (answered normally).
+//! message and that reply is stored), and a healthy model again (answered normally). Retry
+//! budgets are short here, so that spending one takes a second or two.
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 mod common;
@@ -20,8 +21,16 @@ use tempfile::TempDir;
 
 /// The configured fallback reply.
 const FALLBACK: &str = "Pip is offline for a moment. Try again soon.";
-/// Attempts the model client makes per call before giving up (the engine's default policy).
-const ATTEMPTS: usize = 4;
+
+/// How a fault ends a turn in the fallback reply.
+#[derive(Debug, Clone, Copy)]
+enum Exhausting {
+    /// The model client retries it until the budget is spent: at least this many requests (the
+    /// backoffs are random, so the count is not fixed).
+    AtLeast(usize),
+    /// The step gives up after exactly this many answers (they are not the client's to retry).
+    Exactly(usize),
+}
 
 /// A gateway running Pip (one model call per ordinary message) against the scripted model.
 struct Fixture {
@@ -43,14 +52,16 @@ impl Drop for Fixture {
 }
 
 impl Fixture {
-    /// Starts a gateway with the fallback reply and `env` set.
+    /// Starts a gateway with the fallback reply, a 2 s model retry budget and `env` set.
     async fn start(env: &[(&str, &str)]) -> Fixture {
         let dir = TempDir::new().unwrap();
         let twilio = twilio().await;
         let model = OpenAiDouble::start().await;
         let database = format!("sqlite://{}/soul.db", dir.path().display());
         let mut settings = Settings::new(dir.path(), &database, &twilio, &model.base_url())
-            .set("FALLBACK_REPLY", FALLBACK);
+            .set("FALLBACK_REPLY", FALLBACK)
+            .set("MODEL_TIMEOUT", "1s")
+            .set("MODEL_RETRY_BUDGET", "2s");
         for (key, value) in env {
             settings = settings.set(key, value);
         }
@@ -110,8 +121,8 @@ impl Fixture {
     }
 
     /// Takes the fault through the three messages. `fault` is what the model answers instead of
-    /// a completion; `exhausting` is how many such answers end the turn in the fallback reply.
-    async fn run(&self, fault: impl Fn() -> Reply, exhausting: usize) {
+    /// a completion; `exhausting` is how answering it ends the turn in the fallback reply.
+    async fn run(&self, fault: impl Fn() -> Reply, exhausting: Exhausting) {
         // Once, then a good answer: retried, and the person never knows.
         self.model
             .push(fault())
@@ -122,13 +133,18 @@ impl Fixture {
 
         // Until the budget is spent: the fallback reply, and nothing else of the turn stored.
         let before = self.export().await;
-        for _ in 0..exhausting {
+        for _ in 0..100 {
             self.model.push(fault());
         }
         let sent = self.text("and diffusion <<2>>", 2).await;
         assert_eq!(sent, ["Osmosis moves water.", FALLBACK]);
-        assert_eq!(self.requests().await, 2 + exhausting);
-        assert_eq!(self.model.remaining(), 0);
+        let unused = self.model.clear();
+        let asked = self.requests().await - 2;
+        assert_eq!(asked, 100 - unused);
+        match exhausting {
+            Exhausting::AtLeast(least) => assert!(asked >= least, "only {asked} requests"),
+            Exhausting::Exactly(count) => assert_eq!(asked, count),
+        }
         self.gateway
             .wait_metric("sms_gateway_turns_total{result=\"fallback\"}", 1)
             .await;
@@ -147,7 +163,7 @@ impl Fixture {
                 "Diffusion spreads things out."
             ]
         );
-        assert_eq!(self.requests().await, 3 + exhausting);
+        assert_eq!(self.requests().await, 3 + asked);
         assert_eq!(
             self.gateway
                 .metric("sms_gateway_turns_total{result=\"answered\"}")
@@ -225,8 +241,8 @@ fn assert_only_the_exchange_was_added(before: &Value, after: &Value, body: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_does_not_answer_in_time() {
-    // Attempts end after MODEL_TIMEOUT; the budget holds all four.
-    let fx = Fixture::start(&[("MODEL_TIMEOUT", "1s"), ("MODEL_RETRY_BUDGET", "30s")]).await;
+    // Attempts end after MODEL_TIMEOUT; the budget holds at least two.
+    let fx = Fixture::start(&[("MODEL_RETRY_BUDGET", "3s")]).await;
     fx.run(
         || {
             Reply::Delayed(
@@ -234,7 +250,7 @@ async fn a_model_that_does_not_answer_in_time() {
                 Box::new(Reply::content("Pip said: \"Too late.\"")),
             )
         },
-        ATTEMPTS,
+        Exhausting::AtLeast(2),
     )
     .await;
 }
@@ -242,14 +258,15 @@ async fn a_model_that_does_not_answer_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_without_retry_after() {
     let fx = Fixture::start(&[]).await;
-    fx.run(|| Reply::status(429), ATTEMPTS).await;
+    fx.run(|| Reply::status(429), Exhausting::AtLeast(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limited_with_retry_after_and_past_the_budget() {
-    // A one-second Retry-After is waited out; an hour (cut to the 30 s cap) does not fit a 10 s
-    // budget, so the call gives up after the first answer instead of sleeping.
-    let fx = Fixture::start(&[("MODEL_TIMEOUT", "5s"), ("MODEL_RETRY_BUDGET", "10s")]).await;
+async fn rate_limited_with_retry_after_and_past_the_cap() {
+    // A one-second Retry-After is waited out. Two minutes are more than the 30 s a Retry-After
+    // is granted: the call gives up after the first answer, although the 40 s budget could hold
+    // a 30 s wait, rather than wait 30 s for a server that said it would not be ready.
+    let fx = Fixture::start(&[("MODEL_TIMEOUT", "5s"), ("MODEL_RETRY_BUDGET", "40s")]).await;
     fx.model.push(Reply::Status {
         status: 429,
         retry_after: Some(1),
@@ -262,15 +279,11 @@ async fn rate_limited_with_retry_after_and_past_the_budget() {
     let before = fx.export().await;
     fx.model.push(Reply::Status {
         status: 429,
-        retry_after: Some(3600),
+        retry_after: Some(120),
     });
     let sent = fx.text("and diffusion <<2>>", 2).await;
     assert_eq!(sent, ["Osmosis moves water.", FALLBACK]);
-    assert_eq!(
-        fx.requests().await,
-        3,
-        "no retry after a wait past the budget"
-    );
+    assert_eq!(fx.requests().await, 3, "no retry after a wait past the cap");
     assert_only_the_exchange_was_added(
         &before,
         &fx.export().await,
@@ -290,7 +303,7 @@ async fn server_errors() {
     let statuses = std::sync::Mutex::new([500, 502, 503].into_iter().cycle());
     fx.run(
         || Reply::status(statuses.lock().unwrap().next().unwrap()),
-        ATTEMPTS,
+        Exhausting::AtLeast(3),
     )
     .await;
 }
@@ -300,7 +313,7 @@ async fn an_answer_that_is_not_json_and_is_not_logged() {
     let fx = Fixture::start(&[]).await;
     fx.run(
         || Reply::RawBody(r#"{"id":"x","choices":[{"message":{"content":"secret answ"#.into()),
-        ATTEMPTS,
+        Exhausting::AtLeast(3),
     )
     .await;
     assert_not_logged(
@@ -312,19 +325,19 @@ async fn an_answer_that_is_not_json_and_is_not_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_answer() {
     let fx = Fixture::start(&[]).await;
-    fx.run(|| Reply::content(""), ATTEMPTS).await;
+    fx.run(|| Reply::content(""), Exhausting::AtLeast(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_with_null_content() {
     let fx = Fixture::start(&[]).await;
-    fx.run(|| Reply::NullContent, ATTEMPTS).await;
+    fx.run(|| Reply::NullContent, Exhausting::AtLeast(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_choices() {
     let fx = Fixture::start(&[]).await;
-    fx.run(|| Reply::NoChoices, ATTEMPTS).await;
+    fx.run(|| Reply::NoChoices, Exhausting::AtLeast(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,5 +345,95 @@ async fn an_empty_utterance_is_repaired_once() {
     // A well-formed answer that says nothing: not the client's to retry but the step's to
     // repair, once; a second empty one ends the turn.
     let fx = Fixture::start(&[]).await;
-    fx.run(|| Reply::content("Pip said: \"\""), 2).await;
+    fx.run(|| Reply::content("Pip said: \"\""), Exhausting::Exactly(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_that_quotes_the_message_is_not_logged() {
+    // Some servers repeat the request in a 400's message; only the status and the error's
+    // code may reach the logs.
+    let fx = Fixture::start(&[]).await;
+    fx.model.push(Reply::Raw {
+        status: 400,
+        headers: Vec::new(),
+        body: serde_json::json!({
+            "error": {
+                "message": "Invalid content in messages[1]: 'my secret plan <<1>>'",
+                "type": "invalid_request_error",
+                "code": "invalid_content"
+            }
+        })
+        .to_string(),
+    });
+
+    let sent = fx.text("my secret plan <<1>>", 1).await;
+
+    assert_eq!(sent, [FALLBACK]);
+    assert_eq!(fx.requests().await, 1, "a 400 is not retried");
+    let logs = fx.gateway.logs();
+    assert!(logs.contains("HTTP 400 (invalid_content)"), "{logs}");
+    assert_not_logged(&fx.gateway, &[fx.from, "secret plan", "Invalid content"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_answer_is_cut_before_it_is_stored_sent_or_remembered() {
+    // 160 KB of answer: without a limit, a hundred Twilio messages and a next model request
+    // carrying all of it.
+    let sentence = "Osmosis is the movement of water across a membrane. ";
+    let runaway = sentence.repeat(3000);
+    let fx = Fixture::start(&[("MAX_REPLY_SEGMENTS", "3")]).await;
+    fx.model
+        .push_content(format!("Pip said: \"{}\"", runaway.trim_end()));
+
+    let sent = fx.text("what is osmosis <<1>>", 1).await;
+
+    // Three GSM-7 segments hold 459 characters: eight whole sentences.
+    let cut = sentence.repeat(8).trim_end().to_owned();
+    assert_eq!(sent, [cut.as_str()]);
+    assert_eq!(fx.twilio.messages().len(), 1);
+    let export = fx.export().await;
+    assert_eq!(export["outbound_messages"][0]["body"], cut.as_str());
+    let said: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(said, [cut.as_str()]);
+    let snapshot = export["working_memory_snapshots"].to_string();
+    assert!(snapshot.len() < 10_000, "{} bytes", snapshot.len());
+    fx.gateway
+        .wait_metric("sms_gateway_replies_cut_total", 1)
+        .await;
+    assert!(
+        fx.gateway
+            .metric("sms_gateway_reply_segments_cut_total")
+            .await
+            > 300
+    );
+
+    // What the soul remembers saying is the cut reply: the next request is small.
+    fx.model.push_content("Pip said: \"Water moves.\"");
+    fx.text("in short? <<2>>", 2).await;
+    let requests = fx.model.requests().await;
+    let next = requests[1].to_string();
+    assert!(next.contains(&cut), "the cut reply is remembered");
+    assert!(next.len() < 10_000, "{} bytes", next.len());
+    assert_not_logged(&fx.gateway, &[fx.from, "membrane"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_size_limit_is_not_read_and_gets_the_fallback() {
+    // Past the 256 KiB the client reads: refused unread, not retried.
+    let fx = Fixture::start(&[]).await;
+    fx.model
+        .push_content(format!("Pip said: \"{}\"", "Water moves. ".repeat(30_000)));
+
+    let sent = fx.text("what is osmosis <<1>>", 1).await;
+
+    assert_eq!(sent, [FALLBACK]);
+    assert_eq!(fx.requests().await, 1);
+    assert_not_logged(&fx.gateway, &[fx.from, "Water moves"]);
 }

@@ -28,6 +28,16 @@ pub enum Reply {
     },
     /// A 200 whose body is exactly this text (for malformed answers).
     RawBody(String),
+    /// Exactly this status, these headers and this body (an error body that quotes the
+    /// request, a `Retry-After` given as an HTTP date).
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// Header names and values.
+        headers: Vec<(String, String)>,
+        /// The body.
+        body: String,
+    },
     /// A well-formed completion whose message content is `null`, without a refusal.
     NullContent,
     /// A well-formed completion with an empty `choices` list.
@@ -76,6 +86,16 @@ impl Reply {
             Reply::RawBody(body) => ResponseTemplate::new(200)
                 .insert_header("content-type", "application/json")
                 .set_body_string(body.clone()),
+            Reply::Raw {
+                status,
+                headers,
+                body,
+            } => headers.iter().fold(
+                ResponseTemplate::new(*status)
+                    .insert_header("content-type", "application/json")
+                    .set_body_string(body.clone()),
+                |template, (name, value)| template.insert_header(name.as_str(), value.as_str()),
+            ),
             Reply::NullContent => {
                 completion_with_choices(json!([choice(Value::Null, Value::Null)]))
             }
@@ -188,6 +208,14 @@ impl OpenAiDouble {
     /// Scripts the next answer as a successful completion with `content`.
     pub fn push_content(&self, content: impl Into<String>) -> &Self {
         self.push(Reply::content(content))
+    }
+
+    /// Drops the scripted answers not yet served; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut script = self.script.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = script.len();
+        script.clear();
+        left
     }
 
     /// Scripted answers not yet served.

@@ -696,6 +696,65 @@ fn uuid_like() -> String {
     format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
 
+/// The working memory stored for `from`'s session.
+async fn stored_snapshot(driver: &TurnDriver, from: &str) -> soul_engine::WorkingMemory {
+    let export = driver
+        .store()
+        .export_user(&Address::new(from))
+        .await
+        .unwrap()
+        .unwrap();
+    match &export["working_memory_snapshots"][0]["snapshot"] {
+        serde_json::Value::String(text) => soul_engine::WorkingMemory::from_json_str(text),
+        value => soul_engine::WorkingMemory::from_json(value.clone()),
+    }
+    .unwrap()
+}
+
+async fn a_long_conversation_stores_a_bounded_snapshot(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let from = "+15550077";
+    let mut stored = Vec::new();
+    for turn in 0..200 {
+        double.push_content(format!(
+            "Dee said: \"Answer number {turn}, of the usual length.\""
+        ));
+        let message = inbound(
+            from,
+            &format!("message {turn}"),
+            &format!("SM-{turn}"),
+            now(),
+        );
+        answered(&driver, message).await;
+        if turn == 49 || turn == 199 {
+            let snapshot = stored_snapshot(&driver, from).await;
+            stored.push((snapshot.len(), snapshot.to_json().to_string().len()));
+        }
+    }
+
+    // The persona and the default budget's 24 memories, at turn 50 as at turn 200.
+    let (at_50, at_200) = (stored[0], stored[1]);
+    assert_eq!(at_50.0, 25);
+    assert_eq!(at_200.0, 25);
+    assert!(
+        at_200.1 <= at_50.1 + at_50.1 / 20,
+        "the stored snapshot grew from {} to {} bytes",
+        at_50.1,
+        at_200.1
+    );
+    // And what each model request carries stops growing: the persona, the memories and the
+    // step's command.
+    let sizes: Vec<usize> = double
+        .requests()
+        .await
+        .iter()
+        .map(|body| body["messages"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes.len(), 200);
+    assert!(sizes.iter().all(|&size| size <= 26), "{sizes:?}");
+    assert_eq!(sizes[199], 26);
+}
+
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         mod sqlite_store {
@@ -717,4 +776,5 @@ on_every_store!(
     a_subprocess_counts_in_its_own_memory_across_turns,
     a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else,
     a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs,
+    a_long_conversation_stores_a_bounded_snapshot,
 );

@@ -1,19 +1,21 @@
 //! Run with
 //!
 //! ```not_rust
-//! cargo run -p soul-examples --bin embed
+//! cargo run -p soul-examples --bin embed                 # offline, always
+//! cargo run -p soul-examples --bin embed -- --live       # a live model: costs tokens
 //! ```
 //!
 //! Embeds the soul engine in a plain Rust program — no gateway, no store: Sage, the companion
 //! soul, answers lines typed on stdin, its state kept in a `SoulState` in memory, its
 //! subprocesses run after every reply.
 //!
-//! - Without `OPENAI_API_KEY`, it plays a scripted demo offline, answered from the shipped
-//!   cassette `examples/cassettes/embed-demo.json`: the same output every time, no network.
-//! - With `OPENAI_API_KEY`, it talks to the model at `OPENAI_BASE_URL` (default
-//!   `https://api.openai.com/v1`) named by `SOUL_MODEL` (default `gpt-4o-mini`). Type one message
-//!   per line; `/later` jumps ahead to the next scheduled check-in; Ctrl-D ends. `--demo` plays
-//!   the demo script instead of reading stdin.
+//! - By default it plays a scripted demo offline, answered from the shipped cassette
+//!   `examples/cassettes/embed-demo.json`: the same output every time, no network, whatever the
+//!   environment holds (an `OPENAI_API_KEY` in the shell is not used).
+//! - With `--live` (and only then) it talks to the model at `OPENAI_BASE_URL` (default
+//!   `https://api.openai.com/v1`) named by `SOUL_MODEL` (default `gpt-4o-mini`), with the key in
+//!   `OPENAI_API_KEY`. Type one message per line; `/later` jumps ahead to the next scheduled
+//!   check-in; Ctrl-D ends. `--live --demo` plays the demo script instead of reading stdin.
 //! - `SOUL_RECORD_CASSETTE=<path>` records the live model's traffic to a cassette (the shipped
 //!   one was recorded against the OpenAI double: see `examples/tests/embed_demo.rs`).
 //! - `SOUL_CRISIS_RESOURCES` replaces the crisis resources text Sage appends in careful mode.
@@ -94,11 +96,12 @@ impl Input {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut demo = false;
+    let (mut demo, mut live) = (false, false);
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--demo" => demo = true,
-            other => bail!("unknown argument {other:?}; the only one is --demo"),
+            "--live" => live = true,
+            other => bail!("unknown argument {other:?}; the arguments are --live and --demo"),
         }
     }
     // The library never reads the environment; the program that embeds it does.
@@ -109,18 +112,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let (model, replay): (Arc<dyn LanguageModel>, Option<Arc<ReplayingModel>>) =
-        match std::env::var("OPENAI_API_KEY") {
-            Ok(key) => (live_model(key)?, None),
-            Err(_) => {
-                demo = true;
-                let replay = Arc::new(
-                    ReplayingModel::open(DEMO_CASSETTE)
-                        .context("opening the demo cassette (set OPENAI_API_KEY to go live)")?,
-                );
-                (replay.clone(), Some(replay))
-            }
-        };
+    // Going live costs money and sends what is typed to a server: only when asked for.
+    let (model, replay): (Arc<dyn LanguageModel>, Option<Arc<ReplayingModel>>) = if live {
+        let key = std::env::var("OPENAI_API_KEY").context(
+            "--live needs OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI)",
+        )?;
+        (live_model(key)?, None)
+    } else {
+        demo = true;
+        let replay = Arc::new(
+            ReplayingModel::open(DEMO_CASSETTE)
+                .context("opening the demo cassette (pass --live to talk to a model instead)")?,
+        );
+        (replay.clone(), Some(replay))
+    };
     let mut input = if demo {
         Input::Demo { next: 0 }
     } else {

@@ -199,15 +199,25 @@ impl fmt::Debug for Completion {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    /// The server answered with an error status.
-    #[error("model server answered HTTP {status}: {message}")]
+    /// The server answered with an error status. Only the status and the server's error code
+    /// are kept: an error body's message can quote the request, and so what a person wrote.
+    #[error("model server answered HTTP {status}{}", code_suffix(.code.as_deref()))]
     Http {
         /// The HTTP status.
         status: u16,
-        /// The server's error message (never the request).
-        message: String,
+        /// The server's error code or type (OpenAI's `error.code`, else `error.type`:
+        /// `rate_limit_exceeded`, `invalid_request_error`), when it is a short identifier.
+        code: Option<String>,
         /// How long the server asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
+    },
+    /// The server's answer was longer than the client reads; the rest was not read. Not
+    /// retried: a server that ignored the answer's token limit once will likely do so again,
+    /// and the person is better served by the fallback now.
+    #[error("model server sent more than {limit} bytes; the answer was not read")]
+    TooLarge {
+        /// The most bytes of an answer that are read.
+        limit: usize,
     },
     /// No answer within the time limit.
     #[error("model call timed out after {0:?}")]
@@ -248,6 +258,10 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+}
+
+fn code_suffix(code: Option<&str>) -> String {
+    code.map(|code| format!(" ({code})")).unwrap_or_default()
 }
 
 impl ModelError {

@@ -12,7 +12,11 @@
 //! * The service sees the response headers, so it reads `Retry-After` (and OpenAI's finer
 //!   `retry-after-ms`) into [`ModelError::Http::retry_after`], which the retry policy honours.
 //! * It turns error statuses and unusable bodies into [`ModelError`]s itself. `async-openai`
-//!   would log such bodies at `warn`/`error`, and a body can quote the conversation.
+//!   would log such bodies at `warn`/`error`, and a body can quote the conversation: of an
+//!   error body only the status and the error's code are kept.
+//! * It reads the body through a limit ([`OpenAiConfig::with_max_response_bytes`]), chunk by
+//!   chunk, so a server that sends megabytes is cut off rather than held in memory and passed on
+//!   as a reply.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +33,6 @@ use async_openai::types::chat::{
     CreateChatCompletionRequest, CreateChatCompletionResponse, ResponseFormat,
     ResponseFormatJsonSchema,
 };
-use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
@@ -41,8 +44,15 @@ use super::{
 use crate::clock::{Clock, SystemClock};
 use crate::memory::Role;
 
-/// The longest server error message kept in a [`ModelError::Http`]; some servers send pages.
-const MAX_ERROR_MESSAGE_CHARS: usize = 500;
+/// The most bytes of a successful answer read by default: a chat completion of a few thousand
+/// tokens is tens of kilobytes, even with every character escaped.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The most bytes of an error body read, for its code; a longer one is not looked into.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest error code kept; OpenAI's are a few words joined by underscores.
+const MAX_ERROR_CODE_CHARS: usize = 64;
 
 /// Where and how to reach an OpenAI-compatible server. `Debug` redacts the API key.
 #[derive(Clone)]
@@ -53,13 +63,15 @@ pub struct OpenAiConfig {
     aliases: BTreeMap<String, String>,
     request_timeout: Duration,
     retry: RetryPolicy,
+    max_response_bytes: usize,
 }
 
 impl OpenAiConfig {
     /// A configuration for the server at `base_url` (up to and including the version,
     /// `https://api.openai.com/v1`), authenticating with `api_key` (empty for servers that need
     /// none) and using `default_model` when a request names none. Requests time out after 60 s
-    /// per attempt and are retried by [`RetryPolicy::default`].
+    /// per attempt and are retried by [`RetryPolicy::default`]; answers are read up to
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub fn new(
         base_url: impl Into<String>,
         api_key: impl Into<String>,
@@ -72,6 +84,7 @@ impl OpenAiConfig {
             aliases: BTreeMap::new(),
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
@@ -95,6 +108,13 @@ impl OpenAiConfig {
         self
     }
 
+    /// The most bytes of an answer's body that are read; a longer answer fails the call with
+    /// [`ModelError::TooLarge`] as soon as the limit is passed, without reading the rest.
+    pub fn with_max_response_bytes(mut self, max_response_bytes: usize) -> Self {
+        self.max_response_bytes = max_response_bytes;
+        self
+    }
+
     /// The model a request for `requested` goes to: the default for `None`, the aliased model
     /// for an alias, and any other name unchanged (it is taken to be a model name).
     pub fn resolve_model<'a>(&'a self, requested: Option<&'a str>) -> &'a str {
@@ -114,6 +134,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("aliases", &self.aliases)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }
@@ -135,8 +156,8 @@ pub struct OpenAiModel {
 
 impl OpenAiModel {
     /// A model for `config`. Fails with [`ModelError::Config`] when the base URL is not an
-    /// `http(s)` URL, the default model, the timeout or the retry budget is empty, or the API
-    /// key cannot be sent in an HTTP header (a stray newline, say).
+    /// `http(s)` URL, the default model, the timeout, the retry budget or the answer size limit
+    /// is empty, or the API key cannot be sent in an HTTP header (a stray newline, say).
     pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
         let url = reqwest::Url::parse(&config.base_url)
             .map_err(|e| ModelError::Config(format!("the base URL is not a URL: {e}")))?;
@@ -154,6 +175,9 @@ impl OpenAiModel {
         }
         if config.retry.budget().is_zero() {
             return Err(ModelError::Config("the retry budget is zero".into()));
+        }
+        if config.max_response_bytes == 0 {
+            return Err(ModelError::Config("the answer size limit is zero".into()));
         }
         // async-openai builds this header with `unwrap`; check it here instead of panicking there.
         if HeaderValue::from_str(&format!("Bearer {}", config.api_key)).is_err() {
@@ -211,6 +235,7 @@ impl OpenAiModel {
             .with_http_service(HttpService {
                 http: self.http.clone(),
                 timeout,
+                max_response_bytes: self.config.max_response_bytes,
             });
         let response = client
             .chat()
@@ -328,7 +353,11 @@ fn from_openai_error(error: OpenAIError, timeout: Duration) -> ModelError {
         OpenAIError::Reqwest(error) => from_reqwest_error(error, timeout),
         OpenAIError::ApiError(api) => ModelError::Http {
             status: api.status_code.as_u16(),
-            message: api.api_error.message,
+            code: api
+                .api_error
+                .code
+                .or(api.api_error.r#type)
+                .and_then(|code| identifier(&code)),
             retry_after: None,
         },
         OpenAIError::JSONDeserialize(error, _body) => {
@@ -372,12 +401,14 @@ fn describe_json_error(error: &serde_json::Error) -> String {
 }
 
 /// The tower service `async-openai` sends each request through: one HTTP exchange within
-/// `timeout`, with error statuses and unusable bodies turned into [`ModelError`]s (boxed, as
-/// `async-openai` wants) and `Retry-After` read from the headers.
+/// `timeout`, its body read up to `max_response_bytes`, with error statuses and unusable bodies
+/// turned into [`ModelError`]s (boxed, as `async-openai` wants) and `Retry-After` read from the
+/// headers.
 #[derive(Debug, Clone)]
 struct HttpService {
     http: reqwest::Client,
     timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl tower::Service<HttpRequestFactory> for HttpService {
@@ -415,22 +446,34 @@ impl HttpService {
             .map_err(|e| from_reqwest_error(e, self.timeout))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
+        if !status.is_success() {
+            let body = read_at_most(response, MAX_ERROR_BODY_BYTES)
+                .await
+                .map_err(|e| from_reqwest_error(e, self.timeout))?;
+            tracing::debug!(status = status.as_u16(), "model server answered an error");
+            return Err(ModelError::Http {
+                status: status.as_u16(),
+                code: body.as_deref().and_then(error_code),
+                retry_after: retry_after(&headers),
+            });
+        }
+        let Some(body) = read_at_most(response, self.max_response_bytes)
             .await
-            .map_err(|e| from_reqwest_error(e, self.timeout))?;
+            .map_err(|e| from_reqwest_error(e, self.timeout))?
+        else {
+            tracing::warn!(
+                limit = self.max_response_bytes,
+                "model server sent an answer over the limit; not read"
+            );
+            return Err(ModelError::TooLarge {
+                limit: self.max_response_bytes,
+            });
+        };
         tracing::debug!(
             status = status.as_u16(),
             bytes = body.len(),
             "model server answered"
         );
-        if !status.is_success() {
-            return Err(ModelError::Http {
-                status: status.as_u16(),
-                message: error_message(status, &body),
-                retry_after: retry_after(&headers),
-            });
-        }
         if let Err(error) = serde_json::from_slice::<CreateChatCompletionResponse>(&body) {
             return Err(ModelError::InvalidResponse(describe_json_error(&error)));
         }
@@ -442,23 +485,46 @@ impl HttpService {
     }
 }
 
-/// The server's own words from an error body (OpenAI's `error.message`, or the shapes common
-/// compatible servers use), shortened; for anything else, the status and the body's size.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let message = json.as_ref().and_then(|json| {
-        ["/error/message", "/error", "/message", "/detail"]
-            .iter()
-            .find_map(|pointer| json.pointer(pointer).and_then(Value::as_str))
-    });
-    match message {
-        Some(message) => message.chars().take(MAX_ERROR_MESSAGE_CHARS).collect(),
-        None => format!(
-            "{} ({} byte body without an error message)",
-            status.canonical_reason().unwrap_or("error"),
-            body.len()
-        ),
+/// The body, read chunk by chunk; `None` as soon as it passes `limit` bytes (the rest is not
+/// read, and the connection is dropped with it).
+async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if chunk.len() > limit - body.len() {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
     }
+    Ok(Some(body))
+}
+
+/// The error's code from an error body (OpenAI's `error.code`, else `error.type`, or the
+/// shapes compatible servers use), when it is a short identifier. Never the error's message:
+/// servers quote the request in it ("... 'I feel low' is not valid ...").
+fn error_code(body: &[u8]) -> Option<String> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    ["/error/code", "/error/type", "/code", "/type"]
+        .iter()
+        .filter_map(|pointer| json.pointer(pointer))
+        .find_map(|value| match value {
+            Value::String(code) => identifier(code),
+            Value::Number(code) => Some(code.to_string()),
+            _ => None,
+        })
+}
+
+/// `code` if it looks like an identifier (`rate_limit_exceeded`, `invalid_request_error`,
+/// `model-not-found`): short ASCII letters, digits and `_ - .`, so that no free text from the
+/// server reaches an error message.
+fn identifier(code: &str) -> Option<String> {
+    let valid = (1..=MAX_ERROR_CODE_CHARS).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    valid.then(|| code.to_owned())
 }
 
 /// How long the server asked us to wait: OpenAI's `retry-after-ms` when present (it is finer
@@ -508,25 +574,26 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_come_from_the_body_when_it_has_one() {
-        let openai = br#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#;
+    fn error_codes_come_from_the_body_and_never_its_message() {
+        let openai = br#"{"error":{"message":"Rate limit reached","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(error_code(openai).as_deref(), Some("rate_limit_exceeded"));
+        let without_code =
+            br#"{"error":{"message":"'I feel low' is too long","type":"invalid_request_error","code":null}}"#;
         assert_eq!(
-            error_message(StatusCode::TOO_MANY_REQUESTS, openai),
-            "Rate limit reached"
+            error_code(without_code).as_deref(),
+            Some("invalid_request_error")
         );
         assert_eq!(
-            error_message(StatusCode::BAD_REQUEST, br#"{"detail":"bad model"}"#),
-            "bad model"
+            error_code(br#"{"code": 400, "message": "x"}"#).as_deref(),
+            Some("400")
         );
-        assert_eq!(
-            error_message(StatusCode::BAD_GATEWAY, b"<html>proxy</html>"),
-            "Bad Gateway (18 byte body without an error message)"
-        );
-        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(2000));
-        assert_eq!(
-            error_message(StatusCode::BAD_REQUEST, long.as_bytes()).len(),
-            500
-        );
+        // Free text where a code belongs is not kept.
+        let prose = br#"{"error":{"code":"you said: I feel low","type":"I feel low"}}"#;
+        assert_eq!(error_code(prose), None);
+        assert_eq!(error_code(br#"{"detail":"bad model"}"#), None);
+        assert_eq!(error_code(b"<html>proxy</html>"), None);
+        let long = format!(r#"{{"error":{{"code":"{}"}}}}"#, "x".repeat(65));
+        assert_eq!(error_code(long.as_bytes()), None);
     }
 
     #[test]

@@ -14,15 +14,19 @@ use super::ModelError;
 
 /// How often and how patiently to retry a failed model call.
 ///
-/// Between attempts it waits what the server asked for (`Retry-After`, capped by
-/// [`with_max_retry_after`](Self::with_max_retry_after)); without that, a random delay between
-/// zero and `base_delay · 2^(retry − 1)`, capped by [`with_max_delay`](Self::with_max_delay)
-/// ("full jitter"), so that many souls hitting the same rate limit do not retry in lockstep.
+/// Between attempts it waits what the server asked for (`Retry-After`); without that, a random
+/// delay between zero and `base_delay · 2^(retry − 1)`, capped by
+/// [`with_max_delay`](Self::with_max_delay) ("full jitter"), so that many souls hitting the same
+/// rate limit do not retry in lockstep.
 ///
 /// The whole call, attempts and waits together, stays within the [budget](Self::with_budget):
-/// each attempt is given at most the time left, and when the wait before the next attempt would
-/// use up what is left, the call gives up at once rather than sleep past it — someone is waiting
-/// for the answer, and a fallback now is better than the same failure later.
+/// each attempt is given at most the time left, and attempts go on, further and further apart,
+/// until the budget is spent, so a short outage is ridden out rather than answered with the
+/// fallback. The call gives up at once, without waiting, when the wait before the next attempt
+/// would use up what is left of the budget, or when the server asks for a wait longer than
+/// [`with_max_retry_after`](Self::with_max_retry_after): a server's wait is never shortened to
+/// fit, since someone is waiting for the answer, and a fallback now is better than the same
+/// refusal later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -33,11 +37,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Four attempts, 250 ms base delay, 8 s maximum backoff, `Retry-After` honoured up to 30 s,
-    /// 90 s for the whole call.
+    /// As many attempts as the budget holds, 250 ms base delay, 8 s maximum backoff,
+    /// `Retry-After` honoured up to 30 s, 90 s for the whole call.
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 4,
+            max_attempts: u32::MAX,
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(30),
@@ -52,7 +56,8 @@ impl RetryPolicy {
         RetryPolicy::default().with_max_attempts(1)
     }
 
-    /// Attempts in all, the first included; at least one (zero is read as one).
+    /// Attempts in all, the first included; at least one (zero is read as one). By default
+    /// there is no count: the budget ends the retrying.
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts.max(1);
         self
@@ -70,8 +75,9 @@ impl RetryPolicy {
         self
     }
 
-    /// The longest wait granted to a server's `Retry-After`; a longer request is cut to this, so
-    /// a misbehaving server cannot stall a conversation for minutes.
+    /// The longest wait granted to a server's `Retry-After`; a server asking for longer ends
+    /// the call at once (it would not be ready sooner), so a misbehaving server cannot stall a
+    /// conversation for minutes.
     pub fn with_max_retry_after(mut self, max_retry_after: Duration) -> Self {
         self.max_retry_after = max_retry_after;
         self
@@ -94,18 +100,24 @@ impl RetryPolicy {
     }
 
     /// How long to wait before retry number `retry` (1 for the second attempt) after `error`:
-    /// the error's `Retry-After` capped by the policy's maximum, or else the jittered backoff.
-    pub fn delay_before_retry(&self, retry: u32, error: &ModelError) -> Duration {
+    /// the error's `Retry-After`, or else the jittered backoff. `None` when the server asked for
+    /// longer than the policy's maximum: then there is no retry.
+    pub fn delay_before_retry(&self, retry: u32, error: &ModelError) -> Option<Duration> {
         self.delay_with_rng(retry, error, &mut fastrand::Rng::new())
     }
 
-    fn delay_with_rng(&self, retry: u32, error: &ModelError, rng: &mut fastrand::Rng) -> Duration {
+    fn delay_with_rng(
+        &self,
+        retry: u32,
+        error: &ModelError,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Duration> {
         match error {
             ModelError::Http {
                 retry_after: Some(asked),
                 ..
-            } => (*asked).min(self.max_retry_after),
-            _ => self.backoff(retry, rng),
+            } => (*asked <= self.max_retry_after).then_some(*asked),
+            _ => Some(self.backoff(retry, rng)),
         }
     }
 
@@ -144,7 +156,8 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 ///
 /// A non-retryable error is returned as it is, at once; when the attempts or the budget run out
 /// the last error comes back inside [`ModelError::RetriesExhausted`]. Retries are logged at
-/// `warn` with the error (which never holds message contents or secrets), nothing else.
+/// `info` and giving up at `warn`, with the error (which never holds message contents or
+/// secrets), nothing else.
 pub async fn retry<F, Fut, T>(policy: &RetryPolicy, op: F) -> Result<T, ModelError>
 where
     F: FnMut(Duration) -> Fut,
@@ -182,23 +195,30 @@ where
         if !error.is_retryable() {
             return Err(error);
         }
-        let delay = policy.delay_before_retry(attempt, &error);
         let left = policy.budget.saturating_sub(elapsed());
-        if attempt >= policy.max_attempts || delay >= left {
-            tracing::warn!(
-                attempts = attempt,
-                budget_spent = attempt < policy.max_attempts,
-                error = %error,
-                "model call failed; giving up"
-            );
-            return Err(ModelError::RetriesExhausted {
-                attempts: attempt,
-                last: Box::new(error),
-            });
-        }
-        tracing::warn!(
+        let delay = match policy.delay_before_retry(attempt, &error) {
+            _ if attempt >= policy.max_attempts => Err("attempts spent"),
+            None => Err("the server asked for a longer wait than is granted"),
+            Some(delay) if delay >= left => Err("the wait would use up the budget"),
+            Some(delay) => Ok(delay),
+        };
+        let delay = match delay {
+            Ok(delay) => delay,
+            Err(reason) => {
+                tracing::warn!(
+                    attempts = attempt,
+                    reason,
+                    error = %error,
+                    "model call failed; giving up"
+                );
+                return Err(ModelError::RetriesExhausted {
+                    attempts: attempt,
+                    last: Box::new(error),
+                });
+            }
+        };
+        tracing::info!(
             attempt,
-            max_attempts = policy.max_attempts,
             delay = ?delay,
             error = %error,
             "model call failed; retrying"
@@ -220,7 +240,7 @@ mod tests {
     fn http(status: u16, retry_after: Option<Duration>) -> ModelError {
         ModelError::Http {
             status,
-            message: "scripted".into(),
+            code: None,
             retry_after,
         }
     }
@@ -241,8 +261,9 @@ mod tests {
                 .saturating_mul(2u32.saturating_pow(retry - 1))
                 .min(Duration::from_secs(1));
             for _ in 0..200 {
-                let delay =
-                    policy.delay_with_rng(retry, &ModelError::Timeout(Duration::ZERO), &mut rng);
+                let delay = policy
+                    .delay_with_rng(retry, &ModelError::Timeout(Duration::ZERO), &mut rng)
+                    .expect("a backoff");
                 assert!(delay <= ceiling, "retry {retry}: {delay:?} > {ceiling:?}");
             }
         }
@@ -283,25 +304,31 @@ mod tests {
             Duration::from_secs(2),
             Duration::from_secs(10),
         ] {
-            assert_eq!(policy.delay_before_retry(1, &http(429, Some(asked))), asked);
-            assert_eq!(policy.delay_before_retry(3, &http(503, Some(asked))), asked);
+            assert_eq!(
+                policy.delay_before_retry(1, &http(429, Some(asked))),
+                Some(asked)
+            );
+            assert_eq!(
+                policy.delay_before_retry(3, &http(503, Some(asked))),
+                Some(asked)
+            );
         }
     }
 
     #[test]
-    fn retry_after_is_capped() {
+    fn a_retry_after_over_the_cap_is_no_retry_not_a_shorter_wait() {
         let policy = policy();
-        assert_eq!(
-            policy.delay_before_retry(1, &http(429, Some(Duration::from_secs(3600)))),
-            Duration::from_secs(10)
-        );
+        for asked in [Duration::from_millis(10_001), Duration::from_secs(3600)] {
+            assert_eq!(policy.delay_before_retry(1, &http(429, Some(asked))), None);
+        }
     }
 
     #[test]
     fn without_retry_after_the_backoff_applies() {
         let policy = policy();
         for _ in 0..100 {
-            assert!(policy.delay_before_retry(1, &http(500, None)) <= Duration::from_millis(100));
+            let delay = policy.delay_before_retry(1, &http(500, None)).unwrap();
+            assert!(delay <= Duration::from_millis(100));
         }
     }
 
@@ -312,7 +339,7 @@ mod tests {
             1
         );
         assert_eq!(RetryPolicy::no_retries().max_attempts(), 1);
-        assert_eq!(RetryPolicy::default().max_attempts(), 4);
+        assert_eq!(RetryPolicy::default().max_attempts(), u32::MAX);
     }
 
     #[test]
@@ -419,11 +446,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_long_retry_after_waits_only_the_cap() {
-        let outcomes = vec![Err(http(503, Some(Duration::from_secs(600)))), Ok("done")];
-        let (result, _, slept) = run(&policy(), outcomes).await;
+    async fn a_retry_after_over_the_cap_gives_up_at_once() {
+        // 600 s asked, 10 s granted at most, 90 s of budget: cutting the wait to 10 s would
+        // retry a server that said it will not be ready.
+        let outcomes = vec![Err(http(503, Some(Duration::from_secs(600)))), Ok("never")];
+        let (result, attempts, slept) = run(&policy(), outcomes).await;
+        assert_eq!(attempts, 1);
+        assert!(slept.is_empty());
+        assert!(matches!(
+            result.unwrap_err(),
+            ModelError::RetriesExhausted { attempts: 1, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn fast_failures_are_retried_until_the_budget_is_spent() {
+        // Failures that take no time, a 10 s budget and backoffs of at most 1 s: the retries
+        // spread over the budget instead of stopping after a fixed few.
+        let policy = policy().with_budget(Duration::from_secs(10));
+        let outcomes = (0..1000)
+            .map(|_| (Duration::ZERO, Err(http(500, None))))
+            .collect();
+        let run = run_timed(&policy, outcomes).await;
+        assert!(run.attempts() >= 10, "only {} attempts", run.attempts());
+        let slept: Duration = run.slept.iter().sum();
+        assert!(slept < Duration::from_secs(10), "slept {slept:?}");
+        assert!(
+            slept >= Duration::from_secs(9),
+            "gave up with {slept:?} of 10 s slept"
+        );
+        let made = run.attempts();
+        match run.result.unwrap_err() {
+            ModelError::RetriesExhausted { attempts, .. } => {
+                assert_eq!(attempts as usize, made);
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_outage_is_ridden_out() {
+        let outcomes = (0..8)
+            .map(|_| Err(http(503, None)))
+            .chain([Ok("done")])
+            .collect();
+        let (result, attempts, _) = run(&policy(), outcomes).await;
         assert_eq!(result.unwrap(), "done");
-        assert_eq!(slept, vec![Duration::from_secs(10)]);
+        assert_eq!(attempts, 9);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::memory::{Memory, Role};
 use crate::process::kv::{KeyValueMemory, MemoryError};
+use crate::process::reply::ReplyLimit;
 use crate::step::{Mind, StepError};
 use crate::working_memory::WorkingMemory;
 
@@ -124,6 +125,8 @@ impl fmt::Debug for ScheduledEvent {
 #[derive(Debug, Default)]
 pub(crate) struct Actions {
     pub(crate) replies: Vec<String>,
+    /// Replies the limit shortened: what the process said, and what was kept of it.
+    pub(crate) cut: Vec<(String, String)>,
     pub(crate) scheduled: Vec<ScheduledEvent>,
     pub(crate) cancelled: Vec<EventId>,
 }
@@ -142,6 +145,7 @@ pub struct ProcessContext {
     pub(crate) process_memory: KeyValueMemory,
     pub(crate) actions: Arc<Mutex<Actions>>,
     pub(crate) replies: Option<mpsc::UnboundedSender<String>>,
+    pub(crate) reply_limit: Option<Arc<dyn ReplyLimit>>,
 }
 
 impl ProcessContext {
@@ -205,14 +209,43 @@ impl ProcessContext {
     }
 
     /// Says `text` to the person. The reply reaches the caller's channel at once, before the turn
-    /// ends, and is part of the outcome.
-    pub fn speak(&self, text: impl Into<String>) {
-        let text = text.into();
+    /// ends, and is part of the outcome. Returns what was said: `text`, or, when it is longer
+    /// than the caller's [`ReplyLimit`] allows, the part of it that is sent. The memory of a cut
+    /// reply is cut too: memories this turn added that quote `text` whole quote the sent part
+    /// instead.
+    pub fn speak(&self, text: impl Into<String>) -> String {
+        self.speak_with_ending(text, "")
+    }
+
+    /// Says `body` followed by `ending`, as [`speak`](Self::speak) does; when the reply is too
+    /// long, `body` is cut and `ending` kept (unless it is too long alone). For text that must
+    /// reach the person whole, such as crisis resources after the model's words.
+    pub fn speak_with_ending(&self, body: impl Into<String>, ending: &str) -> String {
+        let body = body.into();
+        let limited = self
+            .reply_limit
+            .as_ref()
+            .and_then(|limit| limit.limit(&body, ending));
+        let said = format!("{body}{ending}");
+        let text = match limited {
+            Some(kept) => {
+                tracing::debug!(
+                    process = self.process,
+                    said_bytes = said.len(),
+                    kept_bytes = kept.len(),
+                    "a reply over the limit was cut"
+                );
+                self.actions().cut.push((said, kept.clone()));
+                kept
+            }
+            None => said,
+        };
         if let Some(replies) = &self.replies {
             // The caller may have stopped listening; the reply is still in the outcome.
             let _ = replies.send(text.clone());
         }
-        self.actions().replies.push(text);
+        self.actions().replies.push(text.clone());
+        text
     }
 
     /// A debug line from the author's process (never at `info`: it may quote the person).
@@ -344,8 +377,9 @@ pub enum ProcessError {
     /// Soul or process memory could not be read or written.
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    /// The params are not of the expected type.
-    #[error("the process params are not of the expected type: {0}")]
+    /// The params are not of the expected type. The message leaves serde's reason out (it
+    /// quotes the value); it is the `source`.
+    #[error("the process params are not of the expected type")]
     Params(#[source] serde_json::Error),
     /// Anything else the author wants to fail with.
     #[error("{0}")]

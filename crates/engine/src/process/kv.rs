@@ -22,8 +22,10 @@ pub enum MemoryError {
         /// The key's length in bytes.
         len: usize,
     },
-    /// The stored value does not have the requested type.
-    #[error("memory `{key}` does not hold the requested type: {source}")]
+    /// The stored value does not have the requested type. The message leaves serde's reason
+    /// out (it quotes the stored value, which may be something a person said); it is the
+    /// `source`.
+    #[error("memory `{key}` does not hold the requested type")]
     WrongType {
         /// The key.
         key: String,
@@ -32,7 +34,7 @@ pub enum MemoryError {
         source: serde_json::Error,
     },
     /// The value cannot be represented as JSON.
-    #[error("memory `{key}` cannot be stored as JSON: {source}")]
+    #[error("memory `{key}` cannot be stored as JSON")]
     NotSerializable {
         /// The key.
         key: String,
@@ -272,6 +274,19 @@ mod tests {
             memory.get::<u32>(&"k".repeat(129)),
             Err(MemoryError::InvalidKey { len: 129 })
         ));
+    }
+
+    #[test]
+    fn a_wrong_type_error_does_not_quote_the_value() {
+        let memory = KeyValueMemory::new(BTreeMap::from([("name".into(), json!("Cam Smith"))]));
+        let error = memory.get::<bool>("name").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "memory `name` does not hold the requested type"
+        );
+        // The reason is still there for whoever walks the source.
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(source.contains("Cam Smith"), "{source}");
     }
 
     #[test]

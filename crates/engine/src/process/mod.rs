@@ -4,11 +4,13 @@
 //!   [`subprocess!`](crate::subprocess), [`soul!`](crate::soul)) and the validated [`Registry`].
 //! - [`context`]: what a process sees and does ([`ProcessContext`]) and returns ([`Next`]).
 //! - [`kv`]: soul memory and process memory, recorded as change sets.
+//! - [`reply`]: the limit a caller puts on replies ([`ReplyLimit`]).
 //! - [`runtime`]: one turn, `state + perception → outcome`, main part then subprocesses.
 
 pub mod context;
 pub mod kv;
 pub mod registry;
+pub mod reply;
 pub mod runtime;
 
 pub use context::{
@@ -20,6 +22,7 @@ pub use registry::{
     ModelSettings, Process, ProcessKind, ProcessRegistration, Registry, RegistryError, Soul,
     SoulRegistration, default_integrator,
 };
+pub use reply::ReplyLimit;
 pub use runtime::{
     MainOutcome, ProcessState, RUN_NOW_LIMIT, Runtime, SoulState, SubprocessOutcome, TurnError,
 };

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::memory::{Memory, Region, Role};
+use crate::memory_budget::MemoryBudget;
 use crate::model::{BoxFuture, ChatOptions};
 use crate::process::context::{ProcessContext, ProcessResult};
 use crate::working_memory::WorkingMemory;
@@ -57,7 +58,7 @@ pub struct ModelSettings {
 }
 
 /// One registered soul. Made by [`soul!`](crate::soul).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SoulRegistration {
     /// Its name, unique among souls.
     pub name: &'static str,
@@ -74,6 +75,8 @@ pub struct SoulRegistration {
     pub integrator: Option<IntegratorFn>,
     /// Model settings.
     pub model: ModelSettings,
+    /// What its working memory may hold, and so what each model request carries.
+    pub memory_budget: MemoryBudget,
     /// `file:line` of the registration.
     pub location: &'static str,
 }
@@ -155,6 +158,11 @@ impl Soul {
             max_tokens: settings.max_tokens,
             ..ChatOptions::default()
         }
+    }
+
+    /// What the soul's working memory may hold.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        self.registration.memory_budget
     }
 
     /// Builds the turn's working memory with the soul's integrator.
@@ -256,6 +264,13 @@ impl Registry {
                 problems.push(format!(
                     "soul `{}` ({}) starts in `{}`, which is not a registered main process",
                     s.name, s.location, s.initial_process
+                ));
+            }
+            if s.memory_budget.max_memories == 0 || s.memory_budget.max_tokens == 0 {
+                problems.push(format!(
+                    "soul `{}` ({}) has a memory budget of zero: it could not remember the \
+                     message it answers",
+                    s.name, s.location
                 ));
             }
             let mut subprocesses = Vec::new();
@@ -387,6 +402,7 @@ macro_rules! __register_process {
 ///         temperature: Some(0.7),
 ///         max_tokens: None,
 ///     },
+///     memory_budget: soul_engine::MemoryBudget { max_memories: 40, max_tokens: 8_000 },
 /// }
 /// # use soul_engine::process::{Next, ProcessContext, ProcessResult};
 /// # soul_engine::mental_process!(soul = "samantha", name = "introduction", keep);
@@ -395,7 +411,8 @@ macro_rules! __register_process {
 /// # fn main() { soul_engine::process::Registry::load().unwrap(); }
 /// ```
 ///
-/// `display_name` (default: `name`), `subprocesses`, `integrator` and `model` are optional.
+/// `display_name` (default: `name`), `subprocesses`, `integrator`, `model` and `memory_budget`
+/// (default: [`MemoryBudget::DEFAULT`]) are optional.
 #[macro_export]
 macro_rules! soul {
     (
@@ -406,6 +423,7 @@ macro_rules! soul {
         $(, subprocesses: $subprocesses:expr)?
         $(, integrator: $integrator:expr)?
         $(, model: $model:expr)?
+        $(, memory_budget: $memory_budget:expr)?
         $(,)?
     ) => {
         $crate::__private::inventory::submit! {
@@ -421,6 +439,9 @@ macro_rules! soul {
                     temperature: None,
                     max_tokens: None,
                 }),
+                memory_budget: $crate::__first!(
+                    $($memory_budget,)? $crate::MemoryBudget::DEFAULT
+                ),
                 location: concat!(file!(), ":", line!()),
             }
         }
@@ -470,6 +491,7 @@ mod tests {
             subprocesses,
             integrator: None,
             model: ModelSettings::default(),
+            memory_budget: MemoryBudget::DEFAULT,
             location: "souls.rs:1",
         }))
     }
@@ -495,6 +517,29 @@ mod tests {
         assert!(text.contains("two souls are named `a`"), "{text}");
         assert!(text.contains("belongs to soul `ghost`"), "{text}");
         assert_eq!(err.problems.len(), 5);
+    }
+
+    #[test]
+    fn a_memory_budget_of_zero_is_refused() {
+        for budget in [
+            MemoryBudget {
+                max_memories: 0,
+                max_tokens: 100,
+            },
+            MemoryBudget {
+                max_memories: 10,
+                max_tokens: 0,
+            },
+        ] {
+            let registration = Box::leak(Box::new(SoulRegistration {
+                memory_budget: budget,
+                ..SoulRegistration::clone(soul("a", "x", &[]))
+            }));
+            let err = Registry::from_parts(vec![registration], vec![process("a", "x", "x.rs:1")])
+                .unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert!(err.problems[0].contains("memory budget of zero"), "{err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::process::context::{
 };
 use crate::process::kv::{KeyValueMemory, MemoryChanges};
 use crate::process::registry::{Process, Soul};
+use crate::process::reply::ReplyLimit;
 use crate::step::Mind;
 use crate::working_memory::WorkingMemory;
 
@@ -144,7 +145,8 @@ pub struct MainOutcome {
     pub scheduled: Vec<ScheduledEvent>,
     /// Events to cancel.
     pub cancelled_events: Vec<EventId>,
-    /// Working memory after the main process (the snapshot to store).
+    /// Working memory after the main process, within the soul's memory budget (the snapshot
+    /// to store).
     pub working_memory: WorkingMemory,
     /// Tokens spent.
     pub usage: Usage,
@@ -192,7 +194,8 @@ pub struct SubprocessOutcome {
     pub scheduled: Vec<ScheduledEvent>,
     /// Events to cancel.
     pub cancelled_events: Vec<EventId>,
-    /// Working memory after the subprocesses (the snapshot to store), if they ran.
+    /// Working memory after the subprocesses, within the soul's memory budget (the snapshot to
+    /// store), if they ran.
     pub working_memory: Option<WorkingMemory>,
     /// Tokens spent.
     pub usage: Usage,
@@ -203,6 +206,7 @@ pub struct Runtime {
     soul: Arc<Soul>,
     model: Arc<dyn LanguageModel>,
     clock: Arc<dyn Clock>,
+    reply_limit: Option<Arc<dyn ReplyLimit>>,
     /// The latest turn per session, so a newer one can cancel an older one's subprocesses.
     latest: Mutex<HashMap<String, (u64, CancellationToken)>>,
     generation: std::sync::atomic::AtomicU64,
@@ -251,9 +255,17 @@ impl Runtime {
             soul,
             model,
             clock,
+            reply_limit: None,
             latest: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The same runtime with replies shortened to what `limit` allows, as they are spoken (see
+    /// [`ReplyLimit`]). Without one, replies are as long as the model makes them.
+    pub fn with_reply_limit(mut self, limit: Arc<dyn ReplyLimit>) -> Self {
+        self.reply_limit = Some(limit);
+        self
     }
 
     /// The soul.
@@ -268,6 +280,11 @@ impl Runtime {
     /// Runs the integrator and the main process (with its run-now chain) for `perception`.
     /// Each reply is sent on `replies` the moment it is spoken. Starting a turn cancels the
     /// subprocesses still running for an earlier turn of the same `session`.
+    ///
+    /// The soul's [memory budget](crate::MemoryBudget) bounds working memory twice: the stored
+    /// memory and the perception are trimmed to it before the first process runs, so a model
+    /// request carries at most the budget and what this turn added; and the outcome's working
+    /// memory is trimmed to it again, so the snapshot stored is bounded too.
     pub async fn run_main(
         &self,
         session: &str,
@@ -313,7 +330,8 @@ impl Runtime {
             ),
         });
 
-        let integrated = self.soul.integrate(state.working_memory, &perception);
+        let budget = self.soul.memory_budget();
+        let integrated = budget.trim(&self.soul.integrate(state.working_memory, &perception));
         let perception_memory = integrated.last().map(|m| m.id);
         let mut memory = integrated.clone();
         let mut process_memory: BTreeMap<String, MemoryChanges> = BTreeMap::new();
@@ -337,6 +355,7 @@ impl Runtime {
                 process_memory: running.memory.clone(),
                 actions: actions.clone(),
                 replies: replies.clone(),
+                reply_limit: self.reply_limit.clone(),
             };
             let next =
                 (running.process.run)(context)
@@ -345,7 +364,12 @@ impl Runtime {
                         process: name.to_owned(),
                         source,
                     })?;
-            memory = next.memory;
+            // A cut reply is remembered as sent before the next process runs on this memory.
+            memory = with_cut_replies(
+                &integrated,
+                next.memory,
+                &actions.lock().unwrap_or_else(PoisonError::into_inner).cut,
+            );
 
             let Some(transition) = next.transition else {
                 process_memory
@@ -396,6 +420,7 @@ impl Runtime {
         }
 
         let actions = std::mem::take(&mut *actions.lock().unwrap_or_else(PoisonError::into_inner));
+        let memory = budget.trim(&memory);
         let appended = appended_since(&integrated, &memory);
         Ok(MainOutcome {
             replies: actions.replies,
@@ -458,6 +483,7 @@ impl Runtime {
                 process_memory: process_memory.clone(),
                 actions: actions.clone(),
                 replies: None,
+                reply_limit: self.reply_limit.clone(),
             };
             let result = tokio::select! {
                 biased;
@@ -469,7 +495,10 @@ impl Runtime {
             };
             match result {
                 Ok(next) => {
-                    memory = next.memory;
+                    let cut = std::mem::take(
+                        &mut actions.lock().unwrap_or_else(PoisonError::into_inner).cut,
+                    );
+                    memory = with_cut_replies(&memory, next.memory, &cut);
                     outcome.soul_memory.merge(attempt_soul_memory.changes());
                     soul_memory = attempt_soul_memory.snapshot();
                     let changes = process_memory.changes();
@@ -498,6 +527,7 @@ impl Runtime {
             };
         }
         self.end_generation(&carry.session, carry.generation);
+        let memory = self.soul.memory_budget().trim(&memory);
         outcome.appended = appended_since(&main.working_memory, &memory);
         outcome.working_memory = Some(memory);
         outcome.usage = mind.usage();
@@ -560,6 +590,30 @@ impl Runtime {
         }
         process
     }
+}
+
+/// `after` with the replies the limit cut remembered as sent: in each memory that `before`
+/// does not have, a reply quoted whole is replaced by the part of it that was sent.
+fn with_cut_replies(
+    before: &WorkingMemory,
+    after: WorkingMemory,
+    cut: &[(String, String)],
+) -> WorkingMemory {
+    if cut.is_empty() {
+        return after;
+    }
+    let known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
+    after.map(|memory| {
+        let mut memory = memory.clone();
+        if !known.contains(&memory.id) {
+            for (said, kept) in cut {
+                if memory.content.contains(said.as_str()) {
+                    memory.content = memory.content.replace(said.as_str(), kept);
+                }
+            }
+        }
+        memory
+    })
 }
 
 /// The memories of `after` that `before` does not have, in `after`'s order.

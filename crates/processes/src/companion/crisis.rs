@@ -202,16 +202,16 @@ pub(crate) async fn careful_reply(
         "{instructions} Write one or two short, warm sentences. Do not mention phone numbers, \
          hotlines or links: the resources are added after your words."
     );
+    // A reply too long to send loses the model's words, never the resources.
     let reply = match cx.mind().run(external_dialog(instructions), memory).await {
-        Ok((_, caring)) => format!("{caring}\n\n{resources}"),
+        Ok((_, caring)) => cx.speak_with_ending(caring, &format!("\n\n{resources}")),
         Err(error) => {
             // The error may quote the conversation (a cassette diff), so only at debug.
             tracing::warn!("careful reply: the model failed; sending the resources text alone");
             tracing::debug!(%error, "careful reply model failure");
-            resources.to_owned()
+            cx.speak_with_ending("", resources)
         }
     };
-    cx.speak(reply.clone());
     memory.with_memory(
         Memory::new(
             Role::Assistant,

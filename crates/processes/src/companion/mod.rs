@@ -39,9 +39,9 @@
 //! [`CHECK_IN_EVENT_KEY`] (the pending check-in's event id) and [`CAREFUL_MODE_KEY`] (careful
 //! mode, kept here as well so it survives a session timeout).
 
-use soul_engine::WorkingMemory;
 use soul_engine::process::{ModelSettings, PerceptionKind, ProcessContext, ProcessError};
 use soul_engine::step::external_dialog;
+use soul_engine::{MemoryBudget, WorkingMemory};
 use unicode_normalization::UnicodeNormalization;
 
 pub mod check_in;
@@ -98,6 +98,9 @@ soul_engine::soul! {
     initial_process: "first_contact",
     subprocesses: &["schedule_check_in", "user_model", "summary"],
     model: ModelSettings { model: None, temperature: Some(0.7), max_tokens: Some(400) },
+    // The summary keeps the conversation near `summary::SUMMARY_THRESHOLD` memories; the budget
+    // sits well above that, so it only bounds a session whose summaries keep failing.
+    memory_budget: MemoryBudget { max_memories: 40, max_tokens: 8_000 },
 }
 
 /// `text` as the phrase lists are written: NFKC-folded (full-width letters and ligatures become

@@ -4,7 +4,9 @@
 //! model summarizes everything it sees — the earlier summary included — into the `summary`
 //! region, and all but the last [`SUMMARY_KEEP`] conversation memories are dropped from working
 //! memory. The stored history keeps every message; only the snapshot the soul thinks with
-//! shrinks. One model call, every `SUMMARY_THRESHOLD - SUMMARY_KEEP` memories or so.
+//! shrinks. One model call, every `SUMMARY_THRESHOLD - SUMMARY_KEEP` memories or so. Sage's
+//! memory budget (see `soul_engine::MemoryBudget`) sits above the threshold, so it never drops
+//! what the summary has yet to fold in; it bounds only a session whose summaries keep failing.
 
 use std::collections::HashSet;
 
@@ -51,4 +53,19 @@ async fn summary(cx: ProcessContext) -> ProcessResult {
             )],
         );
     Ok(Next::stay(memory))
+}
+
+#[cfg(test)]
+mod tests {
+    use soul_engine::process::Registry;
+
+    use super::*;
+
+    /// Sage's memory budget must not drop conversation the summary has yet to fold in: it sits
+    /// above the threshold by more than a turn adds (a message, a reply and a thought or two).
+    #[test]
+    fn the_memory_budget_leaves_room_for_the_summary() {
+        let sage = Registry::load().unwrap().soul(super::super::SOUL).unwrap();
+        assert!(sage.memory_budget().max_memories > SUMMARY_THRESHOLD + SUMMARY_KEEP);
+    }
 }

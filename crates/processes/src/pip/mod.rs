@@ -53,7 +53,8 @@ soul_engine::soul! {
 /// The reply to a message matching the crisis screen, with no model call; `None` for any other.
 pub(crate) fn crisis_reply(cx: &ProcessContext) -> Option<Next> {
     screen(&cx.perception().content)?;
-    cx.speak(format!("{CRISIS_NOTE}\n\n{}", crisis_resources().text()));
+    // A reply too long to send loses the note, never the resources.
+    cx.speak_with_ending(CRISIS_NOTE, &format!("\n\n{}", crisis_resources().text()));
     Some(Next::stay(cx.memory().clone()))
 }
 

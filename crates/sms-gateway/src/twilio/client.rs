@@ -477,16 +477,10 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Attempt 
     }
 }
 
-/// `Retry-After` in seconds; the HTTP-date form is ignored (Twilio sends seconds).
+/// `Retry-After` in seconds or as an HTTP date, read as the model client reads it.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .map(Duration::from_secs)
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    soul_engine::model::retry::parse_retry_after(value, chrono::Utc::now())
 }
 
 #[cfg(test)]
@@ -582,6 +576,33 @@ mod tests {
         let client = client(&double, Sender::From(FROM.to_owned()));
         client.send(&message("later")).await.unwrap();
         assert_eq!(double.request_count(), 2);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_as_a_date() {
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).unwrap(),
+            );
+            retry_after(&headers)
+        };
+        assert_eq!(header("7"), Some(Duration::from_secs(7)));
+        let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let waited = header(&in_an_hour).unwrap();
+        assert!(
+            waited > Duration::from_secs(3500) && waited <= Duration::from_secs(3600),
+            "{waited:?}"
+        );
+        assert_eq!(
+            header("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(header("soon"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
     }
 
     #[tokio::test]
