@@ -202,9 +202,7 @@ fn open_model(config: &ModelConfig, limits: &Config) -> Result<Arc<dyn LanguageM
         config.model.as_str(),
     )
     .with_request_timeout(limits.model_timeout)
-    .with_retry(
-        soul_engine::model::retry::RetryPolicy::default().with_budget(limits.model_retry_budget),
-    );
+    .with_retry(soul_engine::retry::RetryPolicy::default().with_budget(limits.model_retry_budget));
     Ok(Arc::new(soul_engine::model::openai::OpenAiModel::new(
         openai,
     )?))

@@ -480,7 +480,7 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Attempt 
 /// `Retry-After` in seconds or as an HTTP date, read as the model client reads it.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    soul_engine::model::retry::parse_retry_after(value, chrono::Utc::now())
+    soul_engine::retry::parse_retry_after(value, chrono::Utc::now())
 }
 
 #[cfg(test)]
