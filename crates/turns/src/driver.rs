@@ -108,6 +108,16 @@ pub enum DriverError {
     Store(#[from] StoreError),
 }
 
+impl DriverError {
+    /// What kind of error this is, in words fit for a log line: unlike its `Display`, never a
+    /// database's message, which may quote the values it refused.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverError::Store(error) => error.kind(),
+        }
+    }
+}
+
 /// Runs the turns of one soul against one store.
 pub struct TurnDriver {
     store: Arc<dyn Store>,
@@ -200,21 +210,19 @@ impl TurnDriver {
 
     /// Stores `inbound` durably and starts its turn if it can (one store round trip). A webhook
     /// acknowledges after this and runs the started turn with [`run`](Self::run) afterwards.
-    pub async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
-        Ok(self
-            .store
+    pub async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
+        self.store
             .begin_turn(inbound, &self.settings, self.clock.now())
-            .await?)
+            .await
     }
 
     /// Stores `inbound` durably in its session's queue without starting its turn (one short
     /// store round trip): what a webhook is acknowledged after. [`BeginOutcome::Waiting`] means
     /// nobody holds the session: start it with [`resume`](Self::resume).
-    pub async fn enqueue(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
-        Ok(self
-            .store
+    pub async fn enqueue(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
+        self.store
             .enqueue_turn(inbound, &self.settings, self.clock.now())
-            .await?)
+            .await
     }
 
     /// Takes over a session nobody holds (its worker died and the lease expired, or its messages
