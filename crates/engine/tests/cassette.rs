@@ -13,7 +13,7 @@ use soul_engine::model::cassette::{
     CASSETTE_VERSION, Cassette, CassetteErrorKind, RecordingModel, ReplayingModel,
 };
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
+use soul_engine::retry::RetryPolicy;
 use soul_engine::{
     ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Role, Usage,
 };

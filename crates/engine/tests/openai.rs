@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use soul_engine::Role;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::model::{
     ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, ResponseSchema, Usage,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_testkit::openai::{OpenAiDouble, Reply};
 
 const KEY: &str = "sk-test-do-not-leak-0123456789";

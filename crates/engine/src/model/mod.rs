@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};
+use crate::retry::{Failure, RetryError, Verdict};
 
 pub mod cassette;
 #[cfg(feature = "openai")]
 pub mod openai;
-pub mod retry;
 
 /// A boxed, sendable future; what dyn-compatible async traits in this crate return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -275,6 +275,34 @@ impl ModelError {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+impl Failure for ModelError {
+    /// [`ModelError::is_retryable`] errors are retried, after the server's `Retry-After` when
+    /// it sent one.
+    fn verdict(&self) -> Verdict {
+        match self {
+            _ if !self.is_retryable() => Verdict::Final,
+            ModelError::Http { retry_after, .. } => Verdict::Retry {
+                after: *retry_after,
+            },
+            _ => Verdict::Retry { after: None },
+        }
+    }
+}
+
+impl From<RetryError<ModelError>> for ModelError {
+    /// An error not worth retrying as it came; retries that ran out as
+    /// [`ModelError::RetriesExhausted`].
+    fn from(error: RetryError<ModelError>) -> Self {
+        match error {
+            RetryError::Final { error, .. } => error,
+            RetryError::Exhausted { last, attempts } => ModelError::RetriesExhausted {
+                attempts,
+                last: Box::new(last),
+            },
         }
     }
 }

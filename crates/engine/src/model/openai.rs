@@ -36,13 +36,13 @@ use async_openai::types::chat::{
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
-use super::retry::{RetryPolicy, parse_retry_after, retry};
 use super::{
     BoxFuture, ChatMessage, ChatRequest, Completion, LanguageModel, ModelError, ResponseSchema,
     Usage,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::memory::Role;
+use crate::retry::{RetryPolicy, parse_retry_after, retry};
 
 /// The most bytes of a successful answer read by default: a chat completion of a few thousand
 /// tokens is tens of kilobytes, even with every character escaped.
@@ -271,10 +271,11 @@ impl LanguageModel for OpenAiModel {
                 "chat completion request"
             );
             // No attempt outlasts what is left of the budget.
-            retry(&self.config.retry, |left| {
+            retry(&self.config.retry, "model call", |left| {
                 self.attempt(body.clone(), timeout.min(left))
             })
             .await
+            .map_err(ModelError::from)
         })
     }
 }
