@@ -6,13 +6,16 @@
 //! `#[tokio::test]` per function of this module. The functions panic on a failed expectation.
 //!
 //! The cases live in a file per topic and are re-exported here, so that the macro names them all
-//! by one path.
+//! by one path; its list is kept by hand, and the `coverage` tests fail when a case is missing
+//! from it or a backend's test file does not run it.
 
 use std::sync::Arc;
 
 use crate::{Address, Store, StoreFuture};
 
 mod concurrency;
+#[cfg(test)]
+mod coverage;
 mod events;
 mod fixtures;
 mod opt_out;
