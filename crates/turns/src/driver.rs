@@ -1,6 +1,7 @@
 //! The turn loop.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +90,8 @@ pub struct TurnReport {
     /// The engine failed, or the store refused what the turn produced, and the fallback reply
     /// was sent instead; nothing else was stored.
     pub fell_back: bool,
-    /// The turn had been started [`MAX_TURN_ATTEMPTS`] times without being stored and was given
+    /// The turn had been started its driver's [maximum](TurnDriver::with_max_attempts) number of
+    /// times without being stored and was given
     /// up without the model: the fallback reply was sent, or nothing if the store refused even
     /// that. Nothing else was stored, and the messages behind it go on.
     pub given_up: bool,
@@ -103,7 +105,7 @@ pub struct TurnReport {
 #[non_exhaustive]
 pub enum DriverError {
     /// The store failed; the message is stored and its turn will be re-run after the lease
-    /// expires (and given up once it has been started [`MAX_TURN_ATTEMPTS`] times).
+    /// expires (and given up once it has been started [`TurnDriver::with_max_attempts`] times).
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -125,6 +127,7 @@ pub struct TurnDriver {
     clock: Arc<dyn Clock>,
     settings: TurnSettings,
     fallback_reply: String,
+    max_attempts: NonZeroU32,
 }
 
 impl fmt::Debug for TurnDriver {
@@ -148,10 +151,11 @@ fn commit_retry() -> RetryPolicy {
         .with_budget(Duration::from_secs(15))
 }
 
-/// How many times a message's turn is started before it is given up: a turn whose worker dies
-/// each time (or whose commit the store refuses even as the fallback reply) would otherwise be
-/// re-run at each expiry of its lease for good, and the person's next messages never started.
-pub const MAX_TURN_ATTEMPTS: u32 = 3;
+/// How many times a message's turn is started before it is given up, unless
+/// [`TurnDriver::with_max_attempts`] says otherwise: a turn whose worker dies each time (or whose
+/// commit the store refuses even as the fallback reply) would otherwise be re-run at each expiry
+/// of its lease for good, and the person's next messages never started.
+pub const DEFAULT_MAX_TURN_ATTEMPTS: NonZeroU32 = NonZeroU32::new(3).expect("not zero");
 
 /// What the person gets when the engine cannot answer (the model is down past its retries).
 pub const DEFAULT_FALLBACK_REPLY: &str =
@@ -167,6 +171,7 @@ impl TurnDriver {
             clock,
             settings,
             fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
+            max_attempts: DEFAULT_MAX_TURN_ATTEMPTS,
         }
     }
 
@@ -179,6 +184,13 @@ impl TurnDriver {
     /// The same driver with another fallback reply.
     pub fn with_fallback_reply(mut self, reply: impl Into<String>) -> Self {
         self.fallback_reply = reply.into();
+        self
+    }
+
+    /// The same driver giving a message's turn up once it has been started `max_attempts` times
+    /// without being stored (instead of [`DEFAULT_MAX_TURN_ATTEMPTS`]).
+    pub fn with_max_attempts(mut self, max_attempts: NonZeroU32) -> Self {
+        self.max_attempts = max_attempts;
         self
     }
 
@@ -351,14 +363,15 @@ impl TurnDriver {
             };
             return Ok((report, committed.next.map(|next| *next)));
         }
-        let given_up = context.attempt > MAX_TURN_ATTEMPTS;
+        let given_up = context.attempt > self.max_attempts.get();
         let (mut main, mut fell_back) = if given_up {
             // Logged without the message: the session and the count say which turn it was.
             tracing::error!(
                 session = %context.session.id,
                 attempt = context.attempt,
-                "turn given up after {MAX_TURN_ATTEMPTS} starts that stored nothing; sending \
-                 the fallback reply without the model"
+                "turn given up after {} starts that stored nothing; sending \
+                 the fallback reply without the model",
+                self.max_attempts
             );
             commit.replies = self.fallback_replies();
             (None, false)

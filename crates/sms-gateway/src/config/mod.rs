@@ -115,6 +115,9 @@ pub(crate) struct Config {
     /// How long a turn may run before another worker presumes its gateway dead and takes the
     /// session over.
     pub(crate) turn_lease: Duration,
+    /// How many times a message's turn is started before it is given up (the fallback reply,
+    /// without the model); `None` means the driver's default.
+    pub(crate) turn_max_attempts: Option<NonZeroU32>,
     /// What the person gets when the model cannot answer; `None` means the driver's default.
     pub(crate) fallback_reply: Option<String>,
     /// The time limit of one model attempt.
@@ -210,6 +213,10 @@ impl Config {
             .duration("SHUTDOWN_TIMEOUT")
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         let turn_lease = reader.duration("TURN_LEASE").unwrap_or(DEFAULT_TURN_LEASE);
+        let turn_max_attempts =
+            reader.parsed("TURN_MAX_ATTEMPTS", "not a positive integer", |text| {
+                text.parse().ok()
+            });
         let fallback_reply = reader.get("FALLBACK_REPLY").map(str::to_owned);
         let model_timeout = reader
             .duration("MODEL_TIMEOUT")
@@ -252,6 +259,7 @@ impl Config {
                 sweep_interval,
                 shutdown_timeout,
                 turn_lease,
+                turn_max_attempts,
                 fallback_reply,
                 model_timeout,
                 model_retry_budget,

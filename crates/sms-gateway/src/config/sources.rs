@@ -43,6 +43,7 @@ pub(crate) const KEYS: &[&str] = &[
     "SWEEP_INTERVAL",
     "SHUTDOWN_TIMEOUT",
     "TURN_LEASE",
+    "TURN_MAX_ATTEMPTS",
     "FALLBACK_REPLY",
     "MODEL_TIMEOUT",
     "MODEL_RETRY_BUDGET",

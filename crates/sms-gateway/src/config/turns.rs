@@ -90,6 +90,25 @@ mod tests {
     }
 
     #[test]
+    fn turn_attempts_default_to_the_drivers_and_must_be_positive() {
+        let config = Config::from_values(&serve_values(), Level::Serve).unwrap();
+        assert_eq!(config.turn_max_attempts, None);
+        let mut values = serve_values();
+        values.insert("TURN_MAX_ATTEMPTS".into(), "5".into());
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert_eq!(config.turn_max_attempts, NonZeroU32::new(5));
+        for bad in ["0", "-1", "often"] {
+            values.insert("TURN_MAX_ATTEMPTS".into(), bad.into());
+            assert!(
+                problems(&values, Level::Serve).iter().any(
+                    |p| matches!(p, Problem::Malformed { key, .. } if key == "TURN_MAX_ATTEMPTS")
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn the_rate_limit_can_be_turned_off() {
         let mut values = serve_values();
         values.insert("RATE_LIMIT_PER_MINUTE".into(), "off".into());
