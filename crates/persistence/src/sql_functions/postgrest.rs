@@ -139,34 +139,24 @@ impl Transport for PostgrestRpc {
         let function = call.function();
         let idempotent = call.idempotent();
         let body = json!({ "request": request }).to_string();
-        let builder = self.client.rpc(function, body);
-        let response = match builder.build().timeout(self.config.timeout).send().await {
-            Ok(response) => response,
+        let request = self.client.rpc(function, body).build();
+        let answer = async {
+            let response = request.timeout(self.config.timeout).send().await?;
+            let status = response.status().as_u16();
+            response.bytes().await.map(|body| (status, body))
+        }
+        .await;
+        let (status, body) = match answer {
+            Ok(answer) => answer,
             Err(error) => {
                 let timed_out = error.is_timeout();
                 tracing::warn!(
                     call = function,
                     timeout = timed_out,
+                    answer_cut_short = error.is_body(),
                     "Supabase request failed"
                 );
                 // The function names the call; the URL stays out of the error.
-                return Err(TransportError::into_store_error(
-                    error.without_url(),
-                    timed_out,
-                    idempotent,
-                ));
-            }
-        };
-        let status = response.status().as_u16();
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(error) => {
-                let timed_out = error.is_timeout();
-                tracing::warn!(
-                    call = function,
-                    timeout = timed_out,
-                    "Supabase answer cut short"
-                );
                 return Err(TransportError::into_store_error(
                     error.without_url(),
                     timed_out,
