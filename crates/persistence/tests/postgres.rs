@@ -13,7 +13,7 @@ use soul_persistence::{
     migrations,
 };
 use soul_testkit::cluster::Cluster;
-use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
+use soul_testkit::postgres::{self, RoundTripCounter, TestDatabase, migration_files};
 use sqlx::{Connection, PgConnection};
 
 struct PgHarness {
@@ -23,7 +23,7 @@ struct PgHarness {
 impl Harness for PgHarness {
     fn open(&self) -> StoreFuture<'_, Arc<dyn Store>> {
         Box::pin(async move {
-            let store = PgStore::connect_with(self.database.options(), 8).await?;
+            let store = PgStore::connect(&self.database.url(), 8).await?;
             Ok(Arc::new(store) as Arc<dyn Store>)
         })
     }
@@ -90,7 +90,7 @@ async fn begin_and_commit_are_one_round_trip_each() {
     let database = TestDatabase::migrated().await;
     let counter = RoundTripCounter::start(&database.options()).await;
     // One connection, so that every statement after the first use is already prepared there.
-    let store = PgStore::connect_with(counter.route(database.options()), 1)
+    let store = PgStore::connect(&postgres::url(&counter.route(database.options())), 1)
         .await
         .expect("connect");
     let settings = settings();
@@ -218,9 +218,7 @@ async fn begin_and_commit_are_one_round_trip_each() {
 #[tokio::test]
 async fn row_level_security_shuts_out_other_roles() {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let settings = settings();
     store
         .begin_turn(&inbound("secret", t0()), &settings, t0())
@@ -395,9 +393,7 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
         (answer, setting)
     }
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let BeginOutcome::Waiting { session, .. } = store
         .enqueue_turn(&inbound("queued", t0()), &settings(), t0())
         .await
@@ -641,9 +637,7 @@ async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
     );
     drop(conn.close().await);
 
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let session = SessionId(uuid::Uuid::from_u128(1));
     let mut started = Vec::new();
     let mut next = store
@@ -773,9 +767,7 @@ async fn migration_runner_applies_each_file_once() {
     }
 
     let database = TestDatabase::empty().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     store.migrate().await.expect("migrate");
     store.migrate().await.expect("migrate again");
     let mut conn = PgConnection::connect_with(&database.options())
@@ -850,9 +842,7 @@ async fn a_sessions_snapshot_is_one_row_updated_in_place() {
     drop(conn.close().await);
 
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let mut conn = PgConnection::connect_with(&database.options())
         .await
         .expect("connect");
@@ -913,9 +903,7 @@ async fn replies_from_before_claims_are_claimed_for_the_minute_they_were_stored_
               'pending', 'pending', '2026-03-01T11:59:00Z');",
     )
     .await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let claimable = |at: DateTime<Utc>| {
         let store = &store;
         async move {
@@ -996,7 +984,7 @@ async fn a_hung_server_times_out_and_the_store_recovers() {
 #[tokio::test]
 async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are_busy() {
     let database = TestDatabase::migrated().await;
-    let store = Arc::new(PgStore::connect_with(database.options(), 4).await.unwrap());
+    let store = Arc::new(PgStore::connect(&database.url(), 4).await.unwrap());
     let settings = settings();
     let busy = Address::new("+15550000101");
     let first = Inbound {

@@ -194,7 +194,7 @@ async fn sqlite() -> Fixture {
 
 async fn postgres() -> Fixture {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    let store = PgStore::connect(&database.url(), 4).await.unwrap();
     driver_on(Arc::new(store), Box::new(database)).await
 }
 
@@ -639,7 +639,7 @@ async fn a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs(f
 #[tokio::test]
 async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the_bound() {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    let store = PgStore::connect(&database.url(), 4).await.unwrap();
     let fixture = driver_with(Arc::new(store), Box::new(database), |driver| {
         driver.with_fallback_reply("Sorry\u{0}")
     })

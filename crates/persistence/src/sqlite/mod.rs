@@ -20,13 +20,14 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::driver::{self, Result, operation};
 use crate::types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, OutboundMessage, OutboundRef, OutboxAtCommit,
     ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox,
     SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings, session_number,
 };
-use crate::{Result, Store, StoreError, StoreFuture, wire};
+use crate::{Store, StoreError, StoreFuture, wire};
 
 /// Runs `$body` (a block evaluating to a `Result`) in one `BEGIN IMMEDIATE` transaction: the
 /// write lock is taken up front, so two operations never both read and then both write. An early
@@ -83,11 +84,11 @@ fn ts(time: DateTime<Utc>) -> String {
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|error| StoreError::Corrupt(format!("stored time {text:?}: {error}")))
+        .map_err(|error| StoreError::Corrupt(format!("stored time {text:?}: {error}")).into())
 }
 
 fn parse_uuid(text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("stored id: {error}")))
+    Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("stored id: {error}")).into())
 }
 
 fn parse_json(text: &str) -> Result<Value> {
@@ -104,7 +105,7 @@ fn region_name(region: Option<&Region>) -> &str {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to date.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub async fn open(path: impl AsRef<Path>) -> crate::Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -120,7 +121,8 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(driver::store_error)?;
         let store = SqliteStore {
             pool,
             writer: Arc::default(),
@@ -772,7 +774,7 @@ async fn begin(
     start_next(conn, &row.id, settings, now, new_session)
         .await?
         .map(BeginOutcome::Started)
-        .ok_or_else(|| StoreError::Corrupt("the stored inbound message vanished".to_owned()))
+        .ok_or_else(|| StoreError::Corrupt("the stored inbound message vanished".to_owned()).into())
 }
 
 /// What `public.soul_begin_event_turn` does in PostgreSQL; see there.
@@ -846,7 +848,7 @@ async fn begin_event(
     start_next(conn, &session, settings, now, false)
         .await?
         .map(EventOutcome::Started)
-        .ok_or_else(|| StoreError::Corrupt("the stored event turn vanished".to_owned()))
+        .ok_or_else(|| StoreError::Corrupt("the stored event turn vanished".to_owned()).into())
 }
 
 async fn commit(
@@ -874,10 +876,10 @@ async fn commit(
                 claimed_until: wire::reply_claim_until(settings, now),
             },
         ),
-        None => return Err(StoreError::LeaseLost),
+        None => return Err(StoreError::LeaseLost.into()),
     };
     if row.lease_token.as_deref() != Some(commit.lease_token.to_string().as_str()) {
-        return Err(StoreError::LeaseLost);
+        return Err(StoreError::LeaseLost.into());
     }
     apply_changes(conn, &session, &commit.changes, settings, now).await?;
     let now_text = ts(now);
@@ -1102,7 +1104,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { begin(conn, inbound, settings, now, false).await })
         })
     }
@@ -1113,7 +1115,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { begin(conn, inbound, settings, now, true).await })
         })
     }
@@ -1124,7 +1126,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, EventOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { begin_event(conn, event, settings, now).await })
         })
     }
@@ -1135,7 +1137,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, CommitOutcome> {
-        Box::pin(
+        operation(
             async move { write_tx!(self, conn => { commit(conn, turn, settings, now).await }) },
         )
     }
@@ -1146,7 +1148,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, SubprocessOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let session = commit.session_id.0.to_string();
                 let version: Option<i64> =
@@ -1170,7 +1172,7 @@ impl Store for SqliteStore {
         lease_for: Duration,
         now: DateTime<Utc>,
     ) -> StoreFuture<'_, Lease> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let expires_at = (now + lease_for).trunc_subsecs(6);
                 let done = sqlx::query(
@@ -1182,7 +1184,7 @@ impl Store for SqliteStore {
                 .execute(&mut *conn)
                 .await?;
                 if done.rows_affected() == 0 {
-                    return Err(StoreError::LeaseLost);
+                    return Err(StoreError::LeaseLost.into());
                 }
                 Ok(Lease { token: lease.token, expires_at })
             })
@@ -1195,7 +1197,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let id = session.0.to_string();
                 let row = sqlx::query("select * from user_sessions where id = ?")
@@ -1214,7 +1216,7 @@ impl Store for SqliteStore {
     }
 
     fn stalled_sessions(&self, now: DateTime<Utc>, limit: u32) -> StoreFuture<'_, Vec<SessionId>> {
-        Box::pin(async move {
+        operation(async move {
             let ids: Vec<String> = sqlx::query_scalar(
                 "select s.id from user_sessions s
                  where (s.lease_token is null or s.lease_expires_at <= ?)
@@ -1233,7 +1235,7 @@ impl Store for SqliteStore {
     }
 
     fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
-        Box::pin(async move {
+        operation(async move {
             let row = sqlx::query("select * from user_sessions where phone_number = ?")
                 .bind(address.as_str())
                 .fetch_optional(&self.pool)
@@ -1248,7 +1250,7 @@ impl Store for SqliteStore {
         region: Option<&'a str>,
         limit: u32,
     ) -> StoreFuture<'a, Vec<Memory>> {
-        Box::pin(async move {
+        operation(async move {
             let mut conn = self.pool.acquire().await?;
             let id: Option<String> =
                 sqlx::query_scalar("select id from user_sessions where phone_number = ?")
@@ -1266,7 +1268,7 @@ impl Store for SqliteStore {
         &'a self,
         updates: &'a [DeliveryUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let mut applied = Vec::with_capacity(updates.len());
                 for update in updates {
@@ -1283,7 +1285,7 @@ impl Store for SqliteStore {
         claim_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let rows = sqlx::query(
                     "select o.*, s.phone_number from outbound_messages o
@@ -1317,7 +1319,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         claim_until: DateTime<Utc>,
     ) -> StoreFuture<'_, Option<SessionOutbox>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let opted_out: Option<bool> = sqlx::query_scalar(
                     "select opted_out_at is not null from user_sessions where id = ?",
@@ -1367,7 +1369,7 @@ impl Store for SqliteStore {
         opted_out: bool,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let done = sqlx::query(
                     "update user_sessions set opted_out_at =
@@ -1390,7 +1392,7 @@ impl Store for SqliteStore {
         limit: u32,
         claim_for: Duration,
     ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let now_text = ts(now);
                 let rows = sqlx::query(
@@ -1417,7 +1419,7 @@ impl Store for SqliteStore {
     }
 
     fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 // Matching due_at too: a turn that rescheduled the same key keeps its new event.
                 let done = sqlx::query("delete from scheduled_events where id = ? and due_at = ?")
@@ -1436,7 +1438,7 @@ impl Store for SqliteStore {
         days: u32,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, u64> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let done = sqlx::query(
                     "delete from messages where created_at < ?1 and (?2 is null or session_id =
@@ -1456,11 +1458,11 @@ impl Store for SqliteStore {
         address: &'a Address,
     ) -> StoreFuture<'a, Option<serde_json::Value>> {
         // A write transaction for a read: the export must be one consistent picture.
-        Box::pin(async move { write_tx!(self, conn => { export(conn, address).await }) })
+        operation(async move { write_tx!(self, conn => { export(conn, address).await }) })
     }
 
     fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 let done = sqlx::query("delete from user_sessions where phone_number = ?")
                     .bind(address.as_str())
