@@ -3,6 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use serde_json::json;
+use soul_engine::model::ChatRole;
 use soul_engine::{Memory, Region, Role, WorkingMemory, WorkingMemoryError};
 
 fn region(name: &str) -> Region {
@@ -266,16 +267,16 @@ fn renders_chat_messages_in_region_order() {
         .with_region_order([Region::core()])
         .unwrap();
     let messages = wm.to_messages();
-    let rendered: Vec<(Role, &str)> = messages
+    let rendered: Vec<(ChatRole, &str)> = messages
         .iter()
         .map(|m| (m.role, m.content.as_str()))
         .collect();
     assert_eq!(
         rendered,
         [
-            (Role::System, "persona"),
-            (Role::User, "hi"),
-            (Role::Assistant, "hello")
+            (ChatRole::System, "persona"),
+            (ChatRole::User, "hi"),
+            (ChatRole::Assistant, "hello")
         ]
     );
 }

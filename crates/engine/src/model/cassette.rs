@@ -572,6 +572,7 @@ mod tests {
                     content: "answer".to_owned(),
                     usage: Usage::default(),
                     model: "m".to_owned(),
+                    tool_calls: Vec::new(),
                 },
             })
             .collect::<Vec<_>>();

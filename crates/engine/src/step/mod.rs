@@ -213,6 +213,11 @@ fn merged(caller: &ChatOptions, step: ChatOptions) -> ChatOptions {
         response_schema: step
             .response_schema
             .or_else(|| caller.response_schema.clone()),
+        tools: if step.tools.is_empty() {
+            caller.tools.clone()
+        } else {
+            step.tools
+        },
         timeout: step.timeout.or(caller.timeout),
     }
 }
