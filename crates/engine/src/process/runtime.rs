@@ -616,12 +616,13 @@ fn with_cut_replies(
     })
 }
 
-/// The memories of `after` that `before` does not have, in `after`'s order.
+/// The memories of `after` that `before` does not have, in `after`'s order, each once: a memory
+/// a process duplicated (`concat`) is one memory to store, not two rows under one id.
 fn appended_since(before: &WorkingMemory, after: &WorkingMemory) -> Vec<Memory> {
-    let known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
+    let mut known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
     after
         .iter()
-        .filter(|m| !known.contains(&m.id))
+        .filter(|m| known.insert(m.id))
         .cloned()
         .collect()
 }
