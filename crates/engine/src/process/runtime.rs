@@ -316,9 +316,9 @@ impl Runtime {
         };
         // A scheduled event aimed at a process runs that process once; the current one stays
         // current unless that run transitions.
-        let mut aimed = self.aimed_process(&perception).map(|process| Current {
+        let mut aimed = self.aimed_process(&perception).map(|(process, params)| Current {
             process,
-            params: Value::Null,
+            params,
             invocation_count: 0,
             previous: Some(current.process.name.to_owned()),
             memory: KeyValueMemory::new(
@@ -576,9 +576,11 @@ impl Runtime {
         }
     }
 
-    fn aimed_process(&self, perception: &Perception) -> Option<Process> {
+    /// The process a scheduled event is aimed at, and the params it carries for it.
+    fn aimed_process(&self, perception: &Perception) -> Option<(Process, Value)> {
         let PerceptionKind::Event {
             process: Some(name),
+            params,
             ..
         } = &perception.kind
         else {
@@ -588,7 +590,7 @@ impl Runtime {
         if process.is_none() {
             tracing::warn!(soul = self.soul.name(), process = %name, "event aimed at an unknown process; the current process answers it");
         }
-        process
+        process.map(|process| (process, params.clone()))
     }
 }
 
