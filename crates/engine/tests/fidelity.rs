@@ -155,7 +155,10 @@ async fn a_system_prompt_a_process_left_is_not_carried_into_the_next_turn() {
     let mut state = SoulState::new("Nora");
     turn(&runtime, &mut state, Perception::message("hello", at())).await;
     assert!(
-        state.working_memory.iter().any(|m| m.content == FRESH_PROMPT),
+        state
+            .working_memory
+            .iter()
+            .any(|m| m.content == FRESH_PROMPT),
         "the process did leave its prompt"
     );
     turn(&runtime, &mut state, Perception::message("again", at())).await;
@@ -194,10 +197,7 @@ async fn a_named_perception_reaches_the_model_as_opensouls_renders_it() {
         .unwrap();
     assert_eq!(user["content"], "Bob Smith said: \"hi there\"");
     assert_eq!(user["name"], "Bob_Smith", "what OpenAI's `name` accepts");
-    let memory = main
-        .working_memory
-        .find(|m| m.role == Role::User)
-        .unwrap();
+    let memory = main.working_memory.find(|m| m.role == Role::User).unwrap();
     assert_eq!(
         memory.name.as_deref(),
         Some("Bob Smith"),

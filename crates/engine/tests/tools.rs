@@ -28,12 +28,16 @@ struct City {
 
 fn tools() -> Tools {
     Tools::new()
-        .tool("get_weather", "The weather in a city now.", |args: City| async move {
-            Ok(format!("18°C and sunny in {}", args.city))
-        })
-        .tool("book_table", "Books a table in a city.", |_: City| async move {
-            Err(ToolError::new("the booking service is closed"))
-        })
+        .tool(
+            "get_weather",
+            "The weather in a city now.",
+            |args: City| async move { Ok(format!("18°C and sunny in {}", args.city)) },
+        )
+        .tool(
+            "book_table",
+            "Books a table in a city.",
+            |_: City| async move { Err(ToolError::new("the booking service is closed")) },
+        )
 }
 
 soul_engine::soul! {
@@ -104,7 +108,10 @@ async fn the_model_calls_tools_and_the_step_answers_with_their_results() {
     assert_eq!(tail[0]["role"], "assistant");
     assert_eq!(tail[0]["tool_calls"][0]["function"]["name"], "get_weather");
     assert_eq!(tail[0]["tool_calls"][1]["id"], "call_2");
-    assert_eq!(tail[1], json!({"role": "tool", "tool_call_id": "call_1", "content": "18°C and sunny in Paris"}));
+    assert_eq!(
+        tail[1],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "18°C and sunny in Paris"})
+    );
     assert_eq!(tail[2]["tool_call_id"], "call_2");
     assert_eq!(tail[2]["content"], "error: the booking service is closed");
 
@@ -159,7 +166,10 @@ async fn unknown_tools_and_arguments_that_do_not_fit_are_results_the_model_reads
         .filter(|m| m["role"] == "tool")
         .map(|m| m["content"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(results[0], "error: there is no tool named \"launch_rocket\"");
+    assert_eq!(
+        results[0],
+        "error: there is no tool named \"launch_rocket\""
+    );
     assert!(
         results[1].starts_with("error: the arguments do not fit the tool: missing field `city`"),
         "{}",
@@ -201,7 +211,11 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_the_most_rounds() {
 async fn a_failing_step_fails_the_turn_with_a_typed_error() {
     let double = OpenAiDouble::start().await;
     for round in 0..5 {
-        double.push(Reply::tool_call(&format!("c{round}"), "get_weather", r#"{"city":"Rome"}"#));
+        double.push(Reply::tool_call(
+            &format!("c{round}"),
+            "get_weather",
+            r#"{"city":"Rome"}"#,
+        ));
     }
     let soul = Registry::load().unwrap().soul("forecaster").unwrap();
     let runtime = Runtime::new(soul, model(&double), Arc::new(SystemClock));
@@ -233,7 +247,9 @@ async fn misnamed_tools_are_refused_before_any_model_call() {
     let misnamed = Tools::new().tool("get weather", "Spaces are refused.", |_: City| async {
         Ok(String::new())
     });
-    let twice = tools().tool("get_weather", "Again.", |_: City| async { Ok(String::new()) });
+    let twice = tools().tool("get_weather", "Again.", |_: City| async {
+        Ok(String::new())
+    });
     for tools in [misnamed, twice] {
         let err = mind
             .run_with_tools(external_dialog("Answer."), &tools, &conversation())
@@ -247,7 +263,11 @@ async fn misnamed_tools_are_refused_before_any_model_call() {
 #[tokio::test]
 async fn a_tool_exchange_is_recorded_to_a_cassette_and_replays() {
     let double = OpenAiDouble::start().await;
-    double.push(Reply::tool_call("call_1", "get_weather", r#"{"city":"Lima"}"#));
+    double.push(Reply::tool_call(
+        "call_1",
+        "get_weather",
+        r#"{"city":"Lima"}"#,
+    ));
     double.push_content("Tess said: \"Sunny in Lima.\"");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tools.json");
@@ -263,14 +283,20 @@ async fn a_tool_exchange_is_recorded_to_a_cassette_and_replays() {
     let cassette: Value = serde_json::from_str(&text).unwrap();
     let interactions = cassette["interactions"].as_array().unwrap();
     assert_eq!(interactions.len(), 2);
-    assert_eq!(interactions[0]["request"]["tools"][0]["name"], "get_weather");
+    assert_eq!(
+        interactions[0]["request"]["tools"][0]["name"],
+        "get_weather"
+    );
     assert_eq!(
         interactions[0]["response"]["tool_calls"],
         json!([{"id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Lima\"}"}])
     );
     let messages = interactions[1]["request"]["messages"].as_array().unwrap();
     assert_eq!(messages[messages.len() - 1]["tool_call_id"], "call_1");
-    assert_eq!(messages[messages.len() - 2]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(
+        messages[messages.len() - 2]["tool_calls"][0]["id"],
+        "call_1"
+    );
 
     let replaying = Arc::new(ReplayingModel::open(&path).unwrap());
     let replayed = Mind::new(replaying.clone(), Arc::new(SystemClock))

@@ -115,7 +115,7 @@ fn region_order_survives_filter_slice_concat_prepend_and_map() {
     let derived = [
         wm.filter(|m| m.role == Role::User),
         wm.slice(0..1),
-        wm.concat(&conversation()),
+        wm.concat(conversation()),
         wm.prepend([Memory::user("first")]),
         wm.map(Clone::clone),
         wm.without_regions(&[Region::core()]),
@@ -345,14 +345,16 @@ fn adding_to_a_scattered_region_brings_it_together_where_it_began() {
 
 #[test]
 fn replace_swaps_every_memory_and_keeps_the_name_and_order() {
-    let wm = conversation()
-        .with_region_order([Region::core()])
-        .unwrap();
+    let wm = conversation().with_region_order([Region::core()]).unwrap();
     let replaced = wm.replace(vec![
         Memory::user("new"),
         Memory::system("persona").in_region(Region::core()),
     ]);
-    assert_eq!(contents(&replaced), ["persona", "new"], "sorted into the order");
+    assert_eq!(
+        contents(&replaced),
+        ["persona", "new"],
+        "sorted into the order"
+    );
     assert_eq!(replaced.soul_name(), "Samantha");
     assert_eq!(replaced.region_order(), [Region::core()]);
     assert_eq!(contents(&wm), ["hi", "hello"]);
@@ -395,7 +397,8 @@ fn negative_indices_count_from_the_end() {
     assert_eq!(contents(&wm.slice(-2..)), ["hello", "third"]);
     assert_eq!(contents(&wm.slice(..-1)), ["hi", "hello"]);
     assert_eq!(contents(&wm.slice(-99..1)), ["hi"], "clamped at the start");
-    assert!(wm.slice(-1..-2).is_empty());
+    let (last, before_last) = (-1, -2);
+    assert!(wm.slice(last..before_last).is_empty(), "an end before the start");
     let index: usize = 1;
     assert_eq!(wm.get(index).unwrap().content, "hello");
 }
@@ -412,7 +415,7 @@ fn concat_and_prepend_take_a_plain_list_of_memories() {
         ["hi", "hello", "a", "b"]
     );
     assert_eq!(
-        contents(&wm.prepend(&conversation())),
+        contents(&wm.prepend(conversation())),
         ["hi", "hello", "hi", "hello"]
     );
 }

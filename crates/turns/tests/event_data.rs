@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::model::retry::RetryPolicy;
-use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime, ScheduledEvent};
+use soul_engine::process::{
+    Next, ProcessContext, ProcessResult, Registry, Runtime, ScheduledEvent,
+};
 use soul_engine::{Clock, Memory, Region};
 use soul_persistence::{Address, Inbound, SqliteStore};
 use soul_testkit::openai::OpenAiDouble;

@@ -219,8 +219,7 @@ impl OpenAiModel {
             // unbounded, which costs tokens but does not fail the call.
             max_completion_tokens: options.max_tokens,
             response_format: options.response_schema.as_ref().map(to_response_format),
-            tools: (!options.tools.is_empty())
-                .then(|| options.tools.iter().map(to_tool).collect()),
+            tools: (!options.tools.is_empty()).then(|| options.tools.iter().map(to_tool).collect()),
             ..CreateChatCompletionRequest::default()
         }
     }

@@ -316,19 +316,21 @@ impl Runtime {
         };
         // A scheduled event aimed at a process runs that process once; the current one stays
         // current unless that run transitions.
-        let mut aimed = self.aimed_process(&perception).map(|(process, params)| Current {
-            process,
-            params,
-            invocation_count: 0,
-            previous: Some(current.process.name.to_owned()),
-            memory: KeyValueMemory::new(
-                state
-                    .process_memories
-                    .get(process.name)
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-        });
+        let mut aimed = self
+            .aimed_process(&perception)
+            .map(|(process, params)| Current {
+                process,
+                params,
+                invocation_count: 0,
+                previous: Some(current.process.name.to_owned()),
+                memory: KeyValueMemory::new(
+                    state
+                        .process_memories
+                        .get(process.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            });
 
         let budget = self.soul.memory_budget();
         let integrated = budget.trim(&self.soul.integrate(state.working_memory, &perception));

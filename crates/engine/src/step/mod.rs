@@ -220,14 +220,13 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
         }
     };
     let usage = exchange.usage;
-    let memory = exchange
-        .remembered
-        .into_iter()
-        .chain(appended)
-        .fold(memory.clone(), |memory, mut remembered| {
+    let memory = exchange.remembered.into_iter().chain(appended).fold(
+        memory.clone(),
+        |memory, mut remembered| {
             remembered.timestamp = now;
             memory.with_memory(remembered)
-        });
+        },
+    );
     Ok(StepOutput {
         memory,
         value,

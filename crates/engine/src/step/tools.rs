@@ -87,15 +87,17 @@ impl Tools {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, ToolError>> + Send + 'static,
     {
-        let run: ToolFn = Arc::new(move |arguments: Value| {
-            match serde_json::from_value::<A>(arguments) {
-                Ok(arguments) => Box::pin(run(arguments)),
-                Err(error) => {
-                    let error = ToolError(format!("the arguments do not fit the tool: {error}"));
-                    Box::pin(std::future::ready(Err(error)))
-                }
-            }
-        });
+        let run: ToolFn =
+            Arc::new(
+                move |arguments: Value| match serde_json::from_value::<A>(arguments) {
+                    Ok(arguments) => Box::pin(run(arguments)),
+                    Err(error) => {
+                        let error =
+                            ToolError(format!("the arguments do not fit the tool: {error}"));
+                        Box::pin(std::future::ready(Err(error)))
+                    }
+                },
+            );
         self.tools.push(Tool {
             spec: ToolSpec {
                 name: name.to_owned(),
@@ -202,10 +204,7 @@ pub(crate) fn result_memory(
     result: &Result<String, ToolError>,
 ) -> (Memory, String) {
     let (content, sent) = match result {
-        Ok(output) => (
-            format!("{} returned: {output}", call.name),
-            output.clone(),
-        ),
+        Ok(output) => (format!("{} returned: {output}", call.name), output.clone()),
         Err(error) => (
             format!("{} failed: {error}", call.name),
             format!("error: {error}"),
