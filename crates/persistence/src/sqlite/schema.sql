@@ -2,8 +2,9 @@
 -- timestamps and JSON. Timestamps are UTC RFC 3339 with six fractional digits, so text order is
 -- time order. Its checks are table checks: SQLite has no domains.
 --
--- Where it differs from PostgreSQL, on purpose (a test lists these, so the two cannot drift apart
--- silently: `sqlite_has_the_tables_and_columns_of_postgres` in tests/schema.rs):
+-- Where it differs from PostgreSQL, on purpose (the columns it lacks are listed again in
+-- tests/schema.rs, whose `sqlite_has_the_tables_and_columns_of_postgres` fails on any other
+-- difference of tables, columns or nullability, so the two cannot drift apart silently):
 -- - The memory tables and the process state are keyed by their unique keys alone, without the
 --   surrogate `id` PostgreSQL keeps from the seed; the snapshot table has no `id` either.
 -- - `inbound_messages` has no `waiting` flag, and the queue's index holds every message not
