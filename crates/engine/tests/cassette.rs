@@ -427,6 +427,7 @@ async fn a_hand_written_cassette_in_the_documented_format_replays() {
                 completion_tokens: 3
             },
             model: "gpt-4o-mini-2024-07-18".to_owned(),
+            tool_calls: Vec::new(),
         }
     );
 }

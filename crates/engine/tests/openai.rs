@@ -65,9 +65,8 @@ async fn a_completion_maps_request_and_answer() {
         messages: vec![
             ChatMessage::new(Role::System, "You are kind."),
             ChatMessage {
-                role: Role::User,
-                content: "hi".into(),
                 name: Some("ana".into()),
+                ..ChatMessage::new(Role::User, "hi")
             },
             ChatMessage::new(Role::Assistant, "hello"),
         ],
@@ -80,7 +79,7 @@ async fn a_completion_maps_request_and_answer() {
                 schema: schema.clone(),
                 strict: true,
             }),
-            timeout: None,
+            ..ChatOptions::default()
         },
     };
 

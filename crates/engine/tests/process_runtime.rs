@@ -455,6 +455,7 @@ async fn scheduled_and_cancelled_events_are_in_the_outcome() {
         kind: PerceptionKind::Event {
             id: event.id,
             process: event.process.clone(),
+            params: event.params.clone(),
         },
         ..Perception::message(event.content.clone(), event.at)
     };
