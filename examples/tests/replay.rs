@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::json;
 use soul_engine::model::cassette::Cassette;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
+use soul_engine::retry::RetryPolicy;
 use soul_examples::replay::{
     self, ANSWERS_FILE, CASSETTE_FILE, CONVERSATION_FILE, TRANSCRIPT_FILE, conversation_dirs,
     load_answers, name_of, unified_diff,

@@ -9,9 +9,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-// Only the fuzz checks of these modules are called here, not the rest of the gateway's API.
-#[allow(dead_code)]
-#[path = "../../crates/sms-gateway/src/config.rs"]
+// Only the fuzz checks of these modules are called here, not the rest of the gateway's API
+// (nor the types the configuration re-exports for it).
+#[allow(dead_code, unused_imports)]
+#[path = "../../crates/sms-gateway/src/config/mod.rs"]
 mod config;
 // The configuration counts SMS segments (the crisis resources against MAX_REPLY_SEGMENTS).
 #[allow(dead_code)]

@@ -58,6 +58,7 @@ impl LanguageModel for SageModel {
                     completion_tokens: 1,
                 },
                 model: "scripted".to_owned(),
+                tool_calls: Vec::new(),
             })
         })
     }

@@ -65,6 +65,7 @@ impl LanguageModel for ConstantModel {
                     completion_tokens: 1,
                 },
                 model: "constant".to_owned(),
+                tool_calls: Vec::new(),
             })
         })
     }

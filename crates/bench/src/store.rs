@@ -18,7 +18,7 @@ use soul_engine::process::{Registry, Runtime};
 use soul_persistence::{
     Address, Inbound, PgStore, SqliteStore, Store, SupabaseConfig, SupabaseStore,
 };
-use soul_testkit::postgres::RoundTripCounter;
+use soul_testkit::postgres::{self, RoundTripCounter};
 use soul_testkit::postrest::{PostgrestServer, RequestCounter, token};
 use soul_turns::{Handled, NoDelivery, TurnDriver};
 use sqlx::postgres::PgConnectOptions;
@@ -243,7 +243,7 @@ async fn server_run(
         .await?;
     drop(admin.close().await);
     let options = server.clone().database(&name);
-    PgStore::connect_with(options.clone(), 1)
+    PgStore::connect(&postgres::url(&options), 1)
         .await?
         .migrate()
         .await?;
@@ -287,7 +287,8 @@ async fn server_run(
                 Some(counter) => counter.route(options.clone()),
                 None => options.clone(),
             };
-            let store = PgStore::connect_with(store_options, u32::try_from(clients)?).await?;
+            let store =
+                PgStore::connect(&postgres::url(&store_options), u32::try_from(clients)?).await?;
             workload(args, runtime, Arc::new(store), clients, counter.as_ref()).await?
         }
     };

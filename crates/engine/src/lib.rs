@@ -4,6 +4,7 @@ pub mod clock;
 pub mod memory;
 pub mod memory_budget;
 pub mod model;
+pub mod retry;
 pub mod step;
 pub mod text;
 pub mod working_memory;

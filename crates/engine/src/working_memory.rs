@@ -12,6 +12,19 @@
 //! - [`WorkingMemory::with_region`] replaces a region in place. A region that does not exist yet is
 //!   inserted before the first memory without a region (after the persona, before the conversation),
 //!   or at the end when every memory has a region.
+//! - [`WorkingMemory::with_memory`] of a memory with a region puts it at the end of that region:
+//!   the region is replaced by its memories followed by the new one (so a region whose memories
+//!   were scattered comes together where its first memory was, and a new one is placed as
+//!   `with_region` places it). A memory without a region goes at the very end.
+//!
+//! # Indices
+//! Where an operation takes an index ([`get`](WorkingMemory::get), [`slice`](WorkingMemory::slice),
+//! [`splice`](WorkingMemory::splice)), a negative one counts from the end, as in JavaScript: `-1`
+//! is the last memory.
+//!
+//! # Ids
+//! A memory keeps its id through every operation, so one memory can appear twice (`wm.concat(&wm)`,
+//! as in OpenSouls). The JSON form keeps both and reads back as written.
 
 use std::fmt;
 use std::ops::RangeBounds;
@@ -52,9 +65,6 @@ pub enum WorkingMemoryError {
     /// A region order names the same region twice.
     #[error("region order names `{0}` twice")]
     DuplicateRegionInOrder(Region),
-    /// Two memories share one id.
-    #[error("two memories share the id {0}")]
-    DuplicateMemoryId(crate::memory::MemoryId),
 }
 
 impl WorkingMemory {
@@ -87,8 +97,9 @@ impl WorkingMemory {
         self.memories.is_empty()
     }
 
-    /// The memory at `index`.
-    pub fn get(&self, index: usize) -> Option<&Memory> {
+    /// The memory at `index` (negative: from the end, `-1` is the last).
+    pub fn get(&self, index: impl MemoryIndex) -> Option<&Memory> {
+        let index = index.position(self.memories.len())?;
         self.memories.get(index).map(|m| &**m)
     }
 
@@ -118,24 +129,27 @@ impl WorkingMemory {
         self.iter().find(|m| predicate(m))
     }
 
-    /// Appends `memory` (in its own region, if it has one). With a region order set, a memory of a
-    /// listed region goes at the end of that region's block.
+    /// Appends `memory`: a memory with a region at the end of that region (see the module docs),
+    /// one without at the end of the whole memory.
     pub fn with_memory(&self, memory: Memory) -> Self {
-        let mut next = self.clone();
-        let rank = self.rank(memory.region.as_ref());
-        let memory = Arc::new(memory);
-        if self.region_order.is_empty() {
-            next.memories.push_back(memory);
-        } else {
-            // Memories are sorted by rank, so the block ends where a higher rank starts.
-            let at = self
-                .memories
-                .iter()
-                .position(|m| self.rank(m.region.as_ref()) > rank)
-                .unwrap_or(self.memories.len());
-            next.memories.insert(at, memory);
+        match memory.region.clone() {
+            Some(region) => {
+                let members: Vec<Arc<Memory>> = self
+                    .memories
+                    .iter()
+                    .filter(|m| m.region.as_ref() == Some(&region))
+                    .cloned()
+                    .chain([Arc::new(memory)])
+                    .collect();
+                self.placed_region(&region, members)
+            }
+            None => {
+                // Unregioned memories rank last in any region order, so the end is their place.
+                let mut next = self.clone();
+                next.memories.push_back(Arc::new(memory));
+                next
+            }
         }
-        next
     }
 
     /// Appends `memory` into `region`, whatever region it had.
@@ -146,27 +160,27 @@ impl WorkingMemory {
     /// Replaces every memory of `region` with `memories` (whose own regions are overwritten), at
     /// the place the region had; a new region goes before the first unregioned memory.
     pub fn with_region(&self, region: Region, memories: impl IntoIterator<Item = Memory>) -> Self {
+        let members = memories
+            .into_iter()
+            .map(|m| Arc::new(m.in_region(region.clone())))
+            .collect();
+        self.placed_region(&region, members)
+    }
+
+    /// `members` (already in `region`) in place of the region's memories, where the region's
+    /// first memory was, or before the first unregioned memory, or at the end.
+    fn placed_region(&self, region: &Region, members: Vec<Arc<Memory>>) -> Self {
         let at = self
             .iter()
-            .position(|m| m.region.as_ref() == Some(&region))
+            .position(|m| m.region.as_ref() == Some(region))
             .or_else(|| self.iter().position(|m| m.region.is_none()))
             .unwrap_or(self.memories.len());
-        let kept_before = self
-            .memories
-            .iter()
-            .take(at)
-            .filter(|m| m.region.as_ref() != Some(&region));
-        let kept_after = self
-            .memories
-            .iter()
-            .skip(at)
-            .filter(|m| m.region.as_ref() != Some(&region));
-        let inserted = memories
-            .into_iter()
-            .map(|m| Arc::new(m.in_region(region.clone())));
+        let outside = |m: &&Arc<Memory>| m.region.as_ref() != Some(region);
+        let kept_before = self.memories.iter().take(at).filter(outside);
+        let kept_after = self.memories.iter().skip(at).filter(outside);
         let memories = kept_before
             .cloned()
-            .chain(inserted)
+            .chain(members)
             .chain(kept_after.cloned())
             .collect();
         self.rebuilt(memories)
@@ -199,25 +213,48 @@ impl WorkingMemory {
         self.filter(|m| m.region.as_ref().is_some_and(|r| regions.contains(r)))
     }
 
-    /// The memories in `range` (indices as in [`iter`](Self::iter)).
-    pub fn slice(&self, range: impl RangeBounds<usize>) -> Self {
+    /// The memories in `range` (indices as in [`iter`](Self::iter); negative ones count from the
+    /// end, so `slice(-2..)` is the last two). Ends out of range are clamped.
+    pub fn slice<I: MemoryIndex>(&self, range: impl RangeBounds<I>) -> Self {
         use std::ops::Bound;
         let len = self.memories.len();
         let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Included(&s) => s.clamped(len),
+            Bound::Excluded(&s) => s.clamped(len).saturating_add(1).min(len),
             Bound::Unbounded => 0,
-        }
-        .min(len);
+        };
         let end = match range.end_bound() {
-            Bound::Included(&e) => e.saturating_add(1),
-            Bound::Excluded(&e) => e,
+            Bound::Included(&e) => e.clamped(len).saturating_add(1).min(len),
+            Bound::Excluded(&e) => e.clamped(len),
             Bound::Unbounded => len,
         }
-        .clamp(start, len);
+        .max(start);
         let mut next = self.clone();
         next.memories = self.memories.clone().slice(start..end);
         next
+    }
+
+    /// Removes `delete` memories from `start` (negative: from the end) and puts `memories` in
+    /// their place, as JavaScript's `splice`; the result is sorted into the region order, if one
+    /// is set. A start past the end appends; a count past the end removes what there is.
+    pub fn splice(
+        &self,
+        start: impl MemoryIndex,
+        delete: usize,
+        memories: impl IntoMemories,
+    ) -> Self {
+        let len = self.memories.len();
+        let start = start.clamped(len);
+        let end = start.saturating_add(delete).min(len);
+        let mut all = self.memories.clone().slice(..start);
+        all.append(memories.into_memories());
+        all.append(self.memories.clone().slice(end..));
+        self.rebuilt(all)
+    }
+
+    /// `memories` in place of every memory, under this value's name and region order.
+    pub fn replace(&self, memories: impl IntoMemories) -> Self {
+        self.rebuilt(memories.into_memories())
     }
 
     /// The memories for which `predicate` holds.
@@ -237,16 +274,18 @@ impl WorkingMemory {
         self.rebuilt(self.memories.iter().map(|m| Arc::new(f(m))).collect())
     }
 
-    /// `self` followed by `other`'s memories; `self`'s name and region order win.
-    pub fn concat(&self, other: &WorkingMemory) -> Self {
+    /// `self` followed by `other`: another working memory, or memories (a `Vec`, an array, an
+    /// iterator). `self`'s name and region order win. Memories keep their ids, so concatenating
+    /// a memory with itself holds each memory twice.
+    pub fn concat(&self, other: impl IntoMemories) -> Self {
         let mut memories = self.memories.clone();
-        memories.append(other.memories.clone());
+        memories.append(other.into_memories());
         self.rebuilt(memories)
     }
 
-    /// `memories` followed by `self`'s.
-    pub fn prepend(&self, memories: impl IntoIterator<Item = Memory>) -> Self {
-        let mut all: Vector<Arc<Memory>> = memories.into_iter().map(Arc::new).collect();
+    /// `other` (as for [`concat`](Self::concat)) followed by `self`'s memories.
+    pub fn prepend(&self, other: impl IntoMemories) -> Self {
+        let mut all = other.into_memories();
         all.append(self.memories.clone());
         self.rebuilt(all)
     }
@@ -279,12 +318,6 @@ impl WorkingMemory {
             return Err(WorkingMemoryError::UnsupportedVersion {
                 found: form.version,
             });
-        }
-        let mut seen = std::collections::HashSet::with_capacity(form.memories.len());
-        for memory in &form.memories {
-            if !seen.insert(memory.id) {
-                return Err(WorkingMemoryError::DuplicateMemoryId(memory.id));
-            }
         }
         WorkingMemory::new(form.soul_name)
             .with_region_order(form.region_order)
@@ -369,3 +402,70 @@ impl<'de> Deserialize<'de> for WorkingMemory {
         WorkingMemory::from_form(form).map_err(serde::de::Error::custom)
     }
 }
+
+/// Memories to add to a working memory: another [`WorkingMemory`] (shared, not copied), or any
+/// collection or iterator of [`Memory`] values.
+pub trait IntoMemories {
+    /// The memories, in order.
+    fn into_memories(self) -> Vector<Arc<Memory>>;
+}
+
+impl IntoMemories for &WorkingMemory {
+    fn into_memories(self) -> Vector<Arc<Memory>> {
+        self.memories.clone()
+    }
+}
+
+impl IntoMemories for WorkingMemory {
+    fn into_memories(self) -> Vector<Arc<Memory>> {
+        self.memories
+    }
+}
+
+impl<I: IntoIterator<Item = Memory>> IntoMemories for I {
+    fn into_memories(self) -> Vector<Arc<Memory>> {
+        self.into_iter().map(Arc::new).collect()
+    }
+}
+
+/// An index into working memory: from the start when non-negative, from the end when negative
+/// (`-1` is the last memory), as JavaScript's `at` and `slice` take them.
+pub trait MemoryIndex: Copy {
+    /// The position in a memory of `len` memories, if it is one.
+    fn position(self, len: usize) -> Option<usize>;
+    /// The position clamped to `0..=len`, as a bound of a range.
+    fn clamped(self, len: usize) -> usize;
+}
+
+impl MemoryIndex for usize {
+    fn position(self, len: usize) -> Option<usize> {
+        (self < len).then_some(self)
+    }
+    fn clamped(self, len: usize) -> usize {
+        self.min(len)
+    }
+}
+
+macro_rules! signed_memory_index {
+    ($($t:ty),*) => {$(
+        impl MemoryIndex for $t {
+            fn position(self, len: usize) -> Option<usize> {
+                let from_start = if self < 0 {
+                    len.checked_sub(usize::try_from(self.unsigned_abs()).ok()?)?
+                } else {
+                    usize::try_from(self).ok()?
+                };
+                from_start.position(len)
+            }
+            fn clamped(self, len: usize) -> usize {
+                if self < 0 {
+                    usize::try_from(self.unsigned_abs()).map_or(0, |back| len.saturating_sub(back))
+                } else {
+                    usize::try_from(self).map_or(len, |at| at.min(len))
+                }
+            }
+        }
+    )*};
+}
+
+signed_memory_index!(i32, i64, isize);

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{
     Next, Perception, ProcessContext, ProcessResult, Registry, ReplyLimit, Runtime, SoulState,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{MemoryBudget, SystemClock, WorkingMemory};
 use soul_testkit::openai::OpenAiDouble;

@@ -13,7 +13,7 @@ use soul_engine::model::cassette::{
     CASSETTE_VERSION, Cassette, CassetteErrorKind, RecordingModel, ReplayingModel,
 };
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
+use soul_engine::retry::RetryPolicy;
 use soul_engine::{
     ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Role, Usage,
 };
@@ -427,6 +427,7 @@ async fn a_hand_written_cassette_in_the_documented_format_replays() {
                 completion_tokens: 3
             },
             model: "gpt-4o-mini-2024-07-18".to_owned(),
+            tool_calls: Vec::new(),
         }
     );
 }

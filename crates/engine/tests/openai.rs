@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use soul_engine::Role;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::model::{
     ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, ResponseSchema, Usage,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_testkit::openai::{OpenAiDouble, Reply};
 
 const KEY: &str = "sk-test-do-not-leak-0123456789";
@@ -65,9 +65,8 @@ async fn a_completion_maps_request_and_answer() {
         messages: vec![
             ChatMessage::new(Role::System, "You are kind."),
             ChatMessage {
-                role: Role::User,
-                content: "hi".into(),
                 name: Some("ana".into()),
+                ..ChatMessage::new(Role::User, "hi")
             },
             ChatMessage::new(Role::Assistant, "hello"),
         ],
@@ -80,7 +79,7 @@ async fn a_completion_maps_request_and_answer() {
                 schema: schema.clone(),
                 strict: true,
             }),
-            timeout: None,
+            ..ChatOptions::default()
         },
     };
 

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{
     EventId, Next, Perception, PerceptionKind, ProcessContext, ProcessError, ProcessResult,
     ProcessState, RUN_NOW_LIMIT, Registry, Runtime, SoulState, TurnError,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_engine::step::{external_dialog, summarize};
 use soul_engine::{Memory, Region, SystemClock};
 use soul_testkit::openai::OpenAiDouble;
@@ -455,6 +455,7 @@ async fn scheduled_and_cancelled_events_are_in_the_outcome() {
         kind: PerceptionKind::Event {
             id: event.id,
             process: event.process.clone(),
+            params: event.params.clone(),
         },
         ..Perception::message(event.content.clone(), event.at)
     };

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
+use soul_engine::retry::RetryPolicy;
 use soul_engine::step::{
     Mind, StepError, brainstorm, decision, external_dialog, instruction, internal_monologue,
     mental_query, summarize, typed,

@@ -3,6 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use serde_json::json;
+use soul_engine::model::ChatRole;
 use soul_engine::{Memory, Region, Role, WorkingMemory, WorkingMemoryError};
 
 fn region(name: &str) -> Region {
@@ -97,11 +98,12 @@ fn region_order_sorts_now_and_places_later_memories() {
             "persona",
             "persona 2",
             "summary",
+            "u",
             "hi",
             "hello",
-            "again",
-            "u"
-        ]
+            "again"
+        ],
+        "an unlisted region goes after the listed ones, before the conversation"
     );
     assert_eq!(later.region_order(), [Region::core(), Region::summary()]);
 }
@@ -113,7 +115,7 @@ fn region_order_survives_filter_slice_concat_prepend_and_map() {
     let derived = [
         wm.filter(|m| m.role == Role::User),
         wm.slice(0..1),
-        wm.concat(&conversation()),
+        wm.concat(conversation()),
         wm.prepend([Memory::user("first")]),
         wm.map(Clone::clone),
         wm.without_regions(&[Region::core()]),
@@ -243,13 +245,6 @@ fn bad_json_is_a_typed_error() {
         WorkingMemory::from_json(reserved_region),
         Err(WorkingMemoryError::Json(_))
     ));
-    let dup = json!({"id": "018f0000-0000-7000-8000-000000000000", "role": "user", "content": "x",
-                     "timestamp": "2026-01-02T03:04:05Z"});
-    let duplicate_ids = json!({"version": 1, "soul_name": "S", "memories": [dup.clone(), dup]});
-    assert!(matches!(
-        WorkingMemory::from_json(duplicate_ids),
-        Err(WorkingMemoryError::DuplicateMemoryId(_))
-    ));
     assert!(WorkingMemory::from_json_str("{not json").is_err());
     assert!(
         WorkingMemory::from_json(
@@ -266,16 +261,16 @@ fn renders_chat_messages_in_region_order() {
         .with_region_order([Region::core()])
         .unwrap();
     let messages = wm.to_messages();
-    let rendered: Vec<(Role, &str)> = messages
+    let rendered: Vec<(ChatRole, &str)> = messages
         .iter()
         .map(|m| (m.role, m.content.as_str()))
         .collect();
     assert_eq!(
         rendered,
         [
-            (Role::System, "persona"),
-            (Role::User, "hi"),
-            (Role::Assistant, "hello")
+            (ChatRole::System, "persona"),
+            (ChatRole::User, "hi"),
+            (ChatRole::Assistant, "hello")
         ]
     );
 }
@@ -290,4 +285,152 @@ fn clones_share_memories_instead_of_copying_them() {
     assert!(std::ptr::eq(big.get(0).unwrap(), appended.get(0).unwrap()));
     assert_eq!(appended.len(), 1001);
     assert_eq!(big.len(), 1000);
+}
+
+#[test]
+fn a_memory_with_a_region_goes_to_the_end_of_its_region() {
+    let notes = region("notes");
+    let wm = WorkingMemory::new("S")
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_memory(Memory::user("hi"))
+        // A region that does not exist yet goes where `with_region` puts a new one.
+        .with_memory_in(notes.clone(), Memory::system("n1"))
+        .with_memory(Memory::assistant("hello"))
+        .with_memory_in(notes.clone(), Memory::system("n2"))
+        .with_memory_in(Region::core(), Memory::system("persona 2"));
+    assert_eq!(
+        contents(&wm),
+        ["persona", "persona 2", "n1", "n2", "hi", "hello"]
+    );
+}
+
+#[test]
+fn with_a_region_order_an_unlisted_region_sits_between_the_listed_ones_and_the_conversation() {
+    let notes = region("notes");
+    let wm = WorkingMemory::new("S")
+        .with_region_order([Region::core(), Region::summary()])
+        .unwrap()
+        .with_memory_in(Region::core(), Memory::system("persona"))
+        .with_memory(Memory::user("hi"))
+        .with_memory_in(notes.clone(), Memory::system("n1"))
+        .with_memory(Memory::assistant("hello"))
+        .with_memory_in(notes.clone(), Memory::system("n2"))
+        .with_memory_in(Region::summary(), Memory::system("summary"));
+    assert_eq!(
+        contents(&wm),
+        ["persona", "summary", "n1", "n2", "hi", "hello"]
+    );
+}
+
+#[test]
+fn adding_to_a_scattered_region_brings_it_together_where_it_began() {
+    let notes = region("notes");
+    // `map` can move memories into a region wherever they are; the region is then scattered.
+    let scattered = WorkingMemory::new("S")
+        .with_memory(Memory::user("a"))
+        .with_memory(Memory::system("n1"))
+        .with_memory(Memory::user("b"))
+        .with_memory(Memory::system("n2"))
+        .map(|m| {
+            if m.content.starts_with('n') {
+                m.clone().in_region(notes.clone())
+            } else {
+                m.clone()
+            }
+        });
+    assert_eq!(contents(&scattered), ["a", "n1", "b", "n2"]);
+    let together = scattered.with_memory_in(notes, Memory::system("n3"));
+    assert_eq!(contents(&together), ["a", "n1", "n2", "n3", "b"]);
+}
+
+#[test]
+fn replace_swaps_every_memory_and_keeps_the_name_and_order() {
+    let wm = conversation().with_region_order([Region::core()]).unwrap();
+    let replaced = wm.replace(vec![
+        Memory::user("new"),
+        Memory::system("persona").in_region(Region::core()),
+    ]);
+    assert_eq!(
+        contents(&replaced),
+        ["persona", "new"],
+        "sorted into the order"
+    );
+    assert_eq!(replaced.soul_name(), "Samantha");
+    assert_eq!(replaced.region_order(), [Region::core()]);
+    assert_eq!(contents(&wm), ["hi", "hello"]);
+}
+
+#[test]
+fn splice_removes_and_inserts_as_javascript_does() {
+    let wm = conversation().with_memory(Memory::user("third"));
+    let spliced = wm.splice(1, 1, [Memory::assistant("spliced")]);
+    assert_eq!(contents(&spliced), ["hi", "spliced", "third"]);
+    assert_eq!(
+        contents(&wm.splice(-1, 1, [Memory::user("last")])),
+        ["hi", "hello", "last"],
+        "a negative start counts from the end"
+    );
+    assert_eq!(
+        contents(&wm.splice(1, 99, Vec::new())),
+        ["hi"],
+        "a count past the end removes the rest"
+    );
+    assert_eq!(
+        contents(&wm.splice(10, 0, [Memory::user("end")])),
+        ["hi", "hello", "third", "end"],
+        "a start past the end appends"
+    );
+    assert_eq!(
+        contents(&wm.splice(-10, 1, Vec::new())),
+        ["hello", "third"],
+        "a start before the beginning is the beginning"
+    );
+}
+
+#[test]
+fn negative_indices_count_from_the_end() {
+    let wm = conversation().with_memory(Memory::user("third"));
+    assert_eq!(wm.get(-1).unwrap().content, "third");
+    assert_eq!(wm.get(-3).unwrap().content, "hi");
+    assert!(wm.get(-4).is_none());
+    assert!(wm.get(3).is_none());
+    assert_eq!(contents(&wm.slice(-2..)), ["hello", "third"]);
+    assert_eq!(contents(&wm.slice(..-1)), ["hi", "hello"]);
+    assert_eq!(contents(&wm.slice(-99..1)), ["hi"], "clamped at the start");
+    let (last, before_last) = (-1, -2);
+    assert!(
+        wm.slice(last..before_last).is_empty(),
+        "an end before the start"
+    );
+    let index: usize = 1;
+    assert_eq!(wm.get(index).unwrap().content, "hello");
+}
+
+#[test]
+fn concat_and_prepend_take_a_plain_list_of_memories() {
+    let wm = conversation();
+    assert_eq!(
+        contents(&wm.concat(vec![Memory::user("more")])),
+        ["hi", "hello", "more"]
+    );
+    assert_eq!(
+        contents(&wm.concat([Memory::user("a"), Memory::user("b")])),
+        ["hi", "hello", "a", "b"]
+    );
+    assert_eq!(
+        contents(&wm.prepend(conversation())),
+        ["hi", "hello", "hi", "hello"]
+    );
+}
+
+#[test]
+fn a_memory_concat_duplicated_reads_back_from_json() {
+    let wm = conversation();
+    let doubled = wm.concat(&wm);
+    assert_eq!(doubled.get(0).unwrap().id, doubled.get(2).unwrap().id);
+    let back = WorkingMemory::from_json(doubled.to_json()).unwrap();
+    assert_eq!(back, doubled);
+    assert_eq!(back.len(), 4);
+    let text = serde_json::to_string(&doubled).unwrap();
+    assert_eq!(WorkingMemory::from_json_str(&text).unwrap(), doubled);
 }

@@ -1,6 +1,13 @@
-//! The one error type of every store.
+//! The one error type of every store, and what it carries from each way of reaching a database:
+//! a SQL driver's error ([`DatabaseError`]) or a REST API's answer ([`RestError`],
+//! [`TransportError`]). The stores build these; this module depends on none of them.
 
-use crate::supabase::{RestError, TransportError};
+mod rest;
+
+use std::error::Error as StdError;
+use std::fmt;
+
+pub use self::rest::{RestError, RestProblem, TransportError};
 
 /// What went wrong in a store operation.
 ///
@@ -8,10 +15,10 @@ use crate::supabase::{RestError, TransportError};
 /// chose this transaction as a deadlock victim: try the same operation again) from the permanent
 /// (retrying the same input fails the same way).
 ///
-/// The SQL stores report the database's errors as [`StoreError::Unavailable`] and
-/// [`StoreError::Database`] (holding `sqlx`'s error); the REST store ([`crate::SupabaseStore`])
-/// reports PostgREST's answers as [`StoreError::Rest`] and requests without an answer as
-/// [`StoreError::RestUnavailable`].
+/// The stores that speak SQL to the database ([`crate::PgStore`], [`crate::SqliteStore`]) report
+/// its errors as [`StoreError::Unavailable`] and [`StoreError::Database`]; the REST store
+/// ([`crate::SupabaseStore`]) reports PostgREST's answers as [`StoreError::Rest`] and requests
+/// without an answer as [`StoreError::RestUnavailable`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -20,10 +27,10 @@ pub enum StoreError {
     /// which (repeating a turn's commit is safe: it is guarded by the lease; so is repeating a
     /// begin whose message carries its provider id).
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DatabaseError),
     /// The database rejected the operation.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] DatabaseError),
     /// The turn's lease is no longer this worker's: it expired and another worker took the
     /// session over. The commit was not applied.
     #[error("the turn's lease was lost: another worker took the session over")]
@@ -41,7 +48,7 @@ pub enum StoreError {
         version: String,
         /// Why it failed.
         #[source]
-        source: sqlx::Error,
+        source: DatabaseError,
     },
     /// The REST API answered with an error (a refusal, or a failure of the server or the
     /// database behind it). [`RestError::problem`] says what it means.
@@ -78,9 +85,7 @@ impl StoreError {
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// What kind of error this is, in words fit for a log line: unlike its `Display`, never a
     /// database's message, which may quote the values it refused.
     pub fn kind(&self) -> &'static str {
@@ -97,40 +102,38 @@ impl StoreError {
     }
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        if is_transient(&error) {
-            StoreError::Unavailable(error)
-        } else {
-            StoreError::Database(error)
-        }
-    }
-}
-
 impl From<serde_json::Error> for StoreError {
     fn from(error: serde_json::Error) -> Self {
         StoreError::Corrupt(error.to_string())
     }
 }
 
-fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // PostgreSQL: serialization failure, deadlock, lock timeout, shutdown, connection
-            // exceptions (class 08), too many connections. SQLite: BUSY and LOCKED (with their
-            // extended codes).
-            matches!(
-                code.as_ref(),
-                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
-            ) || code.starts_with("08")
-                || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "773")
-        }),
-        _ => false,
+/// An error the SQL driver reported, kept opaque so that the driver is no part of this crate's
+/// interface: it shows the driver's message, and its [`source`](StdError::source) is the
+/// driver's own cause (an I/O error, say).
+pub struct DatabaseError(Box<dyn StdError + Send + Sync>);
+
+impl DatabaseError {
+    pub(crate) fn new(error: impl StdError + Send + Sync + 'static) -> Self {
+        DatabaseError(Box::new(error))
+    }
+}
+
+impl fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl StdError for DatabaseError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
     }
 }
 

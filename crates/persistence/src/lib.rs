@@ -8,8 +8,8 @@
 //! same queue through [`Store::begin_event_turn`], as a turn that is not the person talking.
 //!
 //! Backends: [`PgStore`] (PostgreSQL or Supabase's database, through SQL functions defined in
-//! `migrations/`), [`SupabaseStore`] (the same functions over Supabase's REST API) and
-//! [`SqliteStore`] (one local file, no server). All pass the same conformance suite (the
+//! `migrations/`) and [`SupabaseStore`] (the same functions over Supabase's REST API), one
+//! [`SqlFunctionStore`] over two transports, and [`SqliteStore`] (one local file, no server). All pass the same conformance suite (the
 //! `conformance` feature). The design is in `docs/persistence.md`.
 
 use std::fmt;
@@ -22,18 +22,20 @@ use uuid::Uuid;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod driver;
 mod error;
 pub mod migrations;
-mod postgres;
+mod sql_functions;
 mod sqlite;
-pub mod supabase;
 mod types;
 mod wire;
 
-pub use error::{Result, StoreError};
-pub use postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgStore};
+pub use error::{DatabaseError, RestError, RestProblem, Result, StoreError, TransportError};
+pub use sql_functions::{
+    DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnections, PgStore, PostgrestRpc,
+    SqlFunctionStore, SupabaseConfig, SupabaseStore,
+};
 pub use sqlite::SqliteStore;
-pub use supabase::{RestError, RestProblem, SupabaseConfig, SupabaseStore, TransportError};
 pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, EventOutcome,
     Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage, OutboundRef,

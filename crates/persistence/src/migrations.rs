@@ -2,12 +2,14 @@
 //! are not managed by the Supabase CLI.
 //!
 //! Applied migrations are recorded where the Supabase CLI records them
-//! (`supabase_migrations.schema_migrations`), so `supabase db push` and [`apply`] agree on what
-//! a database already has.
+//! (`supabase_migrations.schema_migrations`), so `supabase db push` and this runner
+//! ([`PgStore`](crate::PgStore)'s `migrate`) agree on what a database already has.
 
 use sqlx::PgConnection;
 
-use crate::{Result, StoreError};
+use crate::StoreError;
+use crate::driver::Result;
+use crate::error::DatabaseError;
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +46,7 @@ const LOCK_KEY: i64 = 0x5011_7ab1_e000_0001;
 
 /// Applies the migrations `conn`'s database does not have yet, each in its own transaction.
 /// Concurrent runners wait for each other (an advisory lock).
-pub async fn apply(conn: &mut PgConnection) -> Result<()> {
+pub(crate) async fn apply(conn: &mut PgConnection) -> Result<()> {
     sqlx::query("select pg_advisory_lock($1)")
         .bind(LOCK_KEY)
         .execute(&mut *conn)
@@ -77,7 +79,7 @@ async fn apply_locked(conn: &mut sqlx::PgConnection) -> Result<()> {
         }
         let failed = |source| StoreError::Migration {
             version: migration.version.to_owned(),
-            source,
+            source: DatabaseError::new(source),
         };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::raw_sql(migration.sql)

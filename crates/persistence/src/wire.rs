@@ -235,6 +235,19 @@ pub(crate) fn address_request(address: &Address) -> Value {
     json!({ "address": address.as_str() })
 }
 
+/// `soul_history`'s request.
+pub(crate) fn history_request(address: &Address, region: Option<&str>, limit: u32) -> Value {
+    json!({ "address": address.as_str(), "region": region, "limit": limit })
+}
+
+/// An answer that is a list; `null` (a function that found nothing) is empty.
+pub(crate) fn list<T: serde::de::DeserializeOwned>(value: Value) -> Result<Vec<T>> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
 #[derive(Deserialize)]
 struct TurnWire {
     session: Session,

@@ -12,7 +12,7 @@ use soul_persistence::{
     ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
 use soul_testkit::cluster::Cluster;
-use soul_testkit::postgres::{RoundTripCounter, TestDatabase, migration_files};
+use soul_testkit::postgres::{self, RoundTripCounter, TestDatabase, migration_files};
 use sqlx::{Connection, PgConnection};
 
 struct PgHarness {
@@ -22,7 +22,7 @@ struct PgHarness {
 impl Harness for PgHarness {
     fn open(&self) -> StoreFuture<'_, Arc<dyn Store>> {
         Box::pin(async move {
-            let store = PgStore::connect_with(self.database.options(), 8).await?;
+            let store = PgStore::connect(&self.database.url(), 8).await?;
             Ok(Arc::new(store) as Arc<dyn Store>)
         })
     }
@@ -89,7 +89,7 @@ async fn begin_and_commit_are_one_round_trip_each() {
     let database = TestDatabase::migrated().await;
     let counter = RoundTripCounter::start(&database.options()).await;
     // One connection, so that every statement after the first use is already prepared there.
-    let store = PgStore::connect_with(counter.route(database.options()), 1)
+    let store = PgStore::connect(&postgres::url(&counter.route(database.options())), 1)
         .await
         .expect("connect");
     let settings = settings();
@@ -217,9 +217,7 @@ async fn begin_and_commit_are_one_round_trip_each() {
 #[tokio::test]
 async fn row_level_security_shuts_out_other_roles() {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let settings = settings();
     store
         .begin_turn(&inbound("secret", t0()), &settings, t0())
@@ -393,9 +391,7 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
         (answer, setting)
     }
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let BeginOutcome::Waiting { session, .. } = store
         .enqueue_turn(&inbound("queued", t0()), &settings(), t0())
         .await
@@ -693,9 +689,7 @@ async fn migration_runner_applies_each_file_once() {
     }
 
     let database = TestDatabase::empty().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     store.migrate().await.expect("migrate");
     store.migrate().await.expect("migrate again");
     let mut conn = PgConnection::connect_with(&database.options())
@@ -724,9 +718,7 @@ async fn migration_runner_applies_each_file_once() {
 #[tokio::test]
 async fn a_sessions_snapshot_is_one_row_updated_in_place() {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 2)
-        .await
-        .expect("connect");
+    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let mut conn = PgConnection::connect_with(&database.options())
         .await
         .expect("connect");
@@ -804,7 +796,7 @@ async fn a_hung_server_times_out_and_the_store_recovers() {
 #[tokio::test]
 async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are_busy() {
     let database = TestDatabase::migrated().await;
-    let store = Arc::new(PgStore::connect_with(database.options(), 4).await.unwrap());
+    let store = Arc::new(PgStore::connect(&database.url(), 4).await.unwrap());
     let settings = settings();
     let busy = Address::new("+15550000101");
     let first = Inbound {

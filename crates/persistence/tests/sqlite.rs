@@ -25,7 +25,7 @@ impl Harness for SqliteHarness {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let url = format!("sqlite://{}", self.dir.path().join("souls.db").display());
-            let mut conn = SqliteConnection::connect(&url).await?;
+            let mut conn = SqliteConnection::connect(&url).await.expect("connect");
             sqlx::query(
                 "update working_memory_snapshots set snapshot = ?1
                    where session_id = (select id from user_sessions where phone_number = ?2)",
@@ -33,7 +33,8 @@ impl Harness for SqliteHarness {
             .bind(json)
             .bind(address.as_str())
             .execute(&mut conn)
-            .await?;
+            .await
+            .expect("overwrite the snapshot");
             drop(conn.close().await);
             Ok(())
         })

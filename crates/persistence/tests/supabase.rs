@@ -93,15 +93,20 @@ fn since(counter: &RequestCounter, before: usize) -> Vec<String> {
     counter.requests().split_off(before)
 }
 
+/// A store whose requests pass through a [`RequestCounter`] on their way to `harness`'s server.
+async fn counted(harness: &SupabaseHarness) -> (RequestCounter, SupabaseStore) {
+    let counter = RequestCounter::start(&harness.server.url()).await;
+    let config = SupabaseConfig::new(counter.url(), token("service_role")).expect("config");
+    (counter, SupabaseStore::new(config))
+}
+
 /// Begin and commit are one HTTP request each, counted by a proxy between the store and the
 /// server: a started begin, a queued begin, a commit that starts the next queued turn, a plain
 /// commit, and the begin of a due event's turn.
 #[tokio::test]
 async fn begin_and_commit_are_one_request_each() {
     let harness = harness().await;
-    let counter = RequestCounter::start(&harness.server.url()).await;
-    let config = SupabaseConfig::new(counter.url(), token("service_role")).expect("config");
-    let store = SupabaseStore::new(config);
+    let (counter, store) = counted(&harness).await;
     let settings = settings();
     let begin = vec!["POST /rpc/soul_begin_turn".to_owned()];
     let commit_request = vec!["POST /rpc/soul_commit_turn".to_owned()];
@@ -421,4 +426,32 @@ async fn key_stays_secret_and_unreachable_is_typed() {
         SupabaseConfig::new("http://127.0.0.1:9", "bad key\n"),
         Err(StoreError::Invalid(_))
     ));
+}
+
+/// The reads and the erasure are one RPC request each, as every other operation is: `session`
+/// (of a known and of an unknown address), `history` and `erase_user` call `soul_session`,
+/// `soul_history` and `soul_erase_user`, the functions the PostgreSQL store calls.
+#[tokio::test]
+async fn reads_and_erasure_are_one_function_call_each() {
+    let harness = harness().await;
+    let (counter, store) = counted(&harness).await;
+    let address = Address::new("+15550000001");
+    store
+        .begin_turn(&inbound("one", t0()), &settings(), t0())
+        .await
+        .expect("begin");
+
+    let before = counter.count();
+    assert!(store.session(&address).await.expect("session").is_some());
+    assert_eq!(since(&counter, before), ["POST /rpc/soul_session"]);
+    let before = counter.count();
+    let history = store.history(&address, None, 10).await.expect("history");
+    assert_eq!(history.len(), 1, "the message the begin stored");
+    assert_eq!(since(&counter, before), ["POST /rpc/soul_history"]);
+    let before = counter.count();
+    assert!(store.erase_user(&address).await.expect("erase"));
+    assert_eq!(since(&counter, before), ["POST /rpc/soul_erase_user"]);
+    let before = counter.count();
+    assert!(store.session(&address).await.expect("session").is_none());
+    assert_eq!(since(&counter, before), ["POST /rpc/soul_session"]);
 }

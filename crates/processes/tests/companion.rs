@@ -448,6 +448,7 @@ fn due(id: &EventId, at: chrono::DateTime<Utc>) -> Perception {
         kind: PerceptionKind::Event {
             id: *id,
             process: Some("check_in".into()),
+            params: serde_json::Value::Null,
         },
         ..Perception::message(CHECK_IN_PERCEPTION, at)
     }

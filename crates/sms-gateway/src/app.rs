@@ -185,7 +185,10 @@ pub(crate) fn build_driver(
     // A commit claims its replies for their sender as long as a sweep claims one for.
     settings.reply_claim_for =
         chrono::Duration::from_std(config.outbox_retry_after).unwrap_or(settings.reply_claim_for);
-    let driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
+    let mut driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
+    if let Some(max_attempts) = config.turn_max_attempts {
+        driver = driver.with_max_attempts(max_attempts);
+    }
     Ok(match &config.fallback_reply {
         Some(reply) => driver.with_fallback_reply(reply.as_str()),
         None => driver,
@@ -202,17 +205,10 @@ fn open_model(config: &ModelConfig, limits: &Config) -> Result<Arc<dyn LanguageM
         config.model.as_str(),
     )
     .with_request_timeout(limits.model_timeout)
-    .with_retry(
-        soul_engine::model::retry::RetryPolicy::default().with_budget(limits.model_retry_budget),
-    );
+    .with_retry(soul_engine::retry::RetryPolicy::default().with_budget(limits.model_retry_budget));
     Ok(Arc::new(soul_engine::model::openai::OpenAiModel::new(
         openai,
     )?))
-}
-
-/// A store error's kind, for logs: the errors' text can quote stored values.
-pub(crate) fn store_error_kind(error: &StoreError) -> &'static str {
-    error.kind()
 }
 
 /// A committed turn's label in `sms_gateway_turns_total`.
@@ -225,20 +221,6 @@ fn turn_result(report: &TurnReport) -> &'static str {
         "silent"
     } else {
         "answered"
-    }
-}
-
-fn driver_error_kind(error: &DriverError) -> &'static str {
-    match error {
-        DriverError::Store(error) => store_error_kind(error),
-        _ => "driver error",
-    }
-}
-
-fn driver_store_error(error: DriverError) -> StoreError {
-    match error {
-        DriverError::Store(error) => error,
-        other => StoreError::Invalid(other.to_string()),
     }
 }
 
@@ -429,11 +411,7 @@ impl App {
         let free_slot = self.turn_slots.clone().try_acquire_owned().ok();
         let outcome = match free_slot {
             Some(_) => self.begin(inbound).await?,
-            None => self
-                .driver
-                .enqueue(inbound)
-                .await
-                .map_err(driver_store_error)?,
+            None => self.driver.enqueue(inbound).await?,
         };
         Ok(match outcome {
             BeginOutcome::Started(context) => {
@@ -518,7 +496,7 @@ impl App {
     }
 
     async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
-        self.driver.begin(inbound).await.map_err(driver_store_error)
+        self.driver.begin(inbound).await
     }
 
     /// Runs a started turn, and the messages queued behind it, on a tracked task once a turn
@@ -636,7 +614,7 @@ impl App {
             Err(error) => {
                 self.metrics.turns.inc("failed");
                 tracing::warn!(
-                    error = driver_error_kind(&error),
+                    error = error.kind(),
                     "turn failed; its message is retried once the lease expires"
                 );
             }
@@ -666,7 +644,7 @@ impl App {
                     Err(error) => {
                         app.metrics.turns.inc("failed");
                         tracing::warn!(
-                            error = store_error_kind(&error),
+                            error = error.kind(),
                             "keyword turn not committed; it is retried once the lease expires"
                         );
                         return;

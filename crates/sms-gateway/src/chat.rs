@@ -11,7 +11,7 @@ use soul_persistence::{Address, DeliveryStatus, DeliveryUpdate, Inbound, Outboun
 use soul_turns::{Delivery, Handled, OutboundBatch};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-use crate::app::{self, StartError, store_error_kind};
+use crate::app::{self, StartError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -38,10 +38,7 @@ impl Delivery for Terminal {
                     at: self.clock.now(),
                 };
                 if let Err(error) = self.store.update_delivery(&update).await {
-                    tracing::warn!(
-                        error = store_error_kind(&error),
-                        "could not mark a reply delivered"
-                    );
+                    tracing::warn!(error = error.kind(), "could not mark a reply delivered");
                 }
             }
             let _ = out.flush().await;

@@ -12,7 +12,7 @@
 //! `TWILIO_FROM` (or `TWILIO_MESSAGING_SERVICE_SID`) and a model (`OPENAI_API_KEY`, or
 //! `OPENAI_BASE_URL` for a server that needs no key); the store defaults to the SQLite file
 //! `data/soul.db` (`DATABASE_URL` takes `sqlite:` or `postgres://` URLs). Every setting is
-//! described in `config.rs`. Logs go to standard error, filtered by `RUST_LOG` (default `info`),
+//! described in `config/`. Logs go to standard error, filtered by `RUST_LOG` (default `info`),
 //! as JSON with `LOG_FORMAT=json`.
 //!
 //! Twilio's messaging webhook is `POST {PUBLIC_URL}/twilio/sms`; status callbacks come to

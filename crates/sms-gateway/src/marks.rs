@@ -98,7 +98,7 @@ impl Inner {
                     }
                 }
                 Err(error) => {
-                    let kind = crate::app::store_error_kind(&error);
+                    let kind = error.kind();
                     for sender in senders {
                         let _ = sender.send(Err(kind));
                     }

@@ -351,7 +351,7 @@ impl Inner {
                 Ok(None) => return Some(false),
                 Err(error) => {
                     tracing::warn!(
-                        error = crate::app::store_error_kind(&error),
+                        error = error.kind(),
                         "could not look for earlier replies or an opt-out; sending"
                     );
                     return Some(false);
@@ -504,10 +504,7 @@ impl Inner {
                     tracing::info!("Twilio says the person opted out (21610); recording it");
                     let now = self.clock.now();
                     if let Err(error) = self.store.set_opt_out(address, true, now).await {
-                        tracing::warn!(
-                            error = crate::app::store_error_kind(&error),
-                            "could not record the opt-out"
-                        );
+                        tracing::warn!(error = error.kind(), "could not record the opt-out");
                     }
                     self.mark(id, DeliveryStatus::Failed, None, Some("twilio error 21610"))
                         .await;

@@ -25,7 +25,7 @@ use soul_persistence::{Address, DeliveryStatus, DeliveryUpdate, OutboundRef};
 use subtle::ConstantTimeEq as _;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::app::{App, store_error_kind};
+use crate::app::App;
 use crate::twilio::client::OPTED_OUT;
 use crate::twilio::signature::{self, SignatureError};
 use crate::twilio::webhook::{FormParams, InboundSms, MessageStatus, StatusCallback};
@@ -152,7 +152,7 @@ async fn inbound(
             tracing::info!(message_sid, outcome = outcome.label(), "inbound message");
             return twiml();
         }
-        Ok(Err(error)) => store_error_kind(&error),
+        Ok(Err(error)) => error.kind(),
         Err(_) => "the store did not answer in time",
     };
     // Not acknowledged: Twilio then tries its fallback URL, and nothing was promised.
@@ -200,10 +200,7 @@ async fn status(
         && let Some(to) = params.get("To").filter(|to| !to.is_empty())
         && let Err(error) = app.store.set_opt_out(&Address::new(to), true, now).await
     {
-        tracing::warn!(
-            error = store_error_kind(&error),
-            "could not record an opt-out"
-        );
+        tracing::warn!(error = error.kind(), "could not record an opt-out");
     }
     let update = DeliveryUpdate {
         target: OutboundRef::ProviderId(callback.message_sid.clone()),
@@ -225,10 +222,7 @@ async fn status(
             StatusCode::NO_CONTENT.into_response()
         }
         Err(error) => {
-            tracing::warn!(
-                error = store_error_kind(&error),
-                "could not record a delivery status"
-            );
+            tracing::warn!(error = error.kind(), "could not record a delivery status");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, store_error_kind};
+use crate::app::App;
 
 /// Replies claimed and resent per sweep; the rest wait for the next.
 const RESEND_BATCH: u32 = 100;
@@ -50,10 +50,7 @@ pub(crate) async fn sweep(app: &Arc<App>) {
                 tracing::info!(replies = queued, "resending pending replies");
             }
         }
-        Err(error) => tracing::warn!(
-            error = store_error_kind(&error),
-            "could not claim pending replies"
-        ),
+        Err(error) => tracing::warn!(error = error.kind(), "could not claim pending replies"),
     }
     match app.store.stalled_sessions(now, RESUME_BATCH).await {
         Ok(sessions) => {
@@ -64,10 +61,7 @@ pub(crate) async fn sweep(app: &Arc<App>) {
                 }
             }
         }
-        Err(error) => tracing::warn!(
-            error = store_error_kind(&error),
-            "could not list stalled sessions"
-        ),
+        Err(error) => tracing::warn!(error = error.kind(), "could not list stalled sessions"),
     }
     app.spawn_due_events(EVENT_BATCH);
 }

@@ -61,7 +61,7 @@ async fn two_gateways_resend_a_dead_ones_replies_exactly_once_on_postgres() {
     let mut url = url::Url::parse(&server).expect("TEST_DATABASE_URL is a URL");
     url.set_path(database.name());
     race(&dir, url.as_str()).await;
-    let store = PgStore::connect_with(database.options(), 1).await.unwrap();
+    let store = PgStore::connect(&database.url(), 1).await.unwrap();
     assert_none_pending(&store).await;
 }
 

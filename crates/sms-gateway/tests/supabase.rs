@@ -69,9 +69,7 @@ impl Project {
 
     /// The store read directly, bypassing the REST API.
     async fn database_store(&self) -> PgStore {
-        PgStore::connect_with(self.database.options(), 1)
-            .await
-            .unwrap()
+        PgStore::connect(&self.database.url(), 1).await.unwrap()
     }
 }
 

@@ -3,6 +3,11 @@
 //! Each request to `POST /v1/chat/completions` takes the next scripted [`Reply`]; a request with
 //! nothing scripted gets HTTP 500 with an explanation, so a test that calls the model more often
 //! than it expects fails loudly.
+//!
+//! Like OpenAI, the double refuses (HTTP 400 `invalid_request_error`, without taking a scripted
+//! reply) a request OpenAI would refuse for what the engine controls: a message `name` outside
+//! `^[a-zA-Z0-9_-]{1,64}$`, a `tool` message that does not answer a call of the assistant
+//! message before it, and a call left unanswered.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +49,8 @@ pub enum Reply {
     NoChoices,
     /// A well-formed completion whose message is a refusal (content `null`).
     Refusal(String),
+    /// A completion that calls tools (content `null`, `finish_reason` `tool_calls`).
+    ToolCalls(Vec<ScriptedToolCall>),
     /// The inner reply, after a delay (for time-outs).
     Delayed(Duration, Box<Reply>),
 }
@@ -52,6 +59,12 @@ impl Reply {
     /// A successful completion with `content`.
     pub fn content(content: impl Into<String>) -> Self {
         Reply::Content(content.into())
+    }
+
+    /// A completion calling one tool, `name`, with `arguments` (JSON text), under the call id
+    /// `id`.
+    pub fn tool_call(id: &str, name: &str, arguments: &str) -> Self {
+        Reply::ToolCalls(vec![ScriptedToolCall::new(id, name, arguments)])
     }
 
     /// An error status without `Retry-After`.
@@ -103,7 +116,56 @@ impl Reply {
             Reply::Refusal(refusal) => {
                 completion_with_choices(json!([choice(Value::Null, json!(refusal))]))
             }
+            Reply::ToolCalls(calls) => {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|call| {
+                        json!({
+                            "id": call.id,
+                            "type": "function",
+                            "function": { "name": call.name, "arguments": call.arguments }
+                        })
+                    })
+                    .collect();
+                completion_body(
+                    json!([{
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": null,
+                            "refusal": null,
+                            "tool_calls": calls
+                        },
+                        "finish_reason": "tool_calls",
+                        "logprobs": null
+                    }]),
+                    10,
+                    5,
+                )
+            }
             Reply::Delayed(delay, inner) => inner.template().set_delay(*delay),
+        }
+    }
+}
+
+/// One tool call of a scripted [`Reply::ToolCalls`].
+#[derive(Debug, Clone)]
+pub struct ScriptedToolCall {
+    /// The call's id.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, as JSON text (or not: models get it wrong too).
+    pub arguments: String,
+}
+
+impl ScriptedToolCall {
+    /// A call of `name` with `arguments`, under the id `id`.
+    pub fn new(id: &str, name: &str, arguments: &str) -> Self {
+        ScriptedToolCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments: arguments.to_owned(),
         }
     }
 }
@@ -151,7 +213,20 @@ type Script = Arc<Mutex<VecDeque<Reply>>>;
 struct Scripted(Script);
 
 impl Respond for Scripted {
-    fn respond(&self, _request: &Request) -> ResponseTemplate {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        if let Some(problem) = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|body| refused(&body))
+        {
+            return ResponseTemplate::new(400).set_body_json(json!({
+                "error": {
+                    "message": problem,
+                    "type": "invalid_request_error",
+                    "param": null,
+                    "code": null
+                }
+            }));
+        }
         let next = self
             .0
             .lock()
@@ -169,6 +244,64 @@ impl Respond for Scripted {
             })),
         }
     }
+}
+
+/// Why OpenAI would refuse `body`, for the rules the double checks (see the module docs).
+fn refused(body: &Value) -> Option<String> {
+    let messages = body.get("messages")?.as_array()?;
+    let mut answerable: Vec<&str> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        if let Some(name) = message.get("name").and_then(Value::as_str) {
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+            if !valid {
+                return Some(format!(
+                    "'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$' - 'messages.{i}.name'"
+                ));
+            }
+        }
+        match message.get("role").and_then(Value::as_str) {
+            Some("tool") => {
+                let id = message.get("tool_call_id").and_then(Value::as_str);
+                match answerable.iter().position(|call| Some(*call) == id) {
+                    Some(at) => {
+                        answerable.remove(at);
+                    }
+                    None => {
+                        return Some(format!(
+                            "messages with role 'tool' must be a response to a preceding message \
+                             with 'tool_calls' - 'messages.{i}'"
+                        ));
+                    }
+                }
+            }
+            _ if !answerable.is_empty() => {
+                return Some(format!(
+                    "an assistant message with 'tool_calls' must be followed by tool messages \
+                     responding to each 'tool_call_id' - 'messages.{i}'"
+                ));
+            }
+            _ => {
+                answerable = message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .map(|calls| {
+                        calls
+                            .iter()
+                            .filter_map(|call| call.get("id").and_then(Value::as_str))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+        }
+    }
+    (!answerable.is_empty()).then(|| {
+        "an assistant message with 'tool_calls' must be followed by tool messages responding \
+         to each 'tool_call_id'"
+            .to_owned()
+    })
 }
 
 /// A running OpenAI-compatible double on a loopback port.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,6 +36,11 @@ pub fn server_options() -> PgConnectOptions {
     });
     PgConnectOptions::from_str(&url)
         .unwrap_or_else(|error| panic!("{URL_VARIABLE} is not a PostgreSQL URL: {error}"))
+}
+
+/// `options` as a connection string, which is what the stores connect with.
+pub fn url(options: &PgConnectOptions) -> String {
+    options.to_url_lossy().into()
 }
 
 fn migrations_dir() -> PathBuf {
@@ -167,6 +172,11 @@ impl TestDatabase {
     /// Options for connecting to this database as the server's user.
     pub fn options(&self) -> PgConnectOptions {
         self.server.clone().database(&self.name)
+    }
+
+    /// A connection string for this database as the server's user.
+    pub fn url(&self) -> String {
+        url(&self.options())
     }
 
     /// This database's name.

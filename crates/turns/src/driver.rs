@@ -1,16 +1,19 @@
 //! The turn loop.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
+use soul_engine::retry::{Failure, RetryPolicy, Verdict, retry};
 use soul_persistence::{
     Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, OutboxAtCommit,
     SessionId, Store, StoreError, SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::mapping;
@@ -87,7 +90,8 @@ pub struct TurnReport {
     /// The engine failed, or the store refused what the turn produced, and the fallback reply
     /// was sent instead; nothing else was stored.
     pub fell_back: bool,
-    /// The turn had been started [`MAX_TURN_ATTEMPTS`] times without being stored and was given
+    /// The turn had been started its driver's [maximum](TurnDriver::with_max_attempts) number of
+    /// times without being stored and was given
     /// up without the model: the fallback reply was sent, or nothing if the store refused even
     /// that. Nothing else was stored, and the messages behind it go on.
     pub given_up: bool,
@@ -101,9 +105,19 @@ pub struct TurnReport {
 #[non_exhaustive]
 pub enum DriverError {
     /// The store failed; the message is stored and its turn will be re-run after the lease
-    /// expires (and given up once it has been started [`MAX_TURN_ATTEMPTS`] times).
+    /// expires (and given up once it has been started [`TurnDriver::with_max_attempts`] times).
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+impl DriverError {
+    /// What kind of error this is, in words fit for a log line: unlike its `Display`, never a
+    /// database's message, which may quote the values it refused.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverError::Store(error) => error.kind(),
+        }
+    }
 }
 
 /// Runs the turns of one soul against one store.
@@ -113,6 +127,7 @@ pub struct TurnDriver {
     clock: Arc<dyn Clock>,
     settings: TurnSettings,
     fallback_reply: String,
+    max_attempts: NonZeroU32,
 }
 
 impl fmt::Debug for TurnDriver {
@@ -124,17 +139,23 @@ impl fmt::Debug for TurnDriver {
     }
 }
 
-/// How long a turn keeps trying to store its commit while the store is unreachable: a database
-/// restart takes seconds, and within them the model's answer is kept and sent instead of the
-/// turn waiting for its lease to expire and calling the model again.
-const COMMIT_RETRY_BUDGET: Duration = Duration::from_secs(15);
-/// The longest wait between two tries of a commit.
-const COMMIT_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+/// How a turn keeps trying to store its commit while the store is unreachable: for 15 s, since a
+/// database restart takes seconds, and within them the model's answer is kept and sent instead
+/// of the turn waiting for its lease to expire and calling the model again; tries 50 ms apart
+/// at first, doubling to at most 1 s, each wait drawn at random below that (full jitter) so that
+/// the turns an outage stopped together do not all come back at once.
+fn commit_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_base_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_budget(Duration::from_secs(15))
+}
 
-/// How many times a message's turn is started before it is given up: a turn whose worker dies
-/// each time (or whose commit the store refuses even as the fallback reply) would otherwise be
-/// re-run at each expiry of its lease for good, and the person's next messages never started.
-pub const MAX_TURN_ATTEMPTS: u32 = 3;
+/// How many times a message's turn is started before it is given up, unless
+/// [`TurnDriver::with_max_attempts`] says otherwise: a turn whose worker dies each time (or whose
+/// commit the store refuses even as the fallback reply) would otherwise be re-run at each expiry
+/// of its lease for good, and the person's next messages never started.
+pub const DEFAULT_MAX_TURN_ATTEMPTS: NonZeroU32 = NonZeroU32::new(3).expect("not zero");
 
 /// What the person gets when the engine cannot answer (the model is down past its retries).
 pub const DEFAULT_FALLBACK_REPLY: &str =
@@ -150,6 +171,7 @@ impl TurnDriver {
             clock,
             settings,
             fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
+            max_attempts: DEFAULT_MAX_TURN_ATTEMPTS,
         }
     }
 
@@ -162,6 +184,13 @@ impl TurnDriver {
     /// The same driver with another fallback reply.
     pub fn with_fallback_reply(mut self, reply: impl Into<String>) -> Self {
         self.fallback_reply = reply.into();
+        self
+    }
+
+    /// The same driver giving a message's turn up once it has been started `max_attempts` times
+    /// without being stored (instead of [`DEFAULT_MAX_TURN_ATTEMPTS`]).
+    pub fn with_max_attempts(mut self, max_attempts: NonZeroU32) -> Self {
+        self.max_attempts = max_attempts;
         self
     }
 
@@ -193,21 +222,19 @@ impl TurnDriver {
 
     /// Stores `inbound` durably and starts its turn if it can (one store round trip). A webhook
     /// acknowledges after this and runs the started turn with [`run`](Self::run) afterwards.
-    pub async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
-        Ok(self
-            .store
+    pub async fn begin(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
+        self.store
             .begin_turn(inbound, &self.settings, self.clock.now())
-            .await?)
+            .await
     }
 
     /// Stores `inbound` durably in its session's queue without starting its turn (one short
     /// store round trip): what a webhook is acknowledged after. [`BeginOutcome::Waiting`] means
     /// nobody holds the session: start it with [`resume`](Self::resume).
-    pub async fn enqueue(&self, inbound: &Inbound) -> Result<BeginOutcome, DriverError> {
-        Ok(self
-            .store
+    pub async fn enqueue(&self, inbound: &Inbound) -> Result<BeginOutcome, StoreError> {
+        self.store
             .enqueue_turn(inbound, &self.settings, self.clock.now())
-            .await?)
+            .await
     }
 
     /// Takes over a session nobody holds (its worker died and the lease expired, or its messages
@@ -293,31 +320,23 @@ impl TurnDriver {
         }
     }
 
-    /// Stores `commit`, trying again while the store is unreachable, within
-    /// [`COMMIT_RETRY_BUDGET`]. Repeating a commit that did apply (its answer was lost) is safe:
-    /// the store refuses it as [`StoreError::LeaseLost`], the replies it stored are sent by the
-    /// outbox sweeper, and a queued message it handed over runs once that lease expires.
+    /// Stores `commit`, trying again while the store is unreachable, within [`commit_retry`].
+    /// Repeating a commit that did apply (its answer was lost) is safe: the store refuses it as
+    /// [`StoreError::LeaseLost`], the replies it stored are sent by the outbox sweeper, and a
+    /// queued message it handed over runs once that lease expires.
     async fn commit(&self, commit: &TurnCommit) -> Result<CommitOutcome, StoreError> {
-        let deadline = Instant::now() + COMMIT_RETRY_BUDGET;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let result = self
-                .store
+        let policy = commit_retry();
+        let attempts = retry(&policy, "storing a turn", |_| async {
+            self.store
                 .commit_turn(commit, &self.settings, self.clock.now())
-                .await;
-            match result {
-                Err(error) if error.is_retryable() && Instant::now() + delay < deadline => {
-                    tracing::warn!(
-                        session = %commit.session_id,
-                        delay = ?delay,
-                        "storing a turn failed; trying again"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(COMMIT_RETRY_MAX_DELAY);
-                }
-                result => return result,
-            }
-        }
+                .await
+                .map_err(Unstored)
+        });
+        let span = tracing::info_span!("commit", session = %commit.session_id);
+        attempts
+            .instrument(span)
+            .await
+            .map_err(|error| error.into_last().0)
     }
 
     async fn run_one(
@@ -344,14 +363,15 @@ impl TurnDriver {
             };
             return Ok((report, committed.next.map(|next| *next)));
         }
-        let given_up = context.attempt > MAX_TURN_ATTEMPTS;
+        let given_up = context.attempt > self.max_attempts.get();
         let (mut main, mut fell_back) = if given_up {
             // Logged without the message: the session and the count say which turn it was.
             tracing::error!(
                 session = %context.session.id,
                 attempt = context.attempt,
-                "turn given up after {MAX_TURN_ATTEMPTS} starts that stored nothing; sending \
-                 the fallback reply without the model"
+                "turn given up after {} starts that stored nothing; sending \
+                 the fallback reply without the model",
+                self.max_attempts
             );
             commit.replies = self.fallback_replies();
             (None, false)
@@ -486,6 +506,27 @@ impl TurnDriver {
     }
 }
 
+/// A store error as the commit's retry sees it: worth another try when the store was unreachable
+/// ([`StoreError::is_retryable`]), and logged by its kind, never by its text, which can quote the
+/// values a database refused.
+struct Unstored(StoreError);
+
+impl fmt::Display for Unstored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.kind())
+    }
+}
+
+impl Failure for Unstored {
+    fn verdict(&self) -> Verdict {
+        if self.0.is_retryable() {
+            Verdict::Retry { after: None }
+        } else {
+            Verdict::Final
+        }
+    }
+}
+
 /// The store refused the commit (a database error, invalid input): not unreachable, where trying
 /// again may succeed, and not taken over, where another worker runs the turn.
 fn is_refused(error: &StoreError) -> bool {
@@ -495,4 +536,83 @@ fn is_refused(error: &StoreError) -> bool {
 fn log_turn_error(session: SessionId, error: &TurnError) {
     // The error names processes and steps, never what the person wrote.
     tracing::warn!(%session, %error, "turn failed; sending the fallback reply");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use soul_engine::retry::RetryError;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// What an unreachable store's error is to the retry: worth another try, at no set time.
+    struct Unreachable;
+
+    impl fmt::Display for Unreachable {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("store unavailable")
+        }
+    }
+
+    impl Failure for Unreachable {
+        fn verdict(&self) -> Verdict {
+            Verdict::Retry { after: None }
+        }
+    }
+
+    /// The longest wait before retry `retry` (1 for the second try) the commit's policy allows.
+    fn ceiling(retry: u32) -> Duration {
+        Duration::from_millis(50)
+            .saturating_mul(2u32.saturating_pow(retry - 1))
+            .min(Duration::from_secs(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commit_retries_are_jittered_and_bounded_by_their_policy() {
+        let tries = Mutex::new(Vec::new());
+        let result: Result<(), _> = retry(&commit_retry(), "storing a turn", |_| {
+            tries.lock().expect("not poisoned").push(Instant::now());
+            async { Err(Unreachable) }
+        })
+        .await;
+        let tries = tries.into_inner().expect("not poisoned");
+        match result {
+            Err(RetryError::Exhausted { attempts, .. }) => {
+                assert_eq!(attempts as usize, tries.len());
+            }
+            Err(RetryError::Final { .. }) => panic!("an unreachable store's error is retried"),
+            Ok(()) => unreachable!("every try failed"),
+        }
+        // Paused time moves only by the waits, on tokio's timer, which fires on whole
+        // milliseconds: a wait may end up to 1 ms after the delay drawn.
+        let tick = Duration::from_millis(1);
+        let waits: Vec<(u32, Duration)> = (1..)
+            .zip(tries.windows(2).map(|pair| pair[1] - pair[0]))
+            .collect();
+        for &(retry, wait) in &waits {
+            assert!(
+                wait <= ceiling(retry) + tick,
+                "retry {retry}: waited {wait:?}, more than {:?}",
+                ceiling(retry)
+            );
+        }
+        // Drawn below the ceiling, not the ceiling itself: without jitter every wait is it.
+        let below = waits
+            .iter()
+            .filter(|&&(retry, wait)| wait + tick < ceiling(retry))
+            .count();
+        assert!(
+            below * 2 > waits.len(),
+            "only {below} of {} waits drawn below their ceiling: {waits:?}",
+            waits.len()
+        );
+        // The tries go on until the next wait would not fit in the 15 s; a wait is at most 1 s.
+        let spent = tries[tries.len() - 1] - tries[0];
+        assert!(
+            spent > Duration::from_secs(14) && spent <= Duration::from_secs(15) + tick,
+            "tried for {spent:?}"
+        );
+    }
 }

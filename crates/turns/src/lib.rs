@@ -10,7 +10,7 @@ mod driver;
 mod mapping;
 
 pub use driver::{
-    DEFAULT_FALLBACK_REPLY, Delivery, DriverError, Handled, MAX_TURN_ATTEMPTS, NoDelivery,
+    DEFAULT_FALLBACK_REPLY, DEFAULT_MAX_TURN_ATTEMPTS, Delivery, DriverError, Handled, NoDelivery,
     OutboundBatch, TurnDriver, TurnReport,
 };
 pub use mapping::turn_settings;

@@ -100,6 +100,8 @@ pub(crate) fn perception(context: &TurnContext) -> Perception {
                     .get("process")
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                // Events stored before events carried params have none.
+                params: payload.get("params").cloned().unwrap_or(Value::Null),
             };
             if let Some(metadata) = payload.get("metadata").filter(|m| m.is_object()) {
                 perception.metadata = metadata.clone();
@@ -214,15 +216,21 @@ fn process_memory_changes(
     out
 }
 
+/// The stored form of a scheduled event: its payload carries the process it is aimed at, its
+/// content, its metadata and, when it has any, the params for its process.
 fn new_event(event: &ScheduledEvent) -> NewEvent {
+    let mut payload = json!({
+        "process": event.process,
+        "content": event.content,
+        "metadata": event.metadata,
+    });
+    if !event.params.is_null() {
+        payload["params"] = event.params.clone();
+    }
     NewEvent {
         key: event.id.0.to_string(),
         kind: PERCEPTION_EVENT.to_owned(),
-        payload: json!({
-            "process": event.process,
-            "content": event.content,
-            "metadata": event.metadata,
-        }),
+        payload,
         due_at: event.at,
     }
 }

@@ -9,16 +9,16 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::model::BoxFuture;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime};
+use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{Clock, Memory, MemoryId, Region, Role};
 use soul_persistence::{Address, BeginOutcome, Inbound, PgStore, SqliteStore, Store};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
 use soul_turns::{
-    DEFAULT_FALLBACK_REPLY, Delivery, Handled, MAX_TURN_ATTEMPTS, NoDelivery, OutboundBatch,
-    TurnDriver, TurnReport,
+    DEFAULT_FALLBACK_REPLY, DEFAULT_MAX_TURN_ATTEMPTS, Delivery, Handled, NoDelivery,
+    OutboundBatch, TurnDriver, TurnReport,
 };
 use tokio::sync::Notify;
 
@@ -194,7 +194,7 @@ async fn sqlite() -> Fixture {
 
 async fn postgres() -> Fixture {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    let store = PgStore::connect(&database.url(), 4).await.unwrap();
     driver_on(Arc::new(store), Box::new(database)).await
 }
 
@@ -590,7 +590,7 @@ async fn a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs(f
         .await
         .unwrap();
     assert!(matches!(queued, BeginOutcome::Queued { .. }), "{queued:?}");
-    for attempt in 2..=MAX_TURN_ATTEMPTS {
+    for attempt in 2..=DEFAULT_MAX_TURN_ATTEMPTS.get() {
         assert_eq!(
             restart_and_die(&driver, &clock, first.session.id).await,
             attempt
@@ -639,7 +639,7 @@ async fn a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs(f
 #[tokio::test]
 async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the_bound() {
     let database = TestDatabase::migrated().await;
-    let store = PgStore::connect_with(database.options(), 4).await.unwrap();
+    let store = PgStore::connect(&database.url(), 4).await.unwrap();
     let fixture = driver_with(Arc::new(store), Box::new(database), |driver| {
         driver.with_fallback_reply("Sorry\u{0}")
     })
@@ -660,7 +660,7 @@ async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the
         Handled::Queued
     ));
     let session = driver.store().session(&address).await.unwrap().unwrap().id;
-    for _ in 2..=MAX_TURN_ATTEMPTS {
+    for _ in 2..=DEFAULT_MAX_TURN_ATTEMPTS.get() {
         clock.advance(driver.settings().lease_for + Duration::seconds(1));
         double.push_content("Dee said: \"Noted.\"");
         assert!(driver.resume(session, &NoDelivery).await.is_err());
@@ -673,7 +673,7 @@ async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the
     assert!(reports[0].given_up);
     assert!(reports[0].replies.is_empty() && reports[0].outbound.is_empty());
     assert_eq!(reports[1].replies, ["Answering next."]);
-    let requests = usize::try_from(MAX_TURN_ATTEMPTS).unwrap() + 1;
+    let requests = usize::try_from(DEFAULT_MAX_TURN_ATTEMPTS.get()).unwrap() + 1;
     assert_eq!(double.requests().await.len(), requests);
     let history = driver.store().history(&address, None, 0).await.unwrap();
     let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();

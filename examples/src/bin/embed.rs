@@ -162,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
                 kind: PerceptionKind::Event {
                     id: event.id,
                     process: event.process,
+                    params: event.params,
                 },
+                metadata: event.metadata,
                 ..Perception::message(event.content, event.at)
             }
         } else if line.is_empty() {

@@ -38,11 +38,13 @@
 //!   [`CassetteErrorKind::UnsupportedVersion`] rather than guessed at.
 //! - `interactions` are in the order the answers arrived.
 //! - `request` is a [`ChatRequest`] exactly as it serializes: the messages plus the options that
-//!   were set (`model`, `temperature`, `max_tokens`, `response_schema`; unset ones are omitted).
+//!   were set (`model`, `temperature`, `max_tokens`, `response_schema`, `tools`; unset ones are
+//!   omitted). In a step with tools, a message may carry the model's `tool_calls` (`id`, `name`,
+//!   `arguments`) or, with the role `tool`, the `tool_call_id` its result answers.
 //!   The per-attempt `timeout` is not part of it. Nothing else is: no URL, no header, no key. A
 //!   cassette cannot hold a secret because a request has nowhere to put one.
-//! - `response` is the [`Completion`] the caller received: `content`, `usage` and the `model`
-//!   name the server reported.
+//! - `response` is the [`Completion`] the caller received: `content`, `usage`, the `model`
+//!   name the server reported and, when the model called tools, its `tool_calls`.
 //!
 //! # Matching
 //!
@@ -572,6 +574,7 @@ mod tests {
                     content: "answer".to_owned(),
                     usage: Usage::default(),
                     model: "m".to_owned(),
+                    tool_calls: Vec::new(),
                 },
             })
             .collect::<Vec<_>>();

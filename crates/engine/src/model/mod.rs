@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};
+use crate::retry::{Failure, RetryError, Verdict};
 
 pub mod cassette;
 #[cfg(feature = "openai")]
 pub mod openai;
-pub mod retry;
 
 /// A boxed, sendable future; what dyn-compatible async traits in this crate return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,25 +51,80 @@ impl<M: LanguageModel + ?Sized> LanguageModel for &M {
     }
 }
 
+/// Who speaks in a chat request: the roles of memories, and `tool` for a tool's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions and persona.
+    System,
+    /// The person, or a perception from outside the soul.
+    User,
+    /// The soul (and the model's own tool calls).
+    Assistant,
+    /// A tool's result, answering one of the model's tool calls.
+    Tool,
+}
+
+impl From<Role> for ChatRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::System => ChatRole::System,
+            Role::User => ChatRole::User,
+            Role::Assistant => ChatRole::Assistant,
+        }
+    }
+}
+
+impl PartialEq<Role> for ChatRole {
+    fn eq(&self, other: &Role) -> bool {
+        *self == ChatRole::from(*other)
+    }
+}
+
 /// One message as the model sees it. `Debug` redacts the content.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Who speaks.
-    pub role: Role,
-    /// The text.
+    pub role: ChatRole,
+    /// The text (empty for an assistant message that only calls tools).
     pub content: String,
-    /// Optional speaker name.
+    /// Optional speaker name, as people read it; implementations make it what their API
+    /// accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The tools an assistant message called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     /// A message without a name.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
+    pub fn new(role: impl Into<ChatRole>, content: impl Into<String>) -> Self {
         ChatMessage {
-            role,
+            role: role.into(),
             content: content.into(),
             name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The model's turn that called `calls` (with whatever text came with them).
+    pub fn tool_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        ChatMessage {
+            tool_calls: calls,
+            ..ChatMessage::new(ChatRole::Assistant, content)
+        }
+    }
+
+    /// A tool's result, answering the call `call_id`.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            tool_call_id: Some(call_id.into()),
+            ..ChatMessage::new(ChatRole::Tool, content)
         }
     }
 }
@@ -77,9 +132,8 @@ impl ChatMessage {
 impl From<&Memory> for ChatMessage {
     fn from(memory: &Memory) -> Self {
         ChatMessage {
-            role: memory.role,
-            content: memory.content.clone(),
             name: memory.name.clone(),
+            ..ChatMessage::new(memory.role, memory.content.clone())
         }
     }
 }
@@ -92,8 +146,44 @@ impl fmt::Debug for ChatMessage {
                 "content",
                 &format_args!("<{} chars redacted>", self.content.chars().count()),
             )
+            .field("tool_calls", &self.tool_calls)
             .finish_non_exhaustive()
     }
+}
+
+/// One tool call the model asked for. `Debug` redacts the arguments.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id, which its result names.
+    pub id: String,
+    /// The tool (function) called.
+    pub name: String,
+    /// The arguments, as the JSON text the model wrote (which may not be valid JSON).
+    pub arguments: String,
+}
+
+impl fmt::Debug for ToolCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolCall")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field(
+                "arguments",
+                &format_args!("<{} chars redacted>", self.arguments.chars().count()),
+            )
+            .finish()
+    }
+}
+
+/// A tool (function) the model may call, as the request describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Its name (`^[a-zA-Z0-9_-]{1,64}$`).
+    pub name: String,
+    /// What it does, for the model to decide when to call it.
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub parameters: serde_json::Value,
 }
 
 /// A JSON Schema the answer must follow (OpenAI's `response_format: json_schema`).
@@ -123,6 +213,9 @@ pub struct ChatOptions {
     /// Structured output: the answer must be JSON following this schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_schema: Option<ResponseSchema>,
+    /// Tools the model may call instead of answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
     /// Per-attempt time limit; `None` uses the implementation's default. Not part of what a
     /// cassette matches on.
     #[serde(skip)]
@@ -174,12 +267,16 @@ impl std::ops::AddAssign for Usage {
 /// A model's answer. `Debug` redacts the content.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
-    /// The answer's text (JSON text when a schema was asked for).
+    /// The answer's text (JSON text when a schema was asked for; possibly empty when the model
+    /// called tools).
     pub content: String,
     /// Tokens spent on this request, retries included.
     pub usage: Usage,
     /// The model that answered, as the server named it.
     pub model: String,
+    /// The tools the model called instead of (or besides) answering, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl fmt::Debug for Completion {
@@ -191,6 +288,7 @@ impl fmt::Debug for Completion {
             )
             .field("usage", &self.usage)
             .field("model", &self.model)
+            .field("tool_calls", &self.tool_calls)
             .finish()
     }
 }
@@ -275,6 +373,34 @@ impl ModelError {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+impl Failure for ModelError {
+    /// [`ModelError::is_retryable`] errors are retried, after the server's `Retry-After` when
+    /// it sent one.
+    fn verdict(&self) -> Verdict {
+        match self {
+            _ if !self.is_retryable() => Verdict::Final,
+            ModelError::Http { retry_after, .. } => Verdict::Retry {
+                after: *retry_after,
+            },
+            _ => Verdict::Retry { after: None },
+        }
+    }
+}
+
+impl From<RetryError<ModelError>> for ModelError {
+    /// An error not worth retrying as it came; retries that ran out as
+    /// [`ModelError::RetriesExhausted`].
+    fn from(error: RetryError<ModelError>) -> Self {
+        match error {
+            RetryError::Final { error, .. } => error,
+            RetryError::Exhausted { last, attempts } => ModelError::RetriesExhausted {
+                attempts,
+                last: Box::new(last),
+            },
         }
     }
 }

@@ -28,21 +28,22 @@ use async_openai::config::OpenAIConfig as ClientConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, CreateChatCompletionResponse, ResponseFormat,
-    ResponseFormatJsonSchema,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestToolMessage,
+    ChatCompletionRequestUserMessage, ChatCompletionTool, ChatCompletionTools,
+    CreateChatCompletionRequest, CreateChatCompletionResponse, FunctionCall, FunctionObject,
+    ResponseFormat, ResponseFormatJsonSchema,
 };
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
-use super::retry::{RetryPolicy, parse_retry_after, retry};
 use super::{
-    BoxFuture, ChatMessage, ChatRequest, Completion, LanguageModel, ModelError, ResponseSchema,
-    Usage,
+    BoxFuture, ChatMessage, ChatRequest, ChatRole, Completion, LanguageModel, ModelError,
+    ResponseSchema, ToolCall, ToolSpec, Usage,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::memory::Role;
+use crate::retry::{RetryPolicy, parse_retry_after, retry};
 
 /// The most bytes of a successful answer read by default: a chat completion of a few thousand
 /// tokens is tens of kilobytes, even with every character escaped.
@@ -218,6 +219,7 @@ impl OpenAiModel {
             // unbounded, which costs tokens but does not fail the call.
             max_completion_tokens: options.max_tokens,
             response_format: options.response_schema.as_ref().map(to_response_format),
+            tools: (!options.tools.is_empty()).then(|| options.tools.iter().map(to_tool).collect()),
             ..CreateChatCompletionRequest::default()
         }
     }
@@ -271,34 +273,83 @@ impl LanguageModel for OpenAiModel {
                 "chat completion request"
             );
             // No attempt outlasts what is left of the budget.
-            retry(&self.config.retry, |left| {
+            retry(&self.config.retry, "model call", |left| {
                 self.attempt(body.clone(), timeout.min(left))
             })
             .await
+            .map_err(ModelError::from)
         })
     }
 }
 
 fn to_message(message: &ChatMessage) -> ChatCompletionRequestMessage {
     let content = message.content.clone();
-    let name = message.name.clone();
+    let name = message.name.as_deref().and_then(api_name);
     match message.role {
-        Role::System => ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
-            content: content.into(),
-            name,
-        }),
-        Role::User => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-            content: content.into(),
-            name,
-        }),
-        Role::Assistant => {
-            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
-                content: Some(content.into()),
+        ChatRole::System => {
+            ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+                content: content.into(),
                 name,
+            })
+        }
+        ChatRole::User => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+            content: content.into(),
+            name,
+        }),
+        ChatRole::Assistant => {
+            let calls = &message.tool_calls;
+            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                // Content is optional only beside tool calls; a call without text sends none.
+                content: (calls.is_empty() || !content.is_empty()).then(|| content.into()),
+                name,
+                tool_calls: (!calls.is_empty()).then(|| calls.iter().map(to_tool_call).collect()),
                 ..ChatCompletionRequestAssistantMessage::default()
             })
         }
+        ChatRole::Tool => ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+            content: content.into(),
+            tool_call_id: message.tool_call_id.clone().unwrap_or_default(),
+        }),
     }
+}
+
+/// A speaker's name as OpenAI's `name` field takes it: `^[a-zA-Z0-9_-]{1,64}$`, every other
+/// character replaced by `_` (as OpenSouls' `safeName` does), `None` when nothing is left. The
+/// name as people read it stays in the memory's content (`Bob Smith said: "..."`).
+fn api_name(name: &str) -> Option<String> {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    (!safe.is_empty()).then_some(safe)
+}
+
+fn to_tool_call(call: &ToolCall) -> ChatCompletionMessageToolCalls {
+    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+        id: call.id.clone(),
+        function: FunctionCall {
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+        },
+    })
+}
+
+fn to_tool(tool: &ToolSpec) -> ChatCompletionTools {
+    ChatCompletionTools::Function(ChatCompletionTool {
+        function: FunctionObject {
+            name: tool.name.clone(),
+            description: Some(tool.description.clone()),
+            parameters: Some(tool.parameters.clone()),
+            strict: None,
+        },
+    })
 }
 
 fn to_response_format(schema: &ResponseSchema) -> ResponseFormat {
@@ -325,11 +376,27 @@ fn to_completion(response: CreateChatCompletionResponse) -> Result<Completion, M
         .into_iter()
         .min_by_key(|choice| choice.index)
         .ok_or_else(|| ModelError::InvalidResponse("the answer has no choices".into()))?;
+    let tool_calls: Vec<ToolCall> = choice
+        .message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|call| match call {
+            ChatCompletionMessageToolCalls::Function(call) => Some(ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments: call.function.arguments,
+            }),
+            // Only function tools are ever offered.
+            ChatCompletionMessageToolCalls::Custom(_) => None,
+        })
+        .collect();
     // An empty answer is a fault, not a reply: no step can use it, and sent on it would be an
-    // empty text message.
+    // empty text message. Tool calls are an answer of their own, with or without text.
     let content = match (choice.message.content, choice.message.refusal) {
         (Some(content), _) if !content.trim().is_empty() => content,
         (_, Some(_)) => return Err(ModelError::Refused),
+        (content, None) if !tool_calls.is_empty() => content.unwrap_or_default(),
         (_, None) => {
             return Err(ModelError::InvalidResponse("the answer is empty".into()));
         }
@@ -338,6 +405,7 @@ fn to_completion(response: CreateChatCompletionResponse) -> Result<Completion, M
         content,
         usage,
         model: response.model,
+        tool_calls,
     })
 }
 
@@ -603,6 +671,15 @@ mod tests {
                 .unwrap_err();
         let described = describe_json_error(&error);
         assert!(!described.contains("secret"), "{described}");
+    }
+
+    #[test]
+    fn speaker_names_are_made_what_the_api_accepts() {
+        assert_eq!(api_name("Bob Smith").as_deref(), Some("Bob_Smith"));
+        assert_eq!(api_name("ann-2_b").as_deref(), Some("ann-2_b"));
+        assert_eq!(api_name("Zoë <3").as_deref(), Some("Zo___3"));
+        assert_eq!(api_name(&"x".repeat(80)).map(|n| n.len()), Some(64));
+        assert_eq!(api_name(""), None);
     }
 
     #[test]

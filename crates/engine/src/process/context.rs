@@ -17,15 +17,24 @@ use crate::step::{Mind, StepError};
 use crate::working_memory::WorkingMemory;
 
 /// Something the soul perceives: a person's message, or a scheduled event coming due.
+///
+/// The default integrator remembers it as OpenSouls does: `Bob Smith said: "…"` (the name, the
+/// action, the text in quotes) when it has a name, the bare text when it has none (an SMS: no one
+/// to name). A message has the user role; a scheduled event is the soul's own, internal
+/// perception and has the assistant role. See [`to_memory`](Self::to_memory).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Perception {
     /// What kind of perception.
     pub kind: PerceptionKind,
     /// The text (a message body, or the event's content).
     pub content: String,
-    /// Optional speaker name.
+    /// Optional speaker name, as people read it (`Bob Smith`); what the model's `name` field
+    /// gets is derived from it where the request is built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What the speaker did: `said` unless told otherwise (`wrote`, `poked`, ...).
+    #[serde(default = "said")]
+    pub action: String,
     /// Data that travels with it into working memory (an SMS's sid, ...).
     #[serde(default)]
     pub metadata: Value,
@@ -40,14 +49,22 @@ pub enum PerceptionKind {
     /// A message from the person.
     Message,
     /// A scheduled event came due; `process`, if set, runs for this perception instead of the
-    /// current process (once; the current process stays unless that run transitions).
+    /// current process (once; the current process stays unless that run transitions), and reads
+    /// `params` with [`ProcessContext::params`].
     Event {
         /// The event's id.
         id: EventId,
         /// The process to run for it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         process: Option<String>,
+        /// What the event carries for that process (`null` when nothing).
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        params: Value,
     },
+}
+
+fn said() -> String {
+    "said".to_owned()
 }
 
 impl Perception {
@@ -57,14 +74,38 @@ impl Perception {
             kind: PerceptionKind::Message,
             content: content.into(),
             name: None,
+            action: said(),
             metadata: Value::Object(serde_json::Map::new()),
             at,
         }
     }
 
-    /// The memory the default integrator appends for this perception.
+    /// The same perception, from `name` (`Bob Smith`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The same perception with another action than `said`.
+    pub fn with_action(mut self, action: impl Into<String>) -> Self {
+        self.action = action.into();
+        self
+    }
+
+    /// The memory the default integrator appends for this perception: `Name action: "text"`
+    /// when it has a name, the text alone when not; the user role for a message, the assistant
+    /// role for a scheduled event (as OpenSouls does for its internal perceptions: the soul
+    /// prompted itself, the person said nothing); its metadata, and an event's id.
     pub fn to_memory(&self) -> Memory {
-        let mut memory = Memory::new(Role::User, self.content.clone(), self.at);
+        let role = match self.kind {
+            PerceptionKind::Message => Role::User,
+            PerceptionKind::Event { .. } => Role::Assistant,
+        };
+        let content = match &self.name {
+            Some(name) => format!("{name} {}: \"{}\"", self.action, self.content),
+            None => self.content.clone(),
+        };
+        let mut memory = Memory::new(role, content, self.at);
         memory.name = self.name.clone();
         if self.metadata.is_object() {
             memory.metadata = self.metadata.clone();
@@ -94,7 +135,8 @@ impl fmt::Debug for Perception {
 #[serde(transparent)]
 pub struct EventId(pub Uuid);
 
-/// A perception to deliver later ("check in tomorrow at 9").
+/// A perception to deliver later ("check in tomorrow at 9"), built with [`ScheduledEvent::new`]
+/// and handed to [`ProcessContext::schedule_event`].
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduledEvent {
     /// Its id, for cancelling.
@@ -106,9 +148,51 @@ pub struct ScheduledEvent {
     pub process: Option<String>,
     /// The perception's text.
     pub content: String,
-    /// Data for the perception.
+    /// Data for the perception: it becomes the perception's metadata, and so its memory's.
     #[serde(default)]
     pub metadata: Value,
+    /// Params for `process`, which reads them with [`ProcessContext::params`] when the event
+    /// fires (`null` when none).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+impl ScheduledEvent {
+    /// An event perceived at `at` as `content`, by whichever process is current then; with a
+    /// fresh id.
+    pub fn new(at: DateTime<Utc>, content: impl Into<String>) -> Self {
+        ScheduledEvent {
+            id: EventId(Uuid::now_v7()),
+            at,
+            process: None,
+            content: content.into(),
+            metadata: Value::Object(serde_json::Map::new()),
+            params: Value::Null,
+        }
+    }
+
+    /// The same event, answered by `process` (once; see [`PerceptionKind::Event`]).
+    pub fn for_process(mut self, process: impl Into<String>) -> Self {
+        self.process = Some(process.into());
+        self
+    }
+
+    /// The same event with `params` for its process.
+    pub fn with_params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// The same event with `key` set in its metadata.
+    pub fn with_metadata(mut self, key: &str, value: Value) -> Self {
+        if !self.metadata.is_object() {
+            self.metadata = Value::Object(serde_json::Map::new());
+        }
+        if let Some(map) = self.metadata.as_object_mut() {
+            map.insert(key.to_owned(), value);
+        }
+        self
+    }
 }
 
 impl fmt::Debug for ScheduledEvent {
@@ -164,7 +248,8 @@ impl ProcessContext {
         self.process
     }
 
-    /// The params the process was entered with, as a `T`.
+    /// The params the process was entered with (or, for a run a scheduled event aimed at it,
+    /// the event's params), as a `T`.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
         serde_json::from_value(self.params.clone()).map_err(ProcessError::Params)
     }
@@ -260,13 +345,13 @@ impl ProcessContext {
         process: Option<&str>,
         content: impl Into<String>,
     ) -> EventId {
-        let event = ScheduledEvent {
-            id: EventId(Uuid::now_v7()),
-            at,
-            process: process.map(str::to_owned),
-            content: content.into(),
-            metadata: Value::Object(serde_json::Map::new()),
-        };
+        let mut event = ScheduledEvent::new(at, content);
+        event.process = process.map(str::to_owned);
+        self.schedule_event(event)
+    }
+
+    /// Schedules `event`, with whatever params and metadata it carries; returns its id.
+    pub fn schedule_event(&self, event: ScheduledEvent) -> EventId {
         let id = event.id;
         self.actions().scheduled.push(event);
         id

@@ -20,7 +20,7 @@ pub use context::{
 pub use kv::{KeyValueMemory, MemoryChanges, MemoryError};
 pub use registry::{
     ModelSettings, Process, ProcessKind, ProcessRegistration, Registry, RegistryError, Soul,
-    SoulRegistration, default_integrator,
+    SoulRegistration, default_integrator, without_leading_system_prompt,
 };
 pub use reply::ReplyLimit;
 pub use runtime::{

@@ -176,20 +176,37 @@ impl Soul {
     }
 }
 
-/// The default integrator: the persona replaces the `core` region, regions are ordered `core`
-/// then `summary` then the conversation, and the perception is appended as a user memory carrying
-/// its metadata.
+/// The default integrator: the persona replaces the `core` region and any system prompt a process
+/// left at the head of the conversation (see [`without_leading_system_prompt`]), regions are
+/// ordered `core` then `summary` then the conversation, and the perception is appended as
+/// [`Perception::to_memory`](crate::process::Perception::to_memory) renders it.
 pub fn default_integrator(
     soul: &Soul,
     stored: WorkingMemory,
     perception: &crate::process::Perception,
 ) -> WorkingMemory {
-    let with_persona = stored.with_region(Region::core(), soul.persona());
+    let with_persona =
+        without_leading_system_prompt(&stored).with_region(Region::core(), soul.persona());
     // The order holds no duplicates, so this cannot fail; fall back to the unordered memory anyway.
     let ordered = with_persona
         .with_region_order([Region::core(), Region::summary()])
         .unwrap_or(with_persona);
     ordered.with_memory(perception.to_memory())
+}
+
+/// `memory` without the system memories that have no region and come before the rest of the
+/// conversation: a system prompt a process put there (OpenSouls' integrator drops such a leading
+/// system memory too). The persona is the system prompt of every turn, so an earlier prompt is
+/// stale and would otherwise be carried forward next to it.
+pub fn without_leading_system_prompt(memory: &WorkingMemory) -> WorkingMemory {
+    let mut conversation_started = false;
+    memory.filter(|m| {
+        if m.region.is_some() || conversation_started {
+            return true;
+        }
+        conversation_started = m.role != Role::System;
+        conversation_started
+    })
 }
 
 /// Every registered soul, validated.

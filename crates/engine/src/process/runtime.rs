@@ -316,19 +316,21 @@ impl Runtime {
         };
         // A scheduled event aimed at a process runs that process once; the current one stays
         // current unless that run transitions.
-        let mut aimed = self.aimed_process(&perception).map(|process| Current {
-            process,
-            params: Value::Null,
-            invocation_count: 0,
-            previous: Some(current.process.name.to_owned()),
-            memory: KeyValueMemory::new(
-                state
-                    .process_memories
-                    .get(process.name)
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-        });
+        let mut aimed = self
+            .aimed_process(&perception)
+            .map(|(process, params)| Current {
+                process,
+                params,
+                invocation_count: 0,
+                previous: Some(current.process.name.to_owned()),
+                memory: KeyValueMemory::new(
+                    state
+                        .process_memories
+                        .get(process.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            });
 
         let budget = self.soul.memory_budget();
         let integrated = budget.trim(&self.soul.integrate(state.working_memory, &perception));
@@ -576,9 +578,11 @@ impl Runtime {
         }
     }
 
-    fn aimed_process(&self, perception: &Perception) -> Option<Process> {
+    /// The process a scheduled event is aimed at, and the params it carries for it.
+    fn aimed_process(&self, perception: &Perception) -> Option<(Process, Value)> {
         let PerceptionKind::Event {
             process: Some(name),
+            params,
             ..
         } = &perception.kind
         else {
@@ -588,7 +592,7 @@ impl Runtime {
         if process.is_none() {
             tracing::warn!(soul = self.soul.name(), process = %name, "event aimed at an unknown process; the current process answers it");
         }
-        process
+        process.map(|process| (process, params.clone()))
     }
 }
 
@@ -616,12 +620,13 @@ fn with_cut_replies(
     })
 }
 
-/// The memories of `after` that `before` does not have, in `after`'s order.
+/// The memories of `after` that `before` does not have, in `after`'s order, each once: a memory
+/// a process duplicated (`concat`) is one memory to store, not two rows under one id.
 fn appended_since(before: &WorkingMemory, after: &WorkingMemory) -> Vec<Memory> {
-    let known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
+    let mut known: std::collections::HashSet<MemoryId> = before.iter().map(|m| m.id).collect();
     after
         .iter()
-        .filter(|m| !known.contains(&m.id))
+        .filter(|m| known.insert(m.id))
         .cloned()
         .collect()
 }

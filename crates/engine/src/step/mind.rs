@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::clock::Clock;
 use crate::model::{ChatOptions, LanguageModel, Usage};
-use crate::step::{CognitiveStep, StepError, run_step};
+use crate::step::{CognitiveStep, StepError, Tools, run_step, run_step_with_tools};
 use crate::working_memory::WorkingMemory;
 
 /// Runs cognitive steps and keeps count of the tokens they spend. Clones share the count.
@@ -42,6 +42,28 @@ impl Mind {
         memory: &WorkingMemory,
     ) -> Result<(WorkingMemory, S::Value), StepError> {
         let output = run_step(&step, &*self.model, memory, &self.options, self.clock.now()).await?;
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) += output.usage;
+        Ok(output.into_parts())
+    }
+
+    /// Runs `step` on `memory`, the model offered `tools` first (see
+    /// [`tools`](crate::step::tools)): the new working memory, with the calls and their results
+    /// before the step's own memory, and the step's value.
+    pub async fn run_with_tools<S: CognitiveStep>(
+        &self,
+        step: S,
+        tools: &Tools,
+        memory: &WorkingMemory,
+    ) -> Result<(WorkingMemory, S::Value), StepError> {
+        let output = run_step_with_tools(
+            &step,
+            &*self.model,
+            memory,
+            &self.options,
+            self.clock.now(),
+            tools,
+        )
+        .await?;
         *self.usage.lock().unwrap_or_else(PoisonError::into_inner) += output.usage;
         Ok(output.into_parts())
     }

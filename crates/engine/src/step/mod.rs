@@ -8,10 +8,12 @@
 //! and returns a typed [`StepError`] after that — never a panic.
 //!
 //! Built-in steps live in [`builtins`]; [`typed`] builds an author's step around any
-//! `serde` + `schemars` type.
+//! `serde` + `schemars` type. Any step can be run with [`Tools`] the model may call first
+//! ([`Mind::run_with_tools`]; see [`tools`]).
 
 pub mod builtins;
 mod mind;
+pub mod tools;
 mod typed;
 
 use std::fmt;
@@ -20,7 +22,8 @@ use serde::de::DeserializeOwned;
 
 use crate::memory::{Memory, Role};
 use crate::model::{
-    ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, ResponseSchema, Usage,
+    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, ResponseSchema,
+    Usage,
 };
 use crate::text;
 use crate::working_memory::WorkingMemory;
@@ -29,6 +32,7 @@ pub use builtins::{
     brainstorm, decision, external_dialog, instruction, internal_monologue, mental_query, summarize,
 };
 pub use mind::Mind;
+pub use tools::{DEFAULT_MAX_TOOL_ROUNDS, ToolError, Tools};
 pub use typed::{TypedStep, typed};
 
 /// What shape the model's answer must have.
@@ -125,7 +129,15 @@ pub enum StepError {
         /// Why the last answer was unusable.
         reason: String,
     },
-    /// The step's own arguments cannot work; no model call was made.
+    /// The model still called tools after the most rounds of calls the step allows.
+    #[error("step `{step}`: the model still called tools after {rounds} rounds of calls")]
+    ToolRounds {
+        /// The step's name.
+        step: String,
+        /// The rounds run.
+        rounds: u32,
+    },
+    /// The step's own arguments (or its tools) cannot work; no model call was made.
     #[error("step `{step}` is misconfigured: {reason}")]
     Misconfigured {
         /// The step's name.
@@ -144,10 +156,26 @@ pub async fn run_step<S: CognitiveStep + ?Sized>(
     options: &ChatOptions,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StepOutput<S::Value>, StepError> {
-    step.validate().map_err(|reason| StepError::Misconfigured {
-        step: step.name().to_owned(),
-        reason,
-    })?;
+    run_step_with_tools(step, model, memory, options, now, &Tools::new()).await
+}
+
+/// [`run_step`], the model offered `tools`: each round of calls it makes is run and answered
+/// before it is asked again (see [`tools`]). The calls and their results are appended before the
+/// step's own memory, stamped `now` too.
+pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
+    step: &S,
+    model: &dyn LanguageModel,
+    memory: &WorkingMemory,
+    options: &ChatOptions,
+    now: chrono::DateTime<chrono::Utc>,
+    tools: &Tools,
+) -> Result<StepOutput<S::Value>, StepError> {
+    step.validate()
+        .and_then(|()| tools.validate())
+        .map_err(|reason| StepError::Misconfigured {
+            step: step.name().to_owned(),
+            reason,
+        })?;
     let mut request = ChatRequest {
         messages: memory.to_messages(),
         options: merged(options, step.options()),
@@ -158,17 +186,19 @@ pub async fn run_step<S: CognitiveStep + ?Sized>(
     if let AnswerFormat::Json(schema) = step.format() {
         request.options.response_schema = Some(schema);
     }
+    request.options.tools = tools.specs();
 
-    let model_error = |source| StepError::Model {
-        step: step.name().to_owned(),
-        source,
+    let mut exchange = Exchange {
+        step: step.name(),
+        soul: memory.soul_name(),
+        model,
+        tools,
+        rounds: 0,
+        remembered: Vec::new(),
+        usage: Usage::default(),
     };
-    let mut first = model.complete(&request).await.map_err(model_error)?;
-    // Whatever the answer becomes (a reply, a memory, a value a process stores) is stored by the
-    // turn's commit, which a control character would make the store refuse.
-    text::make_storable(&mut first.content);
-    let mut usage = first.usage;
-    let (value, appended) = match step.interpret(memory, &first.content) {
+    let first = exchange.answer(&mut request).await?;
+    let (value, appended) = match step.interpret(memory, &first) {
         Ok(interpreted) => interpreted,
         Err(reason) => {
             tracing::debug!(
@@ -177,32 +207,96 @@ pub async fn run_step<S: CognitiveStep + ?Sized>(
             );
             request
                 .messages
-                .push(ChatMessage::new(Role::Assistant, first.content));
+                .push(ChatMessage::new(Role::Assistant, first));
             request
                 .messages
                 .push(ChatMessage::new(Role::System, repair_prompt(step, &reason)));
-            let mut second = model.complete(&request).await.map_err(model_error)?;
-            text::make_storable(&mut second.content);
-            usage += second.usage;
-            step.interpret(memory, &second.content)
+            let second = exchange.answer(&mut request).await?;
+            step.interpret(memory, &second)
                 .map_err(|reason| StepError::InvalidAnswer {
                     step: step.name().to_owned(),
                     reason: reason.0,
                 })?
         }
     };
-    let memory = match appended {
-        Some(mut appended) => {
-            appended.timestamp = now;
-            memory.with_memory(appended)
-        }
-        None => memory.clone(),
-    };
+    let usage = exchange.usage;
+    let memory = exchange.remembered.into_iter().chain(appended).fold(
+        memory.clone(),
+        |memory, mut remembered| {
+            remembered.timestamp = now;
+            memory.with_memory(remembered)
+        },
+    );
     Ok(StepOutput {
         memory,
         value,
         usage,
     })
+}
+
+/// One step's traffic with the model: the answers, the tool rounds run for them, the memories
+/// of those rounds and the tokens spent.
+struct Exchange<'a> {
+    step: &'a str,
+    soul: &'a str,
+    model: &'a dyn LanguageModel,
+    tools: &'a Tools,
+    rounds: u32,
+    remembered: Vec<Memory>,
+    usage: Usage,
+}
+
+impl Exchange<'_> {
+    /// The model's next answer to `request`, storable: every round of tool calls before it is
+    /// run, and the calls and results added to `request` and remembered.
+    async fn answer(&mut self, request: &mut ChatRequest) -> Result<String, StepError> {
+        loop {
+            let Completion {
+                mut content,
+                usage,
+                tool_calls,
+                ..
+            } = self
+                .model
+                .complete(request)
+                .await
+                .map_err(|source| StepError::Model {
+                    step: self.step.to_owned(),
+                    source,
+                })?;
+            self.usage += usage;
+            // Whatever the answer becomes (a reply, a memory, a value a process stores) is
+            // stored by the turn's commit, which a control character would make the store refuse.
+            text::make_storable(&mut content);
+            if tool_calls.is_empty() || self.tools.is_empty() {
+                return Ok(content);
+            }
+            if self.rounds == self.tools.max_rounds() {
+                return Err(StepError::ToolRounds {
+                    step: self.step.to_owned(),
+                    rounds: self.rounds,
+                });
+            }
+            self.rounds += 1;
+            request
+                .messages
+                .push(ChatMessage::tool_calls(content, tool_calls.clone()));
+            for call in &tool_calls {
+                let result = self.tools.call(call).await;
+                if let Err(error) = &result {
+                    // The message may quote the model's arguments, so not at info.
+                    tracing::debug!(step = self.step, tool = %call.name, %error, "tool call failed");
+                }
+                let (memory, sent) = tools::result_memory(self.step, call, &result);
+                request
+                    .messages
+                    .push(ChatMessage::tool_result(call.id.clone(), sent));
+                self.remembered
+                    .push(tools::call_memory(self.soul, self.step, call));
+                self.remembered.push(memory);
+            }
+        }
+    }
 }
 
 fn merged(caller: &ChatOptions, step: ChatOptions) -> ChatOptions {
@@ -213,6 +307,11 @@ fn merged(caller: &ChatOptions, step: ChatOptions) -> ChatOptions {
         response_schema: step
             .response_schema
             .or_else(|| caller.response_schema.clone()),
+        tools: if step.tools.is_empty() {
+            caller.tools.clone()
+        } else {
+            step.tools
+        },
         timeout: step.timeout.or(caller.timeout),
     }
 }

@@ -11,11 +11,12 @@ use uuid::Uuid;
 
 use super::rows::{json_text, region_name, session_row, ts};
 use super::start::start_next;
+use crate::driver::Result;
 use crate::types::{
     Changes, CommitOutcome, MemoryChange, OutboxAtCommit, SubprocessCommit, SubprocessOutcome,
     TurnCommit, TurnSettings,
 };
-use crate::{Result, StoreError, wire};
+use crate::{StoreError, wire};
 
 /// What `public.soul_commit_turn` does in PostgreSQL; see there.
 pub(super) async fn commit(
@@ -43,10 +44,10 @@ pub(super) async fn commit(
                 claimed_until: wire::reply_claim_until(settings, now),
             },
         ),
-        None => return Err(StoreError::LeaseLost),
+        None => return Err(StoreError::LeaseLost.into()),
     };
     if row.lease_token.as_deref() != Some(commit.lease_token.to_string().as_str()) {
-        return Err(StoreError::LeaseLost);
+        return Err(StoreError::LeaseLost.into());
     }
     apply_changes(conn, &session, &commit.changes, settings, now).await?;
     let now_text = ts(now);

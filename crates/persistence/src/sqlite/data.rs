@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{parse_json, session_from, ts};
 use super::sessions::history;
-use crate::Result;
+use crate::driver::Result;
 use crate::types::{Address, Session};
 
 /// Everything stored about `address`, as `public.soul_export_user` answers; `None` if unknown.

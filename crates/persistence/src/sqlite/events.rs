@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use super::rows::{event_from, json_text, lease_live, parse_json, parse_uuid, session_row, ts};
 use super::start::start_next;
+use crate::StoreError;
+use crate::driver::Result;
 use crate::types::{EventOutcome, ScheduledEvent, TurnSettings};
-use crate::{Result, StoreError};
 
 /// What `public.soul_begin_event_turn` does in PostgreSQL; see there.
 pub(super) async fn begin_event(
@@ -82,7 +83,7 @@ pub(super) async fn begin_event(
     start_next(conn, &session, settings, now, false)
         .await?
         .map(EventOutcome::Started)
-        .ok_or_else(|| StoreError::Corrupt("the stored event turn vanished".to_owned()))
+        .ok_or_else(|| StoreError::Corrupt("the stored event turn vanished".to_owned()).into())
 }
 
 /// Hands out up to `limit` due events and hides them for `claim_for`.

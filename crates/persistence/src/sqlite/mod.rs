@@ -19,12 +19,13 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::driver::{Result, operation};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use crate::{Result, Store, StoreFuture};
+use crate::{Store, StoreFuture};
 
 /// Runs `$body` (a block evaluating to a `Result`) in one `BEGIN IMMEDIATE` transaction: the
 /// write lock is taken up front, so two operations never both read and then both write. An
@@ -76,7 +77,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { start::begin(conn, inbound, settings, now, false).await })
         })
     }
@@ -87,7 +88,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, BeginOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { start::begin(conn, inbound, settings, now, true).await })
         })
     }
@@ -98,7 +99,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, EventOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { events::begin_event(conn, event, settings, now).await })
         })
     }
@@ -109,7 +110,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, CommitOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { commit::commit(conn, turn, settings, now).await })
         })
     }
@@ -120,7 +121,7 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, SubprocessOutcome> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 commit::commit_subprocess(conn, commit, settings, now).await
             })
@@ -134,7 +135,7 @@ impl Store for SqliteStore {
         lease_for: Duration,
         now: DateTime<Utc>,
     ) -> StoreFuture<'_, Lease> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 start::renew_lease(conn, session, lease, lease_for, now).await
             })
@@ -147,17 +148,17 @@ impl Store for SqliteStore {
         settings: &'a TurnSettings,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, Option<Box<TurnContext>>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { start::resume(conn, session, settings, now).await })
         })
     }
 
     fn stalled_sessions(&self, now: DateTime<Utc>, limit: u32) -> StoreFuture<'_, Vec<SessionId>> {
-        Box::pin(start::stalled_sessions(&self.pool, now, limit))
+        operation(start::stalled_sessions(&self.pool, now, limit))
     }
 
     fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
-        Box::pin(sessions::session(&self.pool, address))
+        operation(sessions::session(&self.pool, address))
     }
 
     fn history<'a>(
@@ -166,14 +167,14 @@ impl Store for SqliteStore {
         region: Option<&'a str>,
         limit: u32,
     ) -> StoreFuture<'a, Vec<Memory>> {
-        Box::pin(sessions::history_of(&self.pool, address, region, limit))
+        operation(sessions::history_of(&self.pool, address, region, limit))
     }
 
     fn update_deliveries<'a>(
         &'a self,
         updates: &'a [DeliveryUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { outbox::update_deliveries(conn, updates).await })
         })
     }
@@ -184,7 +185,7 @@ impl Store for SqliteStore {
         claim_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<OutboundMessage>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 outbox::claim_pending_deliveries(conn, now, claim_until, limit).await
             })
@@ -198,7 +199,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         claim_until: DateTime<Utc>,
     ) -> StoreFuture<'_, Option<SessionOutbox>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 outbox::claim_session_outbox(conn, session, through, now, claim_until).await
             })
@@ -211,7 +212,7 @@ impl Store for SqliteStore {
         opted_out: bool,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { sessions::set_opt_out(conn, address, opted_out, now).await })
         })
     }
@@ -222,13 +223,13 @@ impl Store for SqliteStore {
         limit: u32,
         claim_for: Duration,
     ) -> StoreFuture<'_, Vec<ScheduledEvent>> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => { events::claim_due_events(conn, now, limit, claim_for).await })
         })
     }
 
     fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool> {
-        Box::pin(
+        operation(
             async move { write_tx!(self, conn => { events::complete_event(conn, event).await }) },
         )
     }
@@ -239,7 +240,7 @@ impl Store for SqliteStore {
         days: u32,
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, u64> {
-        Box::pin(async move {
+        operation(async move {
             write_tx!(self, conn => {
                 data::delete_messages_older_than(conn, address, days, now).await
             })
@@ -251,10 +252,10 @@ impl Store for SqliteStore {
         address: &'a Address,
     ) -> StoreFuture<'a, Option<serde_json::Value>> {
         // A write transaction for a read: the export must be one consistent picture.
-        Box::pin(async move { write_tx!(self, conn => { data::export(conn, address).await }) })
+        operation(async move { write_tx!(self, conn => { data::export(conn, address).await }) })
     }
 
     fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
-        Box::pin(async move { write_tx!(self, conn => { data::erase_user(conn, address).await }) })
+        operation(async move { write_tx!(self, conn => { data::erase_user(conn, address).await }) })
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::SqliteStore;
-use crate::Result;
+use crate::driver::{self, Result};
 
 /// The schema, step by step: step `n` takes a file from `pragma user_version` `n` to `n + 1`. The
 /// first creates it; a change to the schema is a step added here, so that a file made by an
@@ -16,7 +16,7 @@ const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql")];
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to date.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub async fn open(path: impl AsRef<Path>) -> crate::Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -32,7 +32,8 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(driver::store_error)?;
         let store = SqliteStore {
             pool,
             writer: Arc::default(),

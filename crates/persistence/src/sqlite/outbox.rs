@@ -6,10 +6,11 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use super::rows::{outbound_from, ts};
+use crate::StoreError;
+use crate::driver::Result;
 use crate::types::{
     DeliveryStatus, DeliveryUpdate, OutboundMessage, OutboundRef, SessionId, SessionOutbox,
 };
-use crate::{Result, StoreError};
 
 /// Applies `updates` in order, each as alone; per update, whether it moved a status.
 pub(super) async fn update_deliveries(

@@ -10,8 +10,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
+use crate::StoreError;
+use crate::driver::Result;
 use crate::types::{Address, DeliveryStatus, OutboundMessage, ScheduledEvent, Session, SessionId};
-use crate::{Result, StoreError};
 
 /// Times are stored as fixed-width UTC text so that comparing text compares time; PostgreSQL
 /// keeps microseconds, and so does this.
@@ -24,11 +25,11 @@ pub(super) fn ts(time: DateTime<Utc>) -> String {
 pub(super) fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|error| StoreError::Corrupt(format!("stored time {text:?}: {error}")))
+        .map_err(|error| StoreError::Corrupt(format!("stored time {text:?}: {error}")).into())
 }
 
 pub(super) fn parse_uuid(text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("stored id: {error}")))
+    Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("stored id: {error}")).into())
 }
 
 pub(super) fn parse_json(text: &str) -> Result<Value> {

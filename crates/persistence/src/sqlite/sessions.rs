@@ -6,7 +6,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{memory_from, session_from, ts};
-use crate::Result;
+use crate::driver::Result;
 use crate::types::{Address, Session};
 
 pub(super) async fn load_session(conn: &mut SqliteConnection, id: &str) -> Result<Session> {

@@ -14,11 +14,12 @@ use super::rows::{
     ts,
 };
 use super::sessions::{history, load_session};
+use crate::driver::Result;
 use crate::types::{
     BeginOutcome, Inbound, InboundKind, Lease, ProcessState, QueuedInbound, SessionId, TurnContext,
     TurnSettings, session_number,
 };
-use crate::{Result, StoreError, wire};
+use crate::{StoreError, wire};
 
 /// What `public.soul_begin_turn` does in PostgreSQL; with `defer`, what it does for
 /// [`crate::Store::enqueue_turn`].
@@ -117,7 +118,7 @@ pub(super) async fn begin(
     start_next(conn, &row.id, settings, now, new_session)
         .await?
         .map(BeginOutcome::Started)
-        .ok_or_else(|| StoreError::Corrupt("the stored inbound message vanished".to_owned()))
+        .ok_or_else(|| StoreError::Corrupt("the stored inbound message vanished".to_owned()).into())
 }
 
 /// What `public.soul_resume_turn` does in PostgreSQL: takes over a session whose lease is free or
@@ -433,7 +434,7 @@ pub(super) async fn renew_lease(
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(StoreError::LeaseLost);
+        return Err(StoreError::LeaseLost.into());
     }
     Ok(Lease {
         token: lease.token,

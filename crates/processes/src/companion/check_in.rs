@@ -20,7 +20,8 @@ soul_engine::mental_process!(soul = "sage", name = "check_in", check_in);
 /// How long a silence lasts before Sage checks in.
 pub const CHECK_IN_AFTER: Duration = Duration::days(3);
 
-/// The perception the check-in event delivers (it reaches working memory as it is).
+/// The perception the check-in event delivers (it reaches working memory as it is, as Sage's own
+/// perception: the assistant role).
 pub const CHECK_IN_PERCEPTION: &str =
     "[Three days have passed without a message from them. Sage checks in.]";
 

@@ -10,10 +10,10 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::SystemClock;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::model::retry::RetryPolicy;
 use soul_engine::process::{
     MainOutcome, Perception, ProcessState, Registry, Runtime, SoulState, SubprocessOutcome,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_testkit::openai::OpenAiDouble;
 
 /// A runtime for `soul` whose model is the double, without retries (a scripted 500 fails the

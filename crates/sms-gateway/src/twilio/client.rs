@@ -5,16 +5,18 @@
 //! optionally `StatusCallback`. Each attempt's answer is classified ([`SendError`]): accepted,
 //! retryable (HTTP 429, 5xx, Twilio 20429 and 21611, time-outs and connection failures),
 //! opted out (21610: never retried, the number must be marked) or permanent (every other
-//! refusal). [`TwilioClient::send`] retries retryable attempts with exponential backoff and
-//! jitter, honouring `Retry-After`, within a [`RetryPolicy`]'s attempt count and time budget.
+//! refusal). [`TwilioClient::send`] retries retryable attempts with the engine's retry policy
+//! ([`soul_engine::retry`]: exponential backoff with full jitter, `Retry-After` honoured when the
+//! budget can hold it), at most four attempts within 30 s.
 //!
 //! Phone numbers, bodies and the auth token are never logged, and `Debug` redacts them.
 //! Twilio's error messages are not kept either: they quote the phone number.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
+use soul_engine::retry::{Failure, RetryPolicy, Verdict, parse_retry_after, retry};
 
 use super::webhook::MessageStatus;
 use crate::config::{Secret, Sender, TwilioConfig};
@@ -26,43 +28,17 @@ const TOO_MANY_REQUESTS: u32 = 20429;
 /// Twilio's code for a sender whose queue is full: try again later.
 const QUEUE_FULL: u32 = 21611;
 
-/// How failed attempts are retried.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RetryPolicy {
-    /// The most attempts one send makes, the first included.
-    pub(crate) max_attempts: u32,
-    /// The backoff before the second attempt; it doubles for each further one.
-    pub(crate) initial_backoff: Duration,
-    /// The longest backoff (before jitter).
-    pub(crate) max_backoff: Duration,
-    /// The time one send may take, waits included; a retry that would end past it is not
-    /// made. A reply that is minutes late is worse than an error the outbox can act on.
-    pub(crate) budget: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-            budget: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based): exponential, capped, with
-    /// "equal jitter" (half fixed, half random) so that senders retrying together spread out.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exponential = self
-            .initial_backoff
-            .saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1)));
-        let capped = exponential.min(self.max_backoff);
-        let half = capped / 2;
-        let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(fastrand::u64(0..=jitter_nanos))
-    }
+/// How a send retries its failed attempts: at most four, 500 ms apart at first, doubling to at
+/// most 8 s (full jitter), within 30 s, waits included; a `Retry-After` the 30 s cannot hold ends
+/// the send at once. A reply that is minutes late is worse than an error the outbox can act on.
+fn send_retry() -> RetryPolicy {
+    let budget = Duration::from_secs(30);
+    RetryPolicy::default()
+        .with_max_attempts(4)
+        .with_base_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(8))
+        .with_max_retry_after(budget)
+        .with_budget(budget)
 }
 
 /// A message to send.
@@ -212,8 +188,8 @@ struct MessageResource {
 }
 
 impl TwilioClient {
-    /// A client for `config`'s account and sender, with a 10 s limit per attempt and the
-    /// default [`RetryPolicy`].
+    /// A client for `config`'s account and sender, with a 10 s limit per attempt, retried by
+    /// [`send_retry`].
     pub(crate) fn new(config: &TwilioConfig) -> Result<Self, BuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -231,7 +207,7 @@ impl TwilioClient {
             auth_token: config.auth_token.clone(),
             sender: config.sender.clone(),
             request_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
+            retry: send_retry(),
         })
     }
 
@@ -249,46 +225,49 @@ impl TwilioClient {
         self
     }
 
-    /// Sends `message`, retrying retryable failures within the [`RetryPolicy`].
+    /// Sends `message`, retrying retryable failures within the client's [`RetryPolicy`]. Each
+    /// attempt has the client's own time limit: the policy's budget decides whether another
+    /// attempt starts, not how long one may take.
     pub(crate) async fn send(&self, message: &OutboundSms) -> Result<Accepted, SendError> {
-        let started = Instant::now();
         let since = chrono::Utc::now() - CLOCK_SKEW;
-        let mut attempt = 1;
-        loop {
-            let (cause, retry_after) = match self.attempt(message).await {
-                Attempt::Done(result) => return result,
-                Attempt::Retry { cause, retry_after } => (cause, retry_after),
-            };
-            // An attempt that got no answer may have been taken: ask before repeating it.
-            if matches!(cause, RetryCause::Timeout | RetryCause::Connection)
-                && let Ok(Some(sid)) = self.sent_since(&message.to, &message.body, since).await
-            {
-                tracing::info!(attempt, %cause, "Twilio had taken the unanswered attempt");
-                return Ok(Accepted { sid, status: None });
+        let mut attempt = 0;
+        let sent = retry(&self.retry, "Twilio send", |_| {
+            attempt += 1;
+            let attempt = attempt;
+            async move {
+                let error = match self.attempt(message).await {
+                    Ok(accepted) => return Ok(accepted),
+                    Err(error) => error,
+                };
+                // An attempt that got no answer may have been taken: ask before repeating it.
+                if let Unsent::Retry {
+                    cause: cause @ (RetryCause::Timeout | RetryCause::Connection),
+                    ..
+                } = &error
+                    && let Ok(Some(sid)) = self.sent_since(&message.to, &message.body, since).await
+                {
+                    tracing::info!(attempt, %cause, "Twilio had taken the unanswered attempt");
+                    return Ok(Accepted { sid, status: None });
+                }
+                Err(error)
             }
-            let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
-            let within_budget = started.elapsed() + delay < self.retry.budget;
-            if attempt >= self.retry.max_attempts || !within_budget {
-                tracing::warn!(attempt, %cause, "Twilio send failed; giving up");
-                return Err(SendError::Retryable {
+        })
+        .await;
+        sent.map_err(|error| {
+            let attempts = error.attempts();
+            match error.into_last() {
+                Unsent::Final(error) => error,
+                Unsent::Retry { cause, retry_after } => SendError::Retryable {
                     cause,
                     retry_after,
-                    attempts: attempt,
-                });
+                    attempts,
+                },
             }
-            tracing::info!(
-                attempt,
-                %cause,
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                "Twilio send failed; retrying"
-            );
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+        })
     }
 
     /// One attempt, classified.
-    async fn attempt(&self, message: &OutboundSms) -> Attempt {
+    async fn attempt(&self, message: &OutboundSms) -> Result<Accepted, Unsent> {
         let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
         match &self.sender {
             Sender::From(number) => form.push(("From", number)),
@@ -308,13 +287,13 @@ impl TwilioClient {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(error) => return Attempt::transport(&error),
+            Err(error) => return Err(Unsent::transport(&error)),
         };
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(error) => return Attempt::transport(&error),
+            Err(error) => return Err(Unsent::transport(&error)),
         };
         classify(status, &body, retry_after)
     }
@@ -417,21 +396,42 @@ pub(crate) const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
 /// Pages of sent messages read when looking for an earlier attempt's message.
 const MAX_LIST_PAGES: usize = 5;
 
-/// One attempt's outcome: final, or worth repeating.
+/// Why an attempt did not send the message: for good, or worth repeating.
 #[derive(Debug)]
-enum Attempt {
-    Done(Result<Accepted, SendError>),
+enum Unsent {
+    Final(SendError),
     Retry {
         cause: RetryCause,
         retry_after: Option<Duration>,
     },
 }
 
-impl Attempt {
+impl Unsent {
     fn transport(error: &reqwest::Error) -> Self {
-        Attempt::Retry {
+        Unsent::Retry {
             cause: transport_cause(error),
             retry_after: None,
+        }
+    }
+}
+
+/// What the retry logs: codes and causes only, never a number or a body.
+impl fmt::Display for Unsent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsent::Final(error) => error.fmt(f),
+            Unsent::Retry { cause, .. } => cause.fmt(f),
+        }
+    }
+}
+
+impl Failure for Unsent {
+    fn verdict(&self) -> Verdict {
+        match self {
+            Unsent::Final(_) => Verdict::Final,
+            Unsent::Retry { retry_after, .. } => Verdict::Retry {
+                after: *retry_after,
+            },
         }
     }
 }
@@ -447,40 +447,38 @@ fn transport_cause(error: &reqwest::Error) -> RetryCause {
 }
 
 /// Classifies Twilio's answer.
-fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Attempt {
+fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<Accepted, Unsent> {
     if (200..300).contains(&status) {
-        return Attempt::Done(
-            serde_json::from_slice::<MessageResource>(body)
-                .ok()
-                .filter(|resource| !resource.sid.is_empty())
-                .map(|resource| Accepted {
-                    status: resource.status.as_deref().and_then(MessageStatus::parse),
-                    sid: resource.sid,
-                })
-                .ok_or(SendError::InvalidResponse { status }),
-        );
+        return serde_json::from_slice::<MessageResource>(body)
+            .ok()
+            .filter(|resource| !resource.sid.is_empty())
+            .map(|resource| Accepted {
+                status: resource.status.as_deref().and_then(MessageStatus::parse),
+                sid: resource.sid,
+            })
+            .ok_or(Unsent::Final(SendError::InvalidResponse { status }));
     }
     let code = serde_json::from_slice::<ErrorBody>(body)
         .ok()
         .and_then(|error| error.code);
     let retryable =
         status == 429 || status >= 500 || matches!(code, Some(TOO_MANY_REQUESTS | QUEUE_FULL));
-    if code == Some(OPTED_OUT) {
-        Attempt::Done(Err(SendError::OptedOut))
+    Err(if code == Some(OPTED_OUT) {
+        Unsent::Final(SendError::OptedOut)
     } else if retryable {
-        Attempt::Retry {
+        Unsent::Retry {
             cause: RetryCause::Status { status, code },
             retry_after,
         }
     } else {
-        Attempt::Done(Err(SendError::Permanent { status, code }))
-    }
+        Unsent::Final(SendError::Permanent { status, code })
+    })
 }
 
 /// `Retry-After` in seconds or as an HTTP date, read as the model client reads it.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    soul_engine::model::retry::parse_retry_after(value, chrono::Utc::now())
+    parse_retry_after(value, chrono::Utc::now())
 }
 
 #[cfg(test)]
@@ -492,13 +490,14 @@ mod tests {
     const TOKEN: &str = "double-auth-token";
     const FROM: &str = "+15005550006";
 
+    /// [`send_retry`] with short waits.
     fn fast_retry(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            budget: Duration::from_secs(10),
-        }
+        send_retry()
+            .with_max_attempts(max_attempts)
+            .with_base_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(20))
+            .with_max_retry_after(Duration::from_secs(10))
+            .with_budget(Duration::from_secs(10))
     }
 
     fn client(double: &TwilioDouble, sender: Sender) -> TwilioClient {
@@ -807,12 +806,13 @@ mod tests {
     #[test]
     fn classification_table() {
         let retry = |status: u16, body: &str| match classify(status, body.as_bytes(), None) {
-            Attempt::Retry { cause, .. } => Some(cause),
-            Attempt::Done(_) => None,
+            Err(Unsent::Retry { cause, .. }) => Some(cause),
+            _ => None,
         };
         let done = |status: u16, body: &str| match classify(status, body.as_bytes(), None) {
-            Attempt::Done(result) => Some(result),
-            Attempt::Retry { .. } => None,
+            Ok(accepted) => Some(Ok(accepted)),
+            Err(Unsent::Final(error)) => Some(Err(error)),
+            Err(Unsent::Retry { .. }) => None,
         };
         assert!(retry(429, "").is_some());
         assert!(retry(500, "<html>").is_some());
@@ -853,24 +853,6 @@ mod tests {
                 status: Some(MessageStatus::Accepted)
             }))
         );
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1000),
-            budget: Duration::from_secs(60),
-        };
-        for _ in 0..100 {
-            let first = policy.backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let third = policy.backoff(3);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-            let late = policy.backoff(30);
-            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
-        }
     }
 
     #[test]

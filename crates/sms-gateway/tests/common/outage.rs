@@ -99,7 +99,7 @@ impl<'a> Outage<'a> {
         eventually("the turn's commit failing", || async {
             self.gateway
                 .logs()
-                .contains("storing a turn failed; trying again")
+                .contains("storing a turn failed; retrying")
                 .then_some(())
         })
         .await;

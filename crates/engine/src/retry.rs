@@ -1,32 +1,33 @@
-//! Retrying failed model calls: capped exponential backoff with full jitter, the server's
+//! Retrying a failed call: capped exponential backoff with full jitter, the server's
 //! `Retry-After` when it sends one, and a time budget for the whole call.
 //!
-//! Model implementations call [`retry`] around one attempt; it retries only what
-//! [`ModelError::is_retryable`] calls worth retrying (429, 5xx, time-outs, broken connections,
-//! unusable answers) and reports the final failure as [`ModelError::RetriesExhausted`].
+//! One policy for every call that is worth repeating: the model client's requests, the
+//! gateway's Twilio requests and the turn driver's commits all run through [`retry`], each with
+//! its own [`RetryPolicy`] and its own error type, whose [`Failure::verdict`] says what is worth
+//! another attempt.
 
+use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
-use super::ModelError;
-
-/// How often and how patiently to retry a failed model call.
+/// How often and how patiently to retry a failed call.
 ///
 /// Between attempts it waits what the server asked for (`Retry-After`); without that, a random
 /// delay between zero and `base_delay · 2^(retry − 1)`, capped by
-/// [`with_max_delay`](Self::with_max_delay) ("full jitter"), so that many souls hitting the same
-/// rate limit do not retry in lockstep.
+/// [`with_max_delay`](Self::with_max_delay) ("full jitter"), so that many callers failing
+/// together do not retry in lockstep.
 ///
 /// The whole call, attempts and waits together, stays within the [budget](Self::with_budget):
-/// each attempt is given at most the time left, and attempts go on, further and further apart,
-/// until the budget is spent, so a short outage is ridden out rather than answered with the
-/// fallback. The call gives up at once, without waiting, when the wait before the next attempt
-/// would use up what is left of the budget, or when the server asks for a wait longer than
+/// each attempt is given the time left, and attempts go on, further and further apart, until
+/// the budget is spent, so a short outage is ridden out. The call gives up at once, without
+/// waiting, when the wait before the next attempt would use up what is left of the budget, or
+/// when the server asks for a wait longer than
 /// [`with_max_retry_after`](Self::with_max_retry_after): a server's wait is never shortened to
-/// fit, since someone is waiting for the answer, and a fallback now is better than the same
-/// refusal later.
+/// fit, since someone is waiting for the answer, and an answer now (an error the caller can act
+/// on) is better than the same refusal later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -37,8 +38,8 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// As many attempts as the budget holds, 250 ms base delay, 8 s maximum backoff,
-    /// `Retry-After` honoured up to 30 s, 90 s for the whole call.
+    /// A model call's: as many attempts as the budget holds, 250 ms base delay, 8 s maximum
+    /// backoff, `Retry-After` honoured up to 30 s, 90 s for the whole call.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: u32::MAX,
@@ -77,7 +78,7 @@ impl RetryPolicy {
 
     /// The longest wait granted to a server's `Retry-After`; a server asking for longer ends
     /// the call at once (it would not be ready sooner), so a misbehaving server cannot stall a
-    /// conversation for minutes.
+    /// caller for minutes.
     pub fn with_max_retry_after(mut self, max_retry_after: Duration) -> Self {
         self.max_retry_after = max_retry_after;
         self
@@ -99,25 +100,26 @@ impl RetryPolicy {
         self.budget
     }
 
-    /// How long to wait before retry number `retry` (1 for the second attempt) after `error`:
-    /// the error's `Retry-After`, or else the jittered backoff. `None` when the server asked for
-    /// longer than the policy's maximum: then there is no retry.
-    pub fn delay_before_retry(&self, retry: u32, error: &ModelError) -> Option<Duration> {
-        self.delay_with_rng(retry, error, &mut fastrand::Rng::new())
+    /// How long to wait before retry number `retry` (1 for the second attempt) when the server
+    /// asked for `retry_after`: that, or else the jittered backoff. `None` when the server
+    /// asked for longer than the policy's maximum: then there is no retry.
+    pub fn delay_before_retry(
+        &self,
+        retry: u32,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        self.delay_with_rng(retry, retry_after, &mut fastrand::Rng::new())
     }
 
     fn delay_with_rng(
         &self,
         retry: u32,
-        error: &ModelError,
+        retry_after: Option<Duration>,
         rng: &mut fastrand::Rng,
     ) -> Option<Duration> {
-        match error {
-            ModelError::Http {
-                retry_after: Some(asked),
-                ..
-            } => (*asked <= self.max_retry_after).then_some(*asked),
-            _ => Some(self.backoff(retry, rng)),
+        match retry_after {
+            Some(asked) => (asked <= self.max_retry_after).then_some(asked),
+            None => Some(self.backoff(retry, rng)),
         }
     }
 
@@ -130,6 +132,67 @@ impl RetryPolicy {
             .min(self.max_delay);
         let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.u64(0..=ceiling_nanos))
+    }
+}
+
+/// What a failed attempt says about the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Another attempt would fail the same way: the call ends with this error.
+    Final,
+    /// Another attempt may succeed.
+    Retry {
+        /// How long the server asked to be left alone (`Retry-After`), if it said; otherwise
+        /// the policy's backoff applies.
+        after: Option<Duration>,
+    },
+}
+
+/// An attempt's error as [`retry`] sees it: what it says about another attempt, and, through
+/// `Display`, what the logs say of it — never a message's contents or a secret, since retries
+/// are logged at `info`.
+pub trait Failure: fmt::Display {
+    /// Whether another attempt may help, and when.
+    fn verdict(&self) -> Verdict;
+}
+
+/// How a retried call failed.
+#[derive(Debug)]
+pub enum RetryError<E> {
+    /// An attempt failed with an error whose [`Verdict`] is final; it is returned as it came.
+    Final {
+        /// That error.
+        error: E,
+        /// Attempts made, the failed one included.
+        attempts: u32,
+    },
+    /// Every attempt made failed with an error worth retrying, and the policy allowed no
+    /// more: the attempts or the budget ran out, or the server asked for a wait the policy
+    /// does not grant.
+    Exhausted {
+        /// The last attempt's error.
+        last: E,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+impl<E> RetryError<E> {
+    /// Attempts made.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            RetryError::Final { attempts, .. } | RetryError::Exhausted { attempts, .. } => {
+                *attempts
+            }
+        }
+    }
+
+    /// The last attempt's error.
+    pub fn into_last(self) -> E {
+        match self {
+            RetryError::Final { error, .. } => error,
+            RetryError::Exhausted { last, .. } => last,
+        }
     }
 }
 
@@ -150,34 +213,41 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     )
 }
 
-/// Runs `op` until it succeeds, fails with an error that is not retryable, or `policy` allows no
-/// more attempts, waiting [`RetryPolicy::delay_before_retry`] between attempts. Each call of `op`
-/// is given the time left in the policy's budget, which the attempt must not outlast.
+/// Runs `op` until it succeeds, fails with an error whose [`Verdict`] is final, or `policy`
+/// allows no more attempts, waiting [`RetryPolicy::delay_before_retry`] between attempts. Each
+/// call of `op` is given the time left in the policy's budget, which the attempt should not
+/// outlast.
 ///
-/// A non-retryable error is returned as it is, at once; when the attempts or the budget run out
-/// the last error comes back inside [`ModelError::RetriesExhausted`]. Retries are logged at
-/// `info` and giving up at `warn`, with the error (which never holds message contents or
-/// secrets), nothing else.
-pub async fn retry<F, Fut, T>(policy: &RetryPolicy, op: F) -> Result<T, ModelError>
+/// `call` names the call in the logs (`"model call"`): retries are logged at `info` and giving
+/// up at `warn`, with the error's `Display` ([`Failure`]), nothing else. Time is tokio's, so a
+/// test with paused time sees the budget at work without waiting.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    call: &str,
+    op: F,
+) -> Result<T, RetryError<E>>
 where
+    E: Failure,
     F: FnMut(Duration) -> Fut,
-    Fut: Future<Output = Result<T, ModelError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
-    retry_with(policy, op, tokio::time::sleep, || started.elapsed()).await
+    retry_with(policy, call, op, tokio::time::sleep, || started.elapsed()).await
 }
 
 /// [`retry`] with the waiting and the clock injected, so tests can see the delays and the
 /// budget at work without waiting.
-async fn retry_with<F, Fut, T, S, SleepFut>(
+async fn retry_with<T, E, F, Fut, S, SleepFut>(
     policy: &RetryPolicy,
+    call: &str,
     mut op: F,
     mut sleep: S,
     elapsed: impl Fn() -> Duration,
-) -> Result<T, ModelError>
+) -> Result<T, RetryError<E>>
 where
+    E: Failure,
     F: FnMut(Duration) -> Fut,
-    Fut: Future<Output = Result<T, ModelError>>,
+    Fut: Future<Output = Result<T, E>>,
     S: FnMut(Duration) -> SleepFut,
     SleepFut: Future<Output = ()>,
 {
@@ -186,17 +256,20 @@ where
         let error = match op(policy.budget.saturating_sub(elapsed())).await {
             Ok(value) => {
                 if attempt > 1 {
-                    tracing::debug!(attempt, "model call succeeded after retrying");
+                    tracing::debug!(attempt, "{call} succeeded after retrying");
                 }
                 return Ok(value);
             }
             Err(error) => error,
         };
-        if !error.is_retryable() {
-            return Err(error);
-        }
+        let Verdict::Retry { after } = error.verdict() else {
+            return Err(RetryError::Final {
+                error,
+                attempts: attempt,
+            });
+        };
         let left = policy.budget.saturating_sub(elapsed());
-        let delay = match policy.delay_before_retry(attempt, &error) {
+        let delay = match policy.delay_before_retry(attempt, after) {
             _ if attempt >= policy.max_attempts => Err("attempts spent"),
             None => Err("the server asked for a longer wait than is granted"),
             Some(delay) if delay >= left => Err("the wait would use up the budget"),
@@ -209,11 +282,11 @@ where
                     attempts = attempt,
                     reason,
                     error = %error,
-                    "model call failed; giving up"
+                    "{call} failed; giving up"
                 );
-                return Err(ModelError::RetriesExhausted {
+                return Err(RetryError::Exhausted {
+                    last: error,
                     attempts: attempt,
-                    last: Box::new(error),
                 });
             }
         };
@@ -221,7 +294,7 @@ where
             attempt,
             delay = ?delay,
             error = %error,
-            "model call failed; retrying"
+            "{call} failed; retrying"
         );
         sleep(delay).await;
         attempt += 1;
@@ -236,6 +309,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::model::ModelError;
 
     fn http(status: u16, retry_after: Option<Duration>) -> ModelError {
         ModelError::Http {
@@ -262,7 +336,7 @@ mod tests {
                 .min(Duration::from_secs(1));
             for _ in 0..200 {
                 let delay = policy
-                    .delay_with_rng(retry, &ModelError::Timeout(Duration::ZERO), &mut rng)
+                    .delay_with_rng(retry, None, &mut rng)
                     .expect("a backoff");
                 assert!(delay <= ceiling, "retry {retry}: {delay:?} > {ceiling:?}");
             }
@@ -304,14 +378,8 @@ mod tests {
             Duration::from_secs(2),
             Duration::from_secs(10),
         ] {
-            assert_eq!(
-                policy.delay_before_retry(1, &http(429, Some(asked))),
-                Some(asked)
-            );
-            assert_eq!(
-                policy.delay_before_retry(3, &http(503, Some(asked))),
-                Some(asked)
-            );
+            assert_eq!(policy.delay_before_retry(1, Some(asked)), Some(asked));
+            assert_eq!(policy.delay_before_retry(3, Some(asked)), Some(asked));
         }
     }
 
@@ -319,7 +387,7 @@ mod tests {
     fn a_retry_after_over_the_cap_is_no_retry_not_a_shorter_wait() {
         let policy = policy();
         for asked in [Duration::from_millis(10_001), Duration::from_secs(3600)] {
-            assert_eq!(policy.delay_before_retry(1, &http(429, Some(asked))), None);
+            assert_eq!(policy.delay_before_retry(1, Some(asked)), None);
         }
     }
 
@@ -327,7 +395,7 @@ mod tests {
     fn without_retry_after_the_backoff_applies() {
         let policy = policy();
         for _ in 0..100 {
-            let delay = policy.delay_before_retry(1, &http(500, None)).unwrap();
+            let delay = policy.delay_before_retry(1, None).unwrap();
             assert!(delay <= Duration::from_millis(100));
         }
     }
@@ -391,6 +459,7 @@ mod tests {
         let slept = RefCell::new(Vec::new());
         let result = retry_with(
             policy,
+            "model call",
             |left| {
                 given.borrow_mut().push(left);
                 let (took, next) = script.borrow_mut().pop_front().expect("the script ran out");
@@ -404,7 +473,8 @@ mod tests {
             },
             || clock.get(),
         )
-        .await;
+        .await
+        .map_err(ModelError::from);
         Run {
             result,
             given: given.into_inner(),

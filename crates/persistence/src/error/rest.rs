@@ -1,9 +1,11 @@
-//! What PostgREST answers when a request fails, read into typed errors.
+//! What a REST API (PostgREST) answers when a request fails, read into typed errors.
 //!
 //! `postgrest` 1.6 hands back every HTTP answer as `Ok(Response)`, 4xx and 5xx included, and has
 //! no error type of its own: the status and PostgREST's `{code, message, details, hint}` body are
 //! read here into a [`RestError`], which the store reports as [`StoreError::Rest`]; a request that
-//! got no answer is a [`TransportError`], reported as [`StoreError::RestUnavailable`].
+//! got no answer is a [`TransportError`], reported as [`StoreError::RestUnavailable`]. Whether the
+//! call may be repeated (`idempotent`) is the caller's to say: it depends on the call, not on
+//! the answer.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -12,18 +14,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::StoreError;
-
-/// Whether repeating a request after an unknown outcome is harmless.
-///
-/// A 5xx or a timeout leaves the outcome unknown: the request may have been applied. Only calls
-/// whose repetition changes nothing further are reported as retryable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Idempotency {
-    /// Reads, and writes whose repetition leaves the same state.
-    Idempotent,
-    /// Writes that a repetition could apply twice (start a second turn, claim again...).
-    NotIdempotent,
-}
 
 /// What a failed PostgREST answer means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +25,6 @@ pub enum RestProblem {
     /// PGRST202 (function) or PGRST205 (table): the migrations have not been applied, or
     /// PostgREST's schema cache predates them (`NOTIFY pgrst, 'reload schema'`).
     SchemaMissing,
-    /// PGRST116: a single row was asked for and the result had another number of rows.
-    NotSingular,
     /// A 5xx: the server or the database failed.
     Server,
     /// Any other refusal.
@@ -112,21 +100,9 @@ impl RestError {
             // 403 depending on whether a token was sent; a proxy may pass it on differently.
             (_, Some("42501")) => RestProblem::Unauthorized,
             (_, Some("PGRST202" | "PGRST205")) => RestProblem::SchemaMissing,
-            (_, Some("PGRST116")) => RestProblem::NotSingular,
             (500..=599, _) => RestProblem::Server,
             _ => RestProblem::Other,
         }
-    }
-
-    /// For PGRST116: whether the result had no row at all (as opposed to several), which for a
-    /// lookup by a unique key is an answer ("there is none"), not an error. PostgREST says so
-    /// only in the details: "The result contains 0 rows".
-    pub(crate) fn is_no_row(&self) -> bool {
-        self.problem() == RestProblem::NotSingular
-            && self
-                .details
-                .as_deref()
-                .is_some_and(|details| details.contains("contains 0 rows"))
     }
 
     /// Whether the same request may succeed if sent again: the server failed (5xx), or the
@@ -138,10 +114,10 @@ impl RestError {
             || matches!(self.code.as_deref(), Some("40001" | "40P01" | "55P03"))
     }
 
-    /// The error as the store reports it.
-    pub(crate) fn into_store_error(self, idempotency: Idempotency) -> StoreError {
+    /// The error as the store reports it, for a call that is `idempotent` or not.
+    pub(crate) fn into_store_error(self, idempotent: bool) -> StoreError {
         StoreError::Rest {
-            idempotent: idempotency == Idempotency::Idempotent,
+            idempotent,
             source: self,
         }
     }
@@ -221,14 +197,15 @@ impl TransportError {
         self.timed_out
     }
 
-    /// Reports a failed send or read. It is retryable only for idempotent calls.
+    /// Reports a failed send or read of a call that is `idempotent` or not; it is retryable only
+    /// then.
     pub(crate) fn into_store_error(
         error: impl StdError + Send + Sync + 'static,
         timed_out: bool,
-        idempotency: Idempotency,
+        idempotent: bool,
     ) -> StoreError {
         StoreError::RestUnavailable {
-            idempotent: idempotency == Idempotency::Idempotent,
+            idempotent,
             source: TransportError {
                 timed_out,
                 source: Box::new(error),
@@ -250,17 +227,6 @@ mod tests {
         assert_eq!(missing.problem(), RestProblem::SchemaMissing);
         assert!(missing.to_string().contains("reload schema"));
 
-        let none = RestError::parse(
-            406,
-            br#"{"code":"PGRST116","message":"Cannot coerce the result to a single JSON object","details":"The result contains 0 rows","hint":null}"#,
-        );
-        assert!(none.is_no_row());
-        let many = RestError {
-            details: Some("The result contains 2 rows".into()),
-            ..none
-        };
-        assert!(!many.is_no_row());
-
         let refused = RestError::parse(401, br#"{"code":"PGRST301","message":"JWT invalid"}"#);
         assert_eq!(refused.problem(), RestProblem::Unauthorized);
         let gateway = RestError::parse(502, b"<html>bad gateway</html>");
@@ -270,7 +236,7 @@ mod tests {
     #[test]
     fn server_errors_are_retryable_only_when_idempotent() {
         let failed = || RestError::parse(503, br#"{"message":"unavailable"}"#);
-        let read = failed().into_store_error(Idempotency::Idempotent);
+        let read = failed().into_store_error(true);
         assert!(matches!(
             read,
             StoreError::Rest {
@@ -279,7 +245,7 @@ mod tests {
             }
         ));
         assert!(read.is_retryable());
-        let begin = failed().into_store_error(Idempotency::NotIdempotent);
+        let begin = failed().into_store_error(false);
         assert!(
             matches!(begin, StoreError::Rest { idempotent: false, ref source }
             if source.problem() == RestProblem::Server)
@@ -287,29 +253,17 @@ mod tests {
         assert!(!begin.is_retryable());
 
         let deadlock = || RestError::parse(409, br#"{"code":"40P01","message":"deadlock"}"#);
-        assert!(
-            deadlock()
-                .into_store_error(Idempotency::Idempotent)
-                .is_retryable()
-        );
-        assert!(
-            !deadlock()
-                .into_store_error(Idempotency::NotIdempotent)
-                .is_retryable()
-        );
+        assert!(deadlock().into_store_error(true).is_retryable());
+        assert!(!deadlock().into_store_error(false).is_retryable());
 
         let refused = RestError::parse(403, br#"{"code":"42501","message":"permission denied"}"#);
-        assert!(
-            !refused
-                .into_store_error(Idempotency::Idempotent)
-                .is_retryable()
-        );
+        assert!(!refused.into_store_error(true).is_retryable());
     }
 
     #[test]
     fn transport_failures_are_retryable_only_when_idempotent() {
         let cut = || std::io::Error::other("connection reset");
-        let read = TransportError::into_store_error(cut(), true, Idempotency::Idempotent);
+        let read = TransportError::into_store_error(cut(), true, true);
         assert!(read.is_retryable());
         let StoreError::RestUnavailable { source, .. } = &read else {
             panic!("expected a transport failure: {read:?}")
@@ -317,7 +271,7 @@ mod tests {
         assert!(source.timed_out());
         assert!(read.to_string().contains("timed out"), "{read}");
         assert!(StdError::source(source).is_some());
-        let begin = TransportError::into_store_error(cut(), false, Idempotency::NotIdempotent);
+        let begin = TransportError::into_store_error(cut(), false, false);
         assert!(matches!(
             begin,
             StoreError::RestUnavailable {
@@ -336,7 +290,7 @@ mod tests {
         );
         assert!(!format!("{error:?}").contains("+1555"));
         assert!(!error.to_string().contains("+1555"));
-        let error = error.into_store_error(Idempotency::Idempotent);
+        let error = error.into_store_error(true);
         assert!(!format!("{error:?}").contains("+1555"));
         assert!(!error.to_string().contains("+1555"));
     }

@@ -1,0 +1,110 @@
+//! The HTTP listener: its port, how it bounds its clients, and who may read the operations
+//! endpoints.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::reader::Reader;
+use super::secret::Secret;
+
+pub(super) const DEFAULT_PORT: u16 = 8080;
+
+/// Connections served at once by default; lowered at start to half the open-file limit.
+const DEFAULT_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(4096).expect("not zero");
+/// Twilio sends a request's headers at once; a client that has not within this time is not
+/// Twilio, or has gone.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Twilio waits 15 s for a webhook's answer: past that no answer matters.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the HTTP listener bounds its clients, and who may read the operations endpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpLimits {
+    /// Connections served at once (`MAX_CONNECTIONS`); more wait in the kernel's accept queue.
+    /// Lowered at start to half the open-file limit, so that the store, the model and Twilio
+    /// always have descriptors left.
+    pub(crate) max_connections: NonZeroU32,
+    /// How long a client has to send a request's headers, from the connection's opening or from
+    /// its previous answer (`HEADER_READ_TIMEOUT`): also how long an idle connection is kept.
+    pub(crate) header_read_timeout: Duration,
+    /// How long a request may take from its headers to its answer, its body and its handling
+    /// (`REQUEST_TIMEOUT`); answered 408 past it.
+    pub(crate) request_timeout: Duration,
+    /// When set (`METRICS_TOKEN`), `/metrics` and `/readyz` require `Authorization: Bearer` with
+    /// it; `/healthz` stays open for liveness probes.
+    pub(crate) metrics_token: Option<Secret>,
+}
+
+impl Reader<'_> {
+    pub(super) fn http(&mut self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self
+                .parsed("MAX_CONNECTIONS", "not a positive integer", |text| {
+                    text.parse().ok()
+                })
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: self
+                .duration("HEADER_READ_TIMEOUT")
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            request_timeout: self
+                .duration("REQUEST_TIMEOUT")
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            metrics_token: self.secret("METRICS_TOKEN"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::problem::Problem;
+    use crate::config::testing::{problems, values};
+    use crate::config::{Config, Level};
+
+    #[test]
+    fn http_limits_and_the_metrics_token() {
+        let config = Config::from_values(&BTreeMap::new(), Level::Migrate).unwrap();
+        assert_eq!(config.http.max_connections.get(), 4096);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(15));
+        assert!(config.http.metrics_token.is_none());
+
+        let config = Config::from_values(
+            &values(&[
+                ("MAX_CONNECTIONS", "100"),
+                ("HEADER_READ_TIMEOUT", "2s"),
+                ("REQUEST_TIMEOUT", "30s"),
+                ("METRICS_TOKEN", " scrape-me "),
+            ]),
+            Level::Migrate,
+        )
+        .unwrap();
+        assert_eq!(config.http.max_connections.get(), 100);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(30));
+        let token = config.http.metrics_token.as_ref().unwrap();
+        assert_eq!(token.expose(), "scrape-me");
+        assert!(!format!("{config:?}").contains("scrape-me"));
+
+        let malformed: Vec<String> = problems(
+            &values(&[
+                ("MAX_CONNECTIONS", "0"),
+                ("HEADER_READ_TIMEOUT", "never"),
+                ("REQUEST_TIMEOUT", "0s"),
+            ]),
+            Level::Migrate,
+        )
+        .into_iter()
+        .map(|problem| match problem {
+            Problem::Malformed { key, .. } => key,
+            other => panic!("expected malformed values only, got {other:?}"),
+        })
+        .collect();
+        assert_eq!(
+            malformed,
+            ["MAX_CONNECTIONS", "HEADER_READ_TIMEOUT", "REQUEST_TIMEOUT"]
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! What can be wrong with a configuration, and how it is told.
+
+use std::fmt;
+
+/// One thing wrong with the configuration. Messages name settings, never their values, which
+/// may be secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Problem {
+    /// A required setting is absent.
+    #[error("{key} is required {why}")]
+    Missing {
+        /// The setting.
+        key: &'static str,
+        /// What needs it.
+        why: &'static str,
+    },
+    /// A setting's value is not of the expected form.
+    #[error("{key} is malformed: {reason}")]
+    Malformed {
+        /// The setting.
+        key: String,
+        /// What form was expected.
+        reason: &'static str,
+    },
+    /// Settings that cannot be used together.
+    #[error("{keys}: {reason}")]
+    Conflict {
+        /// The settings, as written in the message.
+        keys: &'static str,
+        /// Why they conflict.
+        reason: &'static str,
+    },
+    /// A key in the configuration file that names no setting.
+    #[error("{path}: {key} is not a setting")]
+    UnknownKey {
+        /// The file.
+        path: String,
+        /// The key, as flattened (`[twilio] frm` is `TWILIO_FRM`).
+        key: String,
+    },
+    /// `SOUL` names a soul this build does not have.
+    #[error("SOUL names no soul of this build ({known})")]
+    UnknownSoul {
+        /// The souls this build has, comma-separated.
+        known: String,
+    },
+    /// The configuration file cannot be read or parsed.
+    #[error("cannot use the configuration file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    /// The problems, in the order settings are read.
+    pub(crate) problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}

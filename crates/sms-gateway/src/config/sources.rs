@@ -1,0 +1,329 @@
+//! Where settings come from: the environment, over an optional TOML file whose tables nest
+//! keys under their prefix; and the check of a loaded configuration against this build.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::problem::{ConfigError, Problem};
+use super::{Config, Level};
+
+/// The environment variable naming the TOML file (overridden by `--config`).
+pub(crate) const CONFIG_FILE_VARIABLE: &str = "SOUL_CONFIG";
+
+/// Every setting's name.
+pub(crate) const KEYS: &[&str] = &[
+    "BIND",
+    "PORT",
+    // The HTTP listener's bounds and the operations endpoints' token (`HttpLimits`).
+    "MAX_CONNECTIONS",
+    "HEADER_READ_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "METRICS_TOKEN",
+    "PUBLIC_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_FROM",
+    "TWILIO_MESSAGING_SERVICE_SID",
+    "TWILIO_API_BASE",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "SOUL_MODEL",
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SESSION_TIMEOUT",
+    "SOUL",
+    "HELP_TEXT",
+    "LOG_FORMAT",
+    "RATE_LIMIT_PER_MINUTE",
+    "TURN_CONCURRENCY",
+    "SOUL_CRISIS_RESOURCES",
+    "OUTBOX_RETRY_AFTER",
+    "SWEEP_INTERVAL",
+    "SHUTDOWN_TIMEOUT",
+    "TURN_LEASE",
+    "TURN_MAX_ATTEMPTS",
+    "FALLBACK_REPLY",
+    "MODEL_TIMEOUT",
+    "MODEL_RETRY_BUDGET",
+    "MAX_REPLY_SEGMENTS",
+];
+
+/// Loads the configuration for `level` from the TOML file `config_file` (the `--config`
+/// argument) or else the one named by `SOUL_CONFIG`, if any, with the environment overriding it,
+/// and checks it against what this build can run (`souls`: the registered soul names).
+pub(crate) fn load(
+    level: Level,
+    config_file: Option<&Path>,
+    souls: &[&str],
+) -> Result<Config, ConfigError> {
+    match load_values(level, config_file) {
+        Ok(config) => {
+            let problems = check_supported(&config, souls);
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(ConfigError { problems })
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What a valid configuration asks for that this build cannot do: a soul it does not have.
+pub(crate) fn check_supported(config: &Config, souls: &[&str]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(soul) = &config.soul
+        && !souls.contains(&soul.as_str())
+    {
+        problems.push(Problem::UnknownSoul {
+            known: souls.join(", "),
+        });
+    }
+    problems
+}
+
+fn load_values(level: Level, config_file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let env = environment(&mut problems);
+    let path = config_file.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(CONFIG_FILE_VARIABLE)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    });
+    let mut values = match path {
+        Some(path) => read_file(&path, &mut problems),
+        None => BTreeMap::new(),
+    };
+    values.extend(env);
+    match Config::from_values(&values, level) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems }),
+        Err(error) => {
+            problems.extend(error.problems);
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// The settings present in the process environment.
+fn environment(problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    for key in KEYS {
+        let Some(value) = std::env::var_os(key) else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => {
+                values.insert((*key).to_owned(), value);
+            }
+            Err(_) => problems.push(Problem::Malformed {
+                key: (*key).to_owned(),
+                reason: "not valid UTF-8",
+            }),
+        }
+    }
+    values
+}
+
+fn read_file(path: &Path, problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_toml(&text, &path.display().to_string(), problems),
+        Err(error) => {
+            problems.push(Problem::File {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            });
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The settings in a TOML document, tables flattened into their keys' prefixes; problems
+/// (unknown keys, values that are not scalars, bad syntax) are added to `problems`.
+pub(crate) fn parse_toml(
+    text: &str,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    match text.parse::<toml::Table>() {
+        Ok(table) => flatten(&table, "", path, &mut values, problems),
+        // The parser's message quotes the offending line, which may hold a secret: give only
+        // where it is.
+        Err(error) => problems.push(Problem::File {
+            path: path.to_owned(),
+            reason: match error.span() {
+                Some(span) => format!(
+                    "invalid TOML at line {}",
+                    text[..span.start.min(text.len())].lines().count().max(1)
+                ),
+                None => "invalid TOML".to_owned(),
+            },
+        }),
+    }
+    values
+}
+
+fn flatten(
+    table: &toml::Table,
+    prefix: &str,
+    path: &str,
+    values: &mut BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, value) in table {
+        let key = format!("{prefix}{}", name.to_ascii_uppercase());
+        let text = match value {
+            toml::Value::Table(inner) => {
+                flatten(inner, &format!("{key}_"), path, values, problems);
+                continue;
+            }
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            toml::Value::Datetime(_) | toml::Value::Array(_) => {
+                if KEYS.contains(&key.as_str()) {
+                    problems.push(Problem::Malformed {
+                        key,
+                        reason: "not a string or number",
+                    });
+                } else {
+                    problems.push(Problem::UnknownKey {
+                        path: path.to_owned(),
+                        key,
+                    });
+                }
+                continue;
+            }
+        };
+        if KEYS.contains(&key.as_str()) {
+            values.insert(key, text);
+        } else {
+            problems.push(Problem::UnknownKey {
+                path: path.to_owned(),
+                key,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+    use crate::config::testing::values;
+
+    #[test]
+    fn toml_file_flattens_tables_and_rejects_unknown_keys() {
+        let text = r#"
+port = 9000
+public_url = "https://soul.example.org"
+LOG_FORMAT = "json"
+
+[twilio]
+account_sid = "AC0123456789abcdef0123456789abcdef"
+auth_token = "from-file"
+from = "+15005550006"
+frm = "+1"
+
+[openai]
+api_key = "sk-file"
+"#;
+        let mut found = Vec::new();
+        let values = parse_toml(text, "soul.toml", &mut found);
+        assert_eq!(
+            found,
+            [Problem::UnknownKey {
+                path: "soul.toml".into(),
+                key: "TWILIO_FRM".into()
+            }]
+        );
+        assert_eq!(values.get("PORT").map(String::as_str), Some("9000"));
+        assert_eq!(
+            values.get("TWILIO_FROM").map(String::as_str),
+            Some("+15005550006")
+        );
+        assert_eq!(
+            values.get("OPENAI_API_KEY").map(String::as_str),
+            Some("sk-file")
+        );
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn toml_errors_do_not_quote_the_file() {
+        let mut found = Vec::new();
+        parse_toml(
+            "ok = 1\nsecret = \"sk-unterminated\n",
+            "soul.toml",
+            &mut found,
+        );
+        let message = found
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(message.contains("invalid TOML at line 2"), "{message}");
+        assert!(!message.contains("sk-unterminated"), "{message}");
+
+        found.clear();
+        parse_toml("port = [1, 2]\nwhen = 1979-05-27", "f", &mut found);
+        assert!(matches!(&found[0], Problem::Malformed { key, .. } if key == "PORT"));
+        assert!(matches!(&found[1], Problem::UnknownKey { key, .. } if key == "WHEN"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut found = Vec::new();
+        let mut merged = parse_toml("port = 9000\nsoul = \"file\"", "f", &mut found);
+        merged.extend(values(&[("PORT", "9001")]));
+        let config = Config::from_values(&merged, Level::Migrate).unwrap();
+        assert_eq!(config.port, 9001);
+        assert_eq!(config.soul.as_deref(), Some("file"));
+    }
+
+    #[test]
+    fn load_reports_an_unreadable_file() {
+        let error = load(
+            Level::Migrate,
+            Some(Path::new("/nonexistent/soul.toml")),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|problem| matches!(problem, Problem::File { .. })),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unsupported_stores_and_unknown_souls_are_refused() {
+        let souls = ["sage", "pip"];
+        let config = Config::from_values(
+            &values(&[
+                ("SUPABASE_URL", "https://p.supabase.co"),
+                ("SUPABASE_SERVICE_KEY", "k"),
+                ("SOUL", "samantha"),
+            ]),
+            Level::Migrate,
+        )
+        .unwrap();
+        let problems = check_supported(&config, &souls);
+        assert_eq!(
+            problems,
+            [Problem::UnknownSoul {
+                known: "sage, pip".to_owned()
+            },]
+        );
+        let config = Config::from_values(&values(&[("SOUL", "pip")]), Level::Migrate).unwrap();
+        assert!(check_supported(&config, &souls).is_empty());
+    }
+}

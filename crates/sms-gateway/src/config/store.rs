@@ -1,0 +1,157 @@
+//! Where sessions and messages are kept: a SQLite file, PostgreSQL or Supabase.
+
+use super::problem::Problem;
+use super::reader::Reader;
+use super::secret::Secret;
+
+const DEFAULT_DATABASE_URL: &str = "sqlite://data/soul.db";
+
+/// Where sessions and messages are kept.
+#[derive(Debug, Clone)]
+pub(crate) enum StoreConfig {
+    /// A SQLite file, e.g. `sqlite://data/soul.db`.
+    Sqlite {
+        /// The `sqlite:` URL.
+        url: String,
+    },
+    /// PostgreSQL; the URL may hold a password, so it is a secret.
+    Postgres {
+        /// The `postgres://` or `postgresql://` URL.
+        url: Secret,
+    },
+    /// Supabase over its REST API, with its service-role key.
+    Supabase {
+        /// The project URL.
+        url: String,
+        /// The service-role key.
+        service_key: Secret,
+    },
+}
+
+impl Reader<'_> {
+    pub(super) fn store(&mut self) -> Option<StoreConfig> {
+        let service_key = self.supabase_key();
+        let supabase_url = self.url("SUPABASE_URL", false);
+        let key_set = self.get("SUPABASE_SERVICE_KEY").is_some()
+            || self.get("SUPABASE_SERVICE_ROLE_KEY").is_some();
+        let supabase_set = self.get("SUPABASE_URL").is_some() || key_set;
+        let database_url = self.get("DATABASE_URL").map(str::to_owned);
+
+        if supabase_set {
+            if database_url.is_some() {
+                self.problems.push(Problem::Conflict {
+                    keys: "DATABASE_URL and SUPABASE_URL",
+                    reason: "set one store: a database URL or a Supabase project",
+                });
+                return None;
+            }
+            const WHY: &str = "to use Supabase";
+            if self.get("SUPABASE_URL").is_none() {
+                self.missing("SUPABASE_URL", WHY);
+            }
+            if !key_set {
+                self.missing(
+                    "SUPABASE_SERVICE_KEY",
+                    "(or SUPABASE_SERVICE_ROLE_KEY) to use Supabase",
+                );
+            }
+            return Some(StoreConfig::Supabase {
+                url: supabase_url?,
+                service_key: service_key?,
+            });
+        }
+
+        let url = database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if url.starts_with("sqlite:") {
+            Some(StoreConfig::Sqlite { url })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(StoreConfig::Postgres {
+                url: Secret::new(url),
+            })
+        } else {
+            self.malformed(
+                "DATABASE_URL",
+                "neither a sqlite: nor a postgres:// or postgresql:// URL",
+            );
+            None
+        }
+    }
+
+    /// `SUPABASE_SERVICE_KEY`, or its other name `SUPABASE_SERVICE_ROLE_KEY`; both may be set
+    /// only to the same value.
+    fn supabase_key(&mut self) -> Option<Secret> {
+        let key = self.get("SUPABASE_SERVICE_KEY");
+        let role_key = self.get("SUPABASE_SERVICE_ROLE_KEY");
+        match (key, role_key) {
+            (Some(key), Some(role_key)) if key != role_key => {
+                self.problems.push(Problem::Conflict {
+                    keys: "SUPABASE_SERVICE_KEY and SUPABASE_SERVICE_ROLE_KEY",
+                    reason: "both are set, to different values",
+                });
+                None
+            }
+            (Some(key), _) | (None, Some(key)) => Some(Secret::new(key)),
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{problems, values};
+    use crate::config::{Config, Level};
+
+    #[test]
+    fn supabase_selection() {
+        for key_name in ["SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_ROLE_KEY"] {
+            let values = values(&[("SUPABASE_URL", "https://p.supabase.co/"), (key_name, "k")]);
+            let config = Config::from_values(&values, Level::Migrate).unwrap();
+            assert!(
+                matches!(&config.store, StoreConfig::Supabase { url, service_key }
+                    if url == "https://p.supabase.co" && service_key.expose() == "k"),
+                "{key_name}"
+            );
+        }
+        let same = values(&[
+            ("SUPABASE_URL", "https://p.supabase.co"),
+            ("SUPABASE_SERVICE_KEY", "k"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+        ]);
+        assert!(Config::from_values(&same, Level::Migrate).is_ok());
+        let no_key = values(&[("SUPABASE_URL", "https://p.supabase.co")]);
+        assert!(matches!(
+            problems(&no_key, Level::Migrate).as_slice(),
+            [Problem::Missing {
+                key: "SUPABASE_SERVICE_KEY",
+                ..
+            }]
+        ));
+        let no_url = values(&[("SUPABASE_SERVICE_ROLE_KEY", "k")]);
+        assert!(matches!(
+            problems(&no_url, Level::Migrate).as_slice(),
+            [Problem::Missing {
+                key: "SUPABASE_URL",
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn database_url_schemes() {
+        for (url, postgres) in [
+            ("sqlite://data/soul.db", false),
+            ("sqlite::memory:", false),
+            ("postgres://db/soul", true),
+            ("postgresql://db/soul", true),
+        ] {
+            let config =
+                Config::from_values(&values(&[("DATABASE_URL", url)]), Level::Migrate).unwrap();
+            assert_eq!(
+                matches!(config.store, StoreConfig::Postgres { .. }),
+                postgres,
+                "{url}"
+            );
+        }
+    }
+}
