@@ -9,8 +9,7 @@ use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
     Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore,
-    ProcessMemoryChange, Processes, SessionId, Store, StoreFuture, TurnCommit, TurnSettings,
-    migrations,
+    ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
 use soul_testkit::cluster::Cluster;
 use soul_testkit::postgres::{self, RoundTripCounter, TestDatabase, migration_files};
@@ -338,9 +337,9 @@ async fn row_level_security_shuts_out_other_roles() {
     .expect("drop probe role");
 }
 
-/// Snapshots are compressed with lz4 wherever the server offers it, and the migration that says
-/// so applies on a server without it too, leaving the default
-/// (`migrations/20260102000900_snapshot_compression_lz4.sql`).
+/// Snapshots are compressed with lz4 wherever the server offers it, and the schema that says so
+/// applies on a server without it too, leaving the default
+/// (`migrations/20260101000100_schema.sql`).
 #[tokio::test]
 async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
     let database = TestDatabase::migrated().await;
@@ -365,12 +364,11 @@ async fn snapshots_are_compressed_with_lz4_where_the_server_has_it() {
 }
 
 /// Two operations commit without waiting for the disk, each recording what is safe elsewhere: a
-/// resume (its messages are on disk already, and a lost resume is started again) and a delivery
-/// update, alone or with others (Twilio holds what it records, and the outbox finds a reply it
-/// took in its list). The rest wait: a begin stores what its caller acknowledges, an opt-out
-/// must not be forgotten. The setting ends with its transaction instead of staying on the
-/// connection (`migrations/20260102001000_resume_does_not_wait_for_the_disk.sql`,
-/// `…1100_delivery_updates…`, `…1500_delivery_updates_together.sql`).
+/// resume (its messages are on disk already, and a lost resume is started again) and delivery
+/// updates (Twilio holds what they record, and the outbox finds a reply it took in its list).
+/// The rest wait: a begin stores what its caller acknowledges, an opt-out must not be forgotten.
+/// The setting ends with its transaction instead of staying on the connection
+/// (`soul_resume_turn` and `soul_update_deliveries` in `migrations/20260101000200_functions.sql`).
 #[tokio::test]
 async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk() {
     /// Calls `sql` in a transaction: the answer and `synchronous_commit` before the commit.
@@ -431,16 +429,6 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
     let delivery = serde_json::json!({
         "id": null, "provider_id": "SM-nobody", "status": "delivered", "error": null, "now": t0(),
     });
-    let (answer, setting) = call(
-        &mut conn,
-        "select public.soul_update_delivery($1)",
-        delivery.clone(),
-    )
-    .await;
-    assert_eq!(
-        (answer["applied"].as_bool(), setting.as_str()),
-        (Some(false), "off")
-    );
     let deliveries = serde_json::json!({"updates": [delivery]});
     let (answer, setting) = call(
         &mut conn,
@@ -470,7 +458,7 @@ async fn only_resumes_and_delivery_updates_commit_without_waiting_for_the_disk()
 
 /// A message that starts at once is inserted as started, and its commit marks it done in its
 /// page without a new index entry (heap-only): one insert and one heap-only update per turn on
-/// `inbound_messages` (`migrations/20260102001200_fewer_wal_records_per_turn.sql`). A message
+/// `inbound_messages` (the `waiting` flag, `migrations/20260101000100_schema.sql`). A message
 /// sent during a turn waits in the queue behind it and is started by that turn's commit, and one
 /// sent after both are done starts at once again.
 #[tokio::test]
@@ -594,74 +582,9 @@ async fn a_message_is_inserted_started_and_marked_done_in_place() {
     assert_eq!(states, ["done", "done", "started"]);
 }
 
-/// Upgrading flags exactly the queued messages as waiting, and the queue's order survives it: the
-/// stopped turn's message is resumed first, then the waiting ones oldest first
-/// (`migrations/20260102001200_fewer_wal_records_per_turn.sql`).
-#[tokio::test]
-async fn messages_queued_before_the_waiting_flag_are_still_started_in_order() {
-    // A turn whose worker stopped (its lease expired), with two messages queued behind it.
-    let (database, mut conn) = migrated_from(
-        "20260102001200",
-        "insert into public.user_sessions (
-             id, phone_number, assigned_persona, version, lease_token, lease_expires_at,
-             lease_inbound_id)
-           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria', 2,
-             '00000000-0000-0000-0000-0000000000aa', '2026-03-01T11:00:00Z',
-             '00000000-0000-0000-0000-000000000012');
-         insert into public.inbound_messages (id, session_id, external_id, body, received_at, status)
-           values
-             ('00000000-0000-0000-0000-000000000011', '00000000-0000-0000-0000-000000000001',
-              'SM-1', 'one', '2026-03-01T10:00:00Z', 'done'),
-             ('00000000-0000-0000-0000-000000000012', '00000000-0000-0000-0000-000000000001',
-              'SM-2', 'two', '2026-03-01T10:01:00Z', 'started'),
-             ('00000000-0000-0000-0000-000000000013', '00000000-0000-0000-0000-000000000001',
-              'SM-3', 'three', '2026-03-01T10:02:00Z', 'queued'),
-             ('00000000-0000-0000-0000-000000000014', '00000000-0000-0000-0000-000000000001',
-              'SM-4', 'four', '2026-03-01T10:03:00Z', 'queued');",
-    )
-    .await;
-    let waiting: Vec<(String, bool)> =
-        sqlx::query_as("select external_id, waiting from public.inbound_messages order by seq")
-            .fetch_all(&mut conn)
-            .await
-            .expect("flags");
-    let expected = [
-        ("SM-1", false),
-        ("SM-2", false),
-        ("SM-3", true),
-        ("SM-4", true),
-    ];
-    assert_eq!(
-        waiting,
-        expected.map(|(id, flag)| (id.to_owned(), flag)).to_vec()
-    );
-    drop(conn.close().await);
-
-    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
-    let session = SessionId(uuid::Uuid::from_u128(1));
-    let mut started = Vec::new();
-    let mut next = store
-        .resume_turn(session, &settings(), t0())
-        .await
-        .expect("resume");
-    while let Some(turn) = next {
-        started.push((turn.inbound.body.clone(), turn.resumed));
-        next = store
-            .commit_turn(&TurnCommit::new(&turn), &settings(), t0())
-            .await
-            .expect("commit")
-            .next;
-    }
-    assert_eq!(
-        started,
-        [("two", true), ("three", false), ("four", false)].map(|(b, r)| (b.to_owned(), r))
-    );
-}
-
 /// A role, status or kind outside its list is refused with `check_violation` on every column that
-/// has one, and the listed values go in: since
-/// `migrations/20260102001300_one_column_checks_as_domains.sql` the lists are domains, not table
-/// checks.
+/// has one, and the listed values go in: the lists are domains, not table checks
+/// (`migrations/20260101000100_schema.sql`).
 #[tokio::test]
 async fn roles_statuses_and_kinds_outside_their_lists_are_refused() {
     let database = TestDatabase::migrated().await;
@@ -708,8 +631,7 @@ async fn roles_statuses_and_kinds_outside_their_lists_are_refused() {
 
 /// Every function of ours runs with a fixed, empty search_path (nothing a caller puts on the path
 /// can stand in for what it calls), except the small SQL helpers, which must have none so that
-/// PostgreSQL inlines them (`migrations/20260102000000_inline_sql_helpers.sql`,
-/// `20260102000200_update_in_place.sql`).
+/// PostgreSQL inlines them (`migrations/20260101000200_functions.sql`).
 #[tokio::test]
 async fn functions_fix_their_search_path_except_the_inlined_helpers() {
     let database = TestDatabase::migrated().await;
@@ -790,57 +712,11 @@ async fn migration_runner_applies_each_file_once() {
     };
 }
 
-/// A database migrated up to (not including) `version`, given `old_state`, then migrated to the
-/// end: what an upgrade does to rows the earlier schema wrote.
-async fn migrated_from(version: &str, old_state: &'static str) -> (TestDatabase, PgConnection) {
-    let database = TestDatabase::empty().await;
-    let mut conn = PgConnection::connect_with(&database.options())
-        .await
-        .expect("connect");
-    let (earlier, later): (Vec<&migrations::Migration>, Vec<_>) = migrations::MIGRATIONS
-        .iter()
-        .partition(|m| m.version < version);
-    for migration in earlier {
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut conn)
-            .await
-            .expect(migration.name);
-    }
-    sqlx::raw_sql(old_state)
-        .execute(&mut conn)
-        .await
-        .expect("the old state");
-    for migration in later {
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut conn)
-            .await
-            .expect(migration.name);
-    }
-    (database, conn)
-}
-
 /// A session's working-memory snapshot is one row, which each turn's commit updates where it lies
-/// (`migrations/20260102000200_update_in_place.sql`): deleting and inserting it again left a dead
-/// kilobyte per turn. The migration keeps the newest of the rows a session had before.
+/// (`migrations/20260101000100_schema.sql`): deleting and inserting it again left a dead kilobyte
+/// per turn.
 #[tokio::test]
 async fn a_sessions_snapshot_is_one_row_updated_in_place() {
-    let (_database, mut conn) = migrated_from(
-        "20260102000200",
-        "insert into public.user_sessions (id, phone_number, assigned_persona)
-           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
-         insert into public.working_memory_snapshots (session_id, snapshot)
-           values ('00000000-0000-0000-0000-000000000001', '{\"turn\": 1}'),
-                  ('00000000-0000-0000-0000-000000000001', '{\"turn\": 2}');",
-    )
-    .await;
-    let kept: Vec<serde_json::Value> =
-        sqlx::query_scalar("select snapshot from public.working_memory_snapshots")
-            .fetch_all(&mut conn)
-            .await
-            .expect("snapshots");
-    assert_eq!(kept, vec![serde_json::json!({"turn": 2})]);
-    drop(conn.close().await);
-
     let database = TestDatabase::migrated().await;
     let store = PgStore::connect(&database.url(), 2).await.expect("connect");
     let mut conn = PgConnection::connect_with(&database.options())
@@ -882,70 +758,6 @@ async fn a_sessions_snapshot_is_one_row_updated_in_place() {
     }
     assert_eq!(rows[0].len(), 1, "{rows:?}");
     assert!(rows.iter().all(|row| *row == rows[0]), "{rows:?}");
-}
-
-/// Replies pending when claims came (`migrations/20260102001600_reply_claims.sql`) keep the rule
-/// they were stored under: any process may send one again a minute after it was stored, not
-/// before; and a commit from a gateway of the previous build, which sends no claim duration,
-/// claims its replies for that minute too, so that a sweeper of the new build does not send them
-/// while their own sender does.
-#[tokio::test]
-async fn replies_from_before_claims_are_claimed_for_the_minute_they_were_stored_under() {
-    let (database, mut conn) = migrated_from(
-        "20260102001600",
-        "insert into public.user_sessions (id, phone_number, assigned_persona)
-           values ('00000000-0000-0000-0000-000000000001', '+15550000009', 'aria');
-         insert into public.outbound_messages (id, session_id, body, status, created_at)
-           values
-             ('00000000-0000-0000-0000-000000000021', '00000000-0000-0000-0000-000000000001',
-              'sent', 'accepted', '2026-03-01T11:59:00Z'),
-             ('00000000-0000-0000-0000-000000000022', '00000000-0000-0000-0000-000000000001',
-              'pending', 'pending', '2026-03-01T11:59:00Z');",
-    )
-    .await;
-    let store = PgStore::connect(&database.url(), 2).await.expect("connect");
-    let claimable = |at: DateTime<Utc>| {
-        let store = &store;
-        async move {
-            store
-                .claim_pending_deliveries(at, at, 10)
-                .await
-                .expect("claim")
-                .into_iter()
-                .map(|m| m.body)
-                .collect::<Vec<_>>()
-        }
-    };
-    let stored = t0() - Duration::minutes(1);
-    assert!(claimable(t0() - Duration::microseconds(1)).await.is_empty());
-    assert_eq!(claimable(t0()).await, ["pending"]);
-
-    // The previous build's commit: its settings have no `reply_claim_ms`.
-    let BeginOutcome::Started(turn) = store
-        .begin_turn(&inbound("hi", stored), &settings(), stored)
-        .await
-        .expect("begin")
-    else {
-        panic!("expected a started turn")
-    };
-    let settings = serde_json::json!({
-        "persona": "aria", "known_processes": ["initial"], "initial_process": "initial",
-        "subprocesses": ["summary"], "session_timeout_ms": 3_600_000, "lease_ms": 120_000,
-        "history_limit": 20, "history_region": null,
-    });
-    let commit = serde_json::json!({
-        "session_id": turn.session.id, "lease_token": turn.lease.token,
-        "replies": [Memory::new(Role::Assistant, "old build", stored)],
-        "changes": {}, "now": stored, "settings": settings,
-    });
-    let answer: serde_json::Value = sqlx::query_scalar("select public.soul_commit_turn($1)")
-        .bind(commit)
-        .fetch_one(&mut conn)
-        .await
-        .expect("commit");
-    assert_eq!(answer["outcome"], "committed");
-    assert!(claimable(t0() - Duration::microseconds(1)).await.is_empty());
-    assert_eq!(claimable(t0()).await, ["pending", "old build"]);
 }
 
 /// A server that stops answering (hung, or cut off by the network) fails each operation after

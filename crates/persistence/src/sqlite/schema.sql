@@ -1,5 +1,17 @@
--- The SQLite form of migrations/ (same tables, keys and cascades; text for uuids, timestamps
--- and JSON). Timestamps are UTC RFC 3339 with six fractional digits, so text order is time order.
+-- The SQLite form of migrations/: the same tables, keys and cascades, with text for uuids,
+-- timestamps and JSON. Timestamps are UTC RFC 3339 with six fractional digits, so text order is
+-- time order. Its checks are table checks: SQLite has no domains.
+--
+-- Where it differs from PostgreSQL, on purpose (the columns it lacks are listed again in
+-- tests/schema.rs, whose `sqlite_has_the_tables_and_columns_of_postgres` fails on any other
+-- difference of tables, columns or nullability, so the two cannot drift apart silently):
+-- - The memory tables and the process state are keyed by their unique keys alone, without the
+--   surrogate `id` PostgreSQL keeps from the seed; the snapshot table has no `id` either.
+-- - `inbound_messages` has no `waiting` flag, and the queue's index holds every message not
+--   done; `outbound_messages`' index of pending replies is by time. PostgreSQL's shapes there
+--   save WAL records and heap-only updates, which SQLite does not have.
+-- - Snapshots are replaced by delete and insert (SQLite reuses the freed space at once), so the
+--   snapshot table keeps its session index instead of a unique key.
 create table user_sessions (
   id text primary key,
   phone_number text not null unique,
@@ -28,9 +40,9 @@ create table messages (
   created_at text not null
 );
 
+-- The history, one region's too, and the session timeout's newest user message (by `seq`) all
+-- read the session index; retention deletes by time.
 create index idx_messages_session on messages (session_id, seq);
-create index idx_messages_session_region on messages (session_id, region, seq);
-create index idx_messages_session_role_created on messages (session_id, role, created_at);
 create index idx_messages_created on messages (created_at);
 
 create table soul_memories (
@@ -76,6 +88,9 @@ create table inbound_messages (
   body text not null,
   received_at text not null,
   status text not null default 'queued' check (status in ('queued', 'started', 'done')),
+  -- The starts of this message's turn: 1 when stored, one more at each re-start after its worker
+  -- stopped, so that a turn that keeps failing is given up instead of re-run for good.
+  attempts integer not null default 1,
   started_at text,
   finished_at text,
   -- A due scheduled event runs its turn through this queue too (see docs/persistence.md).
@@ -94,6 +109,9 @@ create table outbound_messages (
   session_id text not null references user_sessions (id) on delete cascade,
   body text not null,
   status text not null default 'pending',
+  -- The send claim: until when the process that claimed this reply alone may send it (none: any
+  -- process may claim it).
+  claimed_until text,
   provider_id text unique,
   error text,
   created_at text not null,
