@@ -17,8 +17,8 @@ pub(crate) enum Input {
     Terminal {
         /// `None` only while a line is being read on the blocking pool.
         editor: Option<Box<DefaultEditor>>,
-        /// The prompt: plain, and as shown.
-        prompt: (String, String),
+        /// The prompt.
+        prompt: &'static str,
         /// The history file.
         history: PathBuf,
     },
@@ -40,7 +40,7 @@ impl Input {
     /// A line editor when standard input is a terminal, with the history of earlier chats loaded
     /// from `history` (a missing file is a first chat); plain lines otherwise, or when the
     /// terminal cannot be set up for editing.
-    pub(crate) fn open(history: PathBuf, prompt: (String, String)) -> Self {
+    pub(crate) fn open(history: PathBuf, prompt: &'static str) -> Self {
         let plain = || Input::Plain(BufReader::new(tokio::io::stdin()).lines());
         if !std::io::stdin().is_terminal() {
             return plain();
@@ -86,10 +86,10 @@ impl Input {
                 let Some(mut taken) = editor.take() else {
                     return Line::End;
                 };
-                let shown = prompt.clone();
+                let shown = *prompt;
                 // The editor blocks on the terminal: off the runtime, which serves the turns.
                 let read = tokio::task::spawn_blocking(move || {
-                    let line = taken.readline(&shown);
+                    let line = taken.readline(shown);
                     (taken, line)
                 })
                 .await;

@@ -10,7 +10,6 @@ pub(crate) struct Look {
 }
 
 const BOLD_CYAN: &str = "\x1b[1;36m";
-const BOLD_GREEN: &str = "\x1b[1;32m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
@@ -36,13 +35,6 @@ impl Look {
         format!("{} {text}\n", self.paint(BOLD_CYAN, &format!("{soul}>")))
     }
 
-    /// The prompt before the person's line: plain, and as the terminal shows it.
-    pub(crate) fn prompt(self) -> (String, String) {
-        let raw = "you> ".to_owned();
-        let styled = self.paint(BOLD_GREEN, "you>") + " ";
-        (raw, styled)
-    }
-
     /// A note from `chat` itself (not the soul), in parentheses.
     pub(crate) fn note(self, text: &str) -> String {
         format!("{}\n", self.paint(DIM, &format!("({text})")))
@@ -58,15 +50,12 @@ mod tests {
         let plain = Look { colour: false };
         assert_eq!(plain.reply("pip", "hi"), "pip> hi\n");
         assert_eq!(plain.note("stored"), "(stored)\n");
-        assert_eq!(plain.prompt(), ("you> ".to_owned(), "you> ".to_owned()));
     }
 
     #[test]
-    fn with_colour_the_names_are_styled_and_the_text_is_not() {
+    fn with_colour_the_name_and_notes_are_styled_and_the_reply_is_not() {
         let coloured = Look { colour: true };
         assert_eq!(coloured.reply("pip", "hi"), "\x1b[1;36mpip>\x1b[0m hi\n");
-        let (raw, styled) = coloured.prompt();
-        assert_eq!(raw, "you> ");
-        assert_eq!(styled, "\x1b[1;32myou>\x1b[0m ");
+        assert_eq!(coloured.note("stored"), "\x1b[2m(stored)\x1b[0m\n");
     }
 }

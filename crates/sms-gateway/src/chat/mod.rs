@@ -109,7 +109,7 @@ pub(crate) async fn run(config: &Config, from: &str) -> Result<(), StartError> {
     };
     let dir = data_dir(config);
     let history = dir.join("chat_history");
-    let mut input = Input::open(history, look.prompt());
+    let mut input = Input::open(history, "you> ");
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
     let banner = format!(
