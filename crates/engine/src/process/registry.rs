@@ -302,7 +302,7 @@ pub struct Registry {
 
 /// What is wrong with the registered set; lists every problem, not just the first.
 #[derive(Debug, thiserror::Error)]
-#[error("the registered souls and processes are inconsistent:\n{}", .problems.join("\n"))]
+#[error("the souls cannot be loaded:\n{}", .problems.join("\n"))]
 pub struct RegistryError {
     /// One line per problem.
     pub problems: Vec<String>,
@@ -333,7 +333,11 @@ impl Registry {
                 .collect(),
         )?;
         registry.soul(name).ok_or_else(|| RegistryError {
-            problems: vec![format!("no soul named `{name}` is registered")],
+            problems: vec![format!(
+                "no soul named `{name}` is registered in this binary (a soul is registered by \
+                 linking the crate that defines it, and a binary links a crate only if it names \
+                 something of it)"
+            )],
         })
     }
 
