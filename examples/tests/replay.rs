@@ -38,19 +38,28 @@ fn shipped() -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_six_conversations_the_issue_asks_for_are_shipped() {
+fn every_conversation_directory_is_replayed_and_the_first_six_are_shipped() {
+    let dirs: Vec<PathBuf> = fs::read_dir(CONVERSATIONS)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_dir())
+        .collect();
     let names: Vec<String> = shipped().iter().map(|dir| name_of(dir)).collect();
     assert_eq!(
-        names,
-        [
-            "01-first-contact",
-            "02-returning-user",
-            "03-crisis",
-            "04-goodbye-and-check-in",
-            "05-long-conversation",
-            "06-opt-out-and-back",
-        ]
+        names.len(),
+        dirs.len(),
+        "a directory without {CONVERSATION_FILE} would never be replayed: {dirs:?}"
     );
+    for first in [
+        "01-first-contact",
+        "02-returning-user",
+        "03-crisis",
+        "04-goodbye-and-check-in",
+        "05-long-conversation",
+        "06-opt-out-and-back",
+    ] {
+        assert!(names.iter().any(|name| name == first), "{first} is missing");
+    }
 }
 
 #[tokio::test]
@@ -204,14 +213,15 @@ fn the_command_replays_every_conversation_and_prints_their_transcripts() {
         let transcript = fs::read_to_string(dir.join(TRANSCRIPT_FILE)).unwrap();
         assert!(stdout.contains(&transcript), "{} is printed", name_of(&dir));
     }
-    assert!(stdout.ends_with("6 conversation(s) replayed: all as recorded\n"));
+    let names: Vec<String> = shipped().iter().map(|dir| name_of(dir)).collect();
+    let n = names.len();
+    assert!(stdout.ends_with(&format!("{n} conversation(s) replayed: all as recorded\n")));
     // Not a terminal: plain progress lines instead of a bar.
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("[1/6] 01-first-contact: ok\n"), "{stderr}");
-    assert!(
-        stderr.contains("[6/6] 06-opt-out-and-back: ok\n"),
-        "{stderr}"
-    );
+    for (i, name) in names.iter().enumerate() {
+        let line = format!("[{}/{n}] {name}: ok\n", i + 1);
+        assert!(stderr.contains(&line), "{line:?} in {stderr}");
+    }
 }
 
 fn failed(output: &Output) -> String {

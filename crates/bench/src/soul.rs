@@ -7,7 +7,7 @@
 //! of the store + engine figures. The gateway figures use a real HTTP model server instead.)
 
 use soul_engine::model::BoxFuture;
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
+use soul_engine::process::{MentalProcess, Next, ProcessContext, ProcessResult};
 use soul_engine::step::external_dialog;
 use soul_engine::{ChatRequest, Completion, LanguageModel, ModelError, Usage};
 
@@ -21,22 +21,22 @@ soul_engine::soul! {
     name: "bench",
     display_name: "Bench",
     persona: &["You are Bench, a soul that exists to be measured."],
-    initial_process: "ping",
+    initial_process: PING,
 }
 
-soul_engine::mental_process!(soul = "bench", name = "ping", ping);
-soul_engine::mental_process!(soul = "bench", name = "pong", pong);
+const PING: MentalProcess = soul_engine::mental_process!(soul = SOUL, name = "ping", ping);
+const PONG: MentalProcess = soul_engine::mental_process!(soul = SOUL, name = "pong", pong);
 
 async fn ping(cx: ProcessContext) -> ProcessResult {
-    turn(cx, "pong").await
+    turn(cx, PONG).await
 }
 
 async fn pong(cx: ProcessContext) -> ProcessResult {
-    turn(cx, "ping").await
+    turn(cx, PING).await
 }
 
 /// One model call, one soul-memory key, one process-memory key, the other process next.
-async fn turn(cx: ProcessContext, next: &'static str) -> ProcessResult {
+async fn turn(cx: ProcessContext, next: MentalProcess) -> ProcessResult {
     let (memory, said) = cx
         .mind()
         .run(external_dialog("Acknowledge briefly."), cx.memory())

@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-pub mod clock;
+mod clock;
 pub mod memory;
 pub mod memory_budget;
 pub mod model;
@@ -18,10 +18,38 @@ pub use model::{
 pub use working_memory::{WorkingMemory, WorkingMemoryError};
 pub mod process;
 
+pub mod prelude {
+    //! What a process module needs, in one `use`:
+    //!
+    //! ```
+    //! use soul_engine::prelude::*;
+    //! ```
+    //!
+    //! The registration macros and the handles they yield, what a process receives and returns,
+    //! the built-in cognitive steps, and working memory's vocabulary.
+
+    pub use crate::process::{
+        MentalProcess, ModelSettings, Next, Perception, PerceptionKind, ProcessContext,
+        ProcessError, ProcessResult, Subprocess,
+    };
+    pub use crate::step::{
+        brainstorm, decision, external_dialog, instruction, internal_monologue, mental_query,
+        summarize, typed,
+    };
+    pub use crate::{Memory, MemoryBudget, Region, Role, WorkingMemory};
+    pub use crate::{mental_process, soul, subprocess};
+}
+
 #[doc(hidden)]
 pub mod __private {
-    //! Re-exports the registration macros expand to, so authors need no `inventory` dependency.
+    //! What the registration macros expand to (so authors need no `inventory` dependency); not
+    //! part of the API.
     pub use inventory;
+
+    pub use crate::process::registry::{
+        ProcessFn, ProcessKind, ProcessRegistration, SoulRegistration, mental_process_handle,
+        subprocess_handle,
+    };
 }
 
 pub mod guide {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{
-    Next, Perception, ProcessContext, ProcessResult, Registry, ReplyLimit, Runtime, SoulState,
+    MentalProcess, Next, Perception, ProcessContext, ProcessResult, Registry, ReplyLimit, Runtime,
+    SoulState,
 };
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
@@ -20,18 +21,20 @@ soul_engine::soul! {
     name: "chatty",
     display_name: "Tess",
     persona: &["You are Tess, a test soul."],
-    initial_process: "talk",
+    initial_process: CHATTY_TALK,
 }
-soul_engine::mental_process!(soul = "chatty", name = "talk", talk);
+const CHATTY_TALK: MentalProcess =
+    soul_engine::mental_process!(soul = "chatty", name = "talk", talk);
 
 soul_engine::soul! {
     name: "thrifty",
     display_name: "Tess",
     persona: &["You are Tess, a test soul."],
-    initial_process: "talk",
+    initial_process: THRIFTY_TALK,
     memory_budget: MemoryBudget { max_memories: 6, max_tokens: 10_000 },
 }
-soul_engine::mental_process!(soul = "thrifty", name = "talk", talk);
+const THRIFTY_TALK: MentalProcess =
+    soul_engine::mental_process!(soul = "thrifty", name = "talk", talk);
 
 /// What a careful reply ends with, whatever the model said before it.
 const RESOURCES: &str = "\n\nCall 988.";

@@ -10,8 +10,8 @@ use chrono::{TimeZone, Utc};
 use serde_json::Value;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{
-    EventId, Next, Perception, PerceptionKind, ProcessContext, ProcessResult, Registry, Runtime,
-    SoulState,
+    EventId, MentalProcess, Next, Perception, PerceptionKind, ProcessContext, ProcessResult,
+    Registry, Runtime, SoulState,
 };
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
@@ -23,9 +23,9 @@ soul_engine::soul! {
     name: "noter",
     display_name: "Nora",
     persona: &["You are Nora."],
-    initial_process: "note",
+    initial_process: NOTE,
 }
-soul_engine::mental_process!(soul = "noter", name = "note", note);
+const NOTE: MentalProcess = soul_engine::mental_process!(soul = "noter", name = "note", note);
 
 /// Notes every message in the `notes` region, then answers.
 async fn note(cx: ProcessContext) -> ProcessResult {
@@ -42,9 +42,10 @@ soul_engine::soul! {
     name: "prompter",
     display_name: "Nora",
     persona: &["You are Nora."],
-    initial_process: "prompt",
+    initial_process: PROMPT,
 }
-soul_engine::mental_process!(soul = "prompter", name = "prompt", prompt);
+const PROMPT: MentalProcess =
+    soul_engine::mental_process!(soul = "prompter", name = "prompt", prompt);
 
 const FRESH_PROMPT: &str = "You are Nora, just back from a walk.";
 
@@ -68,7 +69,7 @@ async fn runtime(soul: &str) -> (OpenAiDouble, Runtime) {
     let config = OpenAiConfig::new(double.base_url(), "sk-test", "double-model")
         .with_retry(RetryPolicy::no_retries());
     let model = Arc::new(OpenAiModel::new(config).unwrap());
-    let soul = Registry::load().unwrap().soul(soul).unwrap();
+    let soul = Registry::load_soul(soul).unwrap();
     (double, Runtime::new(soul, model, Arc::new(SystemClock)))
 }
 

@@ -8,30 +8,42 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
+use soul_engine::SystemClock;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
+use soul_engine::prelude::*;
 use soul_engine::process::{
-    EventId, Next, Perception, PerceptionKind, ProcessContext, ProcessError, ProcessResult,
-    ProcessState, RUN_NOW_LIMIT, Registry, Runtime, SoulState, TurnError,
+    EventId, ProcessState, RUN_NOW_LIMIT, Registry, Runtime, SoulState, TurnError,
 };
 use soul_engine::retry::RetryPolicy;
-use soul_engine::step::{external_dialog, summarize};
-use soul_engine::{Memory, Region, SystemClock};
 use soul_testkit::openai::OpenAiDouble;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 // ---- The souls under test, registered exactly as an author would. ----
 
-soul_engine::soul! {
+soul! {
     name: "tester",
     persona: &["You are Tess, a test soul."],
-    initial_process: "greeting",
+    initial_process: GREETING,
 }
-soul_engine::mental_process!(soul = "tester", name = "greeting", greeting);
-soul_engine::mental_process!(soul = "tester", name = "chat", chat);
-soul_engine::mental_process!(soul = "tester", name = "bounce", bounce);
-soul_engine::mental_process!(soul = "tester", name = "scheduler", scheduler);
-soul_engine::mental_process!(soul = "tester", name = "checkin", checkin);
+const GREETING: MentalProcess = mental_process!(soul = "tester", name = "greeting", greeting);
+const CHAT: MentalProcess = mental_process!(soul = "tester", name = "chat", chat);
+const BOUNCE: MentalProcess = mental_process!(soul = "tester", name = "bounce", bounce);
+const SCHEDULER: MentalProcess = mental_process!(soul = "tester", name = "scheduler", scheduler);
+const CHECKIN: MentalProcess = mental_process!(soul = "tester", name = "checkin", checkin);
+
+/// The process "go X" and "now X" name; `elsewhere` is another soul's.
+fn target(name: &str) -> MentalProcess {
+    match name {
+        "greeting" => GREETING,
+        "chat" => CHAT,
+        "bounce" => BOUNCE,
+        "scheduler" => SCHEDULER,
+        "checkin" => CHECKIN,
+        "elsewhere" => TALK,
+        _ => panic!("no process {name}"),
+    }
+}
 
 /// Speaks through the model; counts its runs in process memory; obeys "go X" / "now X" / "bounce N".
 async fn greeting(cx: ProcessContext) -> ProcessResult {
@@ -46,12 +58,14 @@ async fn greeting(cx: ProcessContext) -> ProcessResult {
     record(&cx, "greeting")?;
     let text = cx.perception().content.clone();
     Ok(match text.split_once(' ') {
-        Some(("go", target)) => Next::to(target, memory).with_params(json!({"from": "greeting"})),
-        Some(("now", target)) => Next::to(target, memory).run_now(),
+        Some(("go", name)) => {
+            Next::to(target(name), memory).with_params(json!({"from": "greeting"}))
+        }
+        Some(("now", name)) => Next::to(target(name), memory).run_now(),
         Some(("bounce", n)) => {
             cx.soul_memory()
                 .set("bounces_wanted", &n.parse::<u32>().unwrap())?;
-            Next::to("bounce", memory).run_now()
+            Next::to(BOUNCE, memory).run_now()
         }
         _ => Next::stay(memory),
     })
@@ -65,7 +79,7 @@ async fn chat(cx: ProcessContext) -> ProcessResult {
     cx.soul_memory().set("chat_saw_met", &met)?;
     record(&cx, "chat")?;
     Ok(match cx.perception().content.as_str() {
-        "back" => Next::to("greeting", memory),
+        "back" => Next::to(GREETING, memory),
         "fail" => return Err(ProcessError::failed("asked to fail")),
         _ => Next::stay(memory),
     })
@@ -78,7 +92,7 @@ async fn bounce(cx: ProcessContext) -> ProcessResult {
     cx.soul_memory().set("bounces", &(done + 1))?;
     let memory = cx.memory().clone();
     Ok(if done + 1 < wanted {
-        Next::to("bounce", memory).run_now()
+        Next::to(BOUNCE, memory).run_now()
     } else {
         Next::stay(memory)
     })
@@ -86,7 +100,7 @@ async fn bounce(cx: ProcessContext) -> ProcessResult {
 
 async fn scheduler(cx: ProcessContext) -> ProcessResult {
     let at = cx.perception().at + Duration::days(1);
-    let kept = cx.schedule(at, Some("checkin"), "It has been a day.");
+    let kept = cx.schedule(at, Some(CHECKIN), "It has been a day.");
     let dropped = cx.schedule(at, None, "never mind");
     cx.cancel_scheduled(dropped);
     cx.cancel_scheduled(EventId(Uuid::nil()));
@@ -108,16 +122,16 @@ fn record(cx: &ProcessContext, name: &str) -> Result<(), ProcessError> {
     Ok(())
 }
 
-soul_engine::soul! {
+soul! {
     name: "layered",
     persona: &["You are Lee."],
-    initial_process: "talk",
-    subprocesses: &["learn", "broken", "summary"],
+    initial_process: TALK,
+    subprocesses: &[LEARN, BROKEN, SUMMARY],
 }
-soul_engine::mental_process!(soul = "layered", name = "talk", talk);
-soul_engine::subprocess!(soul = "layered", name = "learn", learn);
-soul_engine::subprocess!(soul = "layered", name = "broken", broken);
-soul_engine::subprocess!(soul = "layered", name = "summary", summary);
+const TALK: MentalProcess = mental_process!(soul = "layered", name = "talk", talk);
+const LEARN: Subprocess = subprocess!(soul = "layered", name = "learn", learn);
+const BROKEN: Subprocess = subprocess!(soul = "layered", name = "broken", broken);
+const SUMMARY: Subprocess = subprocess!(soul = "layered", name = "summary", summary);
 
 async fn talk(cx: ProcessContext) -> ProcessResult {
     let (memory, said) = cx.mind().run(external_dialog("Talk."), cx.memory()).await?;
@@ -152,14 +166,15 @@ async fn summary(cx: ProcessContext) -> ProcessResult {
     ))
 }
 
-soul_engine::soul! {
+soul! {
     name: "gated",
     persona: &["You are Gus."],
-    initial_process: "answer",
-    subprocesses: &["wait_for_signal"],
+    initial_process: ANSWER,
+    subprocesses: &[WAIT_FOR_SIGNAL],
 }
-soul_engine::mental_process!(soul = "gated", name = "answer", answer);
-soul_engine::subprocess!(soul = "gated", name = "wait_for_signal", wait_for_signal);
+const ANSWER: MentalProcess = mental_process!(soul = "gated", name = "answer", answer);
+const WAIT_FOR_SIGNAL: Subprocess =
+    subprocess!(soul = "gated", name = "wait_for_signal", wait_for_signal);
 
 async fn answer(cx: ProcessContext) -> ProcessResult {
     cx.speak(format!("answer to {}", cx.perception().content));
@@ -177,6 +192,47 @@ fn gate(name: &str) -> Arc<Notify> {
     static GATES: OnceLock<Mutex<HashMap<String, Arc<Notify>>>> = OnceLock::new();
     let mut gates = GATES.get_or_init(Mutex::default).lock().unwrap();
     gates.entry(name.to_owned()).or_default().clone()
+}
+
+soul! {
+    name: "mover",
+    persona: &["You are Mo."],
+    initial_process: STEADY,
+    subprocesses: &[REDIRECT, NOTE],
+}
+const STEADY: MentalProcess = mental_process!(soul = "mover", name = "steady", steady);
+const MOVED: MentalProcess = mental_process!(soul = "mover", name = "moved", moved);
+const REDIRECT: Subprocess = subprocess!(soul = "mover", name = "redirect", redirect);
+const NOTE: Subprocess = subprocess!(soul = "mover", name = "note", note);
+
+async fn steady(cx: ProcessContext) -> ProcessResult {
+    cx.speak("steady");
+    cx.process_memory().set("seen", &true)?;
+    Ok(Next::stay(cx.memory().clone()))
+}
+
+async fn moved(cx: ProcessContext) -> ProcessResult {
+    cx.speak(format!("moved with {}", cx.params_json()));
+    Ok(Next::stay(cx.memory().clone()))
+}
+
+/// Moves the main process when the message says so: "move" (from the next message on),
+/// "move now" (at once, which a subprocess cannot do), "move away" (to another soul's process).
+async fn redirect(cx: ProcessContext) -> ProcessResult {
+    cx.soul_memory().set("redirect_ran", &true)?;
+    let memory = cx.memory().clone();
+    Ok(match cx.perception().content.as_str() {
+        "move" => Next::to(MOVED, memory).with_params(json!({"why": "redirected"})),
+        "move now" => Next::to(MOVED, memory).run_now(),
+        "move away" => Next::to(TALK, memory),
+        _ => Next::stay(memory),
+    })
+}
+
+/// Runs after `redirect`, whatever became of it.
+async fn note(cx: ProcessContext) -> ProcessResult {
+    cx.soul_memory().set("noted", &true)?;
+    Ok(Next::stay(cx.memory().clone()))
 }
 
 // ---- Helpers ----
@@ -392,15 +448,15 @@ async fn an_unregistered_stored_process_is_corrected_to_the_initial_one() {
 }
 
 #[tokio::test]
-async fn a_transition_to_an_unknown_process_fails_the_turn() {
+async fn a_transition_to_another_souls_process_fails_the_turn() {
     let (double, runtime) = runtime("tester").await;
     double.push_content("hi");
     let err = runtime
-        .run_main("s", SoulState::new("Tess"), message("go nowhere"), None)
+        .run_main("s", SoulState::new("Tess"), message("go elsewhere"), None)
         .await
         .unwrap_err();
     assert!(
-        matches!(err, TurnError::UnknownProcess { ref to, .. } if to == "nowhere"),
+        matches!(err, TurnError::UnknownProcess { ref to, ref soul, .. } if to == "talk" && soul == "tester"),
         "{err}"
     );
 }
@@ -584,4 +640,55 @@ async fn a_newer_turn_cancels_the_older_turns_subprocesses() {
     gate("other-gate").notify_one();
     assert!(!other_subs.await.unwrap().cancelled);
     drop(newer);
+}
+
+#[tokio::test]
+async fn a_subprocess_transition_moves_the_main_process_from_the_next_message() {
+    let (_double, runtime) = runtime("mover").await;
+    let mut state = SoulState::new("Mo");
+    let main = runtime
+        .run_main("s", state.clone(), message("move"), None)
+        .await
+        .unwrap();
+    assert_eq!(main.process.name, "steady");
+    state.apply_main(&main);
+    assert_eq!(state.process_memories["steady"]["seen"], json!(true));
+    let subs = runtime.run_subprocesses(&main).await;
+    assert!(subs.failed.is_empty(), "{:?}", subs.failed);
+    assert_eq!(
+        subs.process,
+        Some(ProcessState {
+            name: "moved".into(),
+            params: json!({"why": "redirected"}),
+            invocation_count: 0,
+            previous: Some("steady".into()),
+        })
+    );
+    assert!(subs.process_memory["steady"].cleared, "the process left");
+    assert!(subs.process_memory["moved"].cleared, "the process entered");
+    assert_eq!(subs.soul_memory.upserts["noted"], json!(true));
+    state.apply_subprocesses(&subs);
+    assert_eq!(state.process.as_ref().unwrap().name, "moved");
+    assert!(!state.process_memories.contains_key("steady"));
+
+    let replies = turn(&runtime, &mut state, "hello").await;
+    assert_eq!(replies, [r#"moved with {"why":"redirected"}"#]);
+    assert_eq!(state.process.as_ref().unwrap().invocation_count, 1);
+}
+
+#[tokio::test]
+async fn a_subprocess_asking_to_run_a_process_now_or_another_souls_fails_alone() {
+    let (_double, runtime) = runtime("mover").await;
+    for text in ["move now", "move away"] {
+        let main = runtime
+            .run_main("s", SoulState::new("Mo"), message(text), None)
+            .await
+            .unwrap();
+        let subs = runtime.run_subprocesses(&main).await;
+        assert_eq!(subs.failed, ["redirect"], "{text}");
+        assert_eq!(subs.process, None, "{text}: the main process stays");
+        assert!(!subs.process_memory.contains_key("steady"), "{text}");
+        assert_eq!(subs.soul_memory.upserts.get("redirect_ran"), None, "{text}");
+        assert_eq!(subs.soul_memory.upserts["noted"], json!(true), "{text}");
+    }
 }

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use soul_engine::model::cassette::{RecordingModel, ReplayingModel};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{
-    Next, Perception, ProcessContext, ProcessError, ProcessResult, Registry, Runtime, SoulState,
-    TurnError,
+    MentalProcess, Next, Perception, ProcessContext, ProcessError, ProcessResult, Registry,
+    Runtime, SoulState, TurnError,
 };
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::{Mind, StepError, ToolError, Tools, external_dialog};
@@ -44,9 +44,10 @@ soul_engine::soul! {
     name: "forecaster",
     display_name: "Tess",
     persona: &["You are Tess."],
-    initial_process: "forecast",
+    initial_process: FORECAST,
 }
-soul_engine::mental_process!(soul = "forecaster", name = "forecast", forecast);
+const FORECAST: MentalProcess =
+    soul_engine::mental_process!(soul = "forecaster", name = "forecast", forecast);
 
 async fn forecast(cx: ProcessContext) -> ProcessResult {
     let (memory, said) = cx
@@ -77,7 +78,7 @@ async fn the_model_calls_tools_and_the_step_answers_with_their_results() {
         ScriptedToolCall::new("call_2", "book_table", r#"{"city":"Paris"}"#),
     ]));
     double.push_content("Tess said: \"Sunny in Paris; I could not book.\"");
-    let soul = Registry::load().unwrap().soul("forecaster").unwrap();
+    let soul = Registry::load_soul("forecaster").unwrap();
     let runtime = Runtime::new(soul, model(&double), Arc::new(SystemClock));
     let main = runtime
         .run_main(
@@ -217,7 +218,7 @@ async fn a_failing_step_fails_the_turn_with_a_typed_error() {
             r#"{"city":"Rome"}"#,
         ));
     }
-    let soul = Registry::load().unwrap().soul("forecaster").unwrap();
+    let soul = Registry::load_soul("forecaster").unwrap();
     let runtime = Runtime::new(soul, model(&double), Arc::new(SystemClock));
     let err = runtime
         .run_main(

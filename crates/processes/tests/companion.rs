@@ -31,8 +31,8 @@ fn the_registry_loads_both_souls() {
     );
 
     let sage = registry.soul("sage").unwrap();
-    assert_eq!(sage.initial_process().name, "first_contact");
-    let mut processes: Vec<_> = sage.processes().map(|p| p.name).collect();
+    assert_eq!(sage.initial_process().name(), "first_contact");
+    let mut processes: Vec<_> = sage.processes().map(|p| p.name()).collect();
     processes.sort_unstable();
     assert_eq!(
         processes,
@@ -45,11 +45,11 @@ fn the_registry_loads_both_souls() {
             "wind_down"
         ]
     );
-    let subprocesses: Vec<_> = sage.subprocesses().iter().map(|p| p.name).collect();
+    let subprocesses: Vec<_> = sage.subprocesses().iter().map(|p| p.name()).collect();
     assert_eq!(subprocesses, ["schedule_check_in", "user_model", "summary"]);
 
     let pip = registry.soul("pip").unwrap();
-    assert_eq!(pip.initial_process().name, "study");
+    assert_eq!(pip.initial_process().name(), "study");
     assert!(pip.process("quiz").is_some());
 }
 

@@ -13,7 +13,8 @@
 //! `OPENAI_BASE_URL` for a server that needs no key); the store defaults to the SQLite file
 //! `data/soul.db` (`DATABASE_URL` takes `sqlite:` or `postgres://` URLs). Every setting is
 //! described in `config/`. Logs go to standard error, filtered by `RUST_LOG` (default `info`),
-//! as JSON with `LOG_FORMAT=json`.
+//! as JSON with `LOG_FORMAT=json` (`chat` logs to `chat.log` in its data directory instead, so
+//! that warnings stay out of the conversation).
 //!
 //! Twilio's messaging webhook is `POST {PUBLIC_URL}/twilio/sms`; status callbacks come to
 //! `/twilio/status`; `/healthz`, `/readyz` and `/metrics` are for operations.
@@ -51,11 +52,14 @@ fn replay_fuzz_corpus(target: &str, check: fn(&[u8])) {
     assert!(replayed > 0, "{} holds no inputs", dir.display());
 }
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 // Linking the shipped souls registers them with the engine.
 use soul_processes as _;
@@ -100,15 +104,36 @@ impl Command {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Where logs go: standard error, or, for `chat`, whose conversation is on the terminal, the
+/// file `chat::log_path` names. Colour codes only on a terminal.
+fn init_tracing(config: &Config, command: &Command) -> std::io::Result<()> {
+    let (writer, ansi) = match command {
+        Command::Chat { .. } => {
+            let path = chat::log_path(config);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            (BoxMakeWriter::new(Mutex::new(file)), false)
+        }
+        _ => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
 }
 
 #[tokio::main]
@@ -123,7 +148,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    if let Err(error) = init_tracing(&config, &command) {
+        eprintln!("cannot open the log file: {error}");
+        return ExitCode::from(2);
+    }
     let result = match command {
         Command::Serve => server::serve(config).await.map_err(anyhow::Error::from),
         Command::Migrate => app::migrate(&config.store)

@@ -85,7 +85,8 @@ pub struct TurnReport {
     pub outbound: Vec<Uuid>,
     /// The processes that ran.
     pub processes_run: Vec<String>,
-    /// The process the session is in now.
+    /// The process the session is in now (where a subprocess moved it, when the subprocesses'
+    /// changes were stored).
     pub process: String,
     /// The engine failed, or the store refused what the turn produced, and the fallback reply
     /// was sent instead; nothing else was stored.
@@ -460,8 +461,13 @@ impl TurnDriver {
         let next = committed.next.map(|next| *next);
         // A queued message already began the next turn: it cancels this turn's subprocesses,
         // as a newer message does in OpenSouls (and their commit would be refused as stale).
-        if let (Some(main), None) = (&main, &next) {
-            report.subprocesses_applied = self.run_subprocesses(context, main).await?;
+        if let (Some(main), None) = (&main, &next)
+            && let Some(applied) = self.run_subprocesses(context, main).await?
+        {
+            report.subprocesses_applied = true;
+            if let Some(moved) = applied.process {
+                report.process = moved.name;
+            }
         }
         Ok((report, next))
     }
@@ -471,17 +477,18 @@ impl TurnDriver {
         mapping::reply_memories(std::slice::from_ref(&self.fallback_reply), self.clock.now())
     }
 
+    /// Runs the subprocesses and commits their changes; their outcome when the store applied it.
     async fn run_subprocesses(
         &self,
         context: &TurnContext,
         main: &soul_engine::process::MainOutcome,
-    ) -> Result<bool, DriverError> {
+    ) -> Result<Option<soul_engine::process::SubprocessOutcome>, DriverError> {
         if self.runtime.soul().subprocesses().is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let outcome = self.runtime.run_subprocesses(main).await;
         if outcome.cancelled {
-            return Ok(false);
+            return Ok(None);
         }
         if !outcome.replies.is_empty() {
             tracing::warn!(
@@ -493,16 +500,13 @@ impl TurnDriver {
         let commit = SubprocessCommit {
             session_id: context.session.id,
             version: context.version(),
-            changes: mapping::subprocess_changes(context, &outcome),
+            changes: mapping::subprocess_changes(context, main, &outcome),
         };
         let applied = self
             .store
             .commit_subprocess(&commit, &self.settings, self.clock.now())
             .await?;
-        Ok(matches!(
-            applied,
-            soul_persistence::SubprocessOutcome::Applied
-        ))
+        Ok(matches!(applied, soul_persistence::SubprocessOutcome::Applied).then_some(outcome))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Translations between the engine's turn outcome and the store's turn contract.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 use soul_engine::process::{
@@ -22,14 +22,14 @@ pub(crate) const PERCEPTION_EVENT: &str = "perception";
 /// defaults.
 pub fn turn_settings(soul: &Soul) -> TurnSettings {
     let processes = Processes::new(
-        soul.initial_process().name,
-        soul.processes().map(|p| p.name),
+        soul.initial_process().name(),
+        soul.processes().map(|p| p.name()),
     );
     TurnSettings {
         subprocesses: soul
             .subprocesses()
             .iter()
-            .map(|p| p.name.to_owned())
+            .map(|p| p.name().to_owned())
             .collect(),
         ..TurnSettings::new(soul.name(), processes)
     }
@@ -116,13 +116,15 @@ pub(crate) fn main_changes(context: &TurnContext, outcome: &MainOutcome) -> Chan
     Changes {
         memories: stored_memories(&outcome.appended),
         soul_memory: memory_changes(&outcome.soul_memory),
-        process_memory: process_memory_changes(context, &outcome.process_memory),
-        process_state: Some(ProcessState {
-            name: outcome.process.name.clone(),
-            params: outcome.process.params.clone(),
-            invocation_count: outcome.process.invocation_count,
-            previous: outcome.process.previous.clone(),
+        process_memory: process_memory_changes(&outcome.process_memory, |process| {
+            // Of the main processes, the store keeps keys for the current one only.
+            if process == context.process.name {
+                context.process_memories.keys().cloned().collect()
+            } else {
+                BTreeSet::new()
+            }
         }),
+        process_state: Some(stored_process_state(&outcome.process)),
         snapshot: Some(outcome.working_memory.clone()),
         schedule: outcome.scheduled.iter().map(new_event).collect(),
         cancel_events: outcome
@@ -133,13 +135,29 @@ pub(crate) fn main_changes(context: &TurnContext, outcome: &MainOutcome) -> Chan
     }
 }
 
-/// The store's change set for a turn's subprocesses.
-pub(crate) fn subprocess_changes(context: &TurnContext, outcome: &SubprocessOutcome) -> Changes {
+/// The store's change set for a turn's subprocesses, committed after `main`'s: a subprocess
+/// that moved the main process changes the process state, and clears what the main commit left
+/// in the process memory of the process it left.
+pub(crate) fn subprocess_changes(
+    context: &TurnContext,
+    main: &MainOutcome,
+    outcome: &SubprocessOutcome,
+) -> Changes {
     Changes {
         memories: stored_memories(&outcome.appended),
         soul_memory: memory_changes(&outcome.soul_memory),
-        process_memory: process_memory_changes(context, &outcome.process_memory),
-        process_state: None,
+        process_memory: process_memory_changes(&outcome.process_memory, |process| {
+            let mut stored = if process == context.process.name {
+                to_btree(&context.process_memories)
+            } else {
+                BTreeMap::new()
+            };
+            if let Some(changes) = main.process_memory.get(process) {
+                changes.apply_to(&mut stored);
+            }
+            stored.into_keys().collect()
+        }),
+        process_state: outcome.process.as_ref().map(stored_process_state),
         snapshot: outcome.working_memory.clone(),
         schedule: outcome.scheduled.iter().map(new_event).collect(),
         cancel_events: outcome
@@ -184,21 +202,28 @@ fn memory_changes(changes: &MemoryChanges) -> Vec<MemoryChange> {
     removals.chain(upserts).collect()
 }
 
-/// A cleared process memory becomes removals of the keys stored for it. Only main processes are
-/// cleared (the engine clears the processes a turn leaves or enters; subprocesses are never left),
-/// and of those the store loads only the current one's memory: every other main process's keys
-/// were removed when it was left, so the loaded keys are all there is to remove. The subprocess
-/// memories the store also loads are never cleared, so they are left out here.
+fn stored_process_state(state: &EngineProcessState) -> ProcessState {
+    ProcessState {
+        name: state.name.clone(),
+        params: state.params.clone(),
+        invocation_count: state.invocation_count,
+        previous: state.previous.clone(),
+    }
+}
+
+/// A cleared process memory becomes removals of the keys `stored` says the store holds for it.
+/// Only main processes are cleared (the engine clears the processes a turn leaves or enters;
+/// subprocesses are never left), and of those the store holds keys for the current one only:
+/// every other main process's keys were removed when it was left.
 fn process_memory_changes(
-    context: &TurnContext,
     changes: &BTreeMap<String, MemoryChanges>,
+    stored: impl Fn(&str) -> BTreeSet<String>,
 ) -> Vec<ProcessMemoryChange> {
     let mut out = Vec::new();
     for (process, changes) in changes {
         let mut flat = MemoryChanges::default();
-        if changes.cleared && *process == context.process.name {
-            flat.removals
-                .extend(context.process_memories.keys().cloned());
+        if changes.cleared {
+            flat.removals.extend(stored(process));
         }
         flat.merge(MemoryChanges {
             cleared: false,

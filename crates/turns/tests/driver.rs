@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::model::BoxFuture;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::process::{Next, ProcessContext, ProcessResult, Registry, Runtime};
+use soul_engine::process::{
+    MentalProcess, Next, ProcessContext, ProcessResult, Registry, Runtime, Subprocess,
+};
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{Clock, Memory, MemoryId, Region, Role};
@@ -26,13 +28,15 @@ soul_engine::soul! {
     name: "driven",
     display_name: "Dee",
     persona: &["You are Dee."],
-    initial_process: "listen",
-    subprocesses: &["tally"],
+    initial_process: LISTEN,
+    subprocesses: &[TALLY],
 }
-soul_engine::mental_process!(soul = "driven", name = "listen", listen);
-soul_engine::mental_process!(soul = "driven", name = "focus", focus);
-soul_engine::mental_process!(soul = "driven", name = "check_in", check_in);
-soul_engine::subprocess!(soul = "driven", name = "tally", tally);
+const LISTEN: MentalProcess =
+    soul_engine::mental_process!(soul = "driven", name = "listen", listen);
+const FOCUS: MentalProcess = soul_engine::mental_process!(soul = "driven", name = "focus", focus);
+const CHECK_IN: MentalProcess =
+    soul_engine::mental_process!(soul = "driven", name = "check_in", check_in);
+const TALLY: Subprocess = soul_engine::subprocess!(soul = "driven", name = "tally", tally);
 
 async fn listen(cx: ProcessContext) -> ProcessResult {
     let body = cx.perception().content.clone();
@@ -69,12 +73,12 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
     if body == "remind me" {
         cx.schedule(
             cx.now() + Duration::hours(1),
-            Some("check_in"),
+            Some(CHECK_IN),
             "see how the interview went",
         );
     }
     Ok(if body == "focus" {
-        Next::to("focus", memory).with_params(json!({"why": "asked"}))
+        Next::to(FOCUS, memory).with_params(json!({"why": "asked"}))
     } else {
         Next::stay(memory)
     })
@@ -97,7 +101,13 @@ async fn tally(cx: ProcessContext) -> ProcessResult {
     let turns: u32 = cx.process_memory().get("turns")?.unwrap_or(0) + 1;
     cx.process_memory().set("turns", &turns)?;
     cx.soul_memory().set("tally", &turns)?;
-    Ok(Next::stay(cx.memory().clone()))
+    let memory = cx.memory().clone();
+    Ok(if cx.perception().content == "over to focus" {
+        // A subprocess moves the main process: `focus` answers the next message.
+        Next::to(FOCUS, memory).with_params(json!({"why": "tallied"}))
+    } else {
+        Next::stay(memory)
+    })
 }
 
 struct Gate {
@@ -494,6 +504,52 @@ async fn a_subprocess_counts_in_its_own_memory_across_turns(fixture: Fixture) {
     assert_eq!(tally_of(&driver, &address).await, json!(1));
 }
 
+async fn a_subprocess_moves_the_main_process_through_the_store(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let address = Address::new("+15550017");
+    let start = Utc.with_ymd_and_hms(2026, 11, 3, 9, 0, 0).unwrap();
+    double.push_content("Dee said: \"Sure.\"");
+    // `listen` stores its process memory in this very commit; the subprocess commit removes it.
+    let moved = answered(
+        &driver,
+        inbound("+15550017", "over to focus", "SMm1", start),
+    )
+    .await;
+    assert_eq!(moved[0].processes_run, ["listen"]);
+    assert!(moved[0].subprocesses_applied);
+    assert_eq!(
+        moved[0].process, "focus",
+        "the report says where the session is"
+    );
+
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let state = &exported["mental_process_state"];
+    assert_eq!(state["name"], json!("focus"));
+    assert_eq!(state["params"], json!({"why": "tallied"}));
+    assert_eq!(state["invocation_count"], json!(0));
+    assert_eq!(state["previous"], json!("listen"));
+    let main_memory: Vec<_> = exported["process_memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["process"] != "tally")
+        .collect();
+    assert!(main_memory.is_empty(), "`listen` was left: {main_memory:?}");
+
+    let next = answered(
+        &driver,
+        inbound(
+            "+15550017",
+            "and now?",
+            "SMm2",
+            start + Duration::minutes(1),
+        ),
+    )
+    .await;
+    assert_eq!(next[0].processes_run, ["focus"]);
+    assert_eq!(next[0].replies, ["focused because \"tallied\""]);
+}
+
 /// The parts of a person's export a fallen-back turn leaves as they were.
 const UNTOUCHED_BY_A_FALLBACK: [&str; 5] = [
     "soul_memories",
@@ -774,6 +830,7 @@ on_every_store!(
     a_session_timeout_resets_process_state_but_not_soul_memory,
     a_scheduled_check_in_makes_the_aimed_process_speak_once,
     a_subprocess_counts_in_its_own_memory_across_turns,
+    a_subprocess_moves_the_main_process_through_the_store,
     a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else,
     a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs,
     a_long_conversation_stores_a_bounded_snapshot,

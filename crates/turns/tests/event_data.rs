@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{
-    Next, ProcessContext, ProcessResult, Registry, Runtime, ScheduledEvent,
+    MentalProcess, Next, ProcessContext, ProcessResult, Registry, Runtime, ScheduledEvent,
 };
 use soul_engine::retry::RetryPolicy;
 use soul_engine::{Clock, Memory, Region};
@@ -21,10 +21,12 @@ soul_engine::soul! {
     name: "carrier",
     display_name: "Cary",
     persona: &["You are Cary."],
-    initial_process: "listen",
+    initial_process: LISTEN,
 }
-soul_engine::mental_process!(soul = "carrier", name = "listen", listen);
-soul_engine::mental_process!(soul = "carrier", name = "follow_up", follow_up);
+const LISTEN: MentalProcess =
+    soul_engine::mental_process!(soul = "carrier", name = "listen", listen);
+const FOLLOW_UP: MentalProcess =
+    soul_engine::mental_process!(soul = "carrier", name = "follow_up", follow_up);
 
 const TWICE: &str = "remember this twice";
 
@@ -35,7 +37,7 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
         "remind me" => {
             cx.schedule_event(
                 ScheduledEvent::new(cx.now() + Duration::hours(1), "time to follow up")
-                    .for_process("follow_up")
+                    .for_process(FOLLOW_UP)
                     .with_params(json!({"topic": "the interview"}))
                     .with_metadata("reason", json!("they asked")),
             );
@@ -89,7 +91,7 @@ async fn sqlite() -> Fixture {
     let config = OpenAiConfig::new(double.base_url(), "sk-test", "double-model")
         .with_retry(RetryPolicy::no_retries());
     let model = Arc::new(OpenAiModel::new(config).unwrap());
-    let soul = Registry::load().unwrap().soul("carrier").unwrap();
+    let soul = Registry::load_soul("carrier").unwrap();
     let clock = Arc::new(TestClock::default());
     let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
     Fixture {

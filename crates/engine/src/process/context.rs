@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::memory::{Memory, Role};
 use crate::process::kv::{KeyValueMemory, MemoryError};
+use crate::process::registry::MentalProcess;
 use crate::process::reply::ReplyLimit;
 use crate::step::{Mind, StepError};
 use crate::working_memory::WorkingMemory;
@@ -172,8 +173,8 @@ impl ScheduledEvent {
     }
 
     /// The same event, answered by `process` (once; see [`PerceptionKind::Event`]).
-    pub fn for_process(mut self, process: impl Into<String>) -> Self {
-        self.process = Some(process.into());
+    pub fn for_process(mut self, process: MentalProcess) -> Self {
+        self.process = Some(process.name().to_owned());
         self
     }
 
@@ -342,11 +343,11 @@ impl ProcessContext {
     pub fn schedule(
         &self,
         at: DateTime<Utc>,
-        process: Option<&str>,
+        process: Option<MentalProcess>,
         content: impl Into<String>,
     ) -> EventId {
         let mut event = ScheduledEvent::new(at, content);
-        event.process = process.map(str::to_owned);
+        event.process = process.map(|p| p.name().to_owned());
         self.schedule_event(event)
     }
 
@@ -379,10 +380,10 @@ impl fmt::Debug for ProcessContext {
 }
 
 /// Where to go after a process run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// The next process.
-    pub process: String,
+    pub process: MentalProcess,
     /// Its params.
     pub params: Value,
     /// Run it at once on the same perception instead of waiting for the next one.
@@ -393,7 +394,8 @@ pub struct Transition {
 ///
 /// A transition is explicit, and always has the same effect — even to the current process: the
 /// invocation count restarts at 0, process memory starts empty, and the params are replaced.
-/// `Next::stay` keeps all three.
+/// `Next::stay` keeps all three. Returned by a subprocess, a transition moves the main process
+/// from the next perception on; a subprocess cannot `run_now` (it fails).
 #[derive(Debug, Clone)]
 pub struct Next {
     pub(crate) memory: WorkingMemory,
@@ -410,11 +412,11 @@ impl Next {
     }
 
     /// Go to `process` with no params, from the next perception on.
-    pub fn to(process: impl Into<String>, memory: WorkingMemory) -> Self {
+    pub fn to(process: MentalProcess, memory: WorkingMemory) -> Self {
         Next {
             memory,
             transition: Some(Transition {
-                process: process.into(),
+                process,
                 params: Value::Null,
                 run_now: false,
             }),

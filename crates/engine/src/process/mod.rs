@@ -1,17 +1,19 @@
 //! Mental processes: how an author's Rust modules become a soul.
 //!
-//! - [`registry`]: compile-time registration ([`mental_process!`](crate::mental_process),
-//!   [`subprocess!`](crate::subprocess), [`soul!`](crate::soul)) and the validated [`Registry`].
-//! - [`context`]: what a process sees and does ([`ProcessContext`]) and returns ([`Next`]).
-//! - [`kv`]: soul memory and process memory, recorded as change sets.
-//! - [`reply`]: the limit a caller puts on replies ([`ReplyLimit`]).
-//! - [`runtime`]: one turn, `state + perception → outcome`, main part then subprocesses.
+//! - Registration: [`mental_process!`](crate::mental_process),
+//!   [`subprocess!`](crate::subprocess) and [`soul!`](crate::soul), validated by [`Registry`];
+//!   the process macros yield the handles ([`MentalProcess`], [`Subprocess`]) code names
+//!   processes by.
+//! - What a process sees and does ([`ProcessContext`]) and returns ([`Next`]).
+//! - Soul memory and process memory, recorded as change sets ([`KeyValueMemory`]).
+//! - The limit a caller puts on replies ([`ReplyLimit`]).
+//! - One turn, `state + perception → outcome`, main part then subprocesses ([`Runtime`]).
 
-pub mod context;
-pub mod kv;
-pub mod registry;
-pub mod reply;
-pub mod runtime;
+mod context;
+mod kv;
+pub(crate) mod registry;
+mod reply;
+mod runtime;
 
 pub use context::{
     EventId, Next, Perception, PerceptionKind, ProcessContext, ProcessError, ProcessResult,
@@ -19,8 +21,8 @@ pub use context::{
 };
 pub use kv::{KeyValueMemory, MemoryChanges, MemoryError};
 pub use registry::{
-    ModelSettings, Process, ProcessKind, ProcessRegistration, Registry, RegistryError, Soul,
-    SoulRegistration, default_integrator, without_leading_system_prompt,
+    IntegratorFn, MentalProcess, ModelSettings, Registry, RegistryError, Soul, Subprocess,
+    default_integrator, without_leading_system_prompt,
 };
 pub use reply::ReplyLimit;
 pub use runtime::{

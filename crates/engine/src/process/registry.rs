@@ -2,9 +2,12 @@
 //!
 //! Authors register with [`mental_process!`](crate::mental_process),
 //! [`subprocess!`](crate::subprocess) and [`soul!`](crate::soul); the macros submit
-//! registrations to `inventory`, so a process exists by being compiled in. [`Registry::load`]
-//! gathers them once at start-up and refuses an inconsistent set with an error naming every
-//! problem and where each offending registration was written.
+//! registrations to `inventory`, so a process exists by being compiled in. Each process macro
+//! yields a handle ([`MentalProcess`], [`Subprocess`]) that transitions, scheduled events and the
+//! soul's registration name it by, so a misspelt process is a compile error.
+//! [`Registry::load`] gathers every registration once at start-up and refuses an inconsistent
+//! set with an error naming every problem and where each offending registration was written;
+//! [`Registry::load_soul`] checks one soul only, for tests.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,12 +20,83 @@ use crate::process::context::{ProcessContext, ProcessResult};
 use crate::working_memory::WorkingMemory;
 
 /// The signature every registered process has after the macro's shim.
+#[doc(hidden)]
 pub type ProcessFn = fn(ProcessContext) -> BoxFuture<'static, ProcessResult>;
 
-/// Builds a turn's working memory from the stored one and the incoming perception.
+/// An integrator: builds a turn's working memory from the stored one and the incoming
+/// perception (see [`default_integrator`]).
 pub type IntegratorFn = fn(&Soul, WorkingMemory, &crate::process::Perception) -> WorkingMemory;
 
+/// A main mental process of a soul: what [`Next::to`](crate::process::Next::to),
+/// [`ProcessContext::schedule`] and [`soul!`](crate::soul)'s `initial_process` take.
+///
+/// Only [`mental_process!`](crate::mental_process) makes one, together with the registration of
+/// the process it names, so a handle always names a process that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MentalProcess {
+    soul: &'static str,
+    name: &'static str,
+}
+
+impl MentalProcess {
+    /// The process's name, unique within its soul (what the store records).
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The name of the soul it belongs to.
+    pub fn soul(self) -> &'static str {
+        self.soul
+    }
+}
+
+impl fmt::Display for MentalProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// A subprocess of a soul: what [`soul!`](crate::soul)'s `subprocesses` lists. Only
+/// [`subprocess!`](crate::subprocess) makes one. A transition cannot name a subprocess: the types
+/// differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subprocess {
+    soul: &'static str,
+    name: &'static str,
+}
+
+impl Subprocess {
+    /// The subprocess's name, unique within its soul.
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The name of the soul it belongs to.
+    pub fn soul(self) -> &'static str {
+        self.soul
+    }
+}
+
+impl fmt::Display for Subprocess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The handle [`mental_process!`](crate::mental_process) yields.
+#[doc(hidden)]
+pub const fn mental_process_handle(soul: &'static str, name: &'static str) -> MentalProcess {
+    MentalProcess { soul, name }
+}
+
+/// The handle [`subprocess!`](crate::subprocess) yields.
+#[doc(hidden)]
+pub const fn subprocess_handle(soul: &'static str, name: &'static str) -> Subprocess {
+    Subprocess { soul, name }
+}
+
 /// Whether a registered function is a main process or a subprocess.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessKind {
     /// Answers perceptions and decides the next process.
@@ -31,7 +105,8 @@ pub enum ProcessKind {
     Subprocess,
 }
 
-/// One registered process. Made by the macros; authors do not build these by hand.
+/// One registered process, made by the macros.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct ProcessRegistration {
     /// The soul it belongs to.
@@ -57,20 +132,20 @@ pub struct ModelSettings {
     pub max_tokens: Option<u32>,
 }
 
-/// One registered soul. Made by [`soul!`](crate::soul).
+/// One registered soul, made by [`soul!`](crate::soul).
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct SoulRegistration {
     /// Its name, unique among souls.
     pub name: &'static str,
-    /// The name it goes by in conversation ("Sage"): working memory's soul name, which steps use
-    /// to phrase instructions and to strip "Sage said:" from answers.
+    /// The name it goes by in conversation ("Sage").
     pub display_name: &'static str,
     /// The persona, placed in the `core` region as system memories.
     pub persona: &'static [&'static str],
     /// The process a new session starts in.
-    pub initial_process: &'static str,
+    pub initial_process: MentalProcess,
     /// Subprocesses, in the order they run.
-    pub subprocesses: &'static [&'static str],
+    pub subprocesses: &'static [Subprocess],
     /// A custom integrator; `None` uses [`default_integrator`].
     pub integrator: Option<IntegratorFn>,
     /// Model settings.
@@ -84,23 +159,21 @@ pub struct SoulRegistration {
 inventory::collect!(ProcessRegistration);
 inventory::collect!(SoulRegistration);
 
-/// A registered process, looked up by name.
+/// A registered process as the runtime runs it.
 #[derive(Debug, Clone, Copy)]
-pub struct Process {
+pub(crate) struct Registered {
     /// Its name.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The function.
-    pub run: ProcessFn,
-    /// Where it was registered.
-    pub location: &'static str,
+    pub(crate) run: ProcessFn,
 }
 
 /// A soul with its processes, validated.
 #[derive(Debug)]
 pub struct Soul {
     registration: &'static SoulRegistration,
-    processes: BTreeMap<&'static str, Process>,
-    subprocesses: Vec<Process>,
+    processes: BTreeMap<&'static str, Registered>,
+    subprocesses: Vec<Registered>,
 }
 
 impl Soul {
@@ -109,7 +182,9 @@ impl Soul {
         self.registration.name
     }
 
-    /// The name it goes by in conversation.
+    /// The name it goes by in conversation (`soul!`'s `display_name`): working memory's soul
+    /// name, which steps use to phrase instructions ("How does Sage answer?") and to strip
+    /// `Sage said:` from answers.
     pub fn display_name(&self) -> &'static str {
         self.registration.display_name
     }
@@ -120,24 +195,51 @@ impl Soul {
     }
 
     /// The process a new session starts in.
-    pub fn initial_process(&self) -> Process {
-        // `Registry::load` refuses a soul whose initial process is not registered.
-        self.processes[self.registration.initial_process]
+    pub fn initial_process(&self) -> MentalProcess {
+        self.registration.initial_process
     }
 
-    /// The main process called `name`.
-    pub fn process(&self, name: &str) -> Option<Process> {
-        self.processes.get(name).copied()
+    /// The main process called `name` (a name read back from a store).
+    pub fn process(&self, name: &str) -> Option<MentalProcess> {
+        self.processes
+            .get(name)
+            .map(|p| mental_process_handle(self.name(), p.name))
     }
 
     /// Every main process, by name.
-    pub fn processes(&self) -> impl Iterator<Item = Process> + '_ {
-        self.processes.values().copied()
+    pub fn processes(&self) -> impl Iterator<Item = MentalProcess> + '_ {
+        self.processes
+            .values()
+            .map(|p| mental_process_handle(self.name(), p.name))
     }
 
     /// The subprocesses, in the order they run.
-    pub fn subprocesses(&self) -> &[Process] {
+    pub fn subprocesses(&self) -> &'static [Subprocess] {
+        self.registration.subprocesses
+    }
+
+    /// The main process `process` names, if it is one of this soul's.
+    pub(crate) fn registered(&self, process: MentalProcess) -> Option<Registered> {
+        if process.soul != self.name() {
+            return None;
+        }
+        self.processes.get(process.name).copied()
+    }
+
+    /// The main process called `name`, to run.
+    pub(crate) fn registered_by_name(&self, name: &str) -> Option<Registered> {
+        self.processes.get(name).copied()
+    }
+
+    /// The subprocesses to run, in order.
+    pub(crate) fn registered_subprocesses(&self) -> &[Registered] {
         &self.subprocesses
+    }
+
+    /// The process a new session starts in, to run.
+    pub(crate) fn registered_initial(&self) -> Registered {
+        // `Registry` refuses a soul whose initial process is not one of its main processes.
+        self.processes[self.registration.initial_process.name]
     }
 
     /// The persona as `core` memories.
@@ -217,19 +319,43 @@ pub struct Registry {
 
 /// What is wrong with the registered set; lists every problem, not just the first.
 #[derive(Debug, thiserror::Error)]
-#[error("the registered souls and processes are inconsistent:\n{}", .problems.join("\n"))]
+#[error("the souls cannot be loaded:\n{}", .problems.join("\n"))]
 pub struct RegistryError {
     /// One line per problem.
     pub problems: Vec<String>,
 }
 
 impl Registry {
-    /// Gathers every soul and process compiled into this binary.
+    /// Gathers every soul and process compiled into this binary. A program that runs souls
+    /// calls it once at start-up, so that any inconsistency stops it there.
     pub fn load() -> Result<Self, RegistryError> {
         Self::from_parts(
             inventory::iter::<SoulRegistration>.into_iter().collect(),
             inventory::iter::<ProcessRegistration>.into_iter().collect(),
         )
+    }
+
+    /// The soul called `name`, checked with its own processes only: another soul's mistakes,
+    /// compiled into the same binary, do not stop it (a test of one soul is not broken by a
+    /// registration elsewhere).
+    pub fn load_soul(name: &str) -> Result<Arc<Soul>, RegistryError> {
+        let registry = Self::from_parts(
+            inventory::iter::<SoulRegistration>
+                .into_iter()
+                .filter(|s| s.name == name)
+                .collect(),
+            inventory::iter::<ProcessRegistration>
+                .into_iter()
+                .filter(|p| p.soul == name)
+                .collect(),
+        )?;
+        registry.soul(name).ok_or_else(|| RegistryError {
+            problems: vec![format!(
+                "no soul named `{name}` is registered in this binary (a soul is registered by \
+                 linking the crate that defines it, and a binary links a crate only if it names \
+                 something of it)"
+            )],
+        })
     }
 
     fn from_parts(
@@ -263,24 +389,33 @@ impl Registry {
                 continue;
             }
             let registered = by_soul.remove(s.name).unwrap_or_default();
-            let main: BTreeMap<_, _> = registered
-                .values()
-                .filter(|p| p.kind == ProcessKind::Main)
-                .map(|p| {
-                    (
-                        p.name,
-                        Process {
-                            name: p.name,
-                            run: p.run,
-                            location: p.location,
-                        },
-                    )
-                })
-                .collect();
-            if !main.contains_key(s.initial_process) {
+            let soul = Soul {
+                registration: s,
+                processes: registered
+                    .values()
+                    .filter(|p| p.kind == ProcessKind::Main)
+                    .map(|p| {
+                        (
+                            p.name,
+                            Registered {
+                                name: p.name,
+                                run: p.run,
+                            },
+                        )
+                    })
+                    .collect(),
+                subprocesses: checked_subprocesses(s, &registered, &mut problems),
+            };
+            let initial = s.initial_process;
+            if initial.soul != s.name {
+                problems.push(format!(
+                    "soul `{}` ({}) starts in `{}`, a process of soul `{}`",
+                    s.name, s.location, initial.name, initial.soul
+                ));
+            } else if !soul.processes.contains_key(initial.name) {
                 problems.push(format!(
                     "soul `{}` ({}) starts in `{}`, which is not a registered main process",
-                    s.name, s.location, s.initial_process
+                    s.name, s.location, initial.name
                 ));
             }
             if s.memory_budget.max_memories == 0 || s.memory_budget.max_tokens == 0 {
@@ -290,28 +425,7 @@ impl Registry {
                     s.name, s.location
                 ));
             }
-            let mut subprocesses = Vec::new();
-            for name in s.subprocesses {
-                match registered.get(name) {
-                    Some(p) if p.kind == ProcessKind::Subprocess => subprocesses.push(Process {
-                        name: p.name,
-                        run: p.run,
-                        location: p.location,
-                    }),
-                    _ => problems.push(format!(
-                        "soul `{}` ({}) lists subprocess `{name}`, which is not a registered subprocess",
-                        s.name, s.location
-                    )),
-                }
-            }
-            registry.insert(
-                s.name,
-                Arc::new(Soul {
-                    registration: s,
-                    processes: main,
-                    subprocesses,
-                }),
-            );
+            registry.insert(s.name, Arc::new(soul));
         }
         for (soul, processes) in by_soul {
             for p in processes.values() {
@@ -339,53 +453,120 @@ impl Registry {
     }
 }
 
-impl fmt::Display for Process {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.location)
+/// The subprocesses `soul` lists, in its order; a listed one that is not a registered
+/// subprocess of the soul, one listed twice, and a registered one left out (it would never run)
+/// are problems.
+fn checked_subprocesses(
+    soul: &SoulRegistration,
+    registered: &BTreeMap<&str, &ProcessRegistration>,
+    problems: &mut Vec<String>,
+) -> Vec<Registered> {
+    let mut listed = Vec::new();
+    for (i, handle) in soul.subprocesses.iter().enumerate() {
+        if handle.soul != soul.name {
+            problems.push(format!(
+                "soul `{}` ({}) lists subprocess `{}` of soul `{}`",
+                soul.name, soul.location, handle.name, handle.soul
+            ));
+            continue;
+        }
+        if soul.subprocesses[..i].contains(handle) {
+            problems.push(format!(
+                "soul `{}` ({}) lists subprocess `{}` twice",
+                soul.name, soul.location, handle.name
+            ));
+            continue;
+        }
+        match registered.get(handle.name) {
+            Some(p) if p.kind == ProcessKind::Subprocess => listed.push(Registered {
+                name: p.name,
+                run: p.run,
+            }),
+            _ => problems.push(format!(
+                "soul `{}` ({}) lists subprocess `{}`, which is not a registered subprocess",
+                soul.name, soul.location, handle.name
+            )),
+        }
     }
+    for p in registered.values() {
+        if p.kind == ProcessKind::Subprocess && !listed.iter().any(|l| l.name == p.name) {
+            problems.push(format!(
+                "subprocess `{}` ({}) is not in the `subprocesses` of soul `{}` ({}), so it \
+                 would never run",
+                p.name, p.location, soul.name, soul.location
+            ));
+        }
+    }
+    listed
 }
 
-/// Registers an async fn as a main mental process of a soul.
+/// Registers an async fn as a main mental process of a soul and yields its [`MentalProcess`]
+/// handle: keep it in a `const`, and name the process by it.
 ///
 /// ```
-/// use soul_engine::process::{Next, ProcessContext, ProcessResult};
+/// use soul_engine::prelude::*;
 ///
-/// soul_engine::mental_process!(soul = "sam", name = "small_talk", small_talk);
+/// pub const SMALL_TALK: MentalProcess =
+///     mental_process!(soul = "sam", name = "small_talk", small_talk);
 ///
 /// async fn small_talk(cx: ProcessContext) -> ProcessResult {
 ///     cx.speak("Hello!");
 ///     Ok(Next::stay(cx.memory().clone()))
 /// }
-/// # soul_engine::soul! { name: "sam", persona: &[], initial_process: "small_talk" }
+/// # soul! { name: "sam", persona: &[], initial_process: SMALL_TALK }
 /// # fn main() { soul_engine::process::Registry::load().unwrap(); }
 /// ```
 ///
-/// See the [authoring guide](crate::guide).
+/// `soul` is the soul's name (a literal or a `&str` constant); `name` is unique within the
+/// soul and is what the store records, so renaming a process moves the people in it to the
+/// initial process. See the [authoring guide](crate::guide).
 #[macro_export]
 macro_rules! mental_process {
-    (soul = $soul:literal, name = $name:literal, $function:path $(,)?) => {
-        $crate::__register_process!($soul, $name, $function, $crate::process::ProcessKind::Main);
-    };
-}
-
-/// Registers an async fn as a subprocess of a soul (it also has to be listed in the soul's
-/// `subprocesses`, which fixes the order they run in).
-#[macro_export]
-macro_rules! subprocess {
-    (soul = $soul:literal, name = $name:literal, $function:path $(,)?) => {
+    (soul = $soul:expr, name = $name:literal, $function:path $(,)?) => {{
         $crate::__register_process!(
             $soul,
             $name,
             $function,
-            $crate::process::ProcessKind::Subprocess
+            $crate::__private::ProcessKind::Main
         );
-    };
+        $crate::__private::mental_process_handle($soul, $name)
+    }};
+}
+
+/// Registers an async fn as a subprocess of a soul and yields its [`Subprocess`] handle, which
+/// the soul's `subprocesses` lists (that list fixes the order they run in).
+///
+/// ```
+/// use soul_engine::prelude::*;
+///
+/// pub const COUNT: Subprocess = subprocess!(soul = "sid", name = "count", count);
+///
+/// async fn count(cx: ProcessContext) -> ProcessResult {
+///     let seen: u32 = cx.soul_memory().get("seen")?.unwrap_or(0);
+///     cx.soul_memory().set("seen", &(seen + 1))?;
+///     Ok(Next::stay(cx.memory().clone()))
+/// }
+/// # const TALK: MentalProcess = mental_process!(soul = "sid", name = "talk", count);
+/// # soul! { name: "sid", persona: &[], initial_process: TALK, subprocesses: &[COUNT] }
+/// # fn main() { soul_engine::process::Registry::load().unwrap(); }
+/// ```
+#[macro_export]
+macro_rules! subprocess {
+    (soul = $soul:expr, name = $name:literal, $function:path $(,)?) => {{
+        $crate::__register_process!(
+            $soul,
+            $name,
+            $function,
+            $crate::__private::ProcessKind::Subprocess
+        );
+        $crate::__private::subprocess_handle($soul, $name)
+    }};
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_process {
-    ($soul:literal, $name:literal, $function:path, $kind:expr) => {
+    ($soul:expr, $name:literal, $function:path, $kind:expr) => {
         const _: () = {
             fn shim(
                 context: $crate::process::ProcessContext,
@@ -393,7 +574,7 @@ macro_rules! __register_process {
                 ::std::boxed::Box::pin($function(context))
             }
             $crate::__private::inventory::submit! {
-                $crate::process::ProcessRegistration {
+                $crate::__private::ProcessRegistration {
                     soul: $soul,
                     name: $name,
                     kind: $kind,
@@ -408,35 +589,34 @@ macro_rules! __register_process {
 /// Registers a soul.
 ///
 /// ```
-/// soul_engine::soul! {
+/// use soul_engine::prelude::*;
+///
+/// soul! {
 ///     name: "samantha",
 ///     display_name: "Samantha",
 ///     persona: &["You are Samantha, a warm companion."],
-///     initial_process: "introduction",
-///     subprocesses: &["summarize"],
-///     model: soul_engine::process::ModelSettings {
-///         model: Some("quality"),
-///         temperature: Some(0.7),
-///         max_tokens: None,
-///     },
-///     memory_budget: soul_engine::MemoryBudget { max_memories: 40, max_tokens: 8_000 },
+///     initial_process: INTRODUCTION,
+///     subprocesses: &[SUMMARIZE],
+///     model: ModelSettings { model: Some("quality"), temperature: Some(0.7), max_tokens: None },
+///     memory_budget: MemoryBudget { max_memories: 40, max_tokens: 8_000 },
 /// }
-/// # use soul_engine::process::{Next, ProcessContext, ProcessResult};
-/// # soul_engine::mental_process!(soul = "samantha", name = "introduction", keep);
-/// # soul_engine::subprocess!(soul = "samantha", name = "summarize", keep);
+/// # const INTRODUCTION: MentalProcess = mental_process!(soul = "samantha", name = "introduction", keep);
+/// # const SUMMARIZE: Subprocess = subprocess!(soul = "samantha", name = "summarize", keep);
 /// # async fn keep(cx: ProcessContext) -> ProcessResult { Ok(Next::stay(cx.memory().clone())) }
 /// # fn main() { soul_engine::process::Registry::load().unwrap(); }
 /// ```
 ///
 /// `display_name` (default: `name`), `subprocesses`, `integrator`, `model` and `memory_budget`
-/// (default: [`MemoryBudget::DEFAULT`]) are optional.
+/// (default: [`MemoryBudget::DEFAULT`](crate::MemoryBudget::DEFAULT)) are optional.
+/// `display_name` is what the soul is called in conversation: working memory's soul name, which
+/// the built-in steps put in their instructions and strip from answers (`Samantha said: "..."`).
 #[macro_export]
 macro_rules! soul {
     (
         name: $name:literal,
         $(display_name: $display_name:expr,)?
         persona: $persona:expr,
-        initial_process: $initial:literal
+        initial_process: $initial:expr
         $(, subprocesses: $subprocesses:expr)?
         $(, integrator: $integrator:expr)?
         $(, model: $model:expr)?
@@ -444,7 +624,7 @@ macro_rules! soul {
         $(,)?
     ) => {
         $crate::__private::inventory::submit! {
-            $crate::process::SoulRegistration {
+            $crate::__private::SoulRegistration {
                 name: $name,
                 display_name: $crate::__first!($($display_name,)? $name),
                 persona: $persona,
@@ -481,24 +661,37 @@ mod tests {
         unreachable!("never run by these tests")
     }
 
-    fn process(
+    fn registration(
         soul: &'static str,
         name: &'static str,
+        kind: ProcessKind,
         location: &'static str,
     ) -> &'static ProcessRegistration {
         Box::leak(Box::new(ProcessRegistration {
             soul,
             name,
-            kind: ProcessKind::Main,
+            kind,
             run: noop,
             location,
         }))
     }
 
+    fn process(
+        soul: &'static str,
+        name: &'static str,
+        location: &'static str,
+    ) -> &'static ProcessRegistration {
+        registration(soul, name, ProcessKind::Main, location)
+    }
+
+    fn sub(soul: &'static str, name: &'static str) -> &'static ProcessRegistration {
+        registration(soul, name, ProcessKind::Subprocess, "sub.rs:1")
+    }
+
     fn soul(
         name: &'static str,
-        initial: &'static str,
-        subprocesses: &'static [&'static str],
+        initial: MentalProcess,
+        subprocesses: &'static [Subprocess],
     ) -> &'static SoulRegistration {
         Box::leak(Box::new(SoulRegistration {
             name,
@@ -513,10 +706,16 @@ mod tests {
         }))
     }
 
+    const A_X: MentalProcess = mental_process_handle("a", "x");
+
     #[test]
     fn every_problem_is_reported_with_its_locations() {
+        const NOPE: Subprocess = subprocess_handle("a", "nope");
         let err = Registry::from_parts(
-            vec![soul("a", "missing", &["nope"]), soul("a", "x", &[])],
+            vec![
+                soul("a", mental_process_handle("a", "missing"), &[NOPE]),
+                soul("a", A_X, &[]),
+            ],
             vec![
                 process("a", "x", "one.rs:3"),
                 process("a", "x", "two.rs:9"),
@@ -537,6 +736,52 @@ mod tests {
     }
 
     #[test]
+    fn a_soul_naming_another_souls_processes_is_refused() {
+        const B_SUB: Subprocess = subprocess_handle("b", "s");
+        let err = Registry::from_parts(
+            vec![
+                soul("a", mental_process_handle("b", "y"), &[B_SUB]),
+                soul("b", mental_process_handle("b", "y"), &[B_SUB]),
+            ],
+            vec![
+                process("a", "x", "x.rs:1"),
+                process("b", "y", "y.rs:1"),
+                sub("b", "s"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "soul `a` (souls.rs:1) lists subprocess `s` of soul `b`",
+                "soul `a` (souls.rs:1) starts in `y`, a process of soul `b`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_subprocess_listed_twice_or_not_at_all_is_refused() {
+        const S: Subprocess = subprocess_handle("a", "s");
+        let err = Registry::from_parts(
+            vec![soul("a", A_X, &[S, S])],
+            vec![
+                process("a", "x", "x.rs:1"),
+                sub("a", "s"),
+                sub("a", "forgotten"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "soul `a` (souls.rs:1) lists subprocess `s` twice",
+                "subprocess `forgotten` (sub.rs:1) is not in the `subprocesses` of soul `a` \
+                 (souls.rs:1), so it would never run",
+            ]
+        );
+    }
+
+    #[test]
     fn a_memory_budget_of_zero_is_refused() {
         for budget in [
             MemoryBudget {
@@ -550,7 +795,7 @@ mod tests {
         ] {
             let registration = Box::leak(Box::new(SoulRegistration {
                 memory_budget: budget,
-                ..SoulRegistration::clone(soul("a", "x", &[]))
+                ..SoulRegistration::clone(soul("a", A_X, &[]))
             }));
             let err = Registry::from_parts(vec![registration], vec![process("a", "x", "x.rs:1")])
                 .unwrap_err();
@@ -561,16 +806,29 @@ mod tests {
 
     #[test]
     fn a_consistent_set_loads_and_looks_up_by_name() {
+        const S: Subprocess = subprocess_handle("a", "s");
         let registry = Registry::from_parts(
-            vec![soul("a", "x", &[])],
-            vec![process("a", "x", "x.rs:1"), process("a", "y", "y.rs:1")],
+            vec![soul("a", A_X, &[S])],
+            vec![
+                process("a", "x", "x.rs:1"),
+                process("a", "y", "y.rs:1"),
+                sub("a", "s"),
+            ],
         )
         .unwrap();
         let soul = registry.soul("a").unwrap();
-        assert_eq!(soul.initial_process().name, "x");
+        assert_eq!(soul.initial_process(), A_X);
         assert_eq!(
-            soul.processes().map(|p| p.name).collect::<Vec<_>>(),
+            soul.processes()
+                .map(MentalProcess::name)
+                .collect::<Vec<_>>(),
             ["x", "y"]
+        );
+        assert_eq!(soul.subprocesses(), [S]);
+        assert_eq!(soul.process("y"), Some(mental_process_handle("a", "y")));
+        assert!(
+            soul.process("s").is_none(),
+            "a subprocess is not a main process"
         );
         assert!(soul.process("z").is_none());
         assert!(registry.soul("b").is_none());

@@ -15,9 +15,10 @@ use crate::memory::{Memory, MemoryId};
 use crate::model::{LanguageModel, Usage};
 use crate::process::context::{
     Actions, EventId, Perception, PerceptionKind, ProcessContext, ProcessError, ScheduledEvent,
+    Transition,
 };
 use crate::process::kv::{KeyValueMemory, MemoryChanges};
-use crate::process::registry::{Process, Soul};
+use crate::process::registry::{Registered, Soul};
 use crate::process::reply::ReplyLimit;
 use crate::step::Mind;
 use crate::working_memory::WorkingMemory;
@@ -85,6 +86,10 @@ impl SoulState {
         outcome.soul_memory.apply_to(&mut self.soul_memory);
         for (process, changes) in &outcome.process_memory {
             changes.apply_to(self.process_memories.entry(process.clone()).or_default());
+        }
+        self.process_memories.retain(|_, values| !values.is_empty());
+        if let Some(process) = &outcome.process {
+            self.process = Some(process.clone());
         }
         if let Some(memory) = &outcome.working_memory {
             self.working_memory = memory.clone();
@@ -188,8 +193,12 @@ pub struct SubprocessOutcome {
     pub appended: Vec<Memory>,
     /// Soul memory changes.
     pub soul_memory: MemoryChanges,
-    /// Process memory changes by subprocess name.
+    /// Process memory changes by subprocess name; when a subprocess moved the main process,
+    /// also the main processes left and entered, `cleared`.
     pub process_memory: BTreeMap<String, MemoryChanges>,
+    /// The main process a subprocess moved the soul to (the last one, if several did): the
+    /// process state to store. `None` when the main process stays where the main part left it.
+    pub process: Option<ProcessState>,
     /// Events to schedule.
     pub scheduled: Vec<ScheduledEvent>,
     /// Events to cancel.
@@ -221,7 +230,7 @@ impl fmt::Debug for Runtime {
 }
 
 struct Current {
-    process: Process,
+    process: Registered,
     params: Value,
     invocation_count: u32,
     previous: Option<String>,
@@ -307,8 +316,8 @@ impl Runtime {
         let mut current = Current {
             process: self
                 .soul
-                .process(&stored.name)
-                .unwrap_or_else(|| self.soul.initial_process()),
+                .registered_by_name(&stored.name)
+                .unwrap_or_else(|| self.soul.registered_initial()),
             params: stored.params,
             invocation_count: stored.invocation_count,
             previous: stored.previous,
@@ -383,11 +392,12 @@ impl Runtime {
                 }
                 break;
             };
-            let target = self.soul.process(&transition.process).ok_or_else(|| {
+            // A handle names a registered process, but perhaps another soul's.
+            let target = self.soul.registered(transition.process).ok_or_else(|| {
                 TurnError::UnknownProcess {
                     soul: self.soul.name().to_owned(),
                     from: name.to_owned(),
-                    to: transition.process.clone(),
+                    to: transition.process.name().to_owned(),
                 }
             })?;
             // Leaving a process drops its memory; so does leaving the current process by way of
@@ -456,13 +466,19 @@ impl Runtime {
     /// Runs the subprocesses, in the soul's order, on the main part's working memory. One that
     /// fails is logged and its changes dropped; the others go on. If a newer turn of the same
     /// session starts meanwhile, the work stops and the outcome says `cancelled`.
+    ///
+    /// A subprocess that returns a transition moves the main process, as in OpenSouls: the
+    /// outcome's `process` is the state to store, and the next perception is answered there.
+    /// It cannot run a process now (the reply is already on its way): a subprocess asking for
+    /// that, or naming another soul's process, fails.
     pub async fn run_subprocesses(&self, main: &MainOutcome) -> SubprocessOutcome {
         let carry = &main.carry;
         let mind = self.mind();
         let mut outcome = SubprocessOutcome::default();
         let mut memory = main.working_memory.clone();
         let mut soul_memory = carry.soul_memory.snapshot();
-        for subprocess in self.soul.subprocesses() {
+        let mut main_process = main.process.name.clone();
+        for subprocess in self.soul.registered_subprocesses() {
             let process_memory = KeyValueMemory::new(
                 carry
                     .process_memories
@@ -495,31 +511,57 @@ impl Runtime {
                 }
                 result = (subprocess.run)(context) => result,
             };
-            match result {
-                Ok(next) => {
-                    let cut = std::mem::take(
-                        &mut actions.lock().unwrap_or_else(PoisonError::into_inner).cut,
-                    );
-                    memory = with_cut_replies(&memory, next.memory, &cut);
-                    outcome.soul_memory.merge(attempt_soul_memory.changes());
-                    soul_memory = attempt_soul_memory.snapshot();
-                    let changes = process_memory.changes();
-                    if !changes.is_empty() {
-                        outcome
-                            .process_memory
-                            .insert(subprocess.name.to_owned(), changes);
-                    }
-                    let actions = std::mem::take(
-                        &mut *actions.lock().unwrap_or_else(PoisonError::into_inner),
-                    );
-                    outcome.replies.extend(actions.replies);
-                    outcome.scheduled.extend(actions.scheduled);
-                    outcome.cancelled_events.extend(actions.cancelled);
-                }
+            let next = match result {
+                Ok(next) => next,
                 Err(error) => {
                     tracing::warn!(subprocess = subprocess.name, %error, "subprocess failed; its changes are dropped");
                     outcome.failed.push(subprocess.name.to_owned());
+                    continue;
                 }
+            };
+            let moved = match &next.transition {
+                None => None,
+                Some(transition) => match self.subprocess_target(subprocess.name, transition) {
+                    Some(target) => Some((target, transition.params.clone())),
+                    None => {
+                        outcome.failed.push(subprocess.name.to_owned());
+                        continue;
+                    }
+                },
+            };
+            let cut =
+                std::mem::take(&mut actions.lock().unwrap_or_else(PoisonError::into_inner).cut);
+            memory = with_cut_replies(&memory, next.memory, &cut);
+            outcome.soul_memory.merge(attempt_soul_memory.changes());
+            soul_memory = attempt_soul_memory.snapshot();
+            let changes = process_memory.changes();
+            if !changes.is_empty() {
+                outcome
+                    .process_memory
+                    .insert(subprocess.name.to_owned(), changes);
+            }
+            let actions =
+                std::mem::take(&mut *actions.lock().unwrap_or_else(PoisonError::into_inner));
+            outcome.replies.extend(actions.replies);
+            outcome.scheduled.extend(actions.scheduled);
+            outcome.cancelled_events.extend(actions.cancelled);
+            if let Some((target, params)) = moved {
+                // As a main process's transition: the process left and the one entered start
+                // with empty process memory.
+                for process in [main_process.as_str(), target.name] {
+                    outcome
+                        .process_memory
+                        .entry(process.to_owned())
+                        .or_default()
+                        .merge(cleared());
+                }
+                outcome.process = Some(ProcessState {
+                    name: target.name.to_owned(),
+                    params,
+                    invocation_count: 0,
+                    previous: Some(main_process),
+                });
+                main_process = target.name.to_owned();
             }
         }
         if carry.cancel.is_cancelled() {
@@ -534,6 +576,33 @@ impl Runtime {
         outcome.working_memory = Some(memory);
         outcome.usage = mind.usage();
         outcome
+    }
+
+    /// The main process a subprocess's transition moves to; `None`, with a warning saying why,
+    /// when it cannot (the subprocess then fails).
+    fn subprocess_target(&self, subprocess: &str, transition: &Transition) -> Option<Registered> {
+        let to = transition.process;
+        if transition.run_now {
+            tracing::warn!(
+                subprocess,
+                to = to.name(),
+                "a subprocess cannot run a process now: the reply is already sent; the \
+                 subprocess fails and its changes are dropped (return the transition without \
+                 `run_now` to answer the next message there)"
+            );
+            return None;
+        }
+        let target = self.soul.registered(to);
+        if target.is_none() {
+            tracing::warn!(
+                subprocess,
+                to = to.name(),
+                of_soul = to.soul(),
+                "a subprocess transitioned to another soul's process; it fails and its changes \
+                 are dropped"
+            );
+        }
+        target
     }
 
     fn start_generation(&self, session: &str) -> (u64, CancellationToken) {
@@ -559,7 +628,7 @@ impl Runtime {
     /// name that was replaced (the seed's auto-correction).
     fn validated(&self, stored: Option<ProcessState>) -> (ProcessState, Option<String>) {
         let initial = || ProcessState {
-            name: self.soul.initial_process().name.to_owned(),
+            name: self.soul.initial_process().name().to_owned(),
             params: Value::Null,
             invocation_count: 0,
             previous: None,
@@ -579,7 +648,7 @@ impl Runtime {
     }
 
     /// The process a scheduled event is aimed at, and the params it carries for it.
-    fn aimed_process(&self, perception: &Perception) -> Option<(Process, Value)> {
+    fn aimed_process(&self, perception: &Perception) -> Option<(Registered, Value)> {
         let PerceptionKind::Event {
             process: Some(name),
             params,
@@ -588,7 +657,7 @@ impl Runtime {
         else {
             return None;
         };
-        let process = self.soul.process(name);
+        let process = self.soul.registered_by_name(name);
         if process.is_none() {
             tracing::warn!(soul = self.soul.name(), process = %name, "event aimed at an unknown process; the current process answers it");
         }

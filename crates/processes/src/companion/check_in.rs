@@ -10,12 +10,16 @@
 //! so a silence is met with one message, never a series.
 
 use chrono::{DateTime, Duration, FixedOffset, NaiveTime, TimeZone, Timelike, Utc};
-use soul_engine::process::{EventId, Next, PerceptionKind, ProcessContext, ProcessResult};
+use soul_engine::prelude::*;
+use soul_engine::process::EventId;
 
-use super::{CHECK_IN, CHECK_IN_EVENT_KEY, CONVERSATION, NAME, crisis, say};
+use super::{CHECK_IN_EVENT_KEY, CONVERSATION, NAME, SOUL, crisis, say};
 
-soul_engine::subprocess!(soul = "sage", name = "schedule_check_in", schedule_check_in);
-soul_engine::mental_process!(soul = "sage", name = "check_in", check_in);
+/// Reschedules the check-in on every message from the person.
+pub const SCHEDULE_CHECK_IN: Subprocess =
+    subprocess!(soul = SOUL, name = "schedule_check_in", schedule_check_in);
+/// The check-in itself, run by the scheduled event.
+pub const CHECK_IN: MentalProcess = mental_process!(soul = SOUL, name = "check_in", check_in);
 
 /// How long a silence lasts before Sage checks in.
 pub const CHECK_IN_AFTER: Duration = Duration::days(3);

@@ -5,11 +5,13 @@
 //! warm reply. The goodbye and "looks personal" checks are word lists, so an ordinary turn costs
 //! two model calls: the risk query and the reply.
 
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
+use soul_engine::prelude::*;
 
-use super::{DEEP_LISTENING, WIND_DOWN, crisis, deep_listening, say, wind_down};
+use super::{DEEP_LISTENING, SOUL, WIND_DOWN, crisis, deep_listening, say, wind_down};
 
-soul_engine::mental_process!(soul = "sage", name = "conversation", conversation);
+/// Everyday replies, and the hub the other processes return to.
+pub const CONVERSATION: MentalProcess =
+    mental_process!(soul = SOUL, name = "conversation", conversation);
 
 async fn conversation(cx: ProcessContext) -> ProcessResult {
     if let Some(next) = crisis::screen_message(&cx).await? {

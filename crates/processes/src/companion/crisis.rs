@@ -42,13 +42,12 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use serde_json::json;
-use soul_engine::process::{Next, ProcessContext, ProcessError, ProcessResult};
-use soul_engine::step::{external_dialog, mental_query};
-use soul_engine::{Memory, Role, WorkingMemory};
+use soul_engine::prelude::*;
 
-use super::{CAREFUL_MODE_KEY, CONVERSATION, CRISIS, NAME, first_phrase_in, is_message};
+use super::{CAREFUL_MODE_KEY, CONVERSATION, NAME, SOUL, first_phrase_in, is_message};
 
-soul_engine::mental_process!(soul = "sage", name = "crisis", crisis);
+/// Careful mode, with the crisis resources in every reply.
+pub const CRISIS: MentalProcess = mental_process!(soul = SOUL, name = "crisis", crisis);
 
 /// The resources text used unless the embedding program configures another.
 pub const DEFAULT_CRISIS_RESOURCES: &str = "If you are in danger or thinking about hurting \

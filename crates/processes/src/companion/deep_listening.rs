@@ -6,12 +6,13 @@
 //! personal and the model agrees the person has moved on, Sage answers in its everyday voice and
 //! goes back to `conversation`.
 
-use soul_engine::process::{Next, ProcessContext, ProcessError, ProcessResult};
-use soul_engine::step::mental_query;
+use soul_engine::prelude::*;
 
-use super::{CONVERSATION, WIND_DOWN, crisis, first_phrase_in, say, wind_down, word_count};
+use super::{CONVERSATION, SOUL, WIND_DOWN, crisis, first_phrase_in, say, wind_down, word_count};
 
-soul_engine::mental_process!(soul = "sage", name = "deep_listening", deep_listening);
+/// Reflective listening while the person opens up.
+pub const DEEP_LISTENING: MentalProcess =
+    mental_process!(soul = SOUL, name = "deep_listening", deep_listening);
 
 /// Messages at least this long are worth asking about.
 const LONG_MESSAGE_WORDS: usize = 15;

@@ -9,12 +9,13 @@
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
-use soul_engine::step::typed;
+use soul_engine::prelude::*;
 
-use super::{CONVERSATION, CRISIS, NAME, USER_NAME_KEY, crisis, say};
+use super::{CONVERSATION, CRISIS, NAME, SOUL, USER_NAME_KEY, crisis, say};
 
-soul_engine::mental_process!(soul = "sage", name = "first_contact", first_contact);
+/// The initial process: greets a new number and learns what to call them.
+pub const FIRST_CONTACT: MentalProcess =
+    mental_process!(soul = SOUL, name = "first_contact", first_contact);
 
 /// How many messages Sage asks for a name before it lets the question go.
 const ASK_FOR_NAME_AT_MOST: u32 = 3;

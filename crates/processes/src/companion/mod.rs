@@ -39,9 +39,7 @@
 //! [`CHECK_IN_EVENT_KEY`] (the pending check-in's event id) and [`CAREFUL_MODE_KEY`] (careful
 //! mode, kept here as well so it survives a session timeout).
 
-use soul_engine::process::{ModelSettings, PerceptionKind, ProcessContext, ProcessError};
-use soul_engine::step::external_dialog;
-use soul_engine::{MemoryBudget, WorkingMemory};
+use soul_engine::prelude::*;
 use unicode_normalization::UnicodeNormalization;
 
 pub mod check_in;
@@ -52,6 +50,15 @@ pub mod first_contact;
 pub mod summary;
 pub mod user_model;
 pub mod wind_down;
+
+use check_in::SCHEDULE_CHECK_IN;
+use conversation::CONVERSATION;
+use crisis::CRISIS;
+use deep_listening::DEEP_LISTENING;
+use first_contact::FIRST_CONTACT;
+use summary::SUMMARY;
+use user_model::USER_MODEL;
+use wind_down::WIND_DOWN;
 
 /// The soul's name in the registry.
 pub const SOUL: &str = "sage";
@@ -71,12 +78,6 @@ pub const CHECK_IN_EVENT_KEY: &str = "check_in_event";
 /// Soul memory key: `true` while Sage is in careful mode (see [`crisis`]).
 pub const CAREFUL_MODE_KEY: &str = "careful_mode";
 
-pub(crate) const CONVERSATION: &str = "conversation";
-pub(crate) const DEEP_LISTENING: &str = "deep_listening";
-pub(crate) const WIND_DOWN: &str = "wind_down";
-pub(crate) const CRISIS: &str = "crisis";
-pub(crate) const CHECK_IN: &str = "check_in";
-
 /// Sage's persona, placed in the `core` region.
 pub const PERSONA: &[&str] = &[
     "You are Sage, a warm, steady companion that people text by SMS when they want someone to \
@@ -91,12 +92,12 @@ pub const PERSONA: &[&str] = &[
      operators add them to the message.",
 ];
 
-soul_engine::soul! {
+soul! {
     name: "sage",
     display_name: NAME,
     persona: PERSONA,
-    initial_process: "first_contact",
-    subprocesses: &["schedule_check_in", "user_model", "summary"],
+    initial_process: FIRST_CONTACT,
+    subprocesses: &[SCHEDULE_CHECK_IN, USER_MODEL, SUMMARY],
     model: ModelSettings { model: None, temperature: Some(0.7), max_tokens: Some(400) },
     // The summary keeps the conversation near `summary::SUMMARY_THRESHOLD` memories; the budget
     // sits well above that, so it only bounds a session whose summaries keep failing.

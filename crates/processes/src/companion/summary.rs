@@ -10,13 +10,13 @@
 
 use std::collections::HashSet;
 
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
-use soul_engine::step::summarize;
-use soul_engine::{Memory, MemoryId, Region, Role};
+use soul_engine::MemoryId;
+use soul_engine::prelude::*;
 
-use super::NAME;
+use super::{NAME, SOUL};
 
-soul_engine::subprocess!(soul = "sage", name = "summary", summary);
+/// Folds old conversation into the `summary` region.
+pub const SUMMARY: Subprocess = subprocess!(soul = SOUL, name = "summary", summary);
 
 /// More conversation memories than this in working memory start a summary.
 pub const SUMMARY_THRESHOLD: usize = 24;

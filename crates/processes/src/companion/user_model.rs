@@ -10,12 +10,12 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use soul_engine::process::{Next, ProcessContext, ProcessError, ProcessResult};
-use soul_engine::step::typed;
+use soul_engine::prelude::*;
 
-use super::{NAME, USER_MODEL_KEY, USER_NAME_KEY, first_phrase_in, is_message};
+use super::{NAME, SOUL, USER_MODEL_KEY, USER_NAME_KEY, first_phrase_in, is_message};
 
-soul_engine::subprocess!(soul = "sage", name = "user_model", user_model);
+/// Keeps soul memory `user_model` up to date.
+pub const USER_MODEL: Subprocess = subprocess!(soul = SOUL, name = "user_model", user_model);
 
 /// Messages between updates when the person says nothing about themselves.
 pub const UPDATE_EVERY: u32 = 6;

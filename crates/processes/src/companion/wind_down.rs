@@ -5,11 +5,12 @@
 //! does not screen again. A goodbye that also matches the crisis screen never gets here: the
 //! screen runs first.
 
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
+use soul_engine::prelude::*;
 
-use super::{CONVERSATION, first_phrase_in, say, word_count};
+use super::{CONVERSATION, SOUL, first_phrase_in, say, word_count};
 
-soul_engine::mental_process!(soul = "sage", name = "wind_down", wind_down);
+/// A warm goodbye, then back to `conversation`.
+pub const WIND_DOWN: MentalProcess = mental_process!(soul = SOUL, name = "wind_down", wind_down);
 
 /// Goodbyes, written normalized.
 const GOODBYES: &[&str] = &[

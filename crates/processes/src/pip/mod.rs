@@ -11,14 +11,15 @@
 //! fixed reply of ours with the configured crisis resources, never an improvised one, and costs
 //! no model call. An ordinary turn costs one model call (two while judging a quiz answer).
 
-use soul_engine::WorkingMemory;
-use soul_engine::process::{ModelSettings, Next, ProcessContext, ProcessError};
-use soul_engine::step::external_dialog;
+use soul_engine::prelude::*;
 
 use crate::companion::crisis::{crisis_resources, screen};
 
 pub mod quiz;
 pub mod study;
+
+use quiz::QUIZ;
+use study::STUDY;
 
 /// The soul's name in the registry.
 pub const SOUL: &str = "pip";
@@ -30,9 +31,6 @@ pub const NAME: &str = "Pip";
 pub const CRISIS_NOTE: &str = "I'm just a study bot, but what you wrote matters more than any \
      exam. Please talk to someone now.";
 
-pub(crate) const STUDY: &str = "study";
-pub(crate) const QUIZ: &str = "quiz";
-
 /// Pip's persona, placed in the `core` region.
 pub const PERSONA: &[&str] = &[
     "You are Pip, a terse, upbeat study buddy people text while they study. You are an AI.",
@@ -42,11 +40,11 @@ pub const PERSONA: &[&str] = &[
      their assignments for them.",
 ];
 
-soul_engine::soul! {
+soul! {
     name: "pip",
     display_name: NAME,
     persona: PERSONA,
-    initial_process: "study",
+    initial_process: STUDY,
     model: ModelSettings { model: None, temperature: Some(0.5), max_tokens: Some(120) },
 }
 

@@ -4,13 +4,13 @@
 //! Entered by a run-now transition from `study`: its first run (invocation count 0) asks the
 //! first question; run *n* judges answer *n* and asks the next question, or ends the quiz.
 
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
-use soul_engine::step::mental_query;
+use soul_engine::prelude::*;
 
-use super::{STUDY, crisis_reply, say};
+use super::{SOUL, STUDY, crisis_reply, say};
 use crate::companion::first_phrase_in;
 
-soul_engine::mental_process!(soul = "pip", name = "quiz", quiz);
+/// A three-question quiz, then back to `study`.
+pub const QUIZ: MentalProcess = mental_process!(soul = SOUL, name = "quiz", quiz);
 
 /// Questions per quiz.
 pub const QUESTIONS: u32 = 3;

@@ -1,12 +1,13 @@
 //! `study`, Pip's initial process: short answers and nudges; a message asking for a quiz starts
 //! one at once.
 
-use soul_engine::process::{Next, ProcessContext, ProcessResult};
+use soul_engine::prelude::*;
 
-use super::{QUIZ, crisis_reply, say};
+use super::{QUIZ, SOUL, crisis_reply, say};
 use crate::companion::first_phrase_in;
 
-soul_engine::mental_process!(soul = "pip", name = "study", study);
+/// Pip's initial process: short answers and nudges.
+pub const STUDY: MentalProcess = mental_process!(soul = SOUL, name = "study", study);
 
 /// Phrases (written normalized) that start a quiz.
 const QUIZ_REQUESTS: &[&str] = &["quiz", "quiz me", "test me"];
