@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "functions",
         sql: include_str!("../../../migrations/20260101000200_functions.sql"),
     },
+    Migration {
+        version: "20260103000100",
+        name: "data_requests",
+        sql: include_str!("../../../migrations/20260103000100_data_requests.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
