@@ -5,6 +5,8 @@
 //! cargo run -p sms-gateway -- migrate      # apply the store's migrations and exit
 //! cargo run -p sms-gateway -- chat         # talk to the soul in this terminal, no Twilio
 //! cargo run -p sms-gateway -- check-config # validate the configuration and exit
+//! cargo run -p sms-gateway -- export +1555… # everything stored about a person, as JSON
+//! cargo run -p sms-gateway -- erase +1555…  # delete it, after a confirmation
 //! ```
 //!
 //! Configuration comes from the environment, optionally over a TOML file (`--config FILE` or
@@ -22,6 +24,7 @@
 mod app;
 mod chat;
 mod config;
+mod data_requests;
 mod inbound_text;
 mod keywords;
 mod marks;
@@ -92,13 +95,30 @@ enum Command {
     },
     /// Check the configuration `serve` would use, print a summary and exit.
     CheckConfig,
+    /// Write everything stored about one person as JSON (a data request).
+    Export {
+        /// The person's number, as Twilio gives it: E.164, such as +15551234567.
+        number: String,
+        /// Write to this new file (readable by its owner only) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Delete everything stored about one person, after typing the number again; someone who
+    /// opted out keeps only that. Exits 75 while their turn runs (nothing erased).
+    Erase {
+        /// The person's number, as Twilio gives it: E.164, such as +15551234567.
+        number: String,
+        /// Do not ask for a confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl Command {
     fn level(&self) -> Level {
         match self {
             Command::Serve | Command::CheckConfig => Level::Serve,
-            Command::Migrate => Level::Migrate,
+            Command::Migrate | Command::Export { .. } | Command::Erase { .. } => Level::Migrate,
             Command::Chat { .. } => Level::Chat,
         }
     }
@@ -152,23 +172,46 @@ async fn main() -> ExitCode {
         eprintln!("cannot open the log file: {error}");
         return ExitCode::from(2);
     }
-    let result = match command {
-        Command::Serve => server::serve(config).await.map_err(anyhow::Error::from),
-        Command::Migrate => app::migrate(&config.store)
-            .await
-            .map(|_| tracing::info!("the store's schema is up to date"))
-            .map_err(anyhow::Error::from),
-        Command::Chat { from } => chat::run(&config, &from).await.map_err(anyhow::Error::from),
+    match command {
+        Command::Serve => logged(server::serve(config).await),
+        Command::Migrate => logged(
+            app::migrate(&config.store)
+                .await
+                .map(|()| tracing::info!("the store's schema is up to date")),
+        ),
+        Command::Chat { from } => logged(chat::run(&config, &from).await),
         Command::CheckConfig => {
             eprintln!("configuration is valid:\n{config:#?}");
-            Ok(())
+            ExitCode::SUCCESS
         }
-    };
+        Command::Export { number, out } => {
+            printed(data_requests::export(&config.store, &number, out.as_deref()).await)
+        }
+        Command::Erase { number, yes } => {
+            printed(data_requests::erase(&config.store, &number, yes).await)
+        }
+    }
+}
+
+/// A command's end, its error logged.
+fn logged<E: Into<anyhow::Error>>(result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{:#}", error.into());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A data request's end, its error printed for the operator at the terminal (not logged: the
+/// request's outcome is theirs to read), with the exit status it calls for.
+fn printed(result: Result<(), data_requests::RequestError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

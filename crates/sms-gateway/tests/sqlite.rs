@@ -1055,3 +1055,94 @@ async fn a_due_event_makes_the_soul_text_first() {
         .wait_metric("sms_gateway_turns_total{result=\"answered\"}", 1)
         .await;
 }
+
+/// `export` and `erase` on the SQLite store, while the gateway serves (`common::data_requests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_erase_on_sqlite() {
+    let fixture = Fixture::new().await;
+    common::data_requests::export_and_erase(
+        &fixture.settings,
+        &fixture.model,
+        &fixture.twilio,
+        fixture.dir.path(),
+    )
+    .await;
+}
+
+/// At a terminal (`script` gives the binary one), `erase` says what is stored and erases only
+/// once the number is typed again: anything else erases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_at_a_terminal_asks_for_the_number_again() {
+    let fixture = Fixture::new().await;
+    let number = "+14155550410";
+    let store = fixture.store().await;
+    let settings = soul_persistence::TurnSettings::new(
+        "pip",
+        soul_persistence::Processes::new("initial", ["initial"]),
+    );
+    let now = chrono::Utc::now();
+    let inbound = Inbound {
+        from: Address::new(number),
+        body: "hello".to_owned(),
+        external_id: None,
+        received_at: now,
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = store.begin_turn(&inbound, &settings, now).await.unwrap()
+    else {
+        panic!("a first message starts its turn");
+    };
+    store
+        .commit_turn(&TurnCommit::new(&context), &settings, now)
+        .await
+        .unwrap();
+    let at_a_terminal = |typed: &str| {
+        let mut child = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} erase {number}", env!("CARGO_BIN_EXE_sms-gateway")),
+                "/dev/null",
+            ])
+            .env_clear()
+            .envs(&fixture.settings.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script runs the binary at a terminal of its own");
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{typed}\n").as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+
+    let (status, said) = at_a_terminal("+14155550411");
+    assert_eq!(status, Some(1), "{said}");
+    assert!(
+        said.contains("Stored about this number: 1 conversation messages"),
+        "{said}"
+    );
+    assert!(said.contains("Type the number again"), "{said}");
+    assert!(said.contains("what was typed is not the number"), "{said}");
+    assert!(
+        store
+            .session(&Address::new(number))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let (status, said) = at_a_terminal(number);
+    assert_eq!(status, Some(0), "{said}");
+    assert!(said.contains("erased"), "{said}");
+    assert!(
+        store
+            .session(&Address::new(number))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
