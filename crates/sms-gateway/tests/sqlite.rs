@@ -1146,3 +1146,75 @@ async fn erase_at_a_terminal_asks_for_the_number_again() {
             .is_none()
     );
 }
+
+/// With RETENTION_DAYS set, the gateway deletes what is older at its first sweep: an old
+/// conversation's messages, its inbound message and its sent reply go, a recent one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_messages_at_the_first_sweep() {
+    let fixture = Fixture::new().await;
+    let (old, recent) = ("+14155550420", "+14155550421");
+    let store = fixture.store().await;
+    let settings = soul_persistence::TurnSettings::new(
+        "pip",
+        soul_persistence::Processes::new("initial", ["initial"]),
+    );
+    let then = chrono::Utc::now() - chrono::Duration::days(3);
+    let inbound = Inbound {
+        from: Address::new(old),
+        body: "three days ago".to_owned(),
+        external_id: Some(new_sid("SM")),
+        received_at: then,
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = store.begin_turn(&inbound, &settings, then).await.unwrap()
+    else {
+        panic!("a first message starts its turn");
+    };
+    let mut commit = TurnCommit::new(&context);
+    commit.replies.push(soul_engine::Memory::new(
+        soul_engine::Role::Assistant,
+        "old reply",
+        then,
+    ));
+    let committed = store.commit_turn(&commit, &settings, then).await.unwrap();
+    let sent = soul_persistence::DeliveryUpdate {
+        target: soul_persistence::OutboundRef::Id(committed.outbound[0]),
+        status: soul_persistence::DeliveryStatus::Delivered,
+        provider_id: Some(new_sid("SM")),
+        error: None,
+        at: then,
+    };
+    assert!(store.update_delivery(&sent).await.unwrap());
+
+    let gateway = Gateway::start(&fixture.settings.clone().set("RETENTION_DAYS", "1")).await;
+    let (status, _) = gateway
+        .post(&fixture.sms(&gateway, recent, "today <<r1>>"))
+        .await;
+    assert_eq!(status, 200);
+    fixture.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let export = |number: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .export_user(&Address::new(number))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    eventually("the old messages deleted", || async {
+        let old = export(old).await;
+        (old["messages"] == json!([])).then_some(())
+    })
+    .await;
+    let old = export(old).await;
+    assert_eq!(old["inbound_messages"], json!([]));
+    assert_eq!(old["outbound_messages"], json!([]));
+    let recent = export(recent).await;
+    assert_eq!(common::user_texts(&recent), ["today <<r1>>"]);
+    assert!(
+        gateway.logs().contains("retention: old messages deleted"),
+        "{}",
+        gateway.logs()
+    );
+}

@@ -129,6 +129,8 @@ pub(crate) struct Config {
     pub(crate) http: HttpLimits,
     /// The most SMS segments a reply may take; a longer one is cut where a sentence ends.
     pub(crate) max_reply_segments: u8,
+    /// How many days messages are kept (`RETENTION_DAYS`); `None` keeps them until erased.
+    pub(crate) retention_days: Option<NonZeroU32>,
 }
 
 impl Config {
@@ -169,6 +171,7 @@ impl Config {
         let session_timeout = reader
             .duration("SESSION_TIMEOUT")
             .unwrap_or(DEFAULT_SESSION_TIMEOUT);
+        let retention_days = reader.retention_days(session_timeout);
         let soul = reader.get("SOUL").map(str::to_owned);
         let help_text = reader.get("HELP_TEXT").map(str::to_owned);
         let log_format = reader
@@ -265,6 +268,7 @@ impl Config {
                 model_retry_budget,
                 http,
                 max_reply_segments,
+                retention_days,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,

@@ -48,6 +48,7 @@ pub(crate) const KEYS: &[&str] = &[
     "MODEL_TIMEOUT",
     "MODEL_RETRY_BUDGET",
     "MAX_REPLY_SEGMENTS",
+    "RETENTION_DAYS",
 ];
 
 /// Loads the configuration for `level` from the TOML file `config_file` (the `--config`

@@ -1,4 +1,8 @@
-//! Where sessions and messages are kept: a SQLite file, PostgreSQL or Supabase.
+//! Where sessions and messages are kept (a SQLite file, PostgreSQL or Supabase), and for how
+//! long.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use super::problem::Problem;
 use super::reader::Reader;
@@ -29,6 +33,30 @@ pub(crate) enum StoreConfig {
 }
 
 impl Reader<'_> {
+    /// `RETENTION_DAYS`: a whole number of days, or `off` (the default: see the README's
+    /// Retention); longer than a session lasts (`session_timeout`), or retention would delete
+    /// the messages of conversations still going on.
+    pub(super) fn retention_days(&mut self, session_timeout: Duration) -> Option<NonZeroU32> {
+        let days = self
+            .parsed(
+                "RETENTION_DAYS",
+                "not a whole number of days from 1, or off",
+                |text| match text {
+                    "off" => Some(None),
+                    _ => text.parse::<NonZeroU32>().ok().map(Some),
+                },
+            )
+            .flatten()?;
+        let kept = Duration::from_secs(u64::from(days.get()) * 24 * 60 * 60);
+        if kept <= session_timeout {
+            self.problems.push(Problem::Conflict {
+                keys: "RETENTION_DAYS and SESSION_TIMEOUT",
+                reason: "messages must be kept longer than a session lasts, or retention deletes                          those of conversations still going on",
+            });
+        }
+        Some(days)
+    }
+
     pub(super) fn store(&mut self) -> Option<StoreConfig> {
         let service_key = self.supabase_key();
         let supabase_url = self.url("SUPABASE_URL", false);
@@ -135,6 +163,44 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// Messages are kept until erased unless RETENTION_DAYS says otherwise, and then longer
+    /// than a session lasts.
+    #[test]
+    fn retention_is_off_by_default_and_outlasts_a_session() {
+        let config = Config::from_values(&values(&[]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, None);
+        let config =
+            Config::from_values(&values(&[("RETENTION_DAYS", "off")]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, None);
+        let config =
+            Config::from_values(&values(&[("RETENTION_DAYS", "90")]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, NonZeroU32::new(90));
+        for bad in ["0", "-1", "90d", "forever"] {
+            assert!(
+                problems(&values(&[("RETENTION_DAYS", bad)]), Level::Migrate)
+                    .iter()
+                    .any(
+                        |p| matches!(p, Problem::Malformed { key, .. } if key == "RETENTION_DAYS")
+                    ),
+                "{bad}"
+            );
+        }
+        let found = problems(
+            &values(&[("RETENTION_DAYS", "2"), ("SESSION_TIMEOUT", "3d")]),
+            Level::Migrate,
+        );
+        assert!(
+            matches!(
+                found.as_slice(),
+                [Problem::Conflict {
+                    keys: "RETENTION_DAYS and SESSION_TIMEOUT",
+                    ..
+                }]
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
