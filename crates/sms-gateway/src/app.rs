@@ -89,23 +89,12 @@ pub(crate) enum StartError {
     Incomplete(&'static str),
 }
 
-/// The path of the SQLite file a `sqlite:` URL names: `sqlite://data/soul.db` and
-/// `sqlite:data/soul.db` are relative, `sqlite:///var/soul.db` is absolute; a query is ignored.
-pub(crate) fn sqlite_path(url: &str) -> PathBuf {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    PathBuf::from(path)
-}
-
 /// Opens the configured store and brings its schema up to date (both stores migrate
 /// idempotently, and concurrent migrations wait for each other).
 pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StartError> {
     match config {
         StoreConfig::Sqlite { url } => {
-            let path = sqlite_path(url);
+            let path = crate::config::sqlite_path(url);
             if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| StartError::Directory {
                     path: dir.to_path_buf(),
@@ -321,7 +310,8 @@ impl App {
             .ok_or(StartError::Incomplete("Twilio account"))?;
         let public_url = config
             .public_url
-            .clone()
+            .as_ref()
+            .map(|url| url.as_str().to_owned())
             .ok_or(StartError::Incomplete("public URL"))?;
         let store = open_store(&config.store).await?;
         let metrics = Arc::new(Metrics::new());
@@ -702,7 +692,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[tokio::test]
     async fn migrate_refuses_supabase_and_says_what_to_do_instead() {
@@ -738,17 +727,5 @@ mod tests {
         assert_eq!(turn_result(&report(&["sorry"], false, true)), "given_up");
         assert_eq!(turn_result(&report(&[], false, true)), "given_up");
         assert_eq!(Metrics::new().turns.get("given_up"), 0);
-    }
-
-    #[test]
-    fn sqlite_urls_name_files() {
-        for (url, path) in [
-            ("sqlite://data/soul.db", "data/soul.db"),
-            ("sqlite:data/soul.db", "data/soul.db"),
-            ("sqlite:///var/lib/soul.db", "/var/lib/soul.db"),
-            ("sqlite://soul.db?mode=rwc", "soul.db"),
-        ] {
-            assert_eq!(sqlite_path(url), Path::new(path), "{url}");
-        }
     }
 }

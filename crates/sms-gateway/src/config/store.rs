@@ -2,6 +2,7 @@
 //! long.
 
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::problem::Problem;
@@ -32,6 +33,17 @@ pub(crate) enum StoreConfig {
     },
 }
 
+/// The path of the SQLite file a `sqlite:` URL names: `sqlite://data/soul.db` and
+/// `sqlite:data/soul.db` are relative, `sqlite:///var/soul.db` is absolute; a query is ignored.
+pub(crate) fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    PathBuf::from(path)
+}
+
 impl Reader<'_> {
     /// `RETENTION_DAYS`: a whole number of days, or `off` (the default: see the README's
     /// Retention); longer than a session lasts (`session_timeout`), or retention would delete
@@ -50,7 +62,7 @@ impl Reader<'_> {
         let kept = Duration::from_secs(u64::from(days.get()) * 24 * 60 * 60);
         if kept <= session_timeout {
             self.problems.push(Problem::Conflict {
-                keys: "RETENTION_DAYS and SESSION_TIMEOUT",
+                keys: "RETENTION_DAYS and SESSION_TIMEOUT".to_owned(),
                 reason: "messages must be kept longer than a session lasts, or retention deletes                          those of conversations still going on",
             });
         }
@@ -59,7 +71,7 @@ impl Reader<'_> {
 
     pub(super) fn store(&mut self) -> Option<StoreConfig> {
         let service_key = self.supabase_key();
-        let supabase_url = self.url("SUPABASE_URL", false);
+        let supabase_url = self.url("SUPABASE_URL");
         let key_set = self.get("SUPABASE_SERVICE_KEY").is_some()
             || self.get("SUPABASE_SERVICE_ROLE_KEY").is_some();
         let supabase_set = self.get("SUPABASE_URL").is_some() || key_set;
@@ -67,9 +79,18 @@ impl Reader<'_> {
 
         if supabase_set {
             if database_url.is_some() {
+                let set: Vec<&str> = [
+                    "SUPABASE_URL",
+                    "SUPABASE_SERVICE_KEY",
+                    "SUPABASE_SERVICE_ROLE_KEY",
+                ]
+                .into_iter()
+                .filter(|key| self.get(key).is_some())
+                .collect();
                 self.problems.push(Problem::Conflict {
-                    keys: "DATABASE_URL and SUPABASE_URL",
-                    reason: "set one store: a database URL or a Supabase project",
+                    keys: format!("DATABASE_URL and {}", set.join(", ")),
+                    reason: "set one store: DATABASE_URL for SQLite or PostgreSQL, or SUPABASE_URL \
+                             and SUPABASE_SERVICE_KEY for Supabase",
                 });
                 return None;
             }
@@ -113,7 +134,7 @@ impl Reader<'_> {
         match (key, role_key) {
             (Some(key), Some(role_key)) if key != role_key => {
                 self.problems.push(Problem::Conflict {
-                    keys: "SUPABASE_SERVICE_KEY and SUPABASE_SERVICE_ROLE_KEY",
+                    keys: "SUPABASE_SERVICE_KEY and SUPABASE_SERVICE_ROLE_KEY".to_owned(),
                     reason: "both are set, to different values",
                 });
                 None
@@ -194,10 +215,7 @@ mod tests {
         assert!(
             matches!(
                 found.as_slice(),
-                [Problem::Conflict {
-                    keys: "RETENTION_DAYS and SESSION_TIMEOUT",
-                    ..
-                }]
+                [Problem::Conflict { keys, .. }] if keys == "RETENTION_DAYS and SESSION_TIMEOUT"
             ),
             "{found:?}"
         );
@@ -218,6 +236,18 @@ mod tests {
                 postgres,
                 "{url}"
             );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_name_files() {
+        for (url, path) in [
+            ("sqlite://data/soul.db", "data/soul.db"),
+            ("sqlite:data/soul.db", "data/soul.db"),
+            ("sqlite:///var/lib/soul.db", "/var/lib/soul.db"),
+            ("sqlite://soul.db?mode=rwc", "soul.db"),
+        ] {
+            assert_eq!(sqlite_path(url), std::path::Path::new(path), "{url}");
         }
     }
 }
