@@ -36,6 +36,7 @@ use crate::config::{Config, ModelConfig, Secret, StoreConfig};
 use crate::inbound_text;
 use crate::keywords::{self, Keyword};
 use crate::metrics::{MeteredModel, Metrics};
+use crate::model_hint::HintedModel;
 use crate::outbox::Outbox;
 use crate::ratelimit::RateLimiter;
 use crate::reply_limit::SegmentLimit;
@@ -160,7 +161,10 @@ pub(crate) fn build_driver(
         .as_ref()
         .ok_or(StartError::Incomplete("model"))?;
     let model = Arc::new(MeteredModel::new(
-        open_model(model_config, config)?,
+        Arc::new(HintedModel::new(
+            open_model(model_config, config)?,
+            &model_config.base_url,
+        )),
         metrics.clone(),
     ));
     let limit = SegmentLimit::new(config.max_reply_segments, metrics.clone());

@@ -29,6 +29,7 @@ mod inbound_text;
 mod keywords;
 mod marks;
 mod metrics;
+mod model_hint;
 mod outbox;
 mod ratelimit;
 mod reply_limit;
@@ -55,7 +56,7 @@ fn replay_fuzz_corpus(target: &str, check: fn(&[u8])) {
     assert!(replayed > 0, "{} holds no inputs", dir.display());
 }
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -67,7 +68,7 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 // Linking the shipped souls registers them with the engine.
 use soul_processes as _;
 
-use crate::config::{Config, Level, LogFormat};
+use crate::config::{Config, Level, LogFormat, Summary};
 
 /// The SMS gateway of the soul engine.
 #[derive(Debug, Parser)]
@@ -181,8 +182,18 @@ async fn main() -> ExitCode {
         ),
         Command::Chat { from } => logged(chat::run(&config, &from).await),
         Command::CheckConfig => {
-            eprintln!("configuration is valid:\n{config:#?}");
-            ExitCode::SUCCESS
+            let summary = Summary::new(&config, app::DEFAULT_SOUL).to_string();
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(summary.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("cannot write the summary: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Export { number, out } => {
             printed(data_requests::export(&config.store, &number, out.as_deref()).await)

@@ -1218,3 +1218,50 @@ async fn retention_deletes_old_messages_at_the_first_sweep() {
         gateway.logs()
     );
 }
+
+/// A base URL without `/v1` is answered 404 by the model server: the person gets the fallback
+/// reply, and the log says where the request went and what the base URL usually looks like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_404_is_explained_in_the_log() {
+    let fixture = Fixture::new().await;
+    let without_v1 = fixture.model.base_url().trim_end_matches("/v1").to_owned();
+    let settings = fixture.settings.clone().set("OPENAI_BASE_URL", &without_v1);
+    let gateway = Gateway::start(&settings).await;
+    let (status, _) = gateway
+        .post(&fixture.sms(&gateway, "+14155550430", "hello"))
+        .await;
+    assert_eq!(status, 200);
+    fixture.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let logs = gateway.logs();
+    assert!(
+        logs.contains(&format!(
+            "the model server answered 404 to {without_v1}/chat/completions"
+        )) && logs.contains("usually ends in /v1"),
+        "{logs}"
+    );
+}
+
+/// `serve` logs what it runs once at start, as `check-config` prints it, and no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_its_configuration_once_at_start() {
+    let fixture = Fixture::new().await;
+    let gateway = Gateway::start(&fixture.settings).await;
+    let logs = gateway.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(" configuration "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let line = lines[0];
+    for expected in [
+        "INFO",
+        "soul=pip",
+        "store=SQLite, the file",
+        &format!("webhook={}/twilio/sms", gateway.url),
+        &format!("sender={TWILIO_FROM}, through Twilio account"),
+        "retention=messages kept until erased",
+    ] {
+        assert!(line.contains(expected), "{expected:?} not in {line}");
+    }
+    assert_not_logged(&gateway, &[fixture.twilio.auth_token(), "test-key"]);
+}

@@ -39,6 +39,7 @@ mod reader;
 mod secret;
 mod sources;
 mod store;
+mod summary;
 #[cfg(test)]
 mod testing;
 mod turns;
@@ -48,9 +49,10 @@ mod twilio;
 pub(crate) use fuzz::fuzz_check;
 pub(crate) use listener::{HttpLimits, PublicUrl};
 pub(crate) use model::ModelConfig;
-pub(crate) use secret::Secret;
+pub(crate) use secret::{Secret, redacted_url};
 pub(crate) use sources::load;
 pub(crate) use store::{StoreConfig, sqlite_path};
+pub(crate) use summary::Summary;
 pub(crate) use twilio::{Sender, TwilioConfig};
 
 /// What the command being run needs; each level needs everything the one before it does.
