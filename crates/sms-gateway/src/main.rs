@@ -7,6 +7,7 @@
 //! cargo run -p sms-gateway -- check-config # validate the configuration and exit
 //! cargo run -p sms-gateway -- export +1555… # everything stored about a person, as JSON
 //! cargo run -p sms-gateway -- erase +1555…  # delete it, after a confirmation
+//! cargo run -p sms-gateway -- health        # does the gateway on BIND:PORT answer /healthz?
 //! ```
 //!
 //! Configuration comes from the environment, optionally over a TOML file (`--config FILE` or
@@ -25,6 +26,7 @@ mod app;
 mod chat;
 mod config;
 mod data_requests;
+mod health;
 mod inbound_text;
 mod keywords;
 mod marks;
@@ -96,6 +98,9 @@ enum Command {
     },
     /// Check the configuration `serve` would use, print a summary and exit.
     CheckConfig,
+    /// Ask the gateway this configuration listens as for /healthz: exit 0 when it answers 200,
+    /// 1 otherwise (a container's health check).
+    Health,
     /// Write everything stored about one person as JSON (a data request).
     Export {
         /// The person's number, as Twilio gives it: E.164, such as +15551234567.
@@ -119,7 +124,9 @@ impl Command {
     fn level(&self) -> Level {
         match self {
             Command::Serve | Command::CheckConfig => Level::Serve,
-            Command::Migrate | Command::Export { .. } | Command::Erase { .. } => Level::Migrate,
+            Command::Migrate | Command::Health | Command::Export { .. } | Command::Erase { .. } => {
+                Level::Migrate
+            }
             Command::Chat { .. } => Level::Chat,
         }
     }
@@ -195,6 +202,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Health => match health::check(&config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("unhealthy: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Export { number, out } => {
             printed(data_requests::export(&config.store, &number, out.as_deref()).await)
         }
