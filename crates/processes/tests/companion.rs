@@ -383,7 +383,7 @@ async fn each_message_reschedules_the_check_in_and_the_due_event_speaks() {
     assert_eq!(first.at, time(0) + CHECK_IN_AFTER);
     assert_eq!(first.content, CHECK_IN_PERCEPTION);
     assert!(subs.cancelled_events.is_empty());
-    assert_eq!(state.pending_events, [first.clone()]);
+    assert_eq!(state.pending_events, std::slice::from_ref(&first));
 
     // The next message moves the pending check-in: the same event, three days from now.
     double
@@ -391,9 +391,9 @@ async fn each_message_reschedules_the_check_in_and_the_due_event_speaks() {
         .push_content("Sage said: \"Hello again!\"");
     let (_, subs) = say(&runtime, &mut state, "me again", time(30)).await;
     let second = first.clone().rescheduled(time(30) + CHECK_IN_AFTER);
-    assert_eq!(subs.scheduled, [second.clone()]);
+    assert_eq!(subs.scheduled, std::slice::from_ref(&second));
     assert!(subs.cancelled_events.is_empty());
-    assert_eq!(state.pending_events, [second.clone()]);
+    assert_eq!(state.pending_events, std::slice::from_ref(&second));
 
     // The event comes due: one gentle message, no new check-in, back to conversation.
     double.push_content("Sage said: \"Thinking of you. No need to reply.\"");
@@ -426,7 +426,11 @@ async fn a_message_leaves_one_check_in_pending_however_many_there_were() {
         .push_content("Sage said: \"Hi!\"");
     let (_, subs) = say(&runtime, &mut state, "hi", time(10)).await;
     let moved = soonest.rescheduled(time(10) + CHECK_IN_AFTER);
-    assert_eq!(subs.scheduled, [moved.clone()], "the soonest is moved");
+    assert_eq!(
+        subs.scheduled,
+        std::slice::from_ref(&moved),
+        "the soonest is moved"
+    );
     assert_eq!(subs.cancelled_events, [later.id]);
     assert_eq!(state.pending_events, [other, moved], "another event stays");
 }

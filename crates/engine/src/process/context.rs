@@ -330,7 +330,8 @@ impl ProcessContext {
     /// with what this turn scheduled and cancelled so far: what a process moves (schedule
     /// [`rescheduled`](ScheduledEvent::rescheduled) — the same id — at another time) or
     /// [cancels](Self::cancel_scheduled). The event being answered is not among them. A store
-    /// loads at most a bound of them with the turn (the soonest; 20 in the SMS gateway).
+    /// loads them with the turn, at most a bound of them (the soonest; `soul-persistence`'s
+    /// `TurnSettings::pending_limit`, 20 by default).
     pub fn pending_events(&self) -> Vec<ScheduledEvent> {
         self.actions().pending_after(&self.pending_events)
     }
@@ -338,7 +339,7 @@ impl ProcessContext {
     /// What the person sent (and the due events) waiting behind the perception being answered,
     /// oldest first, as they stood when the turn started: a process may answer briefly, or skip a
     /// check-in, when more is already waiting. Each gets its own turn afterwards. A store loads
-    /// at most a bound of them (the oldest; 20 in the SMS gateway).
+    /// at most a bound of them (the oldest; `TurnSettings::pending_limit`, 20 by default).
     pub fn pending_perceptions(&self) -> &[Perception] {
         &self.pending_perceptions
     }
@@ -576,12 +577,12 @@ mod tests {
         actions.schedule(stored.clone());
         actions.schedule(moved.clone());
         assert!(actions.cancelled.is_empty());
-        assert_eq!(actions.scheduled, [moved.clone()]);
+        assert_eq!(actions.scheduled, std::slice::from_ref(&moved));
 
         // Scheduled and cancelled in the same turn, never stored: nothing is left to do.
         actions.schedule(fresh.clone());
         actions.cancel(fresh.id, std::slice::from_ref(&stored));
-        assert_eq!(actions.scheduled, [moved.clone()]);
+        assert_eq!(actions.scheduled, std::slice::from_ref(&moved));
         assert!(actions.cancelled.is_empty());
 
         let other = event(3);
