@@ -323,7 +323,9 @@ impl Runtime {
         let perception = Arc::new(perception);
         let soul_memory = KeyValueMemory::new(state.soul_memory);
         let actions = Arc::new(Mutex::new(Actions::default()));
-        // A store has completed the event it answers; a caller keeping its own list may not.
+        // Soonest first, as a store loads them. A store has completed the event the turn
+        // answers; a caller keeping its own list may still hold it (a test perceiving a pending
+        // event as due).
         let answered = match &perception.kind {
             PerceptionKind::Event { id, .. } => Some(*id),
             PerceptionKind::Message => None,
