@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "functions",
         sql: include_str!("../../../migrations/20260101000200_functions.sql"),
     },
+    Migration {
+        version: "20260103000000",
+        name: "pending_for_processes",
+        sql: include_str!("../../../migrations/20260103000000_pending_for_processes.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
