@@ -15,16 +15,7 @@ cargo build --release --locked -p soul-bench >&2
 bench=target/release/soul-bench
 
 source crates/bench/cluster.sh
-for _ in 1 2 3 4 5; do
-  port=$(free_port)
-  # Stock settings (fsync, synchronous_commit and full_page_writes on); only where it listens.
-  if "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s start \
-    -o "-h 127.0.0.1 -p $port -k $pg_dir ${BENCH_PG_OPTIONS:-}"; then
-    url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
-    break
-  fi
-done
-[[ -n "${url:-}" ]] || { cat "$pg_dir/log" >&2; exit 1; }
+start_cluster
 "$pg_bin/psql" "$url" -Atc "select version(); show fsync; show synchronous_commit; show shared_buffers" >&2
 
 echo "# soul-bench, $(date -u '+%Y-%m-%d %H:%M UTC'), load before: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,4 +1,4 @@
-# Sourced by bench.sh and callgrind.sh: a new, empty PostgreSQL data directory (`initdb`
+# Sourced by bench.sh, compare.sh and callgrind.sh: a new, empty PostgreSQL data directory (`initdb`
 # defaults, trust authentication) in a temporary directory that is stopped and deleted when the
 # script exits. Sets `pg_bin` (Debian's newest PostgreSQL), `pg_dir` (the directory: `data`, and
 # room for a log and sockets) and `pg_run` (the prefix that runs a command as the cluster's owner:
@@ -31,4 +31,20 @@ free_port() {
       return
     fi
   done
+}
+
+# Starts the cluster on a free loopback port with stock settings (fsync, synchronous_commit and
+# full_page_writes on; `BENCH_PG_OPTIONS` adds server options) and sets `url`; exits when five
+# ports in a row were taken meanwhile.
+start_cluster() {
+  for _ in 1 2 3 4 5; do
+    port=$(free_port)
+    if "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s start \
+      -o "-h 127.0.0.1 -p $port -k $pg_dir ${BENCH_PG_OPTIONS:-}"; then
+      url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+      return 0
+    fi
+  done
+  cat "$pg_dir/log" >&2
+  exit 1
 }

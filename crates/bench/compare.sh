@@ -48,15 +48,7 @@ build "$after" after
 
 source crates/bench/cluster.sh
 trap 'stop_postgres; cleanup_builds' EXIT
-for _ in 1 2 3 4 5; do
-  port=$(free_port)
-  if "${pg_run[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s start \
-    -o "-h 127.0.0.1 -p $port -k $pg_dir ${BENCH_PG_OPTIONS:-}"; then
-    url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
-    break
-  fi
-done
-[[ -n "${url:-}" ]] || { cat "$pg_dir/log" >&2; exit 1; }
+start_cluster
 
 run() {
   local label=$1 workload=$2 dir="$builds/$1"

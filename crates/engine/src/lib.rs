@@ -30,7 +30,7 @@ pub mod prelude {
 
     pub use crate::process::{
         MentalProcess, ModelSettings, Next, Perception, PerceptionKind, ProcessContext,
-        ProcessError, ProcessResult, Subprocess,
+        ProcessError, ProcessResult, ScheduledEvent, Subprocess,
     };
     pub use crate::step::{
         brainstorm, decision, external_dialog, instruction, internal_monologue, mental_query,

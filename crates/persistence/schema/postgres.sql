@@ -1008,6 +1008,7 @@ declare
   v_corrected text;
   v_limit bigint := coalesce((p_settings ->> 'history_limit')::bigint, 20);
   v_region text := p_settings ->> 'history_region';
+  v_pending bigint := coalesce((p_settings ->> 'pending_limit')::bigint, 20);
   v_history jsonb := '[]'::jsonb;
   v_snapshot jsonb;
 begin
@@ -1162,7 +1163,33 @@ begin
             group by m.process_name
         ) p),
     'history', v_history,
-    'snapshot', v_snapshot
+    'snapshot', v_snapshot,
+    'pending_events', (
+      select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+          'id', e.id, 'key', e.key, 'kind', e.kind, 'payload', e.payload, 'due_at', e.due_at)
+          order by e.due_at, e.key), '[]'::jsonb)
+        from (
+          select id, key, kind, payload, due_at from public.scheduled_events
+            where session_id = p_session
+            order by due_at, key
+            limit v_pending
+        ) e),
+    -- As `inbound` above, each.
+    'waiting', (
+      select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+          'id', w.id, 'external_id', w.external_id, 'body', w.body,
+          'received_at', w.received_at,
+          'kind', case when w.kind = 'event'
+            then w.event || pg_catalog.jsonb_build_object('type', 'event')
+            else pg_catalog.jsonb_build_object('type', 'message') end)
+          order by w.seq), '[]'::jsonb)
+        from (
+          select id, seq, external_id, body, received_at, kind, event
+            from public.inbound_messages
+            where session_id = p_session and waiting
+            order by seq
+            limit v_pending
+        ) w)
   );
 end
 $function$;

@@ -37,11 +37,11 @@ pub use sql_functions::{
 };
 pub use sqlite::SqliteStore;
 pub use types::{
-    Address, BeginOutcome, Changes, CommitOutcome, DeliveryStatus, DeliveryUpdate, Erasure,
-    EventOutcome, Inbound, InboundKind, Lease, MemoryChange, NewEvent, OutboundMessage,
-    OutboundRef, OutboxAtCommit, ProcessMemoryChange, ProcessState, Processes, QueuedInbound,
-    ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit, SubprocessOutcome,
-    TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, CommitOutcome, DEFAULT_PENDING_LIMIT, DeliveryStatus,
+    DeliveryUpdate, Erasure, EventOutcome, Inbound, InboundKind, Lease, MemoryChange, NewEvent,
+    OutboundMessage, OutboundRef, OutboxAtCommit, PendingEvent, ProcessMemoryChange, ProcessState,
+    Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 
 /// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.

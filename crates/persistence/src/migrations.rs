@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/20260101000200_functions.sql"),
     },
     Migration {
+        version: "20260103000000",
+        name: "pending_for_processes",
+        sql: include_str!("../../../migrations/20260103000000_pending_for_processes.sql"),
+    },
+    Migration {
         version: "20260103000100",
         name: "data_requests",
         sql: include_str!("../../../migrations/20260103000100_data_requests.sql"),

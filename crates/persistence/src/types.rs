@@ -105,6 +105,10 @@ impl Processes {
     }
 }
 
+/// [`TurnSettings::pending_limit`] unless set: a soul schedules a check-in or two, and a person
+/// who sends twenty messages while one turn runs is not waiting for an answer to each.
+pub const DEFAULT_PENDING_LIMIT: u32 = 20;
+
 /// How turns are run: the same for begin and commit (a commit may start the next turn).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnSettings {
@@ -130,11 +134,16 @@ pub struct TurnSettings {
     pub history_limit: u32,
     /// Load only this region's history (`"default"` is the unregioned conversation).
     pub history_region: Option<String>,
+    /// At most how many of the session's pending events and of the messages waiting behind the
+    /// turn a turn loads ([`TurnContext::pending_events`], [`TurnContext::waiting`]): the soonest
+    /// events and the oldest messages; 0 loads none.
+    pub pending_limit: u32,
 }
 
 impl TurnSettings {
     /// The seed's defaults: one-hour timeout, the last 20 messages of every region, and a
-    /// two-minute lease; no subprocesses; replies claimed for a minute.
+    /// two-minute lease; no subprocesses; replies claimed for a minute; at most 20 pending
+    /// events and 20 waiting messages.
     pub fn new(persona: impl Into<String>, processes: Processes) -> Self {
         TurnSettings {
             persona: persona.into(),
@@ -145,6 +154,7 @@ impl TurnSettings {
             reply_claim_for: Duration::minutes(1),
             history_limit: 20,
             history_region: None,
+            pending_limit: DEFAULT_PENDING_LIMIT,
         }
     }
 }
@@ -416,6 +426,14 @@ pub struct TurnContext {
     pub history: Vec<Memory>,
     /// The latest working-memory snapshot, if one is stored and readable.
     pub snapshot: Option<WorkingMemory>,
+    /// The session's scheduled events, soonest first (at most [`TurnSettings::pending_limit`]):
+    /// what a process may move or cancel. An event this turn answers is not among them (it was
+    /// completed when its turn was queued).
+    pub pending_events: Vec<PendingEvent>,
+    /// The messages (and due events) stored behind the one this turn answers and waiting for
+    /// their own turns, oldest first (at most [`TurnSettings::pending_limit`]), as they stood when
+    /// the turn started.
+    pub waiting: Vec<QueuedInbound>,
     /// A snapshot was stored but did not parse, and the answer came without the history (sent
     /// only without a snapshot): the store loads it before handing the turn out.
     pub(crate) history_missing: bool,
@@ -451,6 +469,8 @@ impl fmt::Debug for TurnContext {
             )
             .field("history", &self.history)
             .field("snapshot", &self.snapshot)
+            .field("pending_events", &self.pending_events)
+            .field("waiting", &self.waiting)
             .field("history_missing", &self.history_missing)
             .finish()
     }
@@ -460,6 +480,33 @@ impl TurnContext {
     /// The session version this turn runs at, for [`SubprocessCommit::version`].
     pub fn version(&self) -> i64 {
         self.session.version
+    }
+}
+
+/// A scheduled event not yet fired, as a turn sees it ([`TurnContext::pending_events`]).
+#[derive(Clone, PartialEq, Deserialize)]
+pub struct PendingEvent {
+    /// Identity ([`ScheduledEvent::id`]).
+    pub id: Uuid,
+    /// The session-unique key ([`NewEvent::key`]): scheduling it again moves this event.
+    pub key: String,
+    /// What kind of event.
+    pub kind: String,
+    /// Data for the handler, as scheduled.
+    pub payload: serde_json::Value,
+    /// When it comes due.
+    pub due_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for PendingEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The payload may quote the person.
+        f.debug_struct("PendingEvent")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("due_at", &self.due_at)
+            .finish_non_exhaustive()
     }
 }
 

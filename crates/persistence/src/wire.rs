@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
-    OutboundRef, OutboxAtCommit, ProcessState, QueuedInbound, ScheduledEvent, Session, SessionId,
-    SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
+    Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError};
 
@@ -117,6 +117,7 @@ pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
         "reply_claim_ms": millis(settings.reply_claim_for),
         "history_limit": settings.history_limit,
         "history_region": settings.history_region,
+        "pending_limit": settings.pending_limit,
     }))
 }
 
@@ -293,6 +294,8 @@ struct TurnWire {
     subprocess_memories: BTreeMap<String, serde_json::Map<String, Value>>,
     history: Vec<Memory>,
     snapshot: Option<Value>,
+    pending_events: Vec<PendingEvent>,
+    waiting: Vec<QueuedInbound>,
 }
 
 /// Reads a started turn; `null` (nothing waiting) is `None`.
@@ -321,6 +324,8 @@ pub(crate) fn turn(value: Value) -> Result<Option<Box<TurnContext>>> {
         history: wire.history,
         history_missing: stored_snapshot && snapshot.is_none(),
         snapshot,
+        pending_events: wire.pending_events,
+        waiting: wire.waiting,
     };
     warn_if_corrected(&context);
     Ok(Some(Box::new(context)))

@@ -6,15 +6,15 @@ mod common;
 use chrono::{Duration, TimeZone, Utc};
 use common::{perceive, runtime, say, state_in, time, verdict};
 use serde_json::json;
-use soul_engine::process::{EventId, Perception, PerceptionKind, Registry, SoulState};
+use soul_engine::process::{
+    EventId, Perception, PerceptionKind, Registry, ScheduledEvent, SoulState,
+};
 use soul_engine::{Memory, Region, Role, WorkingMemory};
-use soul_processes::companion::check_in::{CHECK_IN_AFTER, CHECK_IN_PERCEPTION};
+use soul_processes::companion::check_in::{CHECK_IN, CHECK_IN_AFTER, CHECK_IN_PERCEPTION};
 use soul_processes::companion::crisis::DEFAULT_CRISIS_RESOURCES;
 use soul_processes::companion::summary::{SUMMARY_KEEP, SUMMARY_PREFIX, SUMMARY_THRESHOLD};
 use soul_processes::companion::user_model::UserModel;
-use soul_processes::companion::{
-    CAREFUL_MODE_KEY, CHECK_IN_EVENT_KEY, NAME, USER_MODEL_KEY, USER_NAME_KEY,
-};
+use soul_processes::companion::{CAREFUL_MODE_KEY, NAME, USER_MODEL_KEY, USER_NAME_KEY};
 use soul_testkit::openai::Reply;
 
 fn process(state: &SoulState) -> &str {
@@ -383,18 +383,17 @@ async fn each_message_reschedules_the_check_in_and_the_due_event_speaks() {
     assert_eq!(first.at, time(0) + CHECK_IN_AFTER);
     assert_eq!(first.content, CHECK_IN_PERCEPTION);
     assert!(subs.cancelled_events.is_empty());
-    assert_eq!(state.soul_memory[CHECK_IN_EVENT_KEY], json!(first.id));
+    assert_eq!(state.pending_events, std::slice::from_ref(&first));
 
+    // The next message moves the pending check-in: the same event, three days from now.
     double
         .push_content(verdict(false))
         .push_content("Sage said: \"Hello again!\"");
     let (_, subs) = say(&runtime, &mut state, "me again", time(30)).await;
-    assert_eq!(subs.cancelled_events, [first.id]);
-    assert_eq!(subs.scheduled.len(), 1);
-    let second = subs.scheduled[0].clone();
-    assert_ne!(second.id, first.id);
-    assert_eq!(second.at, time(30) + CHECK_IN_AFTER);
-    assert_eq!(state.soul_memory[CHECK_IN_EVENT_KEY], json!(second.id));
+    let second = first.clone().rescheduled(time(30) + CHECK_IN_AFTER);
+    assert_eq!(subs.scheduled, std::slice::from_ref(&second));
+    assert!(subs.cancelled_events.is_empty());
+    assert_eq!(state.pending_events, std::slice::from_ref(&second));
 
     // The event comes due: one gentle message, no new check-in, back to conversation.
     double.push_content("Sage said: \"Thinking of you. No need to reply.\"");
@@ -403,8 +402,37 @@ async fn each_message_reschedules_the_check_in_and_the_due_event_speaks() {
     assert_eq!(main.replies, ["Thinking of you. No need to reply."]);
     assert_eq!(process(&state), "conversation");
     assert!(subs.scheduled.is_empty() && subs.cancelled_events.is_empty());
-    assert!(!state.soul_memory.contains_key(CHECK_IN_EVENT_KEY));
+    assert!(state.pending_events.is_empty());
     assert_eq!(double.remaining(), 0);
+}
+
+#[tokio::test]
+async fn a_message_leaves_one_check_in_pending_however_many_there_were() {
+    let (double, runtime) = runtime("sage").await;
+    let mut state = state_in(NAME, "conversation");
+    let check_in = |hours| {
+        ScheduledEvent::new(time(0) + Duration::hours(hours), CHECK_IN_PERCEPTION)
+            .for_process(CHECK_IN)
+    };
+    let (soonest, other, later) = (
+        check_in(1),
+        ScheduledEvent::new(time(0) + Duration::hours(2), "[a reminder]"),
+        check_in(5),
+    );
+    state.pending_events = vec![later.clone(), other.clone(), soonest.clone()];
+
+    double
+        .push_content(verdict(false))
+        .push_content("Sage said: \"Hi!\"");
+    let (_, subs) = say(&runtime, &mut state, "hi", time(10)).await;
+    let moved = soonest.rescheduled(time(10) + CHECK_IN_AFTER);
+    assert_eq!(
+        subs.scheduled,
+        std::slice::from_ref(&moved),
+        "the soonest is moved"
+    );
+    assert_eq!(subs.cancelled_events, [later.id]);
+    assert_eq!(state.pending_events, [other, moved], "another event stays");
 }
 
 #[tokio::test]

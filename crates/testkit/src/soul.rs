@@ -156,6 +156,22 @@ impl TestSoul {
         self
     }
 
+    /// `events` scheduled by earlier turns and not yet due: what `cx.pending_events()` lists.
+    /// Each turn then moves, cancels and adds to them as a store would, and drops the one a
+    /// turn answers ([`Turn::pending_events`]).
+    pub fn with_pending_events(mut self, events: impl IntoIterator<Item = ScheduledEvent>) -> Self {
+        self.state.pending_events.extend(events);
+        self
+    }
+
+    /// `perceptions` waiting behind the next one the soul perceives, oldest first: what
+    /// `cx.pending_perceptions()` shows that turn. Only that turn: each turn's queue is the
+    /// test's to say (send the waiting messages afterwards to answer them).
+    pub fn waiting(&mut self, perceptions: impl IntoIterator<Item = Perception>) -> &mut Self {
+        self.state.pending_perceptions = perceptions.into_iter().collect();
+        self
+    }
+
     /// Scripts the model's next answers, in the order the soul will ask (the main process's
     /// steps, then the subprocesses'). A structured step's answer is its JSON text.
     pub fn answers<A: Into<String>>(&self, answers: impl IntoIterator<Item = A>) -> &Self {
@@ -199,9 +215,11 @@ impl TestSoul {
     /// The soul perceives `perception`; the turn's outcome is kept for the next one unless the
     /// turn failed, and returned whatever became of the subprocesses.
     pub async fn try_perceive(&mut self, perception: Perception) -> Result<Turn, TurnError> {
+        let state = self.state.clone();
+        self.state.pending_perceptions.clear();
         let main = self
             .runtime
-            .run_main("test-session", self.state.clone(), perception, None)
+            .run_main("test-session", state, perception, None)
             .await?;
         self.state.apply_main(&main);
         let subprocesses = self.runtime.run_subprocesses(&main).await;
@@ -209,7 +227,8 @@ impl TestSoul {
         Ok(Turn::new(main, subprocesses))
     }
 
-    /// What a store would hold now: process, soul and process memory, working memory.
+    /// What a store would hold now: process, soul and process memory, working memory, pending
+    /// events.
     pub fn state(&self) -> &SoulState {
         &self.state
     }
@@ -246,6 +265,9 @@ pub struct Turn {
     pub scheduled: Vec<ScheduledEvent>,
     /// Events cancelled.
     pub cancelled_events: Vec<EventId>,
+    /// The events pending after the turn (scheduled, moved and cancelled as a store would),
+    /// soonest first.
+    pub pending_events: Vec<ScheduledEvent>,
     /// Subprocesses that failed (their changes are dropped).
     pub failed_subprocesses: Vec<String>,
     /// Working memory after the turn.
@@ -297,6 +319,11 @@ impl Turn {
                 .chain(&subprocesses.cancelled_events)
                 .copied()
                 .collect(),
+            pending_events: if subprocesses.cancelled {
+                main.pending_events.clone()
+            } else {
+                subprocesses.pending_events.clone()
+            },
             failed_subprocesses: subprocesses.failed.clone(),
             working_memory: subprocesses
                 .working_memory

@@ -9,8 +9,8 @@ use soul_engine::process::{
 };
 use soul_engine::{Memory, Role, WorkingMemory};
 use soul_persistence::{
-    Changes, InboundKind, MemoryChange, NewEvent, ProcessMemoryChange, ProcessState, Processes,
-    TurnContext, TurnSettings,
+    Changes, InboundKind, MemoryChange, NewEvent, PendingEvent, ProcessMemoryChange, ProcessState,
+    Processes, QueuedInbound, TurnContext, TurnSettings,
 };
 use uuid::Uuid;
 
@@ -68,13 +68,57 @@ pub(crate) fn soul_state(soul: &Soul, context: &TurnContext) -> SoulState {
         soul_memory: to_btree(&context.soul_memories),
         process_memories,
         working_memory,
+        pending_events: context
+            .pending_events
+            .iter()
+            .filter_map(scheduled_event)
+            .collect(),
+        pending_perceptions: context.waiting.iter().map(perception_of).collect(),
     }
+}
+
+/// A stored event as the engine scheduled it (see [`new_event`]); `None` for events of other
+/// kinds, which are not the engine's.
+fn scheduled_event(event: &PendingEvent) -> Option<ScheduledEvent> {
+    if event.kind != PERCEPTION_EVENT {
+        return None;
+    }
+    let payload = &event.payload;
+    let mut scheduled = ScheduledEvent::new(event.due_at, content(payload));
+    scheduled.id = engine_event_id(&event.key, event.id);
+    scheduled.process = payload
+        .get("process")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(metadata) = payload.get("metadata").filter(|m| m.is_object()) {
+        scheduled.metadata = metadata.clone();
+    }
+    scheduled.params = payload.get("params").cloned().unwrap_or(Value::Null);
+    Some(scheduled)
+}
+
+/// The text a stored event is perceived as.
+fn content(payload: &Value) -> &str {
+    payload
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The key is the id `cx.schedule` returned (see [`new_event`]), so a process can tell which of
+/// its events this is; the store's own id only for an event stored under another key.
+fn engine_event_id(key: &str, stored: Uuid) -> EventId {
+    EventId(Uuid::parse_str(key).unwrap_or(stored))
 }
 
 /// The perception of what the turn was started for: the person's message, or a scheduled
 /// event (stored by [`new_event`]) perceived at the time it came due.
 pub(crate) fn perception(context: &TurnContext) -> Perception {
-    let inbound = &context.inbound;
+    perception_of(&context.inbound)
+}
+
+/// How the engine perceives a message or an event of the session's queue.
+fn perception_of(inbound: &QueuedInbound) -> Perception {
     match &inbound.kind {
         InboundKind::Message => {
             let mut perception = Perception::message(inbound.body.clone(), inbound.received_at);
@@ -87,15 +131,9 @@ pub(crate) fn perception(context: &TurnContext) -> Perception {
             payload,
             ..
         } => {
-            let content = payload
-                .get("content")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let mut perception = Perception::message(content, inbound.received_at);
+            let mut perception = Perception::message(content(payload), inbound.received_at);
             perception.kind = PerceptionKind::Event {
-                // The key is the id `cx.schedule` returned (see `new_event`), so a process can
-                // tell which of its events this is; the store's own id only for a foreign key.
-                id: EventId(Uuid::parse_str(key).unwrap_or(*event_id)),
+                id: engine_event_id(key, *event_id),
                 process: payload
                     .get("process")
                     .and_then(Value::as_str)

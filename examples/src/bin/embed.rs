@@ -32,9 +32,7 @@ use soul_engine::SystemClock;
 use soul_engine::model::LanguageModel;
 use soul_engine::model::cassette::{RecordingModel, ReplayingModel};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::process::{
-    Perception, PerceptionKind, Registry, Runtime, ScheduledEvent, SoulState,
-};
+use soul_engine::process::{Perception, PerceptionKind, Registry, Runtime, SoulState};
 use soul_processes::companion::{
     self,
     crisis::{CrisisResources, configure_crisis_resources},
@@ -139,20 +137,19 @@ async fn main() -> anyhow::Result<()> {
         .soul(companion::SOUL)
         .context("the companion soul is not registered")?;
     let runtime = Runtime::new(soul, model, Arc::new(SystemClock));
+    // What a store would keep between messages, the scheduled events included: the turns keep
+    // `state.pending_events` as a store keeps its table, soonest first.
     let mut state = SoulState::new(companion::NAME);
-    let mut pending: Vec<ScheduledEvent> = Vec::new();
     let mut skipped = Duration::zero();
 
     while let Some(line) = input.next_line().await? {
         let line = line.trim();
         let perception = if line == LATER {
-            // The earliest pending event comes due: time jumps to it.
-            pending.sort_by_key(|event| event.at);
-            if pending.is_empty() {
+            // The earliest pending event comes due: time jumps to it. Its turn drops it.
+            let Some(event) = state.pending_events.first().cloned() else {
                 println!("(nothing is scheduled)");
                 continue;
-            }
-            let event = pending.remove(0);
+            };
             skipped = event.at - input.now();
             println!(
                 "(time passes: it is now {})",
@@ -186,20 +183,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{}> {reply}", companion::NAME);
         }
 
-        // What a store and a timer would do: keep the scheduled events, drop the cancelled ones.
-        let cancelled: Vec<_> = main
-            .cancelled_events
-            .iter()
-            .chain(&subs.cancelled_events)
-            .collect();
-        pending.retain(|event| !cancelled.contains(&&event.id));
         for event in main.scheduled.iter().chain(&subs.scheduled) {
             println!(
                 "({} will check in at {} if you go quiet)",
                 companion::NAME,
                 event.at.format("%Y-%m-%d %H:%M UTC")
             );
-            pending.push(event.clone());
         }
     }
 

@@ -303,18 +303,19 @@ fn compare(before: &Stored, after: &Stored, prefix: &str, outcome: &mut Outcome)
             outcome.memory.push(format!("{prefix}- {key}"));
         }
     }
-    // Gone first, then added: a rescheduled check-in reads "- old, + new". Sorted by what they
-    // say, because their keys are ids generated at run time.
+    // Gone first, then added: a check-in moved (the same key, another time) or replaced by a
+    // new one reads "- old, + new". Sorted by what they say, because their keys are ids
+    // generated at run time.
     let mut gone: Vec<&String> = before
         .events
         .iter()
-        .filter(|(key, _)| !after.events.contains_key(*key))
+        .filter(|(key, event)| after.events.get(*key) != Some(event))
         .map(|(_, event)| event)
         .collect();
     let mut added: Vec<&String> = after
         .events
         .iter()
-        .filter(|(key, _)| !before.events.contains_key(*key))
+        .filter(|(key, event)| before.events.get(*key) != Some(event))
         .map(|(_, event)| event)
         .collect();
     gone.sort();
@@ -386,20 +387,37 @@ mod tests {
                 ("careful_mode".to_owned(), json!(true)),
                 ("user_name".to_owned(), json!("Ana")),
             ]),
-            events: BTreeMap::from([("a".to_owned(), "check_in due X".to_owned())]),
+            events: BTreeMap::from([
+                ("a".to_owned(), "check_in due X".to_owned()),
+                ("m".to_owned(), "check_in due V".to_owned()),
+                ("s".to_owned(), "reminder due S".to_owned()),
+            ]),
             summary: None,
         };
         let after = Stored {
             session: Some(2),
             soul_memory: BTreeMap::from([("user_name".to_owned(), json!("Ana"))]),
-            events: BTreeMap::from([("b".to_owned(), "check_in due Y".to_owned())]),
+            events: BTreeMap::from([
+                ("b".to_owned(), "check_in due Y".to_owned()),
+                ("m".to_owned(), "check_in due W".to_owned()),
+                ("s".to_owned(), "reminder due S".to_owned()),
+            ]),
             summary: Some("s".to_owned()),
         };
         let mut outcome = Outcome::default();
         compare(&before, &after, "", &mut outcome);
         assert_eq!(outcome.new_session, Some(2));
         assert_eq!(outcome.memory, ["- careful_mode"]);
-        assert_eq!(outcome.events, ["- check_in due X", "+ check_in due Y"]);
+        // `m` moved: shown as gone and added, like the replaced `a`; `s` did not change.
+        assert_eq!(
+            outcome.events,
+            [
+                "- check_in due V",
+                "- check_in due X",
+                "+ check_in due W",
+                "+ check_in due Y"
+            ]
+        );
         assert_eq!(outcome.summary.as_deref(), Some("s"));
     }
 

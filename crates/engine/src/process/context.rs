@@ -184,6 +184,13 @@ impl ScheduledEvent {
         self
     }
 
+    /// The same event (the same id) due at `at` instead: scheduling it moves a pending event
+    /// rather than adding one (see [`ProcessContext::pending_events`]).
+    pub fn rescheduled(mut self, at: DateTime<Utc>) -> Self {
+        self.at = at;
+        self
+    }
+
     /// The same event with `key` set in its metadata.
     pub fn with_metadata(mut self, key: &str, value: Value) -> Self {
         if !self.metadata.is_object() {
@@ -207,6 +214,9 @@ impl fmt::Debug for ScheduledEvent {
 }
 
 /// What a process did besides thinking: replies, scheduled and cancelled events.
+///
+/// `scheduled` holds one event per id and never an id of `cancelled`, so that a store can apply
+/// the two lists in either order: what the turn did last to an id is what stands.
 #[derive(Debug, Default)]
 pub(crate) struct Actions {
     pub(crate) replies: Vec<String>,
@@ -214,6 +224,44 @@ pub(crate) struct Actions {
     pub(crate) cut: Vec<(String, String)>,
     pub(crate) scheduled: Vec<ScheduledEvent>,
     pub(crate) cancelled: Vec<EventId>,
+}
+
+impl Actions {
+    /// Schedules `event`, replacing (moving) one of the same id.
+    pub(crate) fn schedule(&mut self, event: ScheduledEvent) {
+        self.cancelled.retain(|id| *id != event.id);
+        match self.scheduled.iter_mut().find(|e| e.id == event.id) {
+            Some(slot) => *slot = event,
+            None => self.scheduled.push(event),
+        }
+    }
+
+    /// Cancels `id`, given the events that were pending before these actions: an event these
+    /// actions scheduled and nothing stored is only dropped, anything else is cancelled.
+    pub(crate) fn cancel(&mut self, id: EventId, pending_before: &[ScheduledEvent]) {
+        let before = self.scheduled.len();
+        self.scheduled.retain(|e| e.id != id);
+        let only_scheduled_here =
+            self.scheduled.len() < before && !pending_before.iter().any(|e| e.id == id);
+        if !only_scheduled_here && !self.cancelled.contains(&id) {
+            self.cancelled.push(id);
+        }
+    }
+
+    /// The events pending once these actions are stored, given those pending before: soonest
+    /// first (then by id, as the stores order them).
+    pub(crate) fn pending_after(&self, pending_before: &[ScheduledEvent]) -> Vec<ScheduledEvent> {
+        let mut pending: Vec<ScheduledEvent> = pending_before
+            .iter()
+            .filter(|e| {
+                !self.cancelled.contains(&e.id) && !self.scheduled.iter().any(|s| s.id == e.id)
+            })
+            .chain(&self.scheduled)
+            .cloned()
+            .collect();
+        pending.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        pending
+    }
 }
 
 /// Everything a process can see and do during one run. Cheap to clone; clones share the turn.
@@ -226,6 +274,9 @@ pub struct ProcessContext {
     pub(crate) invocation_count: u32,
     pub(crate) previous_process: Option<String>,
     pub(crate) perception: Arc<Perception>,
+    /// The events pending as this run started (before its own actions).
+    pub(crate) pending_events: Arc<[ScheduledEvent]>,
+    pub(crate) pending_perceptions: Arc<[Perception]>,
     pub(crate) soul_memory: KeyValueMemory,
     pub(crate) process_memory: KeyValueMemory,
     pub(crate) actions: Arc<Mutex<Actions>>,
@@ -273,6 +324,24 @@ impl ProcessContext {
     /// What the soul is responding to.
     pub fn perception(&self) -> &Perception {
         &self.perception
+    }
+
+    /// The scheduled events not yet due (OpenSouls' `pendingScheduledEvents`), soonest first,
+    /// with what this turn scheduled and cancelled so far: what a process moves (schedule
+    /// [`rescheduled`](ScheduledEvent::rescheduled) — the same id — at another time) or
+    /// [cancels](Self::cancel_scheduled). The event being answered is not among them. A store
+    /// loads them with the turn, at most a bound of them (the soonest; `soul-persistence`'s
+    /// `TurnSettings::pending_limit`, 20 by default).
+    pub fn pending_events(&self) -> Vec<ScheduledEvent> {
+        self.actions().pending_after(&self.pending_events)
+    }
+
+    /// What the person sent (and the due events) waiting behind the perception being answered,
+    /// oldest first, as they stood when the turn started: a process may answer briefly, or skip a
+    /// check-in, when more is already waiting. Each gets its own turn afterwards. A store loads
+    /// at most a bound of them (the oldest; `TurnSettings::pending_limit`, 20 by default).
+    pub fn pending_perceptions(&self) -> &[Perception] {
+        &self.pending_perceptions
     }
 
     /// Memory that lives across processes and sessions.
@@ -351,21 +420,18 @@ impl ProcessContext {
         self.schedule_event(event)
     }
 
-    /// Schedules `event`, with whatever params and metadata it carries; returns its id.
+    /// Schedules `event`, with whatever params and metadata it carries; returns its id. An event
+    /// with the id of a pending one replaces it (moves it: see
+    /// [`ScheduledEvent::rescheduled`]).
     pub fn schedule_event(&self, event: ScheduledEvent) -> EventId {
         let id = event.id;
-        self.actions().scheduled.push(event);
+        self.actions().schedule(event);
         id
     }
 
     /// Cancels a scheduled event (one scheduled earlier in this turn, or in an earlier turn).
     pub fn cancel_scheduled(&self, id: EventId) {
-        let mut actions = self.actions();
-        let before = actions.scheduled.len();
-        actions.scheduled.retain(|e| e.id != id);
-        if actions.scheduled.len() == before {
-            actions.cancelled.push(id);
-        }
+        self.actions().cancel(id, &self.pending_events);
     }
 }
 
@@ -477,5 +543,52 @@ impl ProcessError {
     /// A failure with the author's message.
     pub fn failed(message: impl Into<String>) -> Self {
         ProcessError::Failed(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+
+    use super::*;
+
+    fn event(hours: i64) -> ScheduledEvent {
+        let noon = Utc.with_ymd_and_hms(2026, 1, 5, 12, 0, 0).unwrap();
+        ScheduledEvent::new(noon + Duration::hours(hours), "[later]")
+    }
+
+    #[test]
+    fn an_event_moved_then_cancelled_is_cancelled_where_it_is_stored() {
+        let stored = event(1);
+        let mut actions = Actions::default();
+        actions.schedule(stored.clone().rescheduled(stored.at + Duration::hours(5)));
+        actions.cancel(stored.id, std::slice::from_ref(&stored));
+        assert!(actions.scheduled.is_empty());
+        assert_eq!(actions.cancelled, [stored.id]);
+        assert!(actions.pending_after(&[stored]).is_empty());
+    }
+
+    #[test]
+    fn the_last_of_a_schedule_and_a_cancel_stands_and_one_id_is_scheduled_once() {
+        let (stored, fresh) = (event(1), event(2));
+        let mut actions = Actions::default();
+        actions.cancel(stored.id, std::slice::from_ref(&stored));
+        let moved = stored.clone().rescheduled(stored.at + Duration::hours(9));
+        actions.schedule(stored.clone());
+        actions.schedule(moved.clone());
+        assert!(actions.cancelled.is_empty());
+        assert_eq!(actions.scheduled, std::slice::from_ref(&moved));
+
+        // Scheduled and cancelled in the same turn, never stored: nothing is left to do.
+        actions.schedule(fresh.clone());
+        actions.cancel(fresh.id, std::slice::from_ref(&stored));
+        assert_eq!(actions.scheduled, std::slice::from_ref(&moved));
+        assert!(actions.cancelled.is_empty());
+
+        let other = event(3);
+        assert_eq!(
+            actions.pending_after(&[stored, other.clone()]),
+            [other, moved]
+        );
     }
 }

@@ -53,6 +53,13 @@ pub struct SoulState {
     pub process_memories: BTreeMap<String, BTreeMap<String, Value>>,
     /// Working memory from the last turn (snapshot or rebuilt from history).
     pub working_memory: WorkingMemory,
+    /// The scheduled events not yet due, as stored ([`ProcessContext::pending_events`]). An
+    /// event among them that the turn answers is left out of what its processes see.
+    pub pending_events: Vec<ScheduledEvent>,
+    /// The perceptions waiting behind the one the turn answers, oldest first
+    /// ([`ProcessContext::pending_perceptions`]). The queue is the caller's: the `apply_*`
+    /// methods leave this as it is.
+    pub pending_perceptions: Vec<Perception>,
 }
 
 impl SoulState {
@@ -63,6 +70,8 @@ impl SoulState {
             soul_memory: BTreeMap::new(),
             process_memories: BTreeMap::new(),
             working_memory: WorkingMemory::new(soul_name),
+            pending_events: Vec::new(),
+            pending_perceptions: Vec::new(),
         }
     }
 
@@ -76,6 +85,7 @@ impl SoulState {
         self.process_memories.retain(|_, values| !values.is_empty());
         self.process = Some(outcome.process.clone());
         self.working_memory = outcome.working_memory.clone();
+        self.pending_events.clone_from(&outcome.pending_events);
     }
 
     /// This state after the subprocesses of a turn; a cancelled outcome changes nothing.
@@ -94,6 +104,7 @@ impl SoulState {
         if let Some(memory) = &outcome.working_memory {
             self.working_memory = memory.clone();
         }
+        self.pending_events.clone_from(&outcome.pending_events);
     }
 }
 
@@ -150,6 +161,9 @@ pub struct MainOutcome {
     pub scheduled: Vec<ScheduledEvent>,
     /// Events to cancel.
     pub cancelled_events: Vec<EventId>,
+    /// The events pending once `scheduled` and `cancelled_events` are stored: the state's,
+    /// less the one answered (what the subprocesses start from).
+    pub pending_events: Vec<ScheduledEvent>,
     /// Working memory after the main process, within the soul's memory budget (the snapshot
     /// to store).
     pub working_memory: WorkingMemory,
@@ -164,6 +178,7 @@ struct Carry {
     generation: u64,
     cancel: CancellationToken,
     perception: Arc<Perception>,
+    pending_perceptions: Arc<[Perception]>,
     soul_memory: KeyValueMemory,
     process_memories: BTreeMap<String, BTreeMap<String, Value>>,
 }
@@ -203,6 +218,8 @@ pub struct SubprocessOutcome {
     pub scheduled: Vec<ScheduledEvent>,
     /// Events to cancel.
     pub cancelled_events: Vec<EventId>,
+    /// The events pending once the main part's and these events are stored.
+    pub pending_events: Vec<ScheduledEvent>,
     /// Working memory after the subprocesses, within the soul's memory budget (the snapshot to
     /// store), if they ran.
     pub working_memory: Option<WorkingMemory>,
@@ -306,6 +323,19 @@ impl Runtime {
         let perception = Arc::new(perception);
         let soul_memory = KeyValueMemory::new(state.soul_memory);
         let actions = Arc::new(Mutex::new(Actions::default()));
+        // Soonest first, as a store loads them. A store has completed the event the turn
+        // answers; a caller keeping its own list may still hold it (a test perceiving a pending
+        // event as due).
+        let answered = match &perception.kind {
+            PerceptionKind::Event { id, .. } => Some(*id),
+            PerceptionKind::Message => None,
+        };
+        let pending_events: Arc<[ScheduledEvent]> = Actions::default()
+            .pending_after(&state.pending_events)
+            .into_iter()
+            .filter(|event| Some(event.id) != answered)
+            .collect();
+        let pending_perceptions: Arc<[Perception]> = state.pending_perceptions.into();
 
         let (stored, corrected_from) = self.validated(state.process);
         let stored_memory = state
@@ -362,6 +392,8 @@ impl Runtime {
                 invocation_count: running.invocation_count,
                 previous_process: running.previous.clone(),
                 perception: perception.clone(),
+                pending_events: pending_events.clone(),
+                pending_perceptions: pending_perceptions.clone(),
                 soul_memory: soul_memory.clone(),
                 process_memory: running.memory.clone(),
                 actions: actions.clone(),
@@ -434,6 +466,7 @@ impl Runtime {
         let actions = std::mem::take(&mut *actions.lock().unwrap_or_else(PoisonError::into_inner));
         let memory = budget.trim(&memory);
         let appended = appended_since(&integrated, &memory);
+        let pending_events = actions.pending_after(&pending_events);
         Ok(MainOutcome {
             replies: actions.replies,
             appended,
@@ -448,6 +481,7 @@ impl Runtime {
             },
             corrected_from,
             processes_run,
+            pending_events,
             scheduled: actions.scheduled,
             cancelled_events: actions.cancelled,
             working_memory: memory,
@@ -457,6 +491,7 @@ impl Runtime {
                 generation,
                 cancel,
                 perception,
+                pending_perceptions,
                 soul_memory: soul_memory.snapshot(),
                 process_memories: state.process_memories,
             },
@@ -478,6 +513,9 @@ impl Runtime {
         let mut memory = main.working_memory.clone();
         let mut soul_memory = carry.soul_memory.snapshot();
         let mut main_process = main.process.name.clone();
+        // The events of the subprocesses that succeeded, as one turn's actions on what the main
+        // part left pending.
+        let mut events = Actions::default();
         for subprocess in self.soul.registered_subprocesses() {
             let process_memory = KeyValueMemory::new(
                 carry
@@ -497,6 +535,8 @@ impl Runtime {
                 invocation_count: 0,
                 previous_process: None,
                 perception: carry.perception.clone(),
+                pending_events: events.pending_after(&main.pending_events).into(),
+                pending_perceptions: carry.pending_perceptions.clone(),
                 soul_memory: attempt_soul_memory.clone(),
                 process_memory: process_memory.clone(),
                 actions: actions.clone(),
@@ -543,8 +583,12 @@ impl Runtime {
             let actions =
                 std::mem::take(&mut *actions.lock().unwrap_or_else(PoisonError::into_inner));
             outcome.replies.extend(actions.replies);
-            outcome.scheduled.extend(actions.scheduled);
-            outcome.cancelled_events.extend(actions.cancelled);
+            for id in actions.cancelled {
+                events.cancel(id, &main.pending_events);
+            }
+            for event in actions.scheduled {
+                events.schedule(event);
+            }
             if let Some((target, params)) = moved {
                 // As a main process's transition: the process left and the one entered start
                 // with empty process memory.
@@ -571,6 +615,9 @@ impl Runtime {
             };
         }
         self.end_generation(&carry.session, carry.generation);
+        outcome.pending_events = events.pending_after(&main.pending_events);
+        outcome.scheduled = events.scheduled;
+        outcome.cancelled_events = events.cancelled;
         let memory = self.soul.memory_budget().trim(&memory);
         outcome.appended = appended_since(&main.working_memory, &memory);
         outcome.working_memory = Some(memory);

@@ -21,6 +21,7 @@ mod events;
 mod fixtures;
 mod opt_out;
 mod outbox;
+mod pending;
 mod retention;
 mod sessions;
 mod turns;
@@ -30,6 +31,7 @@ pub use data_requests::*;
 pub use events::*;
 pub use opt_out::*;
 pub use outbox::*;
+pub use pending::*;
 pub use retention::*;
 pub use sessions::*;
 pub use turns::*;
@@ -86,6 +88,9 @@ macro_rules! conformance_suite {
             event_waits_its_turn_in_session_order,
             event_fired_twice_runs_one_turn,
             event_for_opted_out_person_runs_no_turn,
+            a_started_turn_lists_pending_events_and_the_messages_behind_it,
+            an_event_turn_lists_the_other_events_and_an_event_waits_with_the_messages,
+            a_turn_lists_at_most_pending_limit_of_each,
             old_messages_are_deleted,
             retention_deletes_every_copy_of_an_old_message,
             export_and_erase_one_user,

@@ -16,8 +16,8 @@ use super::rows::{
 use super::sessions::{history, load_session};
 use crate::driver::Result;
 use crate::types::{
-    BeginOutcome, Inbound, InboundKind, Lease, ProcessState, QueuedInbound, SessionId, TurnContext,
-    TurnSettings, session_number,
+    BeginOutcome, Inbound, InboundKind, Lease, PendingEvent, ProcessState, QueuedInbound,
+    SessionId, TurnContext, TurnSettings, session_number,
 };
 use crate::{StoreError, wire};
 
@@ -152,15 +152,22 @@ struct TurnMemories {
     /// By process and key; a subprocess that holds none is absent.
     subprocesses: BTreeMap<String, Map<String, Value>>,
     snapshot: Option<String>,
+    /// Soonest first, at most `pending_limit`.
+    pending_events: Vec<PendingEvent>,
+    /// Oldest first, at most `pending_limit`.
+    waiting: Vec<QueuedInbound>,
 }
 
 async fn turn_memories(
     conn: &mut SqliteConnection,
     session: &str,
     process: &str,
-    subprocesses: &[String],
+    settings: &TurnSettings,
 ) -> Result<TurnMemories> {
     // The subprocess names go in as one JSON array, so the statement is the same for any number.
+    // The waiting messages are the queued ones (this turn's own is started by now); `status <>
+    // 'done'` repeats the condition of the queue's partial index, which SQLite uses only when the
+    // query states it (without it, it reads every message of the session by the unique key).
     let row = sqlx::query(
         "select
            (select json_group_array(json_array(key, value)) from soul_memories
@@ -171,11 +178,21 @@ async fn turn_memories(
              where session_id = ?1 and process_name in (select value from json_each(?3)))
              as subprocesses,
            (select snapshot from working_memory_snapshots where session_id = ?1
-             order by seq desc limit 1) as snapshot",
+             order by seq desc limit 1) as snapshot,
+           (select json_group_array(json_array(id, key, kind, payload, due_at)
+                      order by due_at, key)
+              from (select id, key, kind, payload, due_at from scheduled_events
+                     where session_id = ?1 order by due_at, key limit ?4)) as pending_events,
+           (select json_group_array(json_array(id, external_id, body, received_at, event)
+                      order by seq)
+              from (select seq, id, external_id, body, received_at, event from inbound_messages
+                     where session_id = ?1 and status <> 'done' and status = 'queued'
+                     order by seq limit ?4)) as waiting",
     )
     .bind(session)
     .bind(process)
-    .bind(json_text(&json!(subprocesses)))
+    .bind(json_text(&json!(settings.subprocesses)))
+    .bind(i64::from(settings.pending_limit))
     .fetch_one(&mut *conn)
     .await?;
     let keyed = |column: &str| -> Result<Map<String, Value>> {
@@ -195,12 +212,55 @@ async fn turn_memories(
             .or_default()
             .insert(key, parse_json(&value)?);
     }
+    type EventRow = (String, String, String, String, String);
+    let events: Vec<EventRow> = serde_json::from_str(&row.try_get::<String, _>("pending_events")?)?;
+    let pending_events = events
+        .into_iter()
+        .map(|(id, key, kind, payload, due_at)| {
+            Ok(PendingEvent {
+                id: parse_uuid(&id)?,
+                key,
+                kind,
+                payload: parse_json(&payload)?,
+                due_at: parse_ts(&due_at)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    type WaitingRow = (String, Option<String>, String, String, Option<String>);
+    let waiting: Vec<WaitingRow> = serde_json::from_str(&row.try_get::<String, _>("waiting")?)?;
+    let waiting = waiting
+        .into_iter()
+        .map(|(id, external_id, body, received_at, event)| {
+            Ok(QueuedInbound {
+                id: parse_uuid(&id)?,
+                external_id,
+                body,
+                received_at: parse_ts(&received_at)?,
+                kind: inbound_kind(event.as_deref())?,
+            })
+        })
+        .collect::<Result<_>>()?;
     Ok(TurnMemories {
         soul: keyed("soul")?,
         process: keyed("process")?,
         subprocesses: by_process,
         snapshot: row.try_get("snapshot")?,
+        pending_events,
+        waiting,
     })
+}
+
+/// What a queue row answers, from its `event` column: a message, or the event stored there.
+fn inbound_kind(event: Option<&str>) -> Result<InboundKind> {
+    let Some(event) = event else {
+        return Ok(InboundKind::Message);
+    };
+    let mut event = parse_json(event)?;
+    event
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Corrupt("stored event is not an object".to_owned()))?
+        .insert("type".to_owned(), json!("event"));
+    Ok(serde_json::from_value(event)?)
 }
 
 /// What `public.soul_start_next` does in PostgreSQL; see there. The caller holds the write lock.
@@ -231,17 +291,7 @@ pub(super) async fn start_next(
         return Ok(None);
     };
     let inbound_id: String = next.try_get("id")?;
-    let kind = match next.try_get::<Option<String>, _>("event")? {
-        Some(event) => {
-            let mut event = parse_json(&event)?;
-            event
-                .as_object_mut()
-                .ok_or_else(|| StoreError::Corrupt("stored event is not an object".to_owned()))?
-                .insert("type".to_owned(), json!("event"));
-            serde_json::from_value(event)?
-        }
-        None => InboundKind::Message,
-    };
+    let kind = inbound_kind(next.try_get::<Option<String>, _>("event")?.as_deref())?;
     let is_event = matches!(kind, InboundKind::Event { .. });
     let inbound = QueuedInbound {
         id: parse_uuid(&inbound_id)?,
@@ -377,7 +427,7 @@ pub(super) async fn start_next(
         None => ProcessState::new(settings.processes.initial.clone(), json!({})),
     };
 
-    let memories = turn_memories(conn, session, &process.name, &settings.subprocesses).await?;
+    let memories = turn_memories(conn, session, &process.name, settings).await?;
     let snapshot = match memories.snapshot {
         Some(text) => wire::read_snapshot(session_now.id, parse_json(&text)?),
         None => None,
@@ -410,6 +460,8 @@ pub(super) async fn start_next(
         subprocess_memories: memories.subprocesses,
         history,
         snapshot,
+        pending_events: memories.pending_events,
+        waiting: memories.waiting,
         history_missing: false,
     };
     wire::warn_if_corrected(&context);

@@ -1,9 +1,9 @@
 //! A gentle check-in after a silence: the `schedule_check_in` subprocess and the `check_in`
 //! process the scheduled event is aimed at.
 //!
-//! On every message from the person, `schedule_check_in` cancels the pending check-in (its id is
-//! in soul memory [`CHECK_IN_EVENT_KEY`]) and schedules a new one
-//! [`CHECK_IN_AFTER`] later, at the time given by [`check_in_time`]. When it comes due, `check_in`
+//! On every message from the person, `schedule_check_in` moves the pending check-in (the
+//! pending event aimed at `check_in`) to [`CHECK_IN_AFTER`] later, at the time given by
+//! [`check_in_time`], or schedules one when none is pending. When it comes due, `check_in`
 //! sends one short, gentle message and the soul returns to `conversation` — unless it is in
 //! careful mode, where the check-in is a careful reply with the crisis resources and careful mode
 //! stays. A check-in is not followed by another: only the person's next message schedules one,
@@ -11,9 +11,8 @@
 
 use chrono::{DateTime, Duration, FixedOffset, NaiveTime, TimeZone, Timelike, Utc};
 use soul_engine::prelude::*;
-use soul_engine::process::EventId;
 
-use super::{CHECK_IN_EVENT_KEY, CONVERSATION, NAME, SOUL, crisis, say};
+use super::{CONVERSATION, NAME, SOUL, crisis, say};
 
 /// Reschedules the check-in on every message from the person.
 pub const SCHEDULE_CHECK_IN: Subprocess =
@@ -68,30 +67,31 @@ pub fn check_in_time(
 }
 
 async fn schedule_check_in(cx: ProcessContext) -> ProcessResult {
-    let memory = cx.memory().clone();
-    let pending: Option<EventId> = cx.soul_memory().get(CHECK_IN_EVENT_KEY).unwrap_or(None);
-    match &cx.perception().kind {
-        PerceptionKind::Event { id, .. } => {
-            if pending == Some(*id) {
-                cx.soul_memory().remove(CHECK_IN_EVENT_KEY)?;
-            }
-        }
-        PerceptionKind::Message => {
-            if let Some(pending) = pending {
-                cx.cancel_scheduled(pending);
-            }
-            let offset = cx
-                .perception()
-                .metadata
-                .get(UTC_OFFSET_METADATA_KEY)
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|minutes| i32::try_from(minutes).ok());
-            let at = check_in_time(cx.perception().at, offset);
-            let id = cx.schedule(at, Some(CHECK_IN), CHECK_IN_PERCEPTION);
-            cx.soul_memory().set(CHECK_IN_EVENT_KEY, &id)?;
-        }
+    // A due check-in is not the person writing: it is answered once, and nothing is pending
+    // after it until they write again.
+    if matches!(cx.perception().kind, PerceptionKind::Event { .. }) {
+        return Ok(Next::stay(cx.memory().clone()));
     }
-    Ok(Next::stay(memory))
+    let offset = cx
+        .perception()
+        .metadata
+        .get(UTC_OFFSET_METADATA_KEY)
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|minutes| i32::try_from(minutes).ok());
+    let at = check_in_time(cx.perception().at, offset);
+    let mut pending = cx
+        .pending_events()
+        .into_iter()
+        .filter(|event| event.process.as_deref() == Some(CHECK_IN.name()));
+    match pending.next() {
+        Some(check_in) => cx.schedule_event(check_in.rescheduled(at)),
+        None => cx.schedule(at, Some(CHECK_IN), CHECK_IN_PERCEPTION),
+    };
+    // One silence, one check-in.
+    for extra in pending {
+        cx.cancel_scheduled(extra.id);
+    }
+    Ok(Next::stay(cx.memory().clone()))
 }
 
 async fn check_in(cx: ProcessContext) -> ProcessResult {

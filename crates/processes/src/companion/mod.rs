@@ -35,9 +35,9 @@
 //!   [`summary::SUMMARY_THRESHOLD`] memories.
 //!
 //! # Soul memory
-//! [`USER_NAME_KEY`] (what to call them), [`USER_MODEL_KEY`] ([`user_model::UserModel`]),
-//! [`CHECK_IN_EVENT_KEY`] (the pending check-in's event id) and [`CAREFUL_MODE_KEY`] (careful
-//! mode, kept here as well so it survives a session timeout).
+//! [`USER_NAME_KEY`] (what to call them), [`USER_MODEL_KEY`] ([`user_model::UserModel`]) and
+//! [`CAREFUL_MODE_KEY`] (careful mode, kept here as well so it survives a session timeout). The
+//! pending check-in is not remembered: it is the pending event aimed at `check_in`.
 
 use soul_engine::prelude::*;
 use unicode_normalization::UnicodeNormalization;
@@ -71,9 +71,6 @@ pub const USER_NAME_KEY: &str = "user_name";
 
 /// Soul memory key: what Sage knows about the person ([`user_model::UserModel`]).
 pub const USER_MODEL_KEY: &str = "user_model";
-
-/// Soul memory key: the id of the pending check-in event.
-pub const CHECK_IN_EVENT_KEY: &str = "check_in_event";
 
 /// Soul memory key: `true` while Sage is in careful mode (see [`crisis`]).
 pub const CAREFUL_MODE_KEY: &str = "careful_mode";
