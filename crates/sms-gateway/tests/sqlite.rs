@@ -950,7 +950,10 @@ async fn bad_configuration_lists_every_problem_and_exits_before_listening() {
     .expect("run the gateway");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("SOUL names no soul"), "{stderr}");
+    assert!(
+        stderr.contains("SOUL is \"nobody\", which this build does not have"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("sage") && stderr.contains("pip"),
         "{stderr}"
