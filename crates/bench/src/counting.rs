@@ -12,7 +12,7 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
 use soul_persistence::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
     SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
@@ -225,7 +225,11 @@ impl Store for CountingStore {
         self.tick().export_user(address)
     }
 
-    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
-        self.tick().erase_user(address)
+    fn erase_user<'a>(
+        &'a self,
+        address: &'a Address,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Erasure> {
+        self.tick().erase_user(address, now)
     }
 }

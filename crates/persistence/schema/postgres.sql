@@ -43,6 +43,7 @@ create table public.inbound_messages (
   constraint inbound_messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.user_sessions(id) ON DELETE CASCADE
 );
 alter table public.inbound_messages enable row level security;
+CREATE INDEX idx_inbound_messages_received ON public.inbound_messages USING brin (received_at);
 CREATE INDEX idx_inbound_messages_waiting ON public.inbound_messages USING btree (session_id, seq) WHERE waiting;
 grant delete, insert, references, select, trigger, truncate, update on table public.inbound_messages to service_role;
 
@@ -95,6 +96,7 @@ create table public.outbound_messages (
   constraint outbound_messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.user_sessions(id) ON DELETE CASCADE
 );
 alter table public.outbound_messages enable row level security;
+CREATE INDEX idx_outbound_messages_created ON public.outbound_messages USING brin (created_at);
 CREATE INDEX idx_outbound_messages_pending ON public.outbound_messages USING btree (session_id, seq) WHERE ((status)::text = 'pending'::text);
 CREATE INDEX idx_outbound_messages_session ON public.outbound_messages USING btree (session_id, seq);
 CREATE UNIQUE INDEX outbound_messages_provider_id_key ON public.outbound_messages USING btree (provider_id) WHERE (provider_id IS NOT NULL);
@@ -664,14 +666,41 @@ CREATE OR REPLACE FUNCTION public.soul_delete_old_messages(request jsonb)
  SET search_path TO ''
 AS $function$
 declare
+  v_before timestamptz := (request ->> 'before')::timestamptz;
+  v_address text := request ->> 'address';
   v_count bigint;
 begin
   delete from public.messages m
     using public.user_sessions s
     where s.id = m.session_id
-      and (request ->> 'address' is null or s.phone_number = request ->> 'address')
-      and m.created_at < (request ->> 'before')::timestamptz;
+      and (v_address is null or s.phone_number = v_address)
+      and m.created_at < v_before;
   get diagnostics v_count = row_count;
+  delete from public.inbound_messages i
+    using public.user_sessions s
+    where s.id = i.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and i.received_at < v_before and i.status = 'done';
+  delete from public.outbound_messages o
+    using public.user_sessions s
+    where s.id = o.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and o.created_at < v_before and o.status <> 'pending';
+  delete from public.working_memory_snapshots w
+    using public.user_sessions s
+    where s.id = w.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and s.last_active_at < v_before;
+  delete from public.mental_process_state p
+    using public.user_sessions s
+    where s.id = p.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and s.last_active_at < v_before;
+  delete from public.process_memories p
+    using public.user_sessions s
+    where s.id = p.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and s.last_active_at < v_before;
   return pg_catalog.jsonb_build_object('deleted', v_count);
 end
 $function$;
@@ -696,9 +725,28 @@ CREATE OR REPLACE FUNCTION public.soul_erase_user(request jsonb)
  LANGUAGE plpgsql
  SET search_path TO ''
 AS $function$
+declare
+  v_s public.user_sessions;
 begin
-  delete from public.user_sessions where phone_number = request ->> 'address';
-  return pg_catalog.jsonb_build_object('found', found);
+  select * into v_s from public.user_sessions
+    where phone_number = request ->> 'address'
+    for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'unknown');
+  end if;
+  if v_s.lease_token is not null and v_s.lease_expires_at > (request ->> 'now')::timestamptz then
+    return pg_catalog.jsonb_build_object(
+      'outcome', 'turn_running', 'lease_expires_at', v_s.lease_expires_at);
+  end if;
+  delete from public.user_sessions where id = v_s.id;
+  if v_s.opted_out_at is not null then
+    insert into public.user_sessions (
+        phone_number, assigned_persona, first_contact_at, last_active_at, opted_out_at)
+      values (v_s.phone_number, v_s.assigned_persona, v_s.opted_out_at, v_s.opted_out_at,
+        v_s.opted_out_at);
+  end if;
+  return pg_catalog.jsonb_build_object(
+    'outcome', 'erased', 'opt_out_kept', v_s.opted_out_at is not null);
 end
 $function$;
 grant execute on function public.soul_erase_user(jsonb) to service_role;
@@ -710,8 +758,10 @@ CREATE OR REPLACE FUNCTION public.soul_export_user(request jsonb)
  SET search_path TO ''
 AS $function$
   select pg_catalog.jsonb_build_object(
-    'session', public.soul_session_json(s),
-    'messages', (select coalesce(pg_catalog.jsonb_agg(public.soul_message_json(m) order by m.seq), '[]'::jsonb)
+    'session', public.soul_session_json(s)
+      || pg_catalog.jsonb_build_object('opted_out_at', s.opted_out_at),
+    'messages', (select coalesce(pg_catalog.jsonb_agg(public.soul_message_json(m)
+        || pg_catalog.jsonb_build_object('message_sid', m.message_sid) order by m.seq), '[]'::jsonb)
       from public.messages m where m.session_id = s.id),
     'soul_memories', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'key', t.key, 'value', t.value, 'updated_at', t.updated_at) order by t.key), '[]'::jsonb)
@@ -728,15 +778,18 @@ AS $function$
         'snapshot', t.snapshot, 'created_at', t.created_at) order by t.seq), '[]'::jsonb)
       from public.working_memory_snapshots t where t.session_id = s.id),
     'inbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-        'external_id', t.external_id, 'body', t.body, 'received_at', t.received_at,
-        'status', t.status, 'kind', t.kind, 'event', t.event) order by t.seq), '[]'::jsonb)
+        'id', t.id, 'external_id', t.external_id, 'body', t.body, 'received_at', t.received_at,
+        'status', t.status, 'attempts', t.attempts, 'started_at', t.started_at,
+        'finished_at', t.finished_at, 'kind', t.kind, 'event', t.event) order by t.seq), '[]'::jsonb)
       from public.inbound_messages t where t.session_id = s.id),
     'outbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-        'id', t.id, 'body', t.body, 'status', t.status, 'provider_id', t.provider_id,
-        'created_at', t.created_at) order by t.seq), '[]'::jsonb)
+        'id', t.id, 'body', t.body, 'status', t.status, 'claimed_until', t.claimed_until,
+        'provider_id', t.provider_id, 'error', t.error, 'created_at', t.created_at,
+        'updated_at', t.updated_at) order by t.seq), '[]'::jsonb)
       from public.outbound_messages t where t.session_id = s.id),
     'scheduled_events', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-        'key', t.key, 'kind', t.kind, 'payload', t.payload, 'due_at', t.due_at)
+        'id', t.id, 'key', t.key, 'kind', t.kind, 'payload', t.payload, 'due_at', t.due_at,
+        'claimed_until', t.claimed_until, 'created_at', t.created_at)
         order by t.key), '[]'::jsonb)
       from public.scheduled_events t where t.session_id = s.id)
   )

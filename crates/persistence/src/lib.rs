@@ -38,7 +38,7 @@ pub use sql_functions::{
 pub use sqlite::SqliteStore;
 pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DEFAULT_PENDING_LIMIT, DeliveryStatus,
-    DeliveryUpdate, EventOutcome, Inbound, InboundKind, Lease, MemoryChange, NewEvent,
+    DeliveryUpdate, Erasure, EventOutcome, Inbound, InboundKind, Lease, MemoryChange, NewEvent,
     OutboundMessage, OutboundRef, OutboxAtCommit, PendingEvent, ProcessMemoryChange, ProcessState,
     Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
@@ -216,8 +216,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Removes a handled event; `false` if it is gone or was rescheduled meanwhile.
     fn complete_event<'a>(&'a self, event: &'a ScheduledEvent) -> StoreFuture<'a, bool>;
 
-    /// Deletes the messages older than `days` days (of one person, or of everyone) and returns
-    /// how many were deleted.
+    /// Retention: deletes what people wrote and were answered more than `days` days before
+    /// `now` (of one person, or of everyone) and returns how many conversation messages went.
+    /// With them go the other copies of their text: inbound messages whose turn is done, replies
+    /// no longer pending, and the working-memory snapshot, process state and process memories
+    /// of a session with no turn since then (the session timeout would have cleared those at
+    /// the person's next message, had it still seen their messages). Soul memories (what the
+    /// soul keeps of a person across sessions), the session and its opt-out, waiting messages,
+    /// pending replies and scheduled events stay.
     fn delete_messages_older_than<'a>(
         &'a self,
         address: Option<&'a Address>,
@@ -225,12 +231,20 @@ pub trait Store: Send + Sync + fmt::Debug {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, u64>;
 
-    /// Everything stored about one person, as JSON; `None` when unknown.
+    /// Everything stored about one person, as JSON, read in one consistent picture: every
+    /// column of every table but the keys that tie the rows together (`session_id`, `seq`, the
+    /// surrogate `id`s of keyed rows) and a running turn's lease; `None` when unknown.
     fn export_user<'a>(
         &'a self,
         address: &'a Address,
     ) -> StoreFuture<'a, Option<serde_json::Value>>;
 
-    /// Deletes everything stored about one person; `false` when unknown.
-    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool>;
+    /// Deletes everything stored about one person, unless a turn of theirs runs at `now`
+    /// ([`Erasure::TurnRunning`], nothing deleted). A person who opted out keeps an opt-out
+    /// record ([`Erasure::Erased`]), so that a STOP stays honoured.
+    fn erase_user<'a>(
+        &'a self,
+        address: &'a Address,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Erasure>;
 }

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pending_for_processes",
         sql: include_str!("../../../migrations/20260103000000_pending_for_processes.sql"),
     },
+    Migration {
+        version: "20260103000100",
+        name: "data_requests",
+        sql: include_str!("../../../migrations/20260103000100_data_requests.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -560,6 +560,29 @@ pub enum EventOutcome {
     Gone,
 }
 
+/// What [`crate::Store::erase_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Erasure {
+    /// Nothing is stored under the address; nothing changed.
+    Unknown,
+    /// Everything stored about the person was deleted. When they had opted out,
+    /// `opt_out_kept` is true: their session row is kept with nothing in it but the address and
+    /// the time they opted out (and a fresh id), so that nothing is sent to them again and a
+    /// message from them later is still a first contact, unanswered until they opt back in.
+    Erased {
+        /// Whether the opt-out record was kept.
+        opt_out_kept: bool,
+    },
+    /// Nothing was deleted: a turn of the person's is running (a worker holds the session's
+    /// lease until `lease_expires_at`). Erasing under it would let its commit, its replies and
+    /// its subprocesses write again what was erased, or send what was meant to go.
+    TurnRunning {
+        /// When the lease ends, unless the turn renews it or ends first.
+        lease_expires_at: DateTime<Utc>,
+    },
+}
+
 /// One change to a keyed memory; for one key the last change in a list wins.
 #[derive(Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

@@ -10,7 +10,7 @@ use soul_engine::{Memory, WorkingMemory};
 use uuid::Uuid;
 
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
     Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
@@ -234,6 +234,35 @@ pub(crate) fn applied_flags(value: &Value, updates: usize) -> Result<Vec<bool>> 
 
 pub(crate) fn address_request(address: &Address) -> Value {
     json!({ "address": address.as_str() })
+}
+
+/// `soul_erase_user`'s request.
+pub(crate) fn erase_request(address: &Address, now: DateTime<Utc>) -> Value {
+    json!({ "address": address.as_str(), "now": now })
+}
+
+/// `soul_erase_user`'s answer.
+pub(crate) fn erasure(value: &Value) -> Result<Erasure> {
+    match outcome(value)? {
+        "unknown" => Ok(Erasure::Unknown),
+        "erased" => Ok(Erasure::Erased {
+            opt_out_kept: flag(value, "opt_out_kept")?,
+        }),
+        "turn_running" => {
+            let lease_expires_at = value
+                .get("lease_expires_at")
+                .cloned()
+                .map(serde_json::from_value::<DateTime<Utc>>)
+                .transpose()?
+                .ok_or_else(|| {
+                    StoreError::Corrupt("turn_running without `lease_expires_at`".to_owned())
+                })?;
+            Ok(Erasure::TurnRunning { lease_expires_at })
+        }
+        other => Err(StoreError::Corrupt(format!(
+            "unknown erase outcome {other:?}"
+        ))),
+    }
 }
 
 /// `soul_history`'s request.

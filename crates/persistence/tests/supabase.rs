@@ -9,9 +9,9 @@ use postgrest::Postgrest;
 use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
-    Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, ProcessMemoryChange,
-    Processes, RestProblem, Store, StoreError, StoreFuture, SupabaseConfig, SupabaseStore,
-    TurnCommit, TurnSettings,
+    Address, BeginOutcome, Erasure, EventOutcome, Inbound, MemoryChange, NewEvent,
+    ProcessMemoryChange, Processes, RestProblem, Store, StoreError, StoreFuture, SupabaseConfig,
+    SupabaseStore, TurnCommit, TurnSettings,
 };
 use soul_testkit::postgres::TestDatabase;
 use soul_testkit::postrest::{PostgrestServer, RequestCounter, token};
@@ -449,7 +449,13 @@ async fn reads_and_erasure_are_one_function_call_each() {
     assert_eq!(history.len(), 1, "the message the begin stored");
     assert_eq!(since(&counter, before), ["POST /rpc/soul_history"]);
     let before = counter.count();
-    assert!(store.erase_user(&address).await.expect("erase"));
+    assert!(matches!(
+        store
+            .erase_user(&address, t0() + settings().lease_for)
+            .await
+            .expect("erase"),
+        Erasure::Erased { .. }
+    ));
     assert_eq!(since(&counter, before), ["POST /rpc/soul_erase_user"]);
     let before = counter.count();
     assert!(store.session(&address).await.expect("session").is_none());

@@ -36,6 +36,7 @@ use crate::config::{Config, ModelConfig, Secret, StoreConfig};
 use crate::inbound_text;
 use crate::keywords::{self, Keyword};
 use crate::metrics::{MeteredModel, Metrics};
+use crate::model_hint::HintedModel;
 use crate::outbox::Outbox;
 use crate::ratelimit::RateLimiter;
 use crate::reply_limit::SegmentLimit;
@@ -89,23 +90,12 @@ pub(crate) enum StartError {
     Incomplete(&'static str),
 }
 
-/// The path of the SQLite file a `sqlite:` URL names: `sqlite://data/soul.db` and
-/// `sqlite:data/soul.db` are relative, `sqlite:///var/soul.db` is absolute; a query is ignored.
-pub(crate) fn sqlite_path(url: &str) -> PathBuf {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    PathBuf::from(path)
-}
-
 /// Opens the configured store and brings its schema up to date (both stores migrate
 /// idempotently, and concurrent migrations wait for each other).
 pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StartError> {
     match config {
         StoreConfig::Sqlite { url } => {
-            let path = sqlite_path(url);
+            let path = crate::config::sqlite_path(url);
             if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| StartError::Directory {
                     path: dir.to_path_buf(),
@@ -171,7 +161,10 @@ pub(crate) fn build_driver(
         .as_ref()
         .ok_or(StartError::Incomplete("model"))?;
     let model = Arc::new(MeteredModel::new(
-        open_model(model_config, config)?,
+        Arc::new(HintedModel::new(
+            open_model(model_config, config)?,
+            &model_config.base_url,
+        )),
         metrics.clone(),
     ));
     let limit = SegmentLimit::new(config.max_reply_segments, metrics.clone());
@@ -321,7 +314,8 @@ impl App {
             .ok_or(StartError::Incomplete("Twilio account"))?;
         let public_url = config
             .public_url
-            .clone()
+            .as_ref()
+            .map(|url| url.as_str().to_owned())
             .ok_or(StartError::Incomplete("public URL"))?;
         let store = open_store(&config.store).await?;
         let metrics = Arc::new(Metrics::new());
@@ -702,7 +696,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[tokio::test]
     async fn migrate_refuses_supabase_and_says_what_to_do_instead() {
@@ -738,17 +731,5 @@ mod tests {
         assert_eq!(turn_result(&report(&["sorry"], false, true)), "given_up");
         assert_eq!(turn_result(&report(&[], false, true)), "given_up");
         assert_eq!(Metrics::new().turns.get("given_up"), 0);
-    }
-
-    #[test]
-    fn sqlite_urls_name_files() {
-        for (url, path) in [
-            ("sqlite://data/soul.db", "data/soul.db"),
-            ("sqlite:data/soul.db", "data/soul.db"),
-            ("sqlite:///var/lib/soul.db", "/var/lib/soul.db"),
-            ("sqlite://soul.db?mode=rwc", "soul.db"),
-        ] {
-            assert_eq!(sqlite_path(url), Path::new(path), "{url}");
-        }
     }
 }

@@ -5,6 +5,9 @@
 //! cargo run -p sms-gateway -- migrate      # apply the store's migrations and exit
 //! cargo run -p sms-gateway -- chat         # talk to the soul in this terminal, no Twilio
 //! cargo run -p sms-gateway -- check-config # validate the configuration and exit
+//! cargo run -p sms-gateway -- export +1555… # everything stored about a person, as JSON
+//! cargo run -p sms-gateway -- erase +1555…  # delete it, after a confirmation
+//! cargo run -p sms-gateway -- health        # does the gateway on BIND:PORT answer /healthz?
 //! ```
 //!
 //! Configuration comes from the environment, optionally over a TOML file (`--config FILE` or
@@ -22,10 +25,13 @@
 mod app;
 mod chat;
 mod config;
+mod data_requests;
+mod health;
 mod inbound_text;
 mod keywords;
 mod marks;
 mod metrics;
+mod model_hint;
 mod outbox;
 mod ratelimit;
 mod reply_limit;
@@ -52,7 +58,7 @@ fn replay_fuzz_corpus(target: &str, check: fn(&[u8])) {
     assert!(replayed > 0, "{} holds no inputs", dir.display());
 }
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -64,7 +70,7 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 // Linking the shipped souls registers them with the engine.
 use soul_processes as _;
 
-use crate::config::{Config, Level, LogFormat};
+use crate::config::{Config, Level, LogFormat, Summary};
 
 /// The SMS gateway of the soul engine.
 #[derive(Debug, Parser)]
@@ -92,13 +98,35 @@ enum Command {
     },
     /// Check the configuration `serve` would use, print a summary and exit.
     CheckConfig,
+    /// Ask the gateway this configuration listens as for /healthz: exit 0 when it answers 200,
+    /// 1 otherwise (a container's health check).
+    Health,
+    /// Write everything stored about one person as JSON (a data request).
+    Export {
+        /// The person's number, as Twilio gives it: E.164, such as +15551234567.
+        number: String,
+        /// Write to this new file (readable by its owner only) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Delete everything stored about one person, after typing the number again; someone who
+    /// opted out keeps only that. Exits 75 while their turn runs (nothing erased).
+    Erase {
+        /// The person's number, as Twilio gives it: E.164, such as +15551234567.
+        number: String,
+        /// Do not ask for a confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl Command {
     fn level(&self) -> Level {
         match self {
             Command::Serve | Command::CheckConfig => Level::Serve,
-            Command::Migrate => Level::Migrate,
+            Command::Migrate | Command::Health | Command::Export { .. } | Command::Erase { .. } => {
+                Level::Migrate
+            }
             Command::Chat { .. } => Level::Chat,
         }
     }
@@ -152,23 +180,63 @@ async fn main() -> ExitCode {
         eprintln!("cannot open the log file: {error}");
         return ExitCode::from(2);
     }
-    let result = match command {
-        Command::Serve => server::serve(config).await.map_err(anyhow::Error::from),
-        Command::Migrate => app::migrate(&config.store)
-            .await
-            .map(|_| tracing::info!("the store's schema is up to date"))
-            .map_err(anyhow::Error::from),
-        Command::Chat { from } => chat::run(&config, &from).await.map_err(anyhow::Error::from),
+    match command {
+        Command::Serve => logged(server::serve(config).await),
+        Command::Migrate => logged(
+            app::migrate(&config.store)
+                .await
+                .map(|()| tracing::info!("the store's schema is up to date")),
+        ),
+        Command::Chat { from } => logged(chat::run(&config, &from).await),
         Command::CheckConfig => {
-            eprintln!("configuration is valid:\n{config:#?}");
-            Ok(())
+            let summary = Summary::new(&config, app::DEFAULT_SOUL).to_string();
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(summary.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("cannot write the summary: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-    };
+        Command::Health => match health::check(&config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("unhealthy: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Export { number, out } => {
+            printed(data_requests::export(&config.store, &number, out.as_deref()).await)
+        }
+        Command::Erase { number, yes } => {
+            printed(data_requests::erase(&config.store, &number, yes).await)
+        }
+    }
+}
+
+/// A command's end, its error logged.
+fn logged<E: Into<anyhow::Error>>(result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{:#}", error.into());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A data request's end, its error printed for the operator at the terminal (not logged: the
+/// request's outcome is theirs to read), with the exit status it calls for.
+fn printed(result: Result<(), data_requests::RequestError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, App, StartError};
-use crate::config::{Config, HttpLimits};
+use crate::config::{Config, HttpLimits, Summary};
 use crate::{routes, sweeper};
 
 /// How long accepting pauses after an error that is not one client's (out of descriptors):
@@ -71,6 +71,7 @@ pub(crate) enum ServeError {
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
+    Summary::new(&config, app::DEFAULT_SOUL).log();
     app::configure_crisis_resources(&config);
     let address = config.listen_addr();
     let max_connections = connection_cap(config.http.max_connections, open_file_limit());

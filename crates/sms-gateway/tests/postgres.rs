@@ -250,3 +250,19 @@ async fn a_model_answer_holding_a_nul_is_sent_without_it_and_the_next_message_an
         assert_eq!(gateway.metric(&series).await, 0, "{series}");
     }
 }
+
+/// `export` and `erase` on PostgreSQL, while the gateway serves (`common::data_requests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_erase_on_postgres() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(
+        dir.path(),
+        &database_url(&database),
+        &twilio,
+        &model.base_url(),
+    );
+    common::data_requests::export_and_erase(&settings, &model, &twilio, dir.path()).await;
+}

@@ -950,7 +950,10 @@ async fn bad_configuration_lists_every_problem_and_exits_before_listening() {
     .expect("run the gateway");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("SOUL names no soul"), "{stderr}");
+    assert!(
+        stderr.contains("SOUL is \"nobody\", which this build does not have"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("sage") && stderr.contains("pip"),
         "{stderr}"
@@ -1054,4 +1057,214 @@ async fn a_due_event_makes_the_soul_text_first() {
     gateway
         .wait_metric("sms_gateway_turns_total{result=\"answered\"}", 1)
         .await;
+}
+
+/// `export` and `erase` on the SQLite store, while the gateway serves (`common::data_requests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_erase_on_sqlite() {
+    let fixture = Fixture::new().await;
+    common::data_requests::export_and_erase(
+        &fixture.settings,
+        &fixture.model,
+        &fixture.twilio,
+        fixture.dir.path(),
+    )
+    .await;
+}
+
+/// At a terminal (`script` gives the binary one), `erase` says what is stored and erases only
+/// once the number is typed again: anything else erases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_at_a_terminal_asks_for_the_number_again() {
+    let fixture = Fixture::new().await;
+    let number = "+14155550410";
+    let store = fixture.store().await;
+    let settings = soul_persistence::TurnSettings::new(
+        "pip",
+        soul_persistence::Processes::new("initial", ["initial"]),
+    );
+    let now = chrono::Utc::now();
+    let inbound = Inbound {
+        from: Address::new(number),
+        body: "hello".to_owned(),
+        external_id: None,
+        received_at: now,
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = store.begin_turn(&inbound, &settings, now).await.unwrap()
+    else {
+        panic!("a first message starts its turn");
+    };
+    store
+        .commit_turn(&TurnCommit::new(&context), &settings, now)
+        .await
+        .unwrap();
+    let at_a_terminal = |typed: &str| {
+        let mut child = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} erase {number}", env!("CARGO_BIN_EXE_sms-gateway")),
+                "/dev/null",
+            ])
+            .env_clear()
+            .envs(&fixture.settings.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script runs the binary at a terminal of its own");
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{typed}\n").as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+
+    let (status, said) = at_a_terminal("+14155550411");
+    assert_eq!(status, Some(1), "{said}");
+    assert!(
+        said.contains("Stored about this number: 1 conversation messages"),
+        "{said}"
+    );
+    assert!(said.contains("Type the number again"), "{said}");
+    assert!(said.contains("what was typed is not the number"), "{said}");
+    assert!(
+        store
+            .session(&Address::new(number))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let (status, said) = at_a_terminal(number);
+    assert_eq!(status, Some(0), "{said}");
+    assert!(said.contains("erased"), "{said}");
+    assert!(
+        store
+            .session(&Address::new(number))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// With RETENTION_DAYS set, the gateway deletes what is older at its first sweep: an old
+/// conversation's messages, its inbound message and its sent reply go, a recent one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_messages_at_the_first_sweep() {
+    let fixture = Fixture::new().await;
+    let (old, recent) = ("+14155550420", "+14155550421");
+    let store = fixture.store().await;
+    let settings = soul_persistence::TurnSettings::new(
+        "pip",
+        soul_persistence::Processes::new("initial", ["initial"]),
+    );
+    let then = chrono::Utc::now() - chrono::Duration::days(3);
+    let inbound = Inbound {
+        from: Address::new(old),
+        body: "three days ago".to_owned(),
+        external_id: Some(new_sid("SM")),
+        received_at: then,
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = store.begin_turn(&inbound, &settings, then).await.unwrap()
+    else {
+        panic!("a first message starts its turn");
+    };
+    let mut commit = TurnCommit::new(&context);
+    commit.replies.push(soul_engine::Memory::new(
+        soul_engine::Role::Assistant,
+        "old reply",
+        then,
+    ));
+    let committed = store.commit_turn(&commit, &settings, then).await.unwrap();
+    let sent = soul_persistence::DeliveryUpdate {
+        target: soul_persistence::OutboundRef::Id(committed.outbound[0]),
+        status: soul_persistence::DeliveryStatus::Delivered,
+        provider_id: Some(new_sid("SM")),
+        error: None,
+        at: then,
+    };
+    assert!(store.update_delivery(&sent).await.unwrap());
+
+    let gateway = Gateway::start(&fixture.settings.clone().set("RETENTION_DAYS", "1")).await;
+    let (status, _) = gateway
+        .post(&fixture.sms(&gateway, recent, "today <<r1>>"))
+        .await;
+    assert_eq!(status, 200);
+    fixture.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let export = |number: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .export_user(&Address::new(number))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    eventually("the old messages deleted", || async {
+        let old = export(old).await;
+        (old["messages"] == json!([])).then_some(())
+    })
+    .await;
+    let old = export(old).await;
+    assert_eq!(old["inbound_messages"], json!([]));
+    assert_eq!(old["outbound_messages"], json!([]));
+    let recent = export(recent).await;
+    assert_eq!(common::user_texts(&recent), ["today <<r1>>"]);
+    assert!(
+        gateway.logs().contains("retention: old messages deleted"),
+        "{}",
+        gateway.logs()
+    );
+}
+
+/// A base URL without `/v1` is answered 404 by the model server: the person gets the fallback
+/// reply, and the log says where the request went and what the base URL usually looks like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_404_is_explained_in_the_log() {
+    let fixture = Fixture::new().await;
+    let without_v1 = fixture.model.base_url().trim_end_matches("/v1").to_owned();
+    let settings = fixture.settings.clone().set("OPENAI_BASE_URL", &without_v1);
+    let gateway = Gateway::start(&settings).await;
+    let (status, _) = gateway
+        .post(&fixture.sms(&gateway, "+14155550430", "hello"))
+        .await;
+    assert_eq!(status, 200);
+    fixture.twilio.wait_for_messages(1, common::PATIENCE).await;
+    let logs = gateway.logs();
+    assert!(
+        logs.contains(&format!(
+            "the model server answered 404 to {without_v1}/chat/completions"
+        )) && logs.contains("usually ends in /v1"),
+        "{logs}"
+    );
+}
+
+/// `serve` logs what it runs once at start, as `check-config` prints it, and no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_its_configuration_once_at_start() {
+    let fixture = Fixture::new().await;
+    let gateway = Gateway::start(&fixture.settings).await;
+    let logs = gateway.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(" configuration "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let line = lines[0];
+    for expected in [
+        "INFO",
+        "soul=pip",
+        "store=SQLite, the file",
+        &format!("webhook={}/twilio/sms", gateway.url),
+        &format!("sender={TWILIO_FROM}, through Twilio account"),
+        "retention=messages kept until erased",
+    ] {
+        assert!(line.contains(expected), "{expected:?} not in {line}");
+    }
+    assert_not_logged(&gateway, &[fixture.twilio.auth_token(), "test-key"]);
 }

@@ -139,3 +139,18 @@ async fn postgrest_restarting_mid_turn_refuses_webhooks_at_once_and_loses_nothin
     let store = project.database_store().await;
     outage.after(refused, &store).await;
 }
+
+/// `export` and `erase` on the Supabase store, over its REST API, while the gateway serves
+/// (`common::data_requests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_erase_on_supabase() {
+    let project = Project::new().await;
+    let model = EchoModel::start().await;
+    common::data_requests::export_and_erase(
+        &project.settings(&model),
+        &model,
+        &project.twilio,
+        project.dir.path(),
+    )
+    .await;
+}

@@ -16,6 +16,7 @@ use crate::{Address, Store, StoreFuture};
 mod concurrency;
 #[cfg(test)]
 mod coverage;
+mod data_requests;
 mod events;
 mod fixtures;
 mod opt_out;
@@ -26,6 +27,7 @@ mod sessions;
 mod turns;
 
 pub use concurrency::*;
+pub use data_requests::*;
 pub use events::*;
 pub use opt_out::*;
 pub use outbox::*;
@@ -90,7 +92,11 @@ macro_rules! conformance_suite {
             an_event_turn_lists_the_other_events_and_an_event_waits_with_the_messages,
             a_turn_lists_at_most_pending_limit_of_each,
             old_messages_are_deleted,
+            retention_deletes_every_copy_of_an_old_message,
             export_and_erase_one_user,
+            export_holds_every_column_of_the_schema,
+            erasing_someone_who_opted_out_keeps_only_their_opt_out,
+            erasure_waits_for_a_running_turn,
             concurrent_first_messages_make_one_session,
             many_senders_many_workers_exactly_once_in_order,
         );

@@ -87,7 +87,10 @@ pub async fn no_row_is_not_an_error(harness: &dyn Harness) {
             .is_empty()
     );
     assert!(store.export_user(&nobody).await.expect("export").is_none());
-    assert!(!store.erase_user(&nobody).await.expect("erase"));
+    assert_eq!(
+        store.erase_user(&nobody, t0()).await.expect("erase"),
+        crate::Erasure::Unknown
+    );
     assert!(
         !store
             .set_opt_out(&nobody, true, t0())

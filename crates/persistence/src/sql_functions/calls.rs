@@ -88,6 +88,7 @@ calls! {
     DeleteOldMessages => "soul_delete_old_messages", idempotent: true, intake: false;
     /// `export_user`: a read of nine tables in one snapshot.
     ExportUser => "soul_export_user", idempotent: true, intake: false;
-    /// `erase_user`: a delete (every other table cascades from the session).
+    /// `erase_user`: a delete (every other table cascades from the session); a repeat finds
+    /// nothing, or the opt-out record it left and leaves the same again.
     EraseUser => "soul_erase_user", idempotent: true, intake: false;
 }

@@ -22,7 +22,7 @@ use self::calls::Call;
 pub use self::postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnections, PgStore};
 pub use self::postgrest::{PostgrestRpc, SupabaseConfig, SupabaseStore};
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
@@ -285,13 +285,14 @@ impl<T: Transport> Store for SqlFunctionStore<T> {
         })
     }
 
-    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
+    fn erase_user<'a>(
+        &'a self,
+        address: &'a Address,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Erasure> {
         Box::pin(async move {
-            let request = wire::address_request(address);
-            wire::flag(
-                &self.transport.call(Call::EraseUser, request).await?,
-                "found",
-            )
+            let request = wire::erase_request(address, now);
+            wire::erasure(&self.transport.call(Call::EraseUser, request).await?)
         })
     }
 }

@@ -1,22 +1,25 @@
 //! What a person or an operator asks of their data: export, erasure and retention.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 use soul_engine::Memory;
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
+use uuid::Uuid;
 
-use super::rows::{parse_json, session_from, ts};
+use super::rows::{lease_live, parse_json, parse_ts, session_from, session_row, ts};
 use super::sessions::history;
 use crate::driver::Result;
-use crate::types::{Address, Session};
+use crate::types::{Address, Erasure, Session};
 
 /// Everything stored about `address`, as `public.soul_export_user` answers; `None` if unknown.
 pub(super) async fn export(
     conn: &mut SqliteConnection,
     address: &Address,
 ) -> Result<Option<Value>> {
-    use ColumnKind::{Json, Text};
+    use ColumnKind::{Integer, Json, Text};
     let row = sqlx::query("select * from user_sessions where phone_number = ?")
         .bind(address.as_str())
         .fetch_optional(&mut *conn)
@@ -39,9 +42,16 @@ pub(super) async fn export(
         }),
         None => Value::Null,
     };
+    let opted_out_at = row
+        .try_get::<Option<String>, _>("opted_out_at")?
+        .as_deref()
+        .map(parse_ts)
+        .transpose()?;
+    let mut session_json = serde_json::to_value(SessionJson(&session))?;
+    session_json["opted_out_at"] = serde_json::to_value(opted_out_at)?;
     Ok(Some(json!({
-        "session": serde_json::to_value(SessionJson(&session))?,
-        "messages": serde_json::to_value(&messages)?,
+        "session": session_json,
+        "messages": with_message_sids(conn, &id, serde_json::to_value(&messages)?).await?,
         "soul_memories": rows_as_json(conn,
             "select key, value, updated_at from soul_memories where session_id = ? order by key",
             &id, &[("key", Text), ("value", Json), ("updated_at", Text)]).await?,
@@ -55,21 +65,58 @@ pub(super) async fn export(
              order by seq",
             &id, &[("snapshot", Json), ("created_at", Text)]).await?,
         "inbound_messages": rows_as_json(conn,
-            "select external_id, body, received_at, status, kind, event from inbound_messages
-             where session_id = ? order by seq",
-            &id, &[("external_id", Text), ("body", Text), ("received_at", Text), ("status", Text),
-                ("kind", Text), ("event", Json)])
+            "select id, external_id, body, received_at, status, attempts, started_at, finished_at,
+               kind, event
+             from inbound_messages where session_id = ? order by seq",
+            &id, &[("id", Text), ("external_id", Text), ("body", Text), ("received_at", Text),
+                ("status", Text), ("attempts", Integer), ("started_at", Text),
+                ("finished_at", Text), ("kind", Text), ("event", Json)])
             .await?,
         "outbound_messages": rows_as_json(conn,
-            "select id, body, status, provider_id, created_at from outbound_messages
-             where session_id = ? order by seq",
-            &id, &[("id", Text), ("body", Text), ("status", Text), ("provider_id", Text),
-                ("created_at", Text)]).await?,
+            "select id, body, status, claimed_until, provider_id, error, created_at, updated_at
+             from outbound_messages where session_id = ? order by seq",
+            &id, &[("id", Text), ("body", Text), ("status", Text), ("claimed_until", Text),
+                ("provider_id", Text), ("error", Text), ("created_at", Text),
+                ("updated_at", Text)]).await?,
         "scheduled_events": rows_as_json(conn,
-            "select key, kind, payload, due_at from scheduled_events where session_id = ?
-             order by key",
-            &id, &[("key", Text), ("kind", Text), ("payload", Json), ("due_at", Text)]).await?,
+            "select id, key, kind, payload, due_at, claimed_until, created_at
+             from scheduled_events where session_id = ? order by key",
+            &id, &[("id", Text), ("key", Text), ("kind", Text), ("payload", Json),
+                ("due_at", Text), ("claimed_until", Text), ("created_at", Text)]).await?,
     })))
+}
+
+/// `messages` (the session's conversation, as the history reads it) as
+/// `public.soul_export_user` writes them: with each message's `message_sid`, and with the
+/// fields a memory's JSON leaves out when empty.
+async fn with_message_sids(
+    conn: &mut SqliteConnection,
+    session: &str,
+    mut messages: Value,
+) -> Result<Value> {
+    let sids: HashMap<String, Option<String>> =
+        sqlx::query_as("select id, message_sid from messages where session_id = ?")
+            .bind(session)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    for message in messages.as_array_mut().into_iter().flatten() {
+        let sid = message["id"]
+            .as_str()
+            .and_then(|id| sids.get(id).cloned().flatten());
+        message["message_sid"] = sid.map_or(Value::Null, Value::String);
+        if let Some(fields) = message.as_object_mut() {
+            for (field, empty) in [
+                ("name", Value::Null),
+                ("region", Value::Null),
+                ("metadata", json!({})),
+            ] {
+                fields.entry(field).or_insert(empty);
+            }
+        }
+    }
+    Ok(messages)
 }
 
 async fn rows_as_json(
@@ -83,11 +130,17 @@ async fn rows_as_json(
     for row in rows {
         let mut object = Map::new();
         for (column, kind) in columns {
-            let text: Option<String> = row.try_get(*column)?;
-            let value = match (text, kind) {
-                (None, _) => Value::Null,
-                (Some(text), ColumnKind::Json) => parse_json(&text)?,
-                (Some(text), ColumnKind::Text) => Value::String(text),
+            let value = match kind {
+                ColumnKind::Integer => row
+                    .try_get::<Option<i64>, _>(*column)?
+                    .map_or(Value::Null, Value::from),
+                ColumnKind::Json => match row.try_get::<Option<String>, _>(*column)? {
+                    Some(text) => parse_json(&text)?,
+                    None => Value::Null,
+                },
+                ColumnKind::Text => row
+                    .try_get::<Option<String>, _>(*column)?
+                    .map_or(Value::Null, Value::String),
             };
             object.insert((*column).to_owned(), value);
         }
@@ -99,6 +152,7 @@ async fn rows_as_json(
 #[derive(Clone, Copy)]
 enum ColumnKind {
     Text,
+    Integer,
     Json,
 }
 
@@ -123,29 +177,90 @@ impl serde::Serialize for SessionJson<'_> {
     }
 }
 
-/// Deletes the messages older than `days` before `now`, of `address` or of everyone; how many.
+/// Retention, as `public.soul_delete_old_messages` does it: the messages older than `days`
+/// before `now`, of `address` or of everyone, counted; inbound messages whose turn is done and
+/// replies no longer pending, as old; and the snapshot, process state and process memories of
+/// the sessions with no turn since then.
 pub(super) async fn delete_messages_older_than(
     conn: &mut SqliteConnection,
     address: Option<&Address>,
     days: u32,
     now: DateTime<Utc>,
 ) -> Result<u64> {
-    let done = sqlx::query(
-        "delete from messages where created_at < ?1 and (?2 is null or session_id =
-           (select id from user_sessions where phone_number = ?2))",
-    )
-    .bind(ts(now - Duration::days(i64::from(days))))
-    .bind(address.map(Address::as_str))
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
+    let before = ts(now - Duration::days(i64::from(days)));
+    let address = address.map(Address::as_str);
+    let mut deleted = 0;
+    for (index, statement) in [
+        "delete from messages where created_at < ?1 and session_id in
+           (select id from user_sessions where ?2 is null or phone_number = ?2)",
+        "delete from inbound_messages where received_at < ?1 and status = 'done' and session_id in
+           (select id from user_sessions where ?2 is null or phone_number = ?2)",
+        "delete from outbound_messages where created_at < ?1 and status <> 'pending'
+           and session_id in (select id from user_sessions where ?2 is null or phone_number = ?2)",
+        "delete from working_memory_snapshots where session_id in (select id from user_sessions
+           where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
+        "delete from mental_process_state where session_id in (select id from user_sessions
+           where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
+        "delete from process_memories where session_id in (select id from user_sessions
+           where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let done = sqlx::query(statement)
+            .bind(&before)
+            .bind(address)
+            .execute(&mut *conn)
+            .await?;
+        // The count is of the conversation's messages, the first statement's.
+        if index == 0 {
+            deleted = done.rows_affected();
+        }
+    }
+    Ok(deleted)
 }
 
-/// Deletes `address`'s session, and with it (cascades) everything else; whether it existed.
-pub(super) async fn erase_user(conn: &mut SqliteConnection, address: &Address) -> Result<bool> {
-    let done = sqlx::query("delete from user_sessions where phone_number = ?")
+/// Erases `address`, as `public.soul_erase_user` does: refused while a turn runs at `now`;
+/// otherwise the session goes and every other table with it, and a person who opted out keeps
+/// a session row with the number and the opt-out time alone, under a new id and at version 0.
+pub(super) async fn erase_user(
+    conn: &mut SqliteConnection,
+    address: &Address,
+    now: DateTime<Utc>,
+) -> Result<Erasure> {
+    let row = sqlx::query("select * from user_sessions where phone_number = ?")
         .bind(address.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Erasure::Unknown);
+    };
+    let session = session_row(&row)?;
+    if lease_live(&session, &ts(now)) {
+        let until = session.lease_expires_at.as_deref().unwrap_or_default();
+        return Ok(Erasure::TurnRunning {
+            lease_expires_at: parse_ts(until)?,
+        });
+    }
+    let persona: String = row.try_get("assigned_persona")?;
+    let opted_out_at: Option<String> = row.try_get("opted_out_at")?;
+    sqlx::query("delete from user_sessions where id = ?")
+        .bind(&session.id)
         .execute(&mut *conn)
         .await?;
-    Ok(done.rows_affected() > 0)
+    if let Some(opted_out_at) = &opted_out_at {
+        sqlx::query(
+            "insert into user_sessions (id, phone_number, assigned_persona, first_contact_at,
+               last_active_at, opted_out_at) values (?1, ?2, ?3, ?4, ?4, ?4)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(address.as_str())
+        .bind(&persona)
+        .bind(opted_out_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Erasure::Erased {
+        opt_out_kept: opted_out_at.is_some(),
+    })
 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::driver::{Result, operation};
 use crate::types::{
-    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, EventOutcome, Inbound, Lease,
+    Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
@@ -255,7 +255,13 @@ impl Store for SqliteStore {
         operation(async move { write_tx!(self, conn => { data::export(conn, address).await }) })
     }
 
-    fn erase_user<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, bool> {
-        operation(async move { write_tx!(self, conn => { data::erase_user(conn, address).await }) })
+    fn erase_user<'a>(
+        &'a self,
+        address: &'a Address,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Erasure> {
+        operation(
+            async move { write_tx!(self, conn => { data::erase_user(conn, address, now).await }) },
+        )
     }
 }

@@ -22,7 +22,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _, Stderr, Stdout};
 
 use self::input::{Input, Line};
 use self::look::Look;
-use crate::app::{self, StartError, sqlite_path};
+use crate::app::{self, StartError};
+use crate::config::sqlite_path;
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 

@@ -1,11 +1,12 @@
 //! The HTTP listener: its port, how it bounds its clients, and who may read the operations
 //! endpoints.
 
+use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::reader::Reader;
-use super::secret::Secret;
+use super::secret::{self, Secret};
 
 pub(super) const DEFAULT_PORT: u16 = 8080;
 
@@ -35,7 +36,35 @@ pub(crate) struct HttpLimits {
     pub(crate) metrics_token: Option<Secret>,
 }
 
+/// The URL Twilio calls (`PUBLIC_URL`), without a trailing slash. It may carry a user and a
+/// password (basic authentication in front of the gateway): `Debug` and [`PublicUrl::shown`]
+/// replace the password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct PublicUrl(String);
+
+impl PublicUrl {
+    /// The URL as configured, password included: what webhook signatures are checked against.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password, if any, as `****`.
+    pub(crate) fn shown(&self) -> String {
+        secret::redacted_url(&self.0)
+    }
+}
+
+impl fmt::Debug for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
 impl Reader<'_> {
+    pub(super) fn public_url(&mut self) -> Option<PublicUrl> {
+        self.url("PUBLIC_URL").map(PublicUrl)
+    }
+
     pub(super) fn http(&mut self) -> HttpLimits {
         HttpLimits {
             max_connections: self

@@ -39,6 +39,7 @@ mod reader;
 mod secret;
 mod sources;
 mod store;
+mod summary;
 #[cfg(test)]
 mod testing;
 mod turns;
@@ -46,11 +47,12 @@ mod twilio;
 
 #[cfg(fuzzing)]
 pub(crate) use fuzz::fuzz_check;
-pub(crate) use listener::HttpLimits;
+pub(crate) use listener::{HttpLimits, PublicUrl};
 pub(crate) use model::ModelConfig;
-pub(crate) use secret::Secret;
+pub(crate) use secret::{Secret, redacted_url};
 pub(crate) use sources::load;
-pub(crate) use store::StoreConfig;
+pub(crate) use store::{StoreConfig, sqlite_path};
+pub(crate) use summary::Summary;
 pub(crate) use twilio::{Sender, TwilioConfig};
 
 /// What the command being run needs; each level needs everything the one before it does.
@@ -82,7 +84,7 @@ pub(crate) struct Config {
     pub(crate) port: u16,
     /// The URL Twilio calls, without a trailing slash: webhook signatures are checked against
     /// it plus the request path, never against `Host`. Required for `serve`.
-    pub(crate) public_url: Option<String>,
+    pub(crate) public_url: Option<PublicUrl>,
     /// Twilio; always present for `serve`.
     pub(crate) twilio: Option<TwilioConfig>,
     /// The model; always present for `chat` and `serve`.
@@ -129,6 +131,8 @@ pub(crate) struct Config {
     pub(crate) http: HttpLimits,
     /// The most SMS segments a reply may take; a longer one is cut where a sentence ends.
     pub(crate) max_reply_segments: u8,
+    /// How many days messages are kept (`RETENTION_DAYS`); `None` keeps them until erased.
+    pub(crate) retention_days: Option<NonZeroU32>,
 }
 
 impl Config {
@@ -151,15 +155,19 @@ impl Config {
             problems: Vec::new(),
         };
         let bind = reader
-            .parsed("BIND", "not an IP address", |text| text.parse().ok())
+            .parsed(
+                "BIND",
+                "not an IP address such as 127.0.0.1 or 0.0.0.0",
+                |text| text.parse().ok(),
+            )
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let port = reader
-            .parsed("PORT", "not a port number (0-65535)", |text| {
+            .parsed("PORT", "not a port number from 0 to 65535", |text| {
                 text.parse().ok()
             })
             .unwrap_or(DEFAULT_PORT);
         let http = reader.http();
-        let public_url = reader.url("PUBLIC_URL", false);
+        let public_url = reader.public_url();
         if reader.get("PUBLIC_URL").is_none() && level >= Level::Serve {
             reader.missing("PUBLIC_URL", "to check Twilio's webhook signatures");
         }
@@ -169,6 +177,7 @@ impl Config {
         let session_timeout = reader
             .duration("SESSION_TIMEOUT")
             .unwrap_or(DEFAULT_SESSION_TIMEOUT);
+        let retention_days = reader.retention_days(session_timeout);
         let soul = reader.get("SOUL").map(str::to_owned);
         let help_text = reader.get("HELP_TEXT").map(str::to_owned);
         let log_format = reader
@@ -200,11 +209,11 @@ impl Config {
             .duration("OUTBOX_RETRY_AFTER")
             .unwrap_or(DEFAULT_OUTBOX_RETRY_AFTER);
         if outbox_retry_after < MIN_OUTBOX_RETRY_AFTER {
-            reader.problems.push(Problem::Malformed {
-                key: "OUTBOX_RETRY_AFTER".to_owned(),
-                reason: "shorter than 1s: a reply's sender holds its claim on it this long, and \
-                         needs that long at least for Twilio to answer",
-            });
+            reader.malformed(
+                "OUTBOX_RETRY_AFTER",
+                "shorter than 1s: a reply's sender holds its claim on it this long, and needs \
+                 that long at least for Twilio to answer",
+            );
         }
         let sweep_interval = reader
             .duration("SWEEP_INTERVAL")
@@ -226,7 +235,7 @@ impl Config {
             .unwrap_or(DEFAULT_MODEL_RETRY_BUDGET);
         if model_retry_budget < model_timeout {
             reader.problems.push(Problem::Conflict {
-                keys: "MODEL_RETRY_BUDGET and MODEL_TIMEOUT",
+                keys: "MODEL_RETRY_BUDGET and MODEL_TIMEOUT".to_owned(),
                 reason: "the budget covers every attempt of a model call, so it must be at least \
                          one attempt's time limit",
             });
@@ -234,7 +243,7 @@ impl Config {
         let max_reply_segments = reader.max_reply_segments();
         if turn_lease <= model_retry_budget {
             reader.problems.push(Problem::Conflict {
-                keys: "TURN_LEASE and MODEL_RETRY_BUDGET",
+                keys: "TURN_LEASE and MODEL_RETRY_BUDGET".to_owned(),
                 reason: "the lease must outlast a model call's whole retry budget, or a slow turn \
                          is taken over while it runs",
             });
@@ -265,6 +274,7 @@ impl Config {
                 model_retry_budget,
                 http,
                 max_reply_segments,
+                retention_days,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -313,7 +323,7 @@ mod tests {
         let config = Config::from_values(&values, Level::Serve).unwrap();
         assert_eq!(config.listen_addr(), "0.0.0.0:3000".parse().unwrap());
         assert_eq!(
-            config.public_url.as_deref(),
+            config.public_url.as_ref().map(PublicUrl::as_str),
             Some("https://soul.example.org")
         );
         let twilio = config.twilio.as_ref().unwrap();
@@ -339,9 +349,17 @@ mod tests {
     fn debug_never_shows_secrets() {
         let mut values = serve_values();
         values.insert("DATABASE_URL".into(), "postgres://u:hunter2@db/soul".into());
+        values.insert(
+            "PUBLIC_URL".into(),
+            "https://twilio:open-sesame@soul.example.org".into(),
+        );
         let config = Config::from_values(&values, Level::Serve).unwrap();
         let debug = format!("{config:?}");
-        for secret in ["token-value", "sk-secret", "hunter2"] {
+        assert!(
+            debug.contains("https://twilio:****@soul.example.org"),
+            "{debug}"
+        );
+        for secret in ["token-value", "sk-secret", "hunter2", "open-sesame"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
         assert_eq!(Secret::new("x").to_string(), "<redacted>");
@@ -451,10 +469,58 @@ mod tests {
         );
         // Only malformed problems: a present-but-bad value is not also "missing".
         assert_eq!(found.len(), malformed.len(), "{found:?}");
+        // What was given is shown with what is expected, but nothing after a database URL's
+        // scheme, which may hold a password.
         let message = ConfigError { problems: found }.to_string();
-        for value in ["localhost:80", "ACnope", "555-1234", "mysql"] {
-            assert!(!message.contains(value), "{value} in {message}");
+        for shown in [
+            "BIND is \"localhost:80\": not an IP address",
+            "PORT is \"70000\": not a port number from 0 to 65535",
+            "TWILIO_ACCOUNT_SID is \"ACnope\"",
+            "TWILIO_FROM is \"555-1234\"",
+            "TWILIO_API_BASE is \"ftp://api.twilio.com\": not an http:// or https:// URL",
+            "DATABASE_URL is \"mysql:…\"",
+            "LOG_FORMAT is \"xml\"",
+        ] {
+            assert!(message.contains(shown), "{shown:?} not in {message}");
         }
+        assert!(!message.contains("db/soul"), "{message}");
+    }
+
+    /// Each malformed URL says what is wrong with it, and a password in it is not shown.
+    #[test]
+    fn url_problems_name_their_cause_and_hide_passwords() {
+        let problem = |url: &str| {
+            let found = problems(&values(&[("PUBLIC_URL", url)]), Level::Migrate);
+            ConfigError { problems: found }.to_string()
+        };
+        let query = problem("https://sms.example.org/hook?x=1");
+        assert!(query.contains("a URL with a query string"), "{query}");
+        assert!(!query.contains("fragment"), "{query}");
+        let fragment = problem("https://sms.example.org/#top");
+        assert!(fragment.contains("a URL with a fragment"), "{fragment}");
+        let password = problem("https://twilio:open-sesame@sms.example.org/?x=1");
+        assert!(
+            password.contains("\"https://twilio:****@sms.example.org/?x=1\""),
+            "{password}"
+        );
+        assert!(!password.contains("open-sesame"), "{password}");
+    }
+
+    /// A conflict names the settings that are set, not one that is missing.
+    #[test]
+    fn a_store_conflict_names_what_is_set() {
+        let found = problems(
+            &values(&[
+                ("DATABASE_URL", "postgres://db/soul"),
+                ("SUPABASE_SERVICE_KEY", "k"),
+            ]),
+            Level::Migrate,
+        );
+        assert!(
+            matches!(found.as_slice(), [Problem::Conflict { keys, .. }]
+                if keys == "DATABASE_URL and SUPABASE_SERVICE_KEY"),
+            "{found:?}"
+        );
     }
 
     #[test]

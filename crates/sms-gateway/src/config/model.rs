@@ -31,7 +31,7 @@ pub(crate) struct ModelConfig {
 impl Reader<'_> {
     pub(super) fn model(&mut self, level: Level) -> Option<ModelConfig> {
         let api_key = self.secret("OPENAI_API_KEY");
-        let base_url = self.url("OPENAI_BASE_URL", false);
+        let base_url = self.url("OPENAI_BASE_URL");
         let model = self.get("SOUL_MODEL").unwrap_or(DEFAULT_MODEL).to_owned();
         if api_key.is_none() && self.get("OPENAI_BASE_URL").is_none() {
             if level >= Level::Chat {
@@ -91,17 +91,19 @@ mod tests {
             [
                 Problem::Malformed {
                     key: "MODEL_TIMEOUT".to_owned(),
-                    reason: "not a positive duration such as 1h or 90m",
+                    value: Some("0s".to_owned()),
+                    reason: "not a positive duration such as 1h, 90m or 500ms",
                 },
                 Problem::Malformed {
                     key: "MODEL_RETRY_BUDGET".to_owned(),
-                    reason: "not a positive duration such as 1h or 90m",
+                    value: Some("a while".to_owned()),
+                    reason: "not a positive duration such as 1h, 90m or 500ms",
                 },
             ]
         );
 
         // A budget shorter than one attempt, and a lease the default budget outlasts.
-        let conflicts: Vec<&str> = problems(
+        let conflicts: Vec<String> = problems(
             &values(&[("MODEL_RETRY_BUDGET", "10s"), ("TURN_LEASE", "5s")]),
             Level::Migrate,
         )

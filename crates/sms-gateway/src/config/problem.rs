@@ -15,18 +15,21 @@ pub(crate) enum Problem {
         why: &'static str,
     },
     /// A setting's value is not of the expected form.
-    #[error("{key} is malformed: {reason}")]
+    #[error("{key} {}: {reason}", shown(.value.as_deref()))]
     Malformed {
         /// The setting.
         key: String,
-        /// What form was expected.
+        /// What may be shown of the value: all of it, but never a secret's, nor a URL's
+        /// password (`Reader::shown`); `None` shows none of it.
+        value: Option<String>,
+        /// What is wrong, and what form was expected.
         reason: &'static str,
     },
     /// Settings that cannot be used together.
     #[error("{keys}: {reason}")]
     Conflict {
-        /// The settings, as written in the message.
-        keys: &'static str,
+        /// The settings, as written in the message: those that are set.
+        keys: String,
         /// Why they conflict.
         reason: &'static str,
     },
@@ -39,8 +42,10 @@ pub(crate) enum Problem {
         key: String,
     },
     /// `SOUL` names a soul this build does not have.
-    #[error("SOUL names no soul of this build ({known})")]
+    #[error("SOUL is {soul:?}, which this build does not have: it has {known}")]
     UnknownSoul {
+        /// The soul asked for.
+        soul: String,
         /// The souls this build has, comma-separated.
         known: String,
     },
@@ -52,6 +57,14 @@ pub(crate) enum Problem {
         /// Why.
         reason: String,
     },
+}
+
+/// How a malformed value is shown: quoted, or not at all.
+fn shown(value: Option<&str>) -> String {
+    match value {
+        Some(value) => format!("is {value:?}"),
+        None => "is malformed".to_owned(),
+    }
 }
 
 /// Everything wrong with the configuration.

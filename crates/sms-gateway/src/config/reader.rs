@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::problem::Problem;
-use super::secret::Secret;
+use super::secret::{self, Secret};
 
 /// Reads settings out of the map, collecting problems as it goes.
 pub(super) struct Reader<'a> {
@@ -26,9 +26,12 @@ impl Reader<'_> {
         self.problems.push(Problem::Missing { key, why });
     }
 
+    /// `key`'s value is malformed for `reason`; the problem shows what of it may be shown.
     pub(super) fn malformed(&mut self, key: &str, reason: &'static str) {
+        let value = self.get(key).and_then(|text| shown(key, text));
         self.problems.push(Problem::Malformed {
             key: key.to_owned(),
+            value,
             reason,
         });
     }
@@ -50,32 +53,88 @@ impl Reader<'_> {
 
     /// A positive duration such as `90s`, `1h` or `500ms`.
     pub(super) fn duration(&mut self, key: &str) -> Option<Duration> {
-        self.parsed(key, "not a positive duration such as 1h or 90m", |text| {
-            humantime::parse_duration(text)
-                .ok()
-                .filter(|d| !d.is_zero())
-        })
+        self.parsed(
+            key,
+            "not a positive duration such as 1h, 90m or 500ms",
+            |text| {
+                humantime::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+            },
+        )
     }
 
     pub(super) fn secret(&self, key: &str) -> Option<Secret> {
         self.get(key).map(Secret::new)
     }
 
-    /// An absolute http(s) URL, trailing slash removed; `with_query` allows a query string.
-    pub(super) fn url(&mut self, key: &str, with_query: bool) -> Option<String> {
-        self.parsed(
-            key,
-            "not an absolute http(s) URL without a fragment",
-            |text| {
-                let url = url::Url::parse(text).ok()?;
-                let fits = matches!(url.scheme(), "http" | "https")
-                    && url.host_str().is_some_and(|host| !host.is_empty())
-                    && url.fragment().is_none()
-                    && (with_query || url.query().is_none());
-                // The text, not the parsed URL: Twilio signs the URL exactly as configured.
-                fits.then(|| text.trim_end_matches('/').to_owned())
-            },
+    /// An absolute http(s) URL without a query or a fragment, trailing slash removed.
+    pub(super) fn url(&mut self, key: &str) -> Option<String> {
+        let text = self.get(key)?;
+        match url_problem(text) {
+            // The text, not the parsed URL: Twilio signs the URL exactly as configured.
+            None => Some(text.trim_end_matches('/').to_owned()),
+            Some(reason) => {
+                self.malformed(key, reason);
+                None
+            }
+        }
+    }
+}
+
+/// What is wrong with `text` as a base URL, if anything.
+fn url_problem(text: &str) -> Option<&'static str> {
+    let Ok(url) = url::Url::parse(text) else {
+        return Some("not an absolute URL such as https://sms.example.org");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        Some("not an http:// or https:// URL")
+    } else if url.host_str().is_none_or(str::is_empty) {
+        Some("a URL without a host")
+    } else if url.query().is_some() {
+        Some(
+            "a URL with a query string (?…): give it without one, as the paths the gateway \
+             adds go after it",
         )
+    } else if url.fragment().is_some() {
+        Some("a URL with a fragment (#…): give it without one")
+    } else {
+        None
+    }
+}
+
+/// What a problem may show of `key`'s value `text`: nothing of a secret (or of a text that
+/// may be long and personal), a URL without its password, a database URL's scheme alone (it
+/// may hold a password where a URL parser would not find it), anything else cut to 60
+/// characters.
+fn shown(key: &str, text: &str) -> Option<String> {
+    const URLS: [&str; 4] = [
+        "PUBLIC_URL",
+        "SUPABASE_URL",
+        "OPENAI_BASE_URL",
+        "TWILIO_API_BASE",
+    ];
+    if secret::is_secret(key) {
+        None
+    } else if key == "DATABASE_URL" {
+        text.split_once(':')
+            .map(|(scheme, _)| format!("{scheme}:…"))
+    } else if URLS.contains(&key) {
+        match url::Url::parse(text) {
+            Ok(_) => Some(cut(&secret::redacted_url(text))),
+            // Unparsed, a password cannot be told apart: shown only without any `@`.
+            Err(_) => (!text.contains('@')).then(|| cut(text)),
+        }
+    } else {
+        Some(cut(text))
+    }
+}
+
+/// `text`, cut to 60 characters.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 

@@ -48,43 +48,18 @@ pub(crate) const KEYS: &[&str] = &[
     "MODEL_TIMEOUT",
     "MODEL_RETRY_BUDGET",
     "MAX_REPLY_SEGMENTS",
+    "RETENTION_DAYS",
 ];
 
 /// Loads the configuration for `level` from the TOML file `config_file` (the `--config`
 /// argument) or else the one named by `SOUL_CONFIG`, if any, with the environment overriding it,
-/// and checks it against what this build can run (`souls`: the registered soul names).
+/// and checks it against what this build can run (`souls`: the registered soul names). Every
+/// problem is reported at once, the soul's among them.
 pub(crate) fn load(
     level: Level,
     config_file: Option<&Path>,
     souls: &[&str],
 ) -> Result<Config, ConfigError> {
-    match load_values(level, config_file) {
-        Ok(config) => {
-            let problems = check_supported(&config, souls);
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(ConfigError { problems })
-            }
-        }
-        Err(error) => Err(error),
-    }
-}
-
-/// What a valid configuration asks for that this build cannot do: a soul it does not have.
-pub(crate) fn check_supported(config: &Config, souls: &[&str]) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    if let Some(soul) = &config.soul
-        && !souls.contains(&soul.as_str())
-    {
-        problems.push(Problem::UnknownSoul {
-            known: souls.join(", "),
-        });
-    }
-    problems
-}
-
-fn load_values(level: Level, config_file: Option<&Path>) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let env = environment(&mut problems);
     let path = config_file.map(Path::to_path_buf).or_else(|| {
@@ -97,14 +72,32 @@ fn load_values(level: Level, config_file: Option<&Path>) -> Result<Config, Confi
         None => BTreeMap::new(),
     };
     values.extend(env);
-    match Config::from_values(&values, level) {
-        Ok(config) if problems.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigError { problems }),
+    let config = Config::from_values(&values, level);
+    let unknown_soul = unknown_soul(&values, souls);
+    match config {
+        Ok(config) if problems.is_empty() && unknown_soul.is_none() => Ok(config),
+        Ok(_) => {
+            problems.extend(unknown_soul);
+            Err(ConfigError { problems })
+        }
         Err(error) => {
             problems.extend(error.problems);
+            problems.extend(unknown_soul);
             Err(ConfigError { problems })
         }
     }
+}
+
+/// `SOUL` naming a soul this build does not have (`souls`), whatever else is wrong.
+pub(crate) fn unknown_soul(values: &BTreeMap<String, String>, souls: &[&str]) -> Option<Problem> {
+    let soul = values
+        .get("SOUL")
+        .map(|value| value.trim())
+        .filter(|value| !value.is_empty())?;
+    (!souls.contains(&soul)).then(|| Problem::UnknownSoul {
+        soul: soul.to_owned(),
+        known: souls.join(", "),
+    })
 }
 
 /// The settings present in the process environment.
@@ -120,6 +113,7 @@ fn environment(problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
             }
             Err(_) => problems.push(Problem::Malformed {
                 key: (*key).to_owned(),
+                value: None,
                 reason: "not valid UTF-8",
             }),
         }
@@ -150,16 +144,18 @@ pub(crate) fn parse_toml(
     let mut values = BTreeMap::new();
     match text.parse::<toml::Table>() {
         Ok(table) => flatten(&table, "", path, &mut values, problems),
-        // The parser's message quotes the offending line, which may hold a secret: give only
-        // where it is.
+        // The error's display quotes the offending line, which may hold a secret: give where
+        // it is and the parser's description alone ("invalid basic string, expected `"`",
+        // "duplicate key"), which quotes nothing of the file.
         Err(error) => problems.push(Problem::File {
             path: path.to_owned(),
             reason: match error.span() {
                 Some(span) => format!(
-                    "invalid TOML at line {}",
-                    text[..span.start.min(text.len())].lines().count().max(1)
+                    "invalid TOML at line {}: {}",
+                    text[..span.start.min(text.len())].lines().count().max(1),
+                    error.message()
                 ),
-                None => "invalid TOML".to_owned(),
+                None => format!("invalid TOML: {}", error.message()),
             },
         }),
     }
@@ -188,6 +184,7 @@ fn flatten(
                 if KEYS.contains(&key.as_str()) {
                     problems.push(Problem::Malformed {
                         key,
+                        value: None,
                         reason: "not a string or number",
                     });
                 } else {
@@ -268,7 +265,10 @@ api_key = "sk-file"
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(message.contains("invalid TOML at line 2"), "{message}");
+        assert!(
+            message.contains("invalid TOML at line 2: invalid basic string, expected `\"`"),
+            "{message}"
+        );
         assert!(!message.contains("sk-unterminated"), "{message}");
 
         found.clear();
@@ -305,25 +305,48 @@ api_key = "sk-file"
     }
 
     #[test]
-    fn unsupported_stores_and_unknown_souls_are_refused() {
+    fn unknown_souls_are_refused_and_named() {
         let souls = ["sage", "pip"];
-        let config = Config::from_values(
-            &values(&[
-                ("SUPABASE_URL", "https://p.supabase.co"),
-                ("SUPABASE_SERVICE_KEY", "k"),
-                ("SOUL", "samantha"),
-            ]),
-            Level::Migrate,
-        )
-        .unwrap();
-        let problems = check_supported(&config, &souls);
         assert_eq!(
-            problems,
-            [Problem::UnknownSoul {
+            unknown_soul(&values(&[("SOUL", " samantha ")]), &souls),
+            Some(Problem::UnknownSoul {
+                soul: "samantha".to_owned(),
                 known: "sage, pip".to_owned()
-            },]
+            })
         );
-        let config = Config::from_values(&values(&[("SOUL", "pip")]), Level::Migrate).unwrap();
-        assert!(check_supported(&config, &souls).is_empty());
+        assert_eq!(unknown_soul(&values(&[("SOUL", "pip")]), &souls), None);
+        assert_eq!(unknown_soul(&values(&[]), &souls), None);
+        let message = Problem::UnknownSoul {
+            soul: "samantha".to_owned(),
+            known: "sage, pip".to_owned(),
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "SOUL is \"samantha\", which this build does not have: it has sage, pip"
+        );
+    }
+
+    /// An unknown soul is reported with every other problem, not after they are fixed.
+    #[test]
+    fn an_unknown_soul_is_reported_in_the_same_pass_as_the_rest() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("soul.toml");
+        std::fs::write(&path, "soul = \"samantha\"\nport = 99999\n").unwrap();
+        let error = load(Level::Migrate, Some(&path), &["sage", "pip"]).unwrap_err();
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|problem| matches!(problem, Problem::Malformed { key, .. } if key == "PORT")),
+            "{error}"
+        );
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|problem| matches!(problem, Problem::UnknownSoul { .. })),
+            "{error}"
+        );
     }
 }

@@ -1,4 +1,9 @@
-//! Where sessions and messages are kept: a SQLite file, PostgreSQL or Supabase.
+//! Where sessions and messages are kept (a SQLite file, PostgreSQL or Supabase), and for how
+//! long.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use super::problem::Problem;
 use super::reader::Reader;
@@ -28,10 +33,45 @@ pub(crate) enum StoreConfig {
     },
 }
 
+/// The path of the SQLite file a `sqlite:` URL names: `sqlite://data/soul.db` and
+/// `sqlite:data/soul.db` are relative, `sqlite:///var/soul.db` is absolute; a query is ignored.
+pub(crate) fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    PathBuf::from(path)
+}
+
 impl Reader<'_> {
+    /// `RETENTION_DAYS`: a whole number of days, or `off` (the default: see the README's
+    /// Retention); longer than a session lasts (`session_timeout`), or retention would delete
+    /// the messages of conversations still going on.
+    pub(super) fn retention_days(&mut self, session_timeout: Duration) -> Option<NonZeroU32> {
+        let days = self
+            .parsed(
+                "RETENTION_DAYS",
+                "not a whole number of days from 1, or off",
+                |text| match text {
+                    "off" => Some(None),
+                    _ => text.parse::<NonZeroU32>().ok().map(Some),
+                },
+            )
+            .flatten()?;
+        let kept = Duration::from_secs(u64::from(days.get()) * 24 * 60 * 60);
+        if kept <= session_timeout {
+            self.problems.push(Problem::Conflict {
+                keys: "RETENTION_DAYS and SESSION_TIMEOUT".to_owned(),
+                reason: "messages must be kept longer than a session lasts, or retention deletes                          those of conversations still going on",
+            });
+        }
+        Some(days)
+    }
+
     pub(super) fn store(&mut self) -> Option<StoreConfig> {
         let service_key = self.supabase_key();
-        let supabase_url = self.url("SUPABASE_URL", false);
+        let supabase_url = self.url("SUPABASE_URL");
         let key_set = self.get("SUPABASE_SERVICE_KEY").is_some()
             || self.get("SUPABASE_SERVICE_ROLE_KEY").is_some();
         let supabase_set = self.get("SUPABASE_URL").is_some() || key_set;
@@ -39,9 +79,18 @@ impl Reader<'_> {
 
         if supabase_set {
             if database_url.is_some() {
+                let set: Vec<&str> = [
+                    "SUPABASE_URL",
+                    "SUPABASE_SERVICE_KEY",
+                    "SUPABASE_SERVICE_ROLE_KEY",
+                ]
+                .into_iter()
+                .filter(|key| self.get(key).is_some())
+                .collect();
                 self.problems.push(Problem::Conflict {
-                    keys: "DATABASE_URL and SUPABASE_URL",
-                    reason: "set one store: a database URL or a Supabase project",
+                    keys: format!("DATABASE_URL and {}", set.join(", ")),
+                    reason: "set one store: DATABASE_URL for SQLite or PostgreSQL, or SUPABASE_URL \
+                             and SUPABASE_SERVICE_KEY for Supabase",
                 });
                 return None;
             }
@@ -85,7 +134,7 @@ impl Reader<'_> {
         match (key, role_key) {
             (Some(key), Some(role_key)) if key != role_key => {
                 self.problems.push(Problem::Conflict {
-                    keys: "SUPABASE_SERVICE_KEY and SUPABASE_SERVICE_ROLE_KEY",
+                    keys: "SUPABASE_SERVICE_KEY and SUPABASE_SERVICE_ROLE_KEY".to_owned(),
                     reason: "both are set, to different values",
                 });
                 None
@@ -137,6 +186,41 @@ mod tests {
         ));
     }
 
+    /// Messages are kept until erased unless RETENTION_DAYS says otherwise, and then longer
+    /// than a session lasts.
+    #[test]
+    fn retention_is_off_by_default_and_outlasts_a_session() {
+        let config = Config::from_values(&values(&[]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, None);
+        let config =
+            Config::from_values(&values(&[("RETENTION_DAYS", "off")]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, None);
+        let config =
+            Config::from_values(&values(&[("RETENTION_DAYS", "90")]), Level::Migrate).unwrap();
+        assert_eq!(config.retention_days, NonZeroU32::new(90));
+        for bad in ["0", "-1", "90d", "forever"] {
+            assert!(
+                problems(&values(&[("RETENTION_DAYS", bad)]), Level::Migrate)
+                    .iter()
+                    .any(
+                        |p| matches!(p, Problem::Malformed { key, .. } if key == "RETENTION_DAYS")
+                    ),
+                "{bad}"
+            );
+        }
+        let found = problems(
+            &values(&[("RETENTION_DAYS", "2"), ("SESSION_TIMEOUT", "3d")]),
+            Level::Migrate,
+        );
+        assert!(
+            matches!(
+                found.as_slice(),
+                [Problem::Conflict { keys, .. }] if keys == "RETENTION_DAYS and SESSION_TIMEOUT"
+            ),
+            "{found:?}"
+        );
+    }
+
     #[test]
     fn database_url_schemes() {
         for (url, postgres) in [
@@ -152,6 +236,18 @@ mod tests {
                 postgres,
                 "{url}"
             );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_name_files() {
+        for (url, path) in [
+            ("sqlite://data/soul.db", "data/soul.db"),
+            ("sqlite:data/soul.db", "data/soul.db"),
+            ("sqlite:///var/lib/soul.db", "/var/lib/soul.db"),
+            ("sqlite://soul.db?mode=rwc", "soul.db"),
+        ] {
+            assert_eq!(sqlite_path(url), std::path::Path::new(path), "{url}");
         }
     }
 }

@@ -53,7 +53,7 @@ impl Reader<'_> {
             && segments::segment_count(resources) > usize::from(max)
         {
             self.problems.push(Problem::Conflict {
-                keys: "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS",
+                keys: "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS".to_owned(),
                 reason: "the crisis resources take more SMS segments than a reply may, and they \
                          are never cut: shorten them or allow more segments",
             });
@@ -154,6 +154,7 @@ mod tests {
             problems,
             [Problem::Malformed {
                 key: "OUTBOX_RETRY_AFTER".to_owned(),
+                value: Some("500ms".to_owned()),
                 reason: "shorter than 1s: a reply's sender holds its claim on it this long, and \
                          needs that long at least for Twilio to answer",
             }]
@@ -175,6 +176,7 @@ mod tests {
                 problems(&values(&[("MAX_REPLY_SEGMENTS", bad)]), Level::Migrate),
                 [Problem::Malformed {
                     key: "MAX_REPLY_SEGMENTS".to_owned(),
+                    value: Some(bad.to_owned()),
                     reason: "not a whole number from 1 to 10",
                 }],
                 "{bad}"
@@ -195,10 +197,7 @@ mod tests {
         assert!(
             matches!(
                 problems.as_slice(),
-                [Problem::Conflict {
-                    keys: "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS",
-                    ..
-                }]
+                [Problem::Conflict { keys, .. }] if keys == "SOUL_CRISIS_RESOURCES and MAX_REPLY_SEGMENTS"
             ),
             "{problems:?}"
         );

@@ -49,14 +49,14 @@ impl Reader<'_> {
             |text| is_sid(text, "MG").then(|| text.to_owned()),
         );
         let api_base = self
-            .url("TWILIO_API_BASE", false)
+            .url("TWILIO_API_BASE")
             .unwrap_or_else(|| DEFAULT_TWILIO_API_BASE.to_owned());
 
         let both_senders =
             self.get("TWILIO_FROM").is_some() && self.get("TWILIO_MESSAGING_SERVICE_SID").is_some();
         if both_senders {
             self.problems.push(Problem::Conflict {
-                keys: "TWILIO_FROM and TWILIO_MESSAGING_SERVICE_SID",
+                keys: "TWILIO_FROM and TWILIO_MESSAGING_SERVICE_SID".to_owned(),
                 reason: "set exactly one: replies come from a number or a messaging service",
             });
         }

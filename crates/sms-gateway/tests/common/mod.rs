@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod data_requests;
 pub mod outage;
 
 use std::collections::BTreeMap;
@@ -72,12 +73,26 @@ pub struct EchoModel {
     server: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EchoState {
     requests: Mutex<Vec<String>>,
     delay: Duration,
     answering: AtomicUsize,
     most_at_once: AtomicUsize,
+    /// Whether answers go out; while not, each waits (see [`EchoModel::hold`]).
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for EchoState {
+    fn default() -> Self {
+        EchoState {
+            requests: Mutex::default(),
+            delay: Duration::ZERO,
+            answering: AtomicUsize::default(),
+            most_at_once: AtomicUsize::default(),
+            open: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl Drop for EchoModel {
@@ -133,6 +148,18 @@ impl EchoModel {
         self.state.requests.lock().expect("not poisoned").clone()
     }
 
+    /// Holds every answer from now on (each request is recorded, then waits) until
+    /// [`release`](Self::release): a turn then runs, holding its lease, for as long as a test
+    /// needs.
+    pub fn hold(&self) {
+        self.state.open.send_replace(false);
+    }
+
+    /// Lets the held answers, and every later one, go.
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
     /// The most requests it was answering at the same time.
     pub fn most_at_once(&self) -> usize {
         self.state.most_at_once.load(Ordering::SeqCst)
@@ -157,6 +184,8 @@ async fn echo(State(state): State<Arc<EchoState>>, body: Bytes) -> axum::respons
     let answering = state.answering.fetch_add(1, Ordering::SeqCst) + 1;
     state.most_at_once.fetch_max(answering, Ordering::SeqCst);
     tokio::time::sleep(state.delay).await;
+    // The sender lives in the state, so the wait ends only by a release.
+    let _ = state.open.subscribe().wait_for(|open| *open).await;
     state.answering.fetch_sub(1, Ordering::SeqCst);
     let answer = json!({
         "id": "chatcmpl-echo",
