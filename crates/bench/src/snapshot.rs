@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use soul_engine::SystemClock;
 use soul_engine::model::BoxFuture;
+use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError, Usage};
 use soul_engine::process::{Registry, Runtime};
-use soul_engine::{ChatRequest, Completion, LanguageModel, ModelError, SystemClock, Usage};
 use soul_persistence::{Address, Inbound, SqliteStore, Store};
 use soul_turns::{Handled, NoDelivery, TurnDriver};
 use sqlx::sqlite::SqliteConnectOptions;

@@ -7,9 +7,9 @@
 //! of the store + engine figures. The gateway figures use a real HTTP model server instead.)
 
 use soul_engine::model::BoxFuture;
+use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError, Usage};
 use soul_engine::process::{MentalProcess, Next, ProcessContext, ProcessResult};
 use soul_engine::step::external_dialog;
-use soul_engine::{ChatRequest, Completion, LanguageModel, ModelError, Usage};
 
 /// The soul's name in the registry.
 pub(crate) const SOUL: &str = "bench";

@@ -1,22 +1,23 @@
 #![doc = include_str!("../README.md")]
 
 mod clock;
-pub mod memory;
-pub mod memory_budget;
+mod memory;
+mod memory_budget;
 pub mod model;
+pub mod process;
 pub mod retry;
 pub mod step;
 pub mod text;
-pub mod working_memory;
+mod working_memory;
 
+// Working memory's vocabulary lives at the crate's root, one path each; the modules with more in
+// them (`model`, `process`, `step`, `retry`, `text`) are reached through their names.
 pub use clock::{Clock, SystemClock};
-pub use memory::{Memory, MemoryId, Region, RegionError, Role};
-pub use memory_budget::MemoryBudget;
-pub use model::{
-    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage,
+pub use memory::{Memory, MemoryId, Region, RegionError, Role, UNREGIONED};
+pub use memory_budget::{MemoryBudget, estimated_tokens};
+pub use working_memory::{
+    IntoMemories, JSON_VERSION, MemoryIndex, WorkingMemory, WorkingMemoryError,
 };
-pub use working_memory::{WorkingMemory, WorkingMemoryError};
-pub mod process;
 
 pub mod prelude {
     //! What a process module needs, in one `use`:

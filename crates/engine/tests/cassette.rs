@@ -8,15 +8,16 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use soul_engine::Role;
 use soul_engine::model::ResponseSchema;
 use soul_engine::model::cassette::{
     CASSETTE_VERSION, Cassette, CassetteErrorKind, RecordingModel, ReplayingModel,
 };
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
-use soul_engine::retry::RetryPolicy;
-use soul_engine::{
-    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Role, Usage,
+use soul_engine::model::{
+    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, Usage,
 };
+use soul_engine::retry::RetryPolicy;
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use tempfile::TempDir;
 

@@ -9,12 +9,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
+use soul_engine::model::{ModelError, Usage};
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::{
     Mind, StepError, brainstorm, decision, external_dialog, instruction, internal_monologue,
     mental_query, summarize, typed,
 };
-use soul_engine::{Memory, ModelError, Role, SystemClock, Usage, WorkingMemory};
+use soul_engine::{Memory, Role, SystemClock, WorkingMemory};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 
 async fn setup() -> (OpenAiDouble, Mind) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use soul_engine::model::LanguageModel;
 use soul_engine::model::cassette::{RecordingModel, ReplayingModel};
 use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{
@@ -17,7 +18,7 @@ use soul_engine::process::{
 };
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::{Mind, StepError, ToolError, Tools, external_dialog};
-use soul_engine::{LanguageModel, Memory, SystemClock, WorkingMemory};
+use soul_engine::{Memory, SystemClock, WorkingMemory};
 use soul_testkit::openai::{OpenAiDouble, Reply, ScriptedToolCall};
 
 #[derive(Deserialize, JsonSchema)]

@@ -20,8 +20,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use soul_engine::model::{LanguageModel, ModelError};
 use soul_engine::process::{Registry, Runtime};
-use soul_engine::{Clock, LanguageModel, Memory, ModelError, Role, SystemClock};
+use soul_engine::{Clock, Memory, Role, SystemClock};
 use soul_persistence::{
     Address, BeginOutcome, Inbound, OutboundMessage, PgStore, SessionId, SqliteStore, Store,
     StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,

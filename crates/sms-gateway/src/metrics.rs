@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use soul_engine::model::BoxFuture;
-use soul_engine::{ChatRequest, Completion, LanguageModel, ModelError};
+use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError};
 
 /// A counter with one label taking one of `N` fixed values.
 #[derive(Debug)]

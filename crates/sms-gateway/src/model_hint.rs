@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use soul_engine::model::BoxFuture;
-use soul_engine::{ChatRequest, Completion, LanguageModel, ModelError};
+use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError};
 
 use crate::config::redacted_url;
 

@@ -5,9 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use soul_engine::model::cassette::{Cassette, ReplayingModel};
-use soul_engine::{
-    ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError, Role, WorkingMemory,
-};
+use soul_engine::model::{ChatMessage, ChatOptions, ChatRequest, LanguageModel, ModelError};
+use soul_engine::{Role, WorkingMemory};
 
 /// `data` as working memory JSON. Reading never panics, and on text both ways of reading agree;
 /// what reads is a valid value (memories in region order; one memory may appear twice, as

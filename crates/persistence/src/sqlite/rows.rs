@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
-use soul_engine::{Memory, MemoryId, Region, Role, memory::UNREGIONED};
+use soul_engine::{Memory, MemoryId, Region, Role, UNREGIONED};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
