@@ -76,8 +76,9 @@ fn conversations(settings: &Settings, number: &str) -> Vec<(String, String, i64,
 }
 
 /// Two numbers, two souls, one person texting both: two conversations, each answered by its
-/// line's soul and from the number texted; a message to a number on no line is refused (404,
-/// counted as `unrouted`) and nothing of it is stored.
+/// line's soul and from the number texted, and a STOP on one line leaves the other answering; a
+/// message to a number on no line is refused (404, counted as `unrouted`) and nothing of it is
+/// stored.
 pub async fn two_lines_two_souls(settings: &Settings, model: &EchoModel, twilio: &TwilioDouble) {
     let settings = settings
         .clone()
@@ -123,6 +124,32 @@ pub async fn two_lines_two_souls(settings: &Settings, model: &EchoModel, twilio:
         .collect();
     assert_eq!(lines, [(SAGE_LINE, "sage"), (PIP_LINE, "pip")]);
     assert_eq!(stored[1].3, "study", "Pip's own process");
+
+    // A STOP on Pip's line stops Pip's line only, as Twilio keeps a STOP per sender number.
+    assert_eq!(text(&gateway, twilio, person, PIP_LINE, "STOP").await, 200);
+    assert_eq!(
+        text(&gateway, twilio, person, PIP_LINE, "still? <<p3>>").await,
+        200
+    );
+    gateway
+        .wait_metric("sms_gateway_turns_total{result=\"silent\"}", 2)
+        .await;
+    assert_eq!(
+        text(&gateway, twilio, person, SAGE_LINE, "and you? <<s2>>").await,
+        200
+    );
+    assert_eq!(soul_asked(model, "<<s2>>").await, "Sage");
+    let sent = wait_sent(twilio, person, 4).await;
+    assert_eq!(sent[3].0, SAGE_LINE, "Sage's line still answers");
+    assert!(
+        model.souls_asked("<<p3>>").is_empty(),
+        "no model call once stopped"
+    );
+    assert_eq!(
+        sent.iter().filter(|(line, _)| line == PIP_LINE).count(),
+        2,
+        "nothing more from Pip's line: {sent:?}"
+    );
 
     let stranger = "+14155550602";
     let status = text(&gateway, twilio, stranger, "+15005550199", "anyone? <<u1>>").await;
