@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
 use soul_persistence::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
-    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
+    Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
     SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use uuid::Uuid;
@@ -146,8 +146,12 @@ impl Store for CountingStore {
         self.tick().stalled_sessions(now, limit)
     }
 
-    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
-        self.tick().session(address)
+    fn session_on_line<'a>(
+        &'a self,
+        address: &'a Address,
+        line: &'a Line,
+    ) -> StoreFuture<'a, Option<Session>> {
+        self.tick().session_on_line(address, line)
     }
 
     fn history<'a>(

@@ -101,6 +101,8 @@ pub(crate) async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
         };
         let inbound = Inbound {
             from: Address::new("+15550000001"),
+            line: Default::default(),
+            persona: None,
             body: body.to_owned(),
             external_id: Some(format!("SMsnapshot{turn:05}")),
             received_at: Utc::now(),

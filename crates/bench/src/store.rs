@@ -446,6 +446,8 @@ async fn drive(
         for &person in people {
             let inbound = Inbound {
                 from: Address::new(format!("+1555{person:07}")),
+                line: Default::default(),
+                persona: None,
                 body: format!("message {turn} of the reference workload"),
                 external_id: Some(format!("SMbench{person:07}x{turn:04}")),
                 received_at: Utc::now(),

@@ -159,8 +159,9 @@ create table public.user_sessions (
   lease_expires_at timestamp with time zone,
   lease_inbound_id uuid,
   opted_out_at timestamp with time zone,
+  line text not null default ''::text,
   constraint user_sessions_pkey PRIMARY KEY (id),
-  constraint user_sessions_phone_number_key UNIQUE (phone_number)
+  constraint user_sessions_phone_number_line_key UNIQUE (phone_number, line)
 );
 alter table public.user_sessions enable row level security;
 grant delete, insert, references, select, trigger, truncate, update on table public.user_sessions to service_role;
@@ -374,26 +375,28 @@ declare
   v_s public.user_sessions;
   v_inbound_id uuid;
   v_fresh boolean;
+  v_line text := coalesce(request ->> 'line', '');
 begin
   -- Every later step holds the session row lock.
   select * into v_s from public.user_sessions
-    where phone_number = request ->> 'address'
+    where phone_number = request ->> 'address' and line = v_line
     for update;
   if not found then
     -- Two first messages from one number at once: one insert wins, the other waits on it and
     -- then locks the row it made.
     insert into public.user_sessions (
-        phone_number, assigned_persona, first_contact_at, last_active_at, metadata)
+        phone_number, line, assigned_persona, first_contact_at, last_active_at, metadata)
       values (
-        request ->> 'address', v_settings ->> 'persona', v_now, v_now,
+        request ->> 'address', v_line,
+        coalesce(request ->> 'persona', v_settings ->> 'persona'), v_now, v_now,
         pg_catalog.jsonb_build_object(
           'session_number', 1,
           'last_session_started_at', coalesce((request ->> 'received_at')::timestamptz, v_now)))
-      on conflict (phone_number) do nothing
+      on conflict (phone_number, line) do nothing
       returning * into v_s;
     if not found then
       select * into v_s from public.user_sessions
-        where phone_number = request ->> 'address'
+        where phone_number = request ->> 'address' and line = v_line
         for update;
     end if;
   end if;
@@ -726,27 +729,37 @@ CREATE OR REPLACE FUNCTION public.soul_erase_user(request jsonb)
  SET search_path TO ''
 AS $function$
 declare
+  v_sessions public.user_sessions[];
   v_s public.user_sessions;
+  v_kept boolean := false;
 begin
-  select * into v_s from public.user_sessions
+  perform 1 from public.user_sessions
     where phone_number = request ->> 'address'
     for update;
-  if not found then
+  select pg_catalog.array_agg(u order by u.line) into v_sessions
+    from public.user_sessions u
+    where u.phone_number = request ->> 'address';
+  if v_sessions is null then
     return pg_catalog.jsonb_build_object('outcome', 'unknown');
   end if;
-  if v_s.lease_token is not null and v_s.lease_expires_at > (request ->> 'now')::timestamptz then
-    return pg_catalog.jsonb_build_object(
-      'outcome', 'turn_running', 'lease_expires_at', v_s.lease_expires_at);
-  end if;
-  delete from public.user_sessions where id = v_s.id;
-  if v_s.opted_out_at is not null then
-    insert into public.user_sessions (
-        phone_number, assigned_persona, first_contact_at, last_active_at, opted_out_at)
-      values (v_s.phone_number, v_s.assigned_persona, v_s.opted_out_at, v_s.opted_out_at,
-        v_s.opted_out_at);
-  end if;
-  return pg_catalog.jsonb_build_object(
-    'outcome', 'erased', 'opt_out_kept', v_s.opted_out_at is not null);
+  foreach v_s in array v_sessions loop
+    if v_s.lease_token is not null
+      and v_s.lease_expires_at > (request ->> 'now')::timestamptz then
+      return pg_catalog.jsonb_build_object(
+        'outcome', 'turn_running', 'lease_expires_at', v_s.lease_expires_at);
+    end if;
+  end loop;
+  delete from public.user_sessions where phone_number = request ->> 'address';
+  foreach v_s in array v_sessions loop
+    if v_s.opted_out_at is not null then
+      insert into public.user_sessions (
+          phone_number, line, assigned_persona, first_contact_at, last_active_at, opted_out_at)
+        values (v_s.phone_number, v_s.line, v_s.assigned_persona, v_s.opted_out_at,
+          v_s.opted_out_at, v_s.opted_out_at);
+      v_kept := true;
+    end if;
+  end loop;
+  return pg_catalog.jsonb_build_object('outcome', 'erased', 'opt_out_kept', v_kept);
 end
 $function$;
 grant execute on function public.soul_erase_user(jsonb) to service_role;
@@ -757,7 +770,7 @@ CREATE OR REPLACE FUNCTION public.soul_export_user(request jsonb)
  STABLE
  SET search_path TO ''
 AS $function$
-  select pg_catalog.jsonb_build_object(
+  select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
     'session', public.soul_session_json(s)
       || pg_catalog.jsonb_build_object('opted_out_at', s.opted_out_at),
     'messages', (select coalesce(pg_catalog.jsonb_agg(public.soul_message_json(m)
@@ -792,9 +805,10 @@ AS $function$
         'claimed_until', t.claimed_until, 'created_at', t.created_at)
         order by t.key), '[]'::jsonb)
       from public.scheduled_events t where t.session_id = s.id)
-  )
+  ) order by s.line)
   from public.user_sessions s
   where s.phone_number = request ->> 'address'
+  having pg_catalog.count(*) > 0
 $function$;
 grant execute on function public.soul_export_user(jsonb) to service_role;
 
@@ -809,7 +823,7 @@ AS $function$
       select m.seq, public.soul_message_json(m) as j
         from public.messages m
         join public.user_sessions s on s.id = m.session_id
-        where s.phone_number = request ->> 'address'
+        where s.phone_number = request ->> 'address' and s.line = ''
           and (request ->> 'region' is null or m.region = request ->> 'region')
         order by m.seq desc
         limit case when (request ->> 'limit')::bigint > 0 then (request ->> 'limit')::bigint end
@@ -850,7 +864,9 @@ CREATE OR REPLACE FUNCTION public.soul_outbound_json(o public.outbound_messages,
 AS $function$
   select pg_catalog.jsonb_build_object(
     'id', o.id, 'session_id', o.session_id, 'address', p_address, 'body', o.body,
-    'status', o.status, 'provider_id', o.provider_id, 'created_at', o.created_at)
+    'status', o.status, 'provider_id', o.provider_id, 'created_at', o.created_at,
+    -- The line a reply goes out from: its conversation's, by the primary key.
+    'line', (select s.line from public.user_sessions s where s.id = o.session_id))
 $function$;
 grant execute on function public.soul_outbound_json(public.outbound_messages,text) to service_role;
 
@@ -910,7 +926,7 @@ CREATE OR REPLACE FUNCTION public.soul_session(request jsonb)
 AS $function$
   select public.soul_session_json(s)
     from public.user_sessions s
-    where s.phone_number = request ->> 'address'
+    where s.phone_number = request ->> 'address' and s.line = coalesce(request ->> 'line', '')
 $function$;
 grant execute on function public.soul_session(jsonb) to service_role;
 
@@ -922,6 +938,7 @@ AS $function$
   select pg_catalog.jsonb_build_object(
     'id', s.id,
     'address', s.phone_number,
+    'line', s.line,
     'persona', s.assigned_persona,
     'first_contact_at', s.first_contact_at,
     'last_active_at', s.last_active_at,
@@ -1035,6 +1052,10 @@ begin
   end if;
 
   select * into v_s from public.user_sessions where id = p_session;
+  -- The conversation's own soul: its processes and subprocesses replace the default soul's. A
+  -- soul no longer deployed has none here, so its conversation goes on in the default soul,
+  -- from its initial process (the stored one is corrected below, and the caller warned).
+  p_settings := p_settings || coalesce(p_settings -> 'souls' -> v_s.assigned_persona, '{}'::jsonb);
   v_metadata := v_s.metadata;
   v_resumed := p_fresh is null and v_in.status = 'started';
   v_event := v_in.kind = 'event';

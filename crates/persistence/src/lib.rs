@@ -38,10 +38,10 @@ pub use sql_functions::{
 pub use sqlite::SqliteStore;
 pub use types::{
     Address, BeginOutcome, Changes, CommitOutcome, DEFAULT_PENDING_LIMIT, DeliveryStatus,
-    DeliveryUpdate, Erasure, EventOutcome, Inbound, InboundKind, Lease, MemoryChange, NewEvent,
-    OutboundMessage, OutboundRef, OutboxAtCommit, PendingEvent, ProcessMemoryChange, ProcessState,
-    Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
-    SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
+    DeliveryUpdate, Erasure, EventOutcome, Inbound, InboundKind, Lease, Line, MemoryChange,
+    NewEvent, OutboundMessage, OutboundRef, OutboxAtCommit, PendingEvent, ProcessMemoryChange,
+    ProcessState, Processes, QueuedInbound, ScheduledEvent, Session, SessionId, SessionOutbox,
+    SoulProcesses, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 
 /// The future every store operation returns: boxed, so that `Arc<dyn Store>` works.
@@ -141,11 +141,23 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// [`Store::resume_turn`]).
     fn stalled_sessions(&self, now: DateTime<Utc>, limit: u32) -> StoreFuture<'_, Vec<SessionId>>;
 
-    /// The session of an address; `None` (not an error) when there is none.
-    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>>;
+    /// The session of an address on the default line; `None` (not an error) when there is none.
+    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
+        static DEFAULT_LINE: Line = Line::DEFAULT;
+        self.session_on_line(address, &DEFAULT_LINE)
+    }
+
+    /// The session of an address on `line` (a person has one per line they texted); `None`
+    /// (not an error) when there is none.
+    fn session_on_line<'a>(
+        &'a self,
+        address: &'a Address,
+        line: &'a Line,
+    ) -> StoreFuture<'a, Option<Session>>;
 
     /// The latest `limit` messages (0: all), oldest first, of one region (`"default"` is the
-    /// unregioned conversation) or of all. Empty when the address is unknown.
+    /// unregioned conversation) or of all, of the address's conversation on the default line.
+    /// Empty when the address is unknown.
     fn history<'a>(
         &'a self,
         address: &'a Address,

@@ -33,6 +33,45 @@ impl fmt::Debug for Address {
     }
 }
 
+/// The line a person texted: the gateway's number or messaging service their conversation is on
+/// (Twilio's `To`, or its `MessagingServiceSid`), and the one its replies go out from. A person
+/// has one conversation per line. The empty line is the gateway's default one (`TWILIO_FROM` or
+/// `TWILIO_MESSAGING_SERVICE_SID`): every conversation of a gateway with one number is on it.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Line(String);
+
+impl Line {
+    /// The gateway's default line.
+    pub const DEFAULT: Line = Line(String::new());
+
+    /// Wraps a number (E.164) or a messaging service SID; empty for the default line.
+    pub fn new(line: impl Into<String>) -> Self {
+        Line(line.into())
+    }
+
+    /// The number or messaging service SID; empty for the default line.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the gateway's default line.
+    pub fn is_default(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The gateway's own number, not a person's; still kept out of logs with the addresses.
+        if self.is_default() {
+            f.write_str("Line(default)")
+        } else {
+            f.write_str("Line(<redacted>)")
+        }
+    }
+}
+
 /// A session's identity (`user_sessions.id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -49,6 +88,11 @@ impl fmt::Display for SessionId {
 pub struct Inbound {
     /// Who sent it.
     pub from: Address,
+    /// The line they texted: with `from`, which conversation the message belongs to.
+    pub line: Line,
+    /// The persona a first contact on the line is assigned (the caller's routing decides it);
+    /// `None` assigns [`TurnSettings::persona`]. A known conversation keeps its persona.
+    pub persona: Option<String>,
     /// The text.
     pub body: String,
     /// The channel's id for the message (Twilio's `MessageSid`); a second begin with the same id
@@ -67,6 +111,8 @@ impl fmt::Debug for Inbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Inbound")
             .field("from", &self.from)
+            .field("line", &self.line)
+            .field("persona", &self.persona)
             .field("body_len", &self.body.len())
             .field("external_id", &self.external_id)
             .field("received_at", &self.received_at)
@@ -109,10 +155,21 @@ impl Processes {
 /// who sends twenty messages while one turn runs is not waiting for an answer to each.
 pub const DEFAULT_PENDING_LIMIT: u32 = 20;
 
+/// A soul's process names, for a conversation assigned to it ([`TurnSettings::souls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoulProcesses {
+    /// Its registered process names and its initial one.
+    pub processes: Processes,
+    /// Its subprocess names.
+    pub subprocesses: Vec<String>,
+}
+
 /// How turns are run: the same for begin and commit (a commit may start the next turn).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnSettings {
-    /// The persona assigned to a number seen for the first time.
+    /// The persona assigned to a number seen for the first time (unless its message names one,
+    /// [`Inbound::persona`]), and the default soul: the one whose processes a conversation of
+    /// a persona not in [`souls`](Self::souls) runs.
     pub persona: String,
     /// The registered process names.
     pub processes: Processes,
@@ -138,6 +195,10 @@ pub struct TurnSettings {
     /// turn a turn loads ([`TurnContext::pending_events`], [`TurnContext::waiting`]): the soonest
     /// events and the oldest messages; 0 loads none.
     pub pending_limit: u32,
+    /// The other deployed souls, by persona: a turn of a conversation assigned to one of them
+    /// is started (its process state validated, its subprocesses' memories loaded) with its
+    /// processes instead of `processes` and `subprocesses`. Empty for a one-soul deployment.
+    pub souls: BTreeMap<String, SoulProcesses>,
 }
 
 impl TurnSettings {
@@ -155,6 +216,22 @@ impl TurnSettings {
             history_limit: 20,
             history_region: None,
             pending_limit: DEFAULT_PENDING_LIMIT,
+            souls: BTreeMap::new(),
+        }
+    }
+
+    /// The settings of a conversation assigned to `persona`: its soul's processes when it is
+    /// one of [`souls`](Self::souls), else these (the default soul's).
+    pub fn for_persona(&self, persona: &str) -> std::borrow::Cow<'_, TurnSettings> {
+        match self.souls.get(persona) {
+            Some(soul) if persona != self.persona => {
+                let mut settings = self.clone();
+                settings.persona = persona.to_owned();
+                settings.processes = soul.processes.clone();
+                settings.subprocesses = soul.subprocesses.clone();
+                std::borrow::Cow::Owned(settings)
+            }
+            _ => std::borrow::Cow::Borrowed(self),
         }
     }
 }
@@ -176,14 +253,22 @@ impl TurnSettings {
             ));
         }
         // A name in both lists would load one process's memories into two places of a turn.
-        if let Some(name) = self
-            .subprocesses
-            .iter()
-            .find(|name| self.processes.contains(name))
-        {
-            return Err(crate::StoreError::Invalid(format!(
-                "{name:?} is named both as a process and as a subprocess"
-            )));
+        let souls = std::iter::once((&self.processes, &self.subprocesses)).chain(
+            self.souls
+                .values()
+                .map(|soul| (&soul.processes, &soul.subprocesses)),
+        );
+        for (processes, subprocesses) in souls {
+            if processes.initial.is_empty() {
+                return Err(crate::StoreError::Invalid(
+                    "the initial process has no name".to_owned(),
+                ));
+            }
+            if let Some(name) = subprocesses.iter().find(|name| processes.contains(name)) {
+                return Err(crate::StoreError::Invalid(format!(
+                    "{name:?} is named both as a process and as a subprocess"
+                )));
+            }
         }
         Ok(())
     }
@@ -196,6 +281,9 @@ pub struct Session {
     pub id: SessionId,
     /// The person's address.
     pub address: Address,
+    /// The line of the conversation: where the person texted, and where replies come from.
+    #[serde(default)]
+    pub line: Line,
     /// The persona assigned at first contact.
     pub persona: String,
     /// First message ever.
@@ -251,6 +339,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("id", &self.id)
             .field("address", &self.address)
+            .field("line", &self.line)
             .field("persona", &self.persona)
             .field("total_messages", &self.total_messages)
             .field("session_number", &self.session_number())
@@ -730,6 +819,9 @@ pub struct OutboundMessage {
     pub session_id: SessionId,
     /// Where it goes.
     pub address: Address,
+    /// The line it goes out from (its conversation's).
+    #[serde(default)]
+    pub line: Line,
     /// The text.
     pub body: String,
     /// Where delivery stands.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
-    OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
+    Line, OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
     Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreError};
@@ -118,6 +118,18 @@ pub(crate) fn settings(settings: &TurnSettings) -> Result<Value> {
         "history_limit": settings.history_limit,
         "history_region": settings.history_region,
         "pending_limit": settings.pending_limit,
+        "souls": settings
+            .souls
+            .iter()
+            .map(|(persona, soul)| {
+                let processes = json!({
+                    "known_processes": soul.processes.known,
+                    "initial_process": soul.processes.initial,
+                    "subprocesses": soul.subprocesses,
+                });
+                (persona.clone(), processes)
+            })
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -128,6 +140,8 @@ pub(crate) fn begin_request(
 ) -> Result<Value> {
     Ok(json!({
         "address": inbound.from.as_str(),
+        "line": inbound.line.as_str(),
+        "persona": inbound.persona,
         "body": inbound.body,
         "external_id": inbound.external_id,
         "received_at": inbound.received_at,
@@ -230,6 +244,11 @@ pub(crate) fn applied_flags(value: &Value, updates: usize) -> Result<Vec<bool>> 
             })
         })
         .collect()
+}
+
+/// `soul_session`'s request: a number's conversation on a line.
+pub(crate) fn session_request(address: &Address, line: &Line) -> Value {
+    json!({ "address": address.as_str(), "line": line.as_str() })
 }
 
 pub(crate) fn address_request(address: &Address) -> Value {

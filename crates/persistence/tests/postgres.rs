@@ -65,6 +65,8 @@ fn settings() -> TurnSettings {
 fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
     Inbound {
         from: Address::new("+15550000001"),
+        line: Default::default(),
+        persona: None,
         body: body.into(),
         external_id: Some(format!("SM-{body}")),
         received_at: at,
@@ -801,6 +803,8 @@ async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are
     let busy = Address::new("+15550000101");
     let first = Inbound {
         from: busy.clone(),
+        line: Default::default(),
+        persona: None,
         ..inbound("first", t0())
     };
     store.enqueue_turn(&first, &settings, t0()).await.unwrap();
@@ -821,6 +825,8 @@ async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are
         let settings = settings.clone();
         let message = Inbound {
             from: busy.clone(),
+            line: Default::default(),
+            persona: None,
             ..inbound(&format!("blocked {i}"), t0())
         };
         blocked.push(tokio::spawn(async move {
@@ -850,6 +856,8 @@ async fn an_acknowledgement_borrows_a_shared_connection_when_the_intake_ones_are
 
     let other = Inbound {
         from: Address::new("+15550000102"),
+        line: Default::default(),
+        persona: None,
         ..inbound("unrelated", t0())
     };
     let outcome = tokio::time::timeout(

@@ -59,6 +59,8 @@ async fn reopening_keeps_data_and_schema() {
         let store = harness.open().await.expect("open");
         let message = Inbound {
             from: from.clone(),
+            line: Default::default(),
+            persona: None,
             body: "hi".into(),
             external_id: None,
             received_at: Utc::now(),

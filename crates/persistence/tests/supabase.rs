@@ -72,6 +72,8 @@ fn settings() -> TurnSettings {
 fn inbound(body: &str, at: DateTime<Utc>) -> Inbound {
     Inbound {
         from: Address::new("+15550000001"),
+        line: Default::default(),
+        persona: None,
         body: body.into(),
         external_id: Some(format!("SM-{body}")),
         received_at: at,

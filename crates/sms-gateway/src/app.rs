@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::config::{Config, ModelConfig, Secret, StoreConfig};
+use crate::config::{Config, ModelConfig, Route, Secret, StoreConfig};
 use crate::inbound_text;
 use crate::keywords::{self, Keyword};
 use crate::metrics::{MeteredModel, Metrics};
@@ -45,8 +45,7 @@ use crate::twilio::client::{self, TwilioClient};
 use crate::twilio::signature;
 use crate::twilio::webhook::InboundSms;
 
-/// The soul run when `SOUL` is not set: the companion this gateway exists for.
-pub(crate) const DEFAULT_SOUL: &str = soul_processes::companion::SOUL;
+pub(crate) use crate::config::DEFAULT_SOUL;
 
 /// The answer to HELP when `HELP_TEXT` is not set.
 pub(crate) const DEFAULT_HELP_TEXT: &str = "This is an automated companion you can text any \
@@ -144,8 +143,9 @@ pub(crate) fn configure_crisis_resources(config: &Config) {
     }
 }
 
-/// Builds the driver for the configured soul on `store`, its model metered into `metrics` and
-/// its replies cut to `MAX_REPLY_SEGMENTS`.
+/// Builds the driver for the configured souls on `store` (the default soul first, then every
+/// other soul the routing names), their model metered into `metrics` and their replies cut to
+/// `MAX_REPLY_SEGMENTS`.
 pub(crate) fn build_driver(
     config: &Config,
     store: Arc<dyn Store>,
@@ -153,10 +153,13 @@ pub(crate) fn build_driver(
     clock: Arc<dyn Clock>,
 ) -> Result<TurnDriver, StartError> {
     let registry = Registry::load().map_err(|error| StartError::Souls(error.to_string()))?;
-    let name = config.soul.as_deref().unwrap_or(DEFAULT_SOUL);
-    let soul = registry
-        .soul(name)
-        .ok_or_else(|| StartError::Souls(format!("this build has no soul named {name:?}")))?;
+    let mut souls = Vec::new();
+    for name in config.routing.souls(DEFAULT_SOUL) {
+        let soul = registry
+            .soul(name)
+            .ok_or_else(|| StartError::Souls(format!("this build has no soul named {name:?}")))?;
+        souls.push(soul);
+    }
     let model_config = config
         .model
         .as_ref()
@@ -168,9 +171,20 @@ pub(crate) fn build_driver(
         )),
         metrics.clone(),
     ));
-    let limit = SegmentLimit::new(config.max_reply_segments, metrics.clone());
-    let runtime =
-        Arc::new(Runtime::new(soul, model, clock.clone()).with_reply_limit(Arc::new(limit)));
+    let limit = Arc::new(SegmentLimit::new(
+        config.max_reply_segments,
+        metrics.clone(),
+    ));
+    let runtimes: Vec<Arc<Runtime>> = souls
+        .into_iter()
+        .map(|soul| {
+            let model: Arc<dyn LanguageModel> = model.clone();
+            Arc::new(Runtime::new(soul, model, clock.clone()).with_reply_limit(limit.clone()))
+        })
+        .collect();
+    let (runtime, others) = runtimes
+        .split_first()
+        .ok_or(StartError::Incomplete("default soul"))?;
     let mut settings = soul_turns::turn_settings(runtime.soul());
     settings.session_timeout =
         chrono::Duration::from_std(config.session_timeout).unwrap_or(settings.session_timeout);
@@ -179,7 +193,10 @@ pub(crate) fn build_driver(
     // A commit claims its replies for their sender as long as a sweep claims one for.
     settings.reply_claim_for =
         chrono::Duration::from_std(config.outbox_retry_after).unwrap_or(settings.reply_claim_for);
-    let mut driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
+    let mut driver = TurnDriver::new(store, runtime.clone(), clock).with_settings(settings);
+    for other in others {
+        driver = driver.with_soul(other.clone());
+    }
     if let Some(max_attempts) = config.turn_max_attempts {
         driver = driver.with_max_attempts(max_attempts);
     }
@@ -356,10 +373,12 @@ impl App {
         }))
     }
 
-    /// Stores `sms` and starts what it asks for; returns once the message is durable.
+    /// Stores `sms`, sent to `route`'s line, and starts what it asks for; returns once the
+    /// message is durable.
     pub(crate) async fn receive(
         self: &Arc<Self>,
         sms: InboundSms,
+        route: Route,
     ) -> Result<InboundOutcome, StoreError> {
         let now = self.clock.now();
         let body = inbound_text::perceived(&sms);
@@ -376,6 +395,8 @@ impl App {
         }
         let inbound = Inbound {
             from: address.clone(),
+            line: route.line,
+            persona: Some(route.soul),
             body,
             external_id: Some(sms.message_sid),
             received_at: now,
@@ -453,7 +474,7 @@ impl App {
     async fn opt_in(self: &Arc<Self>, mut inbound: Inbound) -> Result<InboundOutcome, StoreError> {
         let opted_out = self
             .store
-            .session(&inbound.from)
+            .session_on_line(&inbound.from, &inbound.line)
             .await?
             .is_some_and(|session| session.opted_out);
         if !opted_out {
@@ -654,6 +675,7 @@ impl App {
                     app.outbox.enqueue(OutboundBatch {
                         session: context.session.id,
                         address: context.session.address.clone(),
+                        line: context.session.line.clone(),
                         messages: committed
                             .outbound
                             .iter()

@@ -190,23 +190,47 @@ pub(crate) async fn erase(
 
 /// What an export holds, counted, for the confirmation: "12 messages, 2 soul memories, …".
 fn describe(export: &serde_json::Value) -> String {
-    let count = |key: &str| export[key].as_array().map_or(0, Vec::len);
-    let mut parts: Vec<String> = [
-        ("messages", "conversation messages"),
-        ("inbound_messages", "inbound messages"),
-        ("outbound_messages", "replies"),
-        ("soul_memories", "soul memories"),
-        ("process_memories", "process memories"),
-        ("working_memory_snapshots", "working-memory snapshots"),
-        ("scheduled_events", "scheduled events"),
-    ]
-    .into_iter()
-    .map(|(key, name)| format!("{} {name}", count(key)))
-    .collect();
-    if export["mental_process_state"].is_object() {
-        parts.push("a process state".to_owned());
+    // One entry per conversation: a person has one per line they texted.
+    let conversations = export.as_array().map_or(&[][..], Vec::as_slice);
+    let count = |key: &str| -> usize {
+        conversations
+            .iter()
+            .map(|conversation| conversation[key].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if conversations.len() > 1 {
+        parts.push(format!(
+            "{} conversations (one per line texted)",
+            conversations.len()
+        ));
     }
-    if export["session"]["opted_out"] == serde_json::Value::Bool(true) {
+    parts.extend(
+        [
+            ("messages", "conversation messages"),
+            ("inbound_messages", "inbound messages"),
+            ("outbound_messages", "replies"),
+            ("soul_memories", "soul memories"),
+            ("process_memories", "process memories"),
+            ("working_memory_snapshots", "working-memory snapshots"),
+            ("scheduled_events", "scheduled events"),
+        ]
+        .into_iter()
+        .map(|(key, name)| format!("{} {name}", count(key))),
+    );
+    let states = conversations
+        .iter()
+        .filter(|conversation| conversation["mental_process_state"].is_object())
+        .count();
+    match states {
+        0 => {}
+        1 => parts.push("a process state".to_owned()),
+        states => parts.push(format!("{states} process states")),
+    }
+    let opted_out = conversations
+        .iter()
+        .any(|conversation| conversation["session"]["opted_out"] == serde_json::Value::Bool(true));
+    if opted_out {
         parts.push("an opt-out (kept)".to_owned());
     }
     parts.join(", ")
@@ -219,7 +243,7 @@ mod tests {
 
     #[test]
     fn the_confirmation_counts_what_is_stored() {
-        let export = json!({
+        let export = json!([{
             "session": {"opted_out": true},
             "messages": [{}, {}],
             "inbound_messages": [{}],
@@ -229,12 +253,22 @@ mod tests {
             "working_memory_snapshots": [{}],
             "scheduled_events": [],
             "mental_process_state": {"name": "listening"},
-        });
+        }]);
         assert_eq!(
             describe(&export),
             "2 conversation messages, 1 inbound messages, 1 replies, 0 soul memories, 0 process \
              memories, 1 working-memory snapshots, 0 scheduled events, a process state, an \
              opt-out (kept)"
+        );
+        let two_lines = json!([
+            {"session": {"opted_out": false}, "messages": [{}], "mental_process_state": {}},
+            {"session": {"opted_out": false}, "messages": [{}, {}], "mental_process_state": {}},
+        ]);
+        assert_eq!(
+            describe(&two_lines),
+            "2 conversations (one per line texted), 3 conversation messages, 0 inbound messages, \
+             0 replies, 0 soul memories, 0 process memories, 0 working-memory snapshots, 0 \
+             scheduled events, 2 process states"
         );
     }
 

@@ -144,6 +144,8 @@ mod tests {
         let now = Utc::now();
         let inbound = Inbound {
             from: Address::new("+15550000001"),
+            line: Default::default(),
+            persona: None,
             body: "hi".to_owned(),
             external_id: None,
             received_at: now,

@@ -178,7 +178,7 @@ impl Histogram {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     /// Inbound webhooks by what became of them.
-    pub(crate) inbound: LabeledCounter<10>,
+    pub(crate) inbound: LabeledCounter<11>,
     /// Committed turns by result.
     pub(crate) turns: LabeledCounter<5>,
     /// Time to run a started turn and commit it, with the messages queued behind it.
@@ -206,7 +206,8 @@ impl Metrics {
             inbound: LabeledCounter::new(
                 "sms_gateway_inbound_total",
                 "Inbound SMS webhooks by outcome (waiting: stored while every turn slot was \
-                 taken, started once one frees).",
+                 taken, started once one frees; unrouted: refused, sent to a number no soul \
+                 answers).",
                 "outcome",
                 [
                     "started",
@@ -218,6 +219,7 @@ impl Metrics {
                     "help",
                     "rate_limited",
                     "rejected",
+                    "unrouted",
                     "error",
                 ],
             ),

@@ -48,7 +48,7 @@ use soul_engine::model::BoxFuture;
 #[cfg(doc)]
 use soul_persistence::OutboxAtCommit;
 use soul_persistence::{
-    Address, DeliveryStatus, DeliveryUpdate, OutboundMessage, OutboundRef, SessionId, Store,
+    Address, DeliveryStatus, DeliveryUpdate, Line, OutboundMessage, OutboundRef, SessionId, Store,
 };
 use soul_turns::{Delivery, OutboundBatch};
 use tokio::sync::mpsc;
@@ -170,6 +170,7 @@ impl Outbox {
         self.inner.queue(OutboundBatch {
             session: message.session_id,
             address: message.address,
+            line: message.line,
             messages: vec![(message.id, message.body)],
             at_commit: None,
         });
@@ -400,7 +401,8 @@ impl Inner {
                         .await;
                     BatchEnd::Done
                 } else {
-                    self.send_reply(&earlier.address, id, &earlier.body).await
+                    self.send_reply(&earlier.address, &earlier.line, id, &earlier.body)
+                        .await
                 };
                 self.settled(&[id]);
                 sent_here.insert(id);
@@ -433,7 +435,10 @@ impl Inner {
         }
         let mut replies = batch.messages.iter();
         for (id, text) in replies.by_ref() {
-            match self.send_reply(&batch.address, *id, text).await {
+            match self
+                .send_reply(&batch.address, &batch.line, *id, text)
+                .await
+            {
                 BatchEnd::Done => {}
                 BatchEnd::RetryLater => {
                     tracing::info!("a reply was not sent; left pending with the rest of its batch");
@@ -453,7 +458,7 @@ impl Inner {
     /// Sends one reply, in as many messages as its length needs; a reply in doubt only in the
     /// parts Twilio does not have already. Every request is made within this process's claim on
     /// the reply: when that runs out, what is left stays pending for the next claim.
-    async fn send_reply(&self, address: &Address, id: Uuid, text: &str) -> BatchEnd {
+    async fn send_reply(&self, address: &Address, line: &Line, id: Uuid, text: &str) -> BatchEnd {
         let parts = segments::split_reply(text, MAX_BODY_CHARS);
         let mut last_sid = None;
         for part in &parts {
@@ -461,7 +466,10 @@ impl Inner {
             let in_doubt_since = lock(&self.in_doubt).get(&id).copied();
             if let Some(since) = in_doubt_since {
                 let Some(found) = self
-                    .within_claim(id, self.twilio.sent_since(address.as_str(), part, since))
+                    .within_claim(
+                        id,
+                        self.twilio.sent_since(address.as_str(), line, part, since),
+                    )
                     .await
                 else {
                     return self.claim_ran_out();
@@ -483,6 +491,7 @@ impl Inner {
             }
             let message = OutboundSms {
                 to: address.as_str().to_owned(),
+                line: line.clone(),
                 body: part.clone(),
                 status_callback: self.status_callback.clone(),
             };

@@ -145,8 +145,26 @@ async fn inbound(
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }
     };
+    let route = app
+        .config
+        .routing
+        .route(&sms.from, &sms.to, sms.messaging_service_sid.as_deref());
+    let Some(route) = route else {
+        // Refused, not dropped: Twilio shows the refusal in its console (error 11200), and the
+        // count and the log line say which gateway refused what.
+        app.metrics.inbound.inc("unrouted");
+        tracing::warn!(
+            message_sid = sms.message_sid,
+            "refused a message to a number on no line (LINES), with no SOUL for other numbers"
+        );
+        return (
+            StatusCode::NOT_FOUND,
+            "no soul answers the number texted: it is on no line (LINES), and SOUL is not set\n",
+        )
+            .into_response();
+    };
     let message_sid = sms.message_sid.clone();
-    let error = match tokio::time::timeout(INBOUND_DEADLINE, app.receive(sms)).await {
+    let error = match tokio::time::timeout(INBOUND_DEADLINE, app.receive(sms, route)).await {
         Ok(Ok(outcome)) => {
             app.metrics.inbound.inc(outcome.label());
             tracing::info!(message_sid, outcome = outcome.label(), "inbound message");

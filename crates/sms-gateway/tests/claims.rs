@@ -153,7 +153,8 @@ async fn assert_none_pending(store: &dyn Store) {
                 .export_user(&Address::new(number))
                 .await
                 .unwrap()
-                .unwrap();
+                .unwrap()[0]
+                .clone();
             let outbound = export["outbound_messages"].as_array()?.clone();
             outbound
                 .iter()

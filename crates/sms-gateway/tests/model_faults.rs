@@ -113,7 +113,8 @@ impl Fixture {
             .export_user(&Address::new(self.from))
             .await
             .unwrap()
-            .unwrap_or_default()
+            .unwrap_or_default()[0]
+            .clone()
     }
 
     async fn requests(&self) -> usize {

@@ -193,7 +193,8 @@ async fn every_kind_of_message_is_stored_and_answered_on_postgres() {
         .export_user(&Address::new(from))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     let stored = common::user_texts(&export);
     let expected: Vec<&str> = cases.iter().map(|case| case.2).collect();
     assert_eq!(stored, expected);
@@ -265,4 +266,36 @@ async fn export_and_erase_on_postgres() {
         &model.base_url(),
     );
     common::data_requests::export_and_erase(&settings, &model, &twilio, dir.path()).await;
+}
+
+/// Two numbers, two souls, one person texting both, on PostgreSQL (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lines_two_souls_on_postgres() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(
+        dir.path(),
+        &database_url(&database),
+        &twilio,
+        &model.base_url(),
+    );
+    common::lines::two_lines_two_souls(&settings, &model, &twilio).await;
+}
+
+/// A soul assigned at first contact by a weighted split stays, on PostgreSQL (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_assignment_stays_on_postgres() {
+    let database = TestDatabase::empty().await;
+    let dir = TempDir::new().unwrap();
+    let twilio = twilio().await;
+    let model = EchoModel::start().await;
+    let settings = Settings::new(
+        dir.path(),
+        &database_url(&database),
+        &twilio,
+        &model.base_url(),
+    );
+    common::lines::first_contact_assignment_stays(&settings, &model, &twilio).await;
 }

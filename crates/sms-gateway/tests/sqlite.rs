@@ -70,7 +70,8 @@ impl Fixture {
             .export_user(&Address::new(from))
             .await
             .expect("export")
-            .unwrap_or_default();
+            .unwrap_or_default()[0]
+            .clone();
         export["outbound_messages"]
             .as_array()
             .cloned()
@@ -276,7 +277,8 @@ async fn a_sender_over_the_rate_limit_is_counted_and_not_answered_and_stop_still
         .export_user(&Address::new(flood))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     let stored = common::user_texts(&export);
     assert_eq!(stored, ["again <<r1>>", "again <<r2>>", "STOP"]);
 }
@@ -611,7 +613,8 @@ async fn a_replayed_start_does_not_opt_a_stopped_number_back_in() {
         .export_user(&Address::new(from))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     assert_eq!(
         common::user_texts(&export),
         ["hi <<k1>>", "STOP", "START", "STOP", "hello again <<k2>>"]
@@ -951,7 +954,7 @@ async fn bad_configuration_lists_every_problem_and_exits_before_listening() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("SOUL is \"nobody\", which this build does not have"),
+        stderr.contains("SOUL names the soul \"nobody\", which this build does not have"),
         "{stderr}"
     );
     assert!(
@@ -1027,6 +1030,8 @@ async fn a_due_event_makes_the_soul_text_first() {
         let now = chrono::Utc::now();
         let inbound = Inbound {
             from: Address::new(from),
+            line: Default::default(),
+            persona: None,
             body: "hello".to_owned(),
             external_id: Some(new_sid("SM")),
             received_at: now,
@@ -1086,6 +1091,8 @@ async fn erase_at_a_terminal_asks_for_the_number_again() {
     let now = chrono::Utc::now();
     let inbound = Inbound {
         from: Address::new(number),
+        line: Default::default(),
+        persona: None,
         body: "hello".to_owned(),
         external_id: None,
         received_at: now,
@@ -1164,6 +1171,8 @@ async fn retention_deletes_old_messages_at_the_first_sweep() {
     let then = chrono::Utc::now() - chrono::Duration::days(3);
     let inbound = Inbound {
         from: Address::new(old),
+        line: Default::default(),
+        persona: None,
         body: "three days ago".to_owned(),
         external_id: Some(new_sid("SM")),
         received_at: then,
@@ -1202,7 +1211,8 @@ async fn retention_deletes_old_messages_at_the_first_sweep() {
                 .export_user(&Address::new(number))
                 .await
                 .unwrap()
-                .unwrap()
+                .unwrap()[0]
+                .clone()
         }
     };
     eventually("the old messages deleted", || async {
@@ -1267,4 +1277,23 @@ async fn serve_logs_its_configuration_once_at_start() {
         assert!(line.contains(expected), "{expected:?} not in {line}");
     }
     assert_not_logged(&gateway, &[fixture.twilio.auth_token(), "test-key"]);
+}
+
+/// Two numbers, two souls, one person texting both, on SQLite (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lines_two_souls_on_sqlite() {
+    let fixture = Fixture::new().await;
+    common::lines::two_lines_two_souls(&fixture.settings, &fixture.model, &fixture.twilio).await;
+}
+
+/// A soul assigned at first contact by a weighted split stays, on SQLite (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_assignment_stays_on_sqlite() {
+    let fixture = Fixture::new().await;
+    common::lines::first_contact_assignment_stays(
+        &fixture.settings,
+        &fixture.model,
+        &fixture.twilio,
+    )
+    .await;
 }

@@ -154,3 +154,26 @@ async fn export_and_erase_on_supabase() {
     )
     .await;
 }
+
+/// Two numbers, two souls, one person texting both, on the Supabase store
+/// (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lines_two_souls_on_supabase() {
+    let project = Project::new().await;
+    let model = EchoModel::start().await;
+    common::lines::two_lines_two_souls(&project.settings(&model), &model, &project.twilio).await;
+}
+
+/// A soul assigned at first contact by a weighted split stays, on the Supabase store
+/// (`common::lines`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_assignment_stays_on_supabase() {
+    let project = Project::new().await;
+    let model = EchoModel::start().await;
+    common::lines::first_contact_assignment_stays(
+        &project.settings(&model),
+        &model,
+        &project.twilio,
+    )
+    .await;
+}

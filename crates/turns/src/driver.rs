@@ -1,5 +1,7 @@
 //! The turn loop.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -10,8 +12,9 @@ use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
 use soul_engine::retry::{Failure, RetryPolicy, Verdict, retry};
 use soul_persistence::{
-    Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, OutboxAtCommit,
-    SessionId, Store, StoreError, SubprocessCommit, TurnCommit, TurnContext, TurnSettings,
+    Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, Line, OutboxAtCommit,
+    SessionId, SoulProcesses, Store, StoreError, SubprocessCommit, TurnCommit, TurnContext,
+    TurnSettings,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -25,6 +28,8 @@ pub struct OutboundBatch {
     pub session: SessionId,
     /// Where they go.
     pub address: Address,
+    /// The line they go out from: the session's, the one the person texted.
+    pub line: Line,
     /// The stored outbound messages (their ids and texts), in order.
     pub messages: Vec<(Uuid, String)>,
     /// The session's outbox as the commit that stored them found it; `None` for replies found
@@ -121,10 +126,14 @@ impl DriverError {
     }
 }
 
-/// Runs the turns of one soul against one store.
+/// Runs the turns of one soul, or of several, against one store.
 pub struct TurnDriver {
     store: Arc<dyn Store>,
+    /// The default soul: new conversations get it unless their message names another, and a
+    /// conversation whose soul is not deployed here goes on in it.
     runtime: Arc<Runtime>,
+    /// The other deployed souls, by name ([`TurnDriver::with_soul`]).
+    souls: BTreeMap<String, Arc<Runtime>>,
     clock: Arc<dyn Clock>,
     settings: TurnSettings,
     fallback_reply: String,
@@ -169,6 +178,7 @@ impl TurnDriver {
         TurnDriver {
             store,
             runtime,
+            souls: BTreeMap::new(),
             clock,
             settings,
             fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
@@ -176,10 +186,49 @@ impl TurnDriver {
         }
     }
 
-    /// The same driver with other settings (session timeout, lease, history window).
+    /// The same driver with other settings (session timeout, lease, history window); the
+    /// souls added by [`with_soul`](Self::with_soul) stay.
     pub fn with_settings(mut self, settings: TurnSettings) -> Self {
+        let souls = std::mem::take(&mut self.settings.souls);
         self.settings = settings;
+        self.settings.souls.extend(souls);
         self
+    }
+
+    /// The same driver running `runtime`'s soul too, for the conversations assigned to it
+    /// ([`Inbound::persona`] at their first contact); the first soul stays the default.
+    pub fn with_soul(mut self, runtime: Arc<Runtime>) -> Self {
+        let soul = mapping::turn_settings(runtime.soul());
+        self.settings.souls.insert(
+            soul.persona.clone(),
+            SoulProcesses {
+                processes: soul.processes,
+                subprocesses: soul.subprocesses,
+            },
+        );
+        self.souls.insert(soul.persona, runtime);
+        self
+    }
+
+    /// The runtime and settings of a conversation assigned to `persona`; the default soul's,
+    /// with a warning, for a soul not deployed here (the store has started its turn in the
+    /// default soul's initial process, as it does for an unknown stored process).
+    fn soul_for(&self, persona: &str) -> (&Arc<Runtime>, Cow<'_, TurnSettings>) {
+        match self.souls.get(persona) {
+            Some(runtime) if persona != self.settings.persona => {
+                (runtime, self.settings.for_persona(persona))
+            }
+            _ => {
+                if persona != self.settings.persona {
+                    tracing::warn!(
+                        persona,
+                        default = %self.settings.persona,
+                        "the conversation's soul is not deployed; the default soul answers"
+                    );
+                }
+                (&self.runtime, Cow::Borrowed(&self.settings))
+            }
+        }
     }
 
     /// The same driver with another fallback reply.
@@ -325,11 +374,15 @@ impl TurnDriver {
     /// Repeating a commit that did apply (its answer was lost) is safe: the store refuses it as
     /// [`StoreError::LeaseLost`], the replies it stored are sent by the outbox sweeper, and a
     /// queued message it handed over runs once that lease expires.
-    async fn commit(&self, commit: &TurnCommit) -> Result<CommitOutcome, StoreError> {
+    async fn commit(
+        &self,
+        commit: &TurnCommit,
+        settings: &TurnSettings,
+    ) -> Result<CommitOutcome, StoreError> {
         let policy = commit_retry();
         let attempts = retry(&policy, "storing a turn", |_| async {
             self.store
-                .commit_turn(commit, &self.settings, self.clock.now())
+                .commit_turn(commit, settings, self.clock.now())
                 .await
                 .map_err(Unstored)
         });
@@ -345,12 +398,14 @@ impl TurnDriver {
         context: &TurnContext,
         delivery: &dyn Delivery,
     ) -> Result<(TurnReport, Option<TurnContext>), DriverError> {
-        let soul = self.runtime.soul();
+        let (runtime, settings) = self.soul_for(&context.session.persona);
+        let settings = &*settings;
+        let soul = runtime.soul();
         let session_key = context.session.id.to_string();
         let mut commit = TurnCommit::new(context);
         if context.session.opted_out {
             // Stored, never answered, and no model bill: they asked us to stop.
-            let committed = self.commit(&commit).await?;
+            let committed = self.commit(&commit, settings).await?;
             let report = TurnReport {
                 session: context.session.id,
                 inbound: context.inbound.id,
@@ -378,8 +433,7 @@ impl TurnDriver {
             (None, false)
         } else {
             let state = mapping::soul_state(soul, context);
-            let main = self
-                .runtime
+            let main = runtime
                 .run_main(&session_key, state, mapping::perception(context), None)
                 .await;
             match main {
@@ -397,7 +451,7 @@ impl TurnDriver {
                 }
             }
         };
-        let committed = match self.commit(&commit).await {
+        let committed = match self.commit(&commit, settings).await {
             Ok(committed) => committed,
             // Refused, not unreachable: the same commit would be refused again at every re-run.
             // The turn stores less instead: the fallback reply alone, as when the engine fails;
@@ -421,7 +475,7 @@ impl TurnDriver {
                     );
                     commit.replies.clear();
                 }
-                self.commit(&commit).await?
+                self.commit(&commit, settings).await?
             }
             Err(error) => return Err(error.into()),
         };
@@ -436,6 +490,7 @@ impl TurnDriver {
                 .deliver(OutboundBatch {
                     session: context.session.id,
                     address: context.session.address.clone(),
+                    line: context.session.line.clone(),
                     messages,
                     at_commit: Some(committed.outbox),
                 })
@@ -462,7 +517,9 @@ impl TurnDriver {
         // A queued message already began the next turn: it cancels this turn's subprocesses,
         // as a newer message does in OpenSouls (and their commit would be refused as stale).
         if let (Some(main), None) = (&main, &next)
-            && let Some(applied) = self.run_subprocesses(context, main).await?
+            && let Some(applied) = self
+                .run_subprocesses(runtime, settings, context, main)
+                .await?
         {
             report.subprocesses_applied = true;
             if let Some(moved) = applied.process {
@@ -480,13 +537,15 @@ impl TurnDriver {
     /// Runs the subprocesses and commits their changes; their outcome when the store applied it.
     async fn run_subprocesses(
         &self,
+        runtime: &Runtime,
+        settings: &TurnSettings,
         context: &TurnContext,
         main: &soul_engine::process::MainOutcome,
     ) -> Result<Option<soul_engine::process::SubprocessOutcome>, DriverError> {
-        if self.runtime.soul().subprocesses().is_empty() {
+        if runtime.soul().subprocesses().is_empty() {
             return Ok(None);
         }
-        let outcome = self.runtime.run_subprocesses(main).await;
+        let outcome = runtime.run_subprocesses(main).await;
         if outcome.cancelled {
             return Ok(None);
         }
@@ -504,7 +563,7 @@ impl TurnDriver {
         };
         let applied = self
             .store
-            .commit_subprocess(&commit, &self.settings, self.clock.now())
+            .commit_subprocess(&commit, settings, self.clock.now())
             .await?;
         Ok(matches!(applied, soul_persistence::SubprocessOutcome::Applied).then_some(outcome))
     }

@@ -211,6 +211,8 @@ async fn postgres() -> Fixture {
 fn inbound(from: &str, body: &str, sid: &str, at: DateTime<Utc>) -> Inbound {
     Inbound {
         from: Address::new(from),
+        line: Default::default(),
+        persona: None,
         body: body.to_owned(),
         external_id: Some(sid.to_owned()),
         received_at: at,
@@ -261,7 +263,8 @@ async fn a_conversation_keeps_its_state_across_turns(fixture: Fixture) {
         .export_user(&Address::new("+15550001"))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     let text = exported.to_string();
     assert!(text.contains("\"heard\""), "{text}");
     assert_eq!(session.total_messages, 8, "four messages and four replies");
@@ -304,13 +307,13 @@ async fn a_failed_turn_sends_the_fallback_and_changes_nothing(fixture: Fixture) 
     double.push_content("first");
     answered(&driver, inbound("+15550003", "hi", "SMa", now())).await;
     let address = Address::new("+15550003");
-    let before = driver.store().export_user(&address).await.unwrap().unwrap();
+    let before = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
 
     double.push(Reply::status(500));
     let failed = answered(&driver, inbound("+15550003", "again", "SMb", now())).await;
     assert!(failed[0].fell_back);
     assert_eq!(failed[0].replies, [soul_turns::DEFAULT_FALLBACK_REPLY]);
-    let after = driver.store().export_user(&address).await.unwrap().unwrap();
+    let after = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
     for key in ["soul_memories", "process_memories", "mental_process_state"] {
         assert_eq!(
             before.get(key),
@@ -380,7 +383,8 @@ async fn a_session_timeout_resets_process_state_but_not_soul_memory(fixture: Fix
         .export_user(&Address::new("+15550005"))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     assert!(
         exported.to_string().contains("\"heard\""),
         "soul memory survived the timeout"
@@ -455,7 +459,7 @@ async fn a_scheduled_check_in_makes_the_aimed_process_speak_once(fixture: Fixtur
     let session = store.session(&address).await.unwrap().unwrap();
     assert_eq!(session.total_messages, 3);
     assert_eq!(session.session_number(), 1);
-    let exported = store.export_user(&address).await.unwrap().unwrap();
+    let exported = store.export_user(&address).await.unwrap().unwrap()[0].clone();
     assert_eq!(
         exported["mental_process_state"]["name"],
         json!("listen"),
@@ -466,7 +470,7 @@ async fn a_scheduled_check_in_makes_the_aimed_process_speak_once(fixture: Fixtur
 
 /// The `tally` subprocess's count, as it copied it to soul memory.
 async fn tally_of(driver: &TurnDriver, address: &Address) -> serde_json::Value {
-    let exported = driver.store().export_user(address).await.unwrap().unwrap();
+    let exported = driver.store().export_user(address).await.unwrap().unwrap()[0].clone();
     exported["soul_memories"]
         .as_array()
         .unwrap()
@@ -487,7 +491,7 @@ async fn a_subprocess_counts_in_its_own_memory_across_turns(fixture: Fixture) {
         assert!(reports[0].subprocesses_applied);
         assert_eq!(tally_of(&driver, &address).await, json!(n), "turn {n}");
     }
-    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
     let tally: Vec<_> = exported["process_memories"]
         .as_array()
         .unwrap()
@@ -522,7 +526,7 @@ async fn a_subprocess_moves_the_main_process_through_the_store(fixture: Fixture)
         "the report says where the session is"
     );
 
-    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
     let state = &exported["mental_process_state"];
     assert_eq!(state["name"], json!("focus"));
     assert_eq!(state["params"], json!({"why": "tallied"}));
@@ -564,7 +568,7 @@ async fn a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else(f
     let address = Address::new("+15550008");
     double.push_content("Dee said: \"Hello.\"");
     answered(&driver, inbound("+15550008", "hi", "SMr1", now())).await;
-    let before = driver.store().export_user(&address).await.unwrap().unwrap();
+    let before = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
 
     double.push_content("Dee said: \"Noted.\"");
     let refused = answered(&driver, inbound("+15550008", "refused note", "SMr2", now())).await;
@@ -573,7 +577,7 @@ async fn a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else(f
     assert_eq!(refused[0].replies, [DEFAULT_FALLBACK_REPLY]);
     assert_eq!(refused[0].outbound.len(), 1, "the fallback reply is stored");
     assert!(!refused[0].subprocesses_applied);
-    let after = driver.store().export_user(&address).await.unwrap().unwrap();
+    let after = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
     for key in UNTOUCHED_BY_A_FALLBACK {
         assert_eq!(before[key], after[key], "{key} changed by the refused turn");
     }
@@ -734,7 +738,7 @@ async fn a_turn_refused_even_as_its_fallback_is_closed_without_a_reply_after_the
     let history = driver.store().history(&address, None, 0).await.unwrap();
     let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(said, ["nul memory", "next", "Answering next."]);
-    let exported = driver.store().export_user(&address).await.unwrap().unwrap();
+    let exported = driver.store().export_user(&address).await.unwrap().unwrap()[0].clone();
     let soul_memories: Vec<_> = exported["soul_memories"]
         .as_array()
         .unwrap()
@@ -759,7 +763,8 @@ async fn stored_snapshot(driver: &TurnDriver, from: &str) -> soul_engine::Workin
         .export_user(&Address::new(from))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()[0]
+        .clone();
     match &export["working_memory_snapshots"][0]["snapshot"] {
         serde_json::Value::String(text) => soul_engine::WorkingMemory::from_json_str(text),
         value => soul_engine::WorkingMemory::from_json(value.clone()),

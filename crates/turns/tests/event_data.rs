@@ -105,6 +105,8 @@ async fn sqlite() -> Fixture {
 async fn say(fixture: &Fixture, body: &str, sid: &str) -> TurnReport {
     let inbound = Inbound {
         from: Address::new("+15550100"),
+        line: Default::default(),
+        persona: None,
         body: body.to_owned(),
         external_id: Some(sid.to_owned()),
         received_at: fixture.clock.now(),

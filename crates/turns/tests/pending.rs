@@ -123,6 +123,8 @@ async fn sqlite() -> Fixture {
 fn inbound(fixture: &Fixture, body: &str) -> Inbound {
     Inbound {
         from: Address::new("+15550100"),
+        line: Default::default(),
+        persona: None,
         body: body.to_owned(),
         external_id: None,
         received_at: fixture.clock.now(),

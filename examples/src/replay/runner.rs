@@ -156,6 +156,8 @@ impl Runner {
             Action::Say { from, text } => {
                 let inbound = Inbound {
                     from: Address::new(from),
+                    line: Default::default(),
+                    persona: None,
                     body: text.to_owned(),
                     // Unique per step, as the channel's message ids are.
                     external_id: Some(format!("SMreplay{number:04}")),
@@ -218,7 +220,8 @@ impl Runner {
         let Some(session) = store.session(address).await? else {
             return Ok(Stored::default());
         };
-        let export = store.export_user(address).await?.unwrap_or_default();
+        // The replays talk on the default line: one conversation.
+        let export = store.export_user(address).await?.unwrap_or_default()[0].clone();
         let soul_memory = rows(&export, "soul_memories")
             .filter_map(|row| Some((row.get("key")?.as_str()?.to_owned(), row.get("value")?)))
             .map(|(key, value)| (key, value.clone()))

@@ -213,7 +213,8 @@ pub async fn event_turn_leaves_conversation_count_and_timeout_alone(harness: &dy
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     let kinds: Vec<&str> = export["inbound_messages"]
         .as_array()
         .into_iter()
@@ -447,6 +448,7 @@ pub async fn event_for_opted_out_person_runs_no_turn(harness: &dyn Harness) {
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     assert_eq!(export["inbound_messages"].as_array().map(Vec::len), Some(1));
 }

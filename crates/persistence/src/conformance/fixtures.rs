@@ -39,6 +39,8 @@ pub(super) fn address(n: usize) -> Address {
 pub(super) fn inbound(from: &Address, body: &str, sid: Option<&str>, at: DateTime<Utc>) -> Inbound {
     Inbound {
         from: from.clone(),
+        line: Default::default(),
+        persona: None,
         body: body.to_owned(),
         external_id: sid.map(str::to_owned),
         received_at: at,

@@ -19,6 +19,7 @@ mod coverage;
 mod data_requests;
 mod events;
 mod fixtures;
+mod lines;
 mod opt_out;
 mod outbox;
 mod pending;
@@ -29,6 +30,7 @@ mod turns;
 pub use concurrency::*;
 pub use data_requests::*;
 pub use events::*;
+pub use lines::*;
 pub use opt_out::*;
 pub use outbox::*;
 pub use pending::*;
@@ -97,6 +99,8 @@ macro_rules! conformance_suite {
             export_holds_every_column_of_the_schema,
             erasing_someone_who_opted_out_keeps_only_their_opt_out,
             erasure_waits_for_a_running_turn,
+            a_number_has_one_conversation_per_line,
+            a_conversation_runs_its_own_souls_processes,
             concurrent_first_messages_make_one_session,
             many_senders_many_workers_exactly_once_in_order,
         );

@@ -89,7 +89,8 @@ pub async fn delivery_status_only_moves_forward(harness: &dyn Harness) {
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     assert_eq!(export["outbound_messages"][0]["status"], json!("delivered"));
     assert_eq!(
         export["outbound_messages"][0]["provider_id"],
@@ -179,7 +180,8 @@ pub async fn delivery_updates_together_apply_in_order_each_as_alone(harness: &dy
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     let stored: Vec<(String, Option<String>)> = export["outbound_messages"]
         .as_array()
         .expect("outbound messages")

@@ -131,7 +131,8 @@ pub async fn retention_deletes_every_copy_of_an_old_message(harness: &dyn Harnes
                 .export_user(&address)
                 .await
                 .expect("export")
-                .expect("the session stays")
+                .expect("the session stays")[0]
+                .clone()
         }
     };
     let alice_now = export(alice.clone()).await;
@@ -211,7 +212,8 @@ pub async fn export_and_erase_one_user(harness: &dyn Harness) {
         .export_user(&alice)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     assert_eq!(export["session"]["address"], json!(alice.as_str()));
     assert_eq!(export["session"]["total_messages"], json!(2));
     let contents: Vec<&str> = export["messages"]

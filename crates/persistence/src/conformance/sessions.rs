@@ -253,7 +253,8 @@ pub async fn soul_memory_upserts_on_session_and_key(harness: &dyn Harness) {
         .export_user(&alice)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     assert_eq!(export["soul_memories"].as_array().map(Vec::len), Some(2));
 }
 
@@ -314,7 +315,8 @@ pub async fn process_memory_upserts_on_session_process_and_key(harness: &dyn Har
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     let rows = export["process_memories"]
         .as_array()
         .cloned()
@@ -620,7 +622,8 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
         .export_user(&from)
         .await
         .expect("export")
-        .expect("exists");
+        .expect("exists")[0]
+        .clone();
     assert_eq!(export["process_memories"], json!([]));
     assert_eq!(export["mental_process_state"], serde_json::Value::Null);
 }

@@ -23,7 +23,7 @@ pub use self::postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnec
 pub use self::postgrest::{PostgrestRpc, SupabaseConfig, SupabaseStore};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
-    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Result, Store, StoreFuture, wire};
@@ -156,9 +156,13 @@ impl<T: Transport> Store for SqlFunctionStore<T> {
         })
     }
 
-    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
+    fn session_on_line<'a>(
+        &'a self,
+        address: &'a Address,
+        line: &'a Line,
+    ) -> StoreFuture<'a, Option<Session>> {
         Box::pin(async move {
-            let request = wire::address_request(address);
+            let request = wire::session_request(address, line);
             Ok(serde_json::from_value(
                 self.transport.call(Call::Session, request).await?,
             )?)

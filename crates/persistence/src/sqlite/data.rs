@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
 use soul_engine::Memory;
 use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use uuid::Uuid;
 
 use super::rows::{lease_live, parse_json, parse_ts, session_from, session_row, ts};
@@ -14,18 +14,30 @@ use super::sessions::history;
 use crate::driver::Result;
 use crate::types::{Address, Erasure, Session};
 
-/// Everything stored about `address`, as `public.soul_export_user` answers; `None` if unknown.
+/// Everything stored about `address`, as `public.soul_export_user` answers: one entry per
+/// conversation (per line), by line; `None` if unknown.
 pub(super) async fn export(
     conn: &mut SqliteConnection,
     address: &Address,
 ) -> Result<Option<Value>> {
-    use ColumnKind::{Integer, Json, Text};
-    let row = sqlx::query("select * from user_sessions where phone_number = ?")
+    let rows = sqlx::query("select * from user_sessions where phone_number = ? order by line")
         .bind(address.as_str())
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let session = session_from(&row)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut conversations = Vec::with_capacity(rows.len());
+    for row in &rows {
+        conversations.push(export_conversation(conn, row).await?);
+    }
+    Ok(Some(Value::Array(conversations)))
+}
+
+/// One conversation's part of an export.
+async fn export_conversation(conn: &mut SqliteConnection, row: &SqliteRow) -> Result<Value> {
+    use ColumnKind::{Integer, Json, Text};
+    let session = session_from(row)?;
     let id = session.id.0.to_string();
     let messages: Vec<Memory> = history(conn, &id, None, 0).await?;
     let process_state = sqlx::query("select * from mental_process_state where session_id = ?")
@@ -49,7 +61,7 @@ pub(super) async fn export(
         .transpose()?;
     let mut session_json = serde_json::to_value(SessionJson(&session))?;
     session_json["opted_out_at"] = serde_json::to_value(opted_out_at)?;
-    Ok(Some(json!({
+    Ok(json!({
         "session": session_json,
         "messages": with_message_sids(conn, &id, serde_json::to_value(&messages)?).await?,
         "soul_memories": rows_as_json(conn,
@@ -83,7 +95,7 @@ pub(super) async fn export(
              from scheduled_events where session_id = ? order by key",
             &id, &[("id", Text), ("key", Text), ("kind", Text), ("payload", Json),
                 ("due_at", Text), ("claimed_until", Text), ("created_at", Text)]).await?,
-    })))
+    }))
 }
 
 /// `messages` (the session's conversation, as the history reads it) as
@@ -165,6 +177,7 @@ impl serde::Serialize for SessionJson<'_> {
         json!({
             "id": s.id,
             "address": s.address,
+            "line": s.line,
             "persona": s.persona,
             "first_contact_at": s.first_contact_at,
             "last_active_at": s.last_active_at,
@@ -220,47 +233,57 @@ pub(super) async fn delete_messages_older_than(
     Ok(deleted)
 }
 
-/// Erases `address`, as `public.soul_erase_user` does: refused while a turn runs at `now`;
-/// otherwise the session goes and every other table with it, and a person who opted out keeps
-/// a session row with the number and the opt-out time alone, under a new id and at version 0.
+/// Erases `address`, as `public.soul_erase_user` does: refused while a turn of any of its
+/// conversations runs at `now`; otherwise every conversation of the number goes, on every
+/// line, and every other table with them, and each conversation the person opted out of keeps
+/// a session row with the number, the line and the opt-out time alone, under a new id and at
+/// version 0.
 pub(super) async fn erase_user(
     conn: &mut SqliteConnection,
     address: &Address,
     now: DateTime<Utc>,
 ) -> Result<Erasure> {
-    let row = sqlx::query("select * from user_sessions where phone_number = ?")
+    let rows = sqlx::query("select * from user_sessions where phone_number = ? order by line")
         .bind(address.as_str())
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-    let Some(row) = row else {
+    if rows.is_empty() {
         return Ok(Erasure::Unknown);
-    };
-    let session = session_row(&row)?;
-    if lease_live(&session, &ts(now)) {
-        let until = session.lease_expires_at.as_deref().unwrap_or_default();
-        return Ok(Erasure::TurnRunning {
-            lease_expires_at: parse_ts(until)?,
-        });
     }
-    let persona: String = row.try_get("assigned_persona")?;
-    let opted_out_at: Option<String> = row.try_get("opted_out_at")?;
-    sqlx::query("delete from user_sessions where id = ?")
-        .bind(&session.id)
+    let now_text = ts(now);
+    let mut kept = Vec::new();
+    for row in &rows {
+        let session = session_row(row)?;
+        if lease_live(&session, &now_text) {
+            let until = session.lease_expires_at.as_deref().unwrap_or_default();
+            return Ok(Erasure::TurnRunning {
+                lease_expires_at: parse_ts(until)?,
+            });
+        }
+        if let Some(opted_out_at) = row.try_get::<Option<String>, _>("opted_out_at")? {
+            let line: String = row.try_get("line")?;
+            let persona: String = row.try_get("assigned_persona")?;
+            kept.push((line, persona, opted_out_at));
+        }
+    }
+    sqlx::query("delete from user_sessions where phone_number = ?")
+        .bind(address.as_str())
         .execute(&mut *conn)
         .await?;
-    if let Some(opted_out_at) = &opted_out_at {
+    for (line, persona, opted_out_at) in &kept {
         sqlx::query(
-            "insert into user_sessions (id, phone_number, assigned_persona, first_contact_at,
-               last_active_at, opted_out_at) values (?1, ?2, ?3, ?4, ?4, ?4)",
+            "insert into user_sessions (id, phone_number, line, assigned_persona,
+               first_contact_at, last_active_at, opted_out_at) values (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(address.as_str())
-        .bind(&persona)
+        .bind(line)
+        .bind(persona)
         .bind(opted_out_at)
         .execute(&mut *conn)
         .await?;
     }
     Ok(Erasure::Erased {
-        opt_out_kept: opted_out_at.is_some(),
+        opt_out_kept: !kept.is_empty(),
     })
 }

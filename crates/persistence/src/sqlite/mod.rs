@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::driver::{Result, operation};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
-    OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
+    Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
 use crate::{Store, StoreFuture};
@@ -157,8 +157,12 @@ impl Store for SqliteStore {
         operation(start::stalled_sessions(&self.pool, now, limit))
     }
 
-    fn session<'a>(&'a self, address: &'a Address) -> StoreFuture<'a, Option<Session>> {
-        operation(sessions::session(&self.pool, address))
+    fn session_on_line<'a>(
+        &'a self,
+        address: &'a Address,
+        line: &'a Line,
+    ) -> StoreFuture<'a, Option<Session>> {
+        operation(sessions::session(&self.pool, address, line))
     }
 
     fn history<'a>(

@@ -71,7 +71,7 @@ pub(super) async fn claim_pending_deliveries(
     limit: u32,
 ) -> Result<Vec<OutboundMessage>> {
     let rows = sqlx::query(
-        "select o.*, s.phone_number from outbound_messages o
+        "select o.*, s.phone_number, s.line from outbound_messages o
          join user_sessions s on s.id = o.session_id
          where o.status = 'pending'
            and (o.claimed_until is null or o.claimed_until <= ?)
@@ -112,7 +112,7 @@ pub(super) async fn claim_session_outbox(
         return Ok(None);
     };
     let rows = sqlx::query(
-        "select o.*, s.phone_number from outbound_messages o
+        "select o.*, s.phone_number, s.line from outbound_messages o
          join user_sessions s on s.id = o.session_id
          where o.session_id = ?1 and o.status = 'pending'
            and o.seq <= (select seq from outbound_messages where id = ?2)

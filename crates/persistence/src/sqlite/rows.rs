@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::StoreError;
 use crate::driver::Result;
-use crate::types::{Address, DeliveryStatus, OutboundMessage, ScheduledEvent, Session, SessionId};
+use crate::types::{
+    Address, DeliveryStatus, Line, OutboundMessage, ScheduledEvent, Session, SessionId,
+};
 
 /// Times are stored as fixed-width UTC text so that comparing text compares time; PostgreSQL
 /// keeps microseconds, and so does this.
@@ -72,6 +74,7 @@ pub(super) fn session_from(row: &SqliteRow) -> Result<Session> {
     Ok(Session {
         id: SessionId(parse_uuid(&row.try_get::<String, _>("id")?)?),
         address: Address::new(row.try_get::<String, _>("phone_number")?),
+        line: Line::new(row.try_get::<String, _>("line")?),
         persona: row.try_get("assigned_persona")?,
         first_contact_at: parse_ts(&row.try_get::<String, _>("first_contact_at")?)?,
         last_active_at: parse_ts(&row.try_get::<String, _>("last_active_at")?)?,
@@ -106,6 +109,7 @@ pub(super) fn outbound_from(row: &SqliteRow) -> Result<OutboundMessage> {
         id: parse_uuid(&row.try_get::<String, _>("id")?)?,
         session_id: SessionId(parse_uuid(&row.try_get::<String, _>("session_id")?)?),
         address: Address::new(row.try_get::<String, _>("phone_number")?),
+        line: Line::new(row.try_get::<String, _>("line")?),
         body: row.try_get("body")?,
         status: DeliveryStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,

@@ -12,9 +12,11 @@
 --   save WAL records and heap-only updates, which SQLite does not have.
 -- - Snapshots are replaced by delete and insert (SQLite reuses the freed space at once), so the
 --   snapshot table keeps its session index instead of a unique key.
+-- One row per conversation: a number and the line it texted ('' for the default line).
 create table user_sessions (
   id text primary key,
-  phone_number text not null unique,
+  phone_number text not null,
+  line text not null default '',
   assigned_persona text not null,
   first_contact_at text not null,
   last_active_at text not null,
@@ -24,7 +26,8 @@ create table user_sessions (
   lease_token text,
   lease_expires_at text,
   lease_inbound_id text,
-  opted_out_at text
+  opted_out_at text,
+  unique (phone_number, line)
 );
 
 create table messages (

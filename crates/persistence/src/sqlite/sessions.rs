@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{memory_from, session_from, ts};
 use crate::driver::Result;
-use crate::types::{Address, Session};
+use crate::types::{Address, Line, Session};
 
 pub(super) async fn load_session(conn: &mut SqliteConnection, id: &str) -> Result<Session> {
     let row = sqlx::query("select * from user_sessions where id = ?")
@@ -39,10 +39,15 @@ pub(super) async fn history(
     rows.iter().map(memory_from).collect()
 }
 
-/// The session of `address`, or `None`.
-pub(super) async fn session(pool: &SqlitePool, address: &Address) -> Result<Option<Session>> {
-    let row = sqlx::query("select * from user_sessions where phone_number = ?")
+/// The session of `address` on `line`, or `None`.
+pub(super) async fn session(
+    pool: &SqlitePool,
+    address: &Address,
+    line: &Line,
+) -> Result<Option<Session>> {
+    let row = sqlx::query("select * from user_sessions where phone_number = ? and line = ?")
         .bind(address.as_str())
+        .bind(line.as_str())
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(session_from).transpose()
@@ -57,7 +62,7 @@ pub(super) async fn history_of(
 ) -> Result<Vec<Memory>> {
     let mut conn = pool.acquire().await?;
     let id: Option<String> =
-        sqlx::query_scalar("select id from user_sessions where phone_number = ?")
+        sqlx::query_scalar("select id from user_sessions where phone_number = ? and line = ''")
             .bind(address.as_str())
             .fetch_optional(&mut *conn)
             .await?;

@@ -32,8 +32,9 @@ pub(super) async fn begin(
 ) -> Result<BeginOutcome> {
     settings.validate()?;
     let now_text = ts(now);
-    let existing = sqlx::query("select * from user_sessions where phone_number = ?")
+    let existing = sqlx::query("select * from user_sessions where phone_number = ? and line = ?")
         .bind(inbound.from.as_str())
+        .bind(inbound.line.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     // The session's first turn is new, whichever call created the session.
@@ -44,12 +45,13 @@ pub(super) async fn begin(
             let metadata =
                 json!({ "session_number": 1, "last_session_started_at": ts(inbound.received_at) });
             sqlx::query(
-                "insert into user_sessions (id, phone_number, assigned_persona, first_contact_at,
-                   last_active_at, metadata) values (?, ?, ?, ?, ?, ?)",
+                "insert into user_sessions (id, phone_number, line, assigned_persona,
+                   first_contact_at, last_active_at, metadata) values (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&id)
             .bind(inbound.from.as_str())
-            .bind(&settings.persona)
+            .bind(inbound.line.as_str())
+            .bind(inbound.persona.as_ref().unwrap_or(&settings.persona))
             .bind(&now_text)
             .bind(&now_text)
             .bind(json_text(&metadata))
@@ -389,6 +391,9 @@ pub(super) async fn start_next(
     .fetch_one(&mut *conn)
     .await?;
     let session_now = session_from(&session_row)?;
+    // The conversation's own soul: a soul no longer deployed has no processes here, so its
+    // conversation goes on in the default soul from its initial process (corrected below).
+    let settings = &*settings.for_persona(&session_now.persona);
 
     let state = sqlx::query("select * from mental_process_state where session_id = ?")
         .bind(session)

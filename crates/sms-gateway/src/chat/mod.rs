@@ -14,6 +14,7 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::Value;
 use soul_engine::model::BoxFuture;
 use soul_engine::{Clock, SystemClock};
 use soul_persistence::{Address, DeliveryStatus, DeliveryUpdate, Inbound, OutboundRef, Store};
@@ -145,6 +146,8 @@ pub(crate) async fn run(config: &Config, from: &str) -> Result<(), StartError> {
         }
         let inbound = Inbound {
             from: address.clone(),
+            line: Default::default(),
+            persona: None,
             // Made storable as an SMS is (a pasted control character would fail its begin).
             body: soul_engine::text::storable(body).into_owned(),
             external_id: None,
@@ -180,7 +183,14 @@ async fn state(
     look: Look,
 ) {
     match store.export_user(address).await {
-        Ok(export) => show(out, &state::describe(export.as_ref())).await,
+        Ok(export) => {
+            // The terminal talks on the default line: its conversation is the one shown.
+            let conversation = export.as_ref().and_then(Value::as_array).and_then(|all| {
+                all.iter()
+                    .find(|conversation| conversation["session"]["line"] == "")
+            });
+            show(out, &state::describe(conversation)).await;
+        }
         Err(error) => {
             tracing::warn!(error = error.kind(), "could not read the state");
             show(

@@ -36,6 +36,7 @@ mod listener;
 mod model;
 mod problem;
 mod reader;
+mod routing;
 mod secret;
 mod sources;
 mod store;
@@ -49,11 +50,15 @@ mod twilio;
 pub(crate) use fuzz::fuzz_check;
 pub(crate) use listener::{HttpLimits, PublicUrl};
 pub(crate) use model::ModelConfig;
+pub(crate) use routing::{Route, Routing, Rule};
 pub(crate) use secret::{Secret, redacted_url};
 pub(crate) use sources::load;
 pub(crate) use store::{StoreConfig, sqlite_path};
 pub(crate) use summary::Summary;
 pub(crate) use twilio::{Sender, TwilioConfig};
+
+/// The soul run when `SOUL` and `LINES` are not set: the companion this gateway exists for.
+pub(crate) const DEFAULT_SOUL: &str = soul_processes::companion::SOUL;
 
 /// What the command being run needs; each level needs everything the one before it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,8 +98,8 @@ pub(crate) struct Config {
     pub(crate) store: StoreConfig,
     /// Silence after which a conversation starts a new session.
     pub(crate) session_timeout: Duration,
-    /// The soul to run; `None` means the companion, `sage`.
-    pub(crate) soul: Option<String>,
+    /// Which soul a conversation gets at its first contact (`SOUL`, `LINES`).
+    pub(crate) routing: Routing,
     /// The answer to HELP; `None` means the gateway's default.
     pub(crate) help_text: Option<String>,
     /// How logs are written.
@@ -178,7 +183,7 @@ impl Config {
             .duration("SESSION_TIMEOUT")
             .unwrap_or(DEFAULT_SESSION_TIMEOUT);
         let retention_days = reader.retention_days(session_timeout);
-        let soul = reader.get("SOUL").map(str::to_owned);
+        let routing = reader.routing(DEFAULT_SOUL);
         let help_text = reader.get("HELP_TEXT").map(str::to_owned);
         let log_format = reader
             .parsed("LOG_FORMAT", "neither text nor json", |text| {
@@ -258,7 +263,7 @@ impl Config {
                 model,
                 store,
                 session_timeout,
-                soul,
+                routing,
                 help_text,
                 log_format,
                 rate_limit_per_minute,
@@ -299,7 +304,11 @@ mod tests {
         assert_eq!(config.session_timeout, Duration::from_secs(3600));
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.twilio.is_none() && config.model.is_none() && config.public_url.is_none());
-        assert!(config.soul.is_none() && config.help_text.is_none());
+        assert_eq!(
+            config.routing.default,
+            Some(Rule::Fixed(DEFAULT_SOUL.to_owned()))
+        );
+        assert!(config.routing.lines.is_empty() && config.help_text.is_none());
         assert_eq!(
             config.rate_limit_per_minute,
             Some(DEFAULT_RATE_LIMIT_PER_MINUTE)
@@ -340,7 +349,10 @@ mod tests {
             StoreConfig::Postgres { url } if url.expose() == "postgresql://u:pw@db/soul"
         ));
         assert_eq!(config.session_timeout, Duration::from_secs(90 * 60));
-        assert_eq!(config.soul.as_deref(), Some("samantha"));
+        assert_eq!(
+            config.routing.default,
+            Some(Rule::Fixed("samantha".to_owned()))
+        );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.rate_limit_per_minute, NonZeroU32::new(12));
     }

@@ -41,9 +41,11 @@ pub(crate) enum Problem {
         /// The key, as flattened (`[twilio] frm` is `TWILIO_FRM`).
         key: String,
     },
-    /// `SOUL` names a soul this build does not have.
-    #[error("SOUL is {soul:?}, which this build does not have: it has {known}")]
+    /// `SOUL` or `LINES` names a soul this build does not have.
+    #[error("{key} names the soul {soul:?}, which this build does not have: it has {known}")]
     UnknownSoul {
+        /// The setting naming it.
+        key: &'static str,
         /// The soul asked for.
         soul: String,
         /// The souls this build has, comma-separated.

@@ -34,6 +34,7 @@ pub(crate) const KEYS: &[&str] = &[
     "SUPABASE_SERVICE_ROLE_KEY",
     "SESSION_TIMEOUT",
     "SOUL",
+    "LINES",
     "HELP_TEXT",
     "LOG_FORMAT",
     "RATE_LIMIT_PER_MINUTE",
@@ -73,31 +74,54 @@ pub(crate) fn load(
     };
     values.extend(env);
     let config = Config::from_values(&values, level);
-    let unknown_soul = unknown_soul(&values, souls);
+    let unknown_souls = unknown_souls(&values, souls);
     match config {
-        Ok(config) if problems.is_empty() && unknown_soul.is_none() => Ok(config),
+        Ok(config) if problems.is_empty() && unknown_souls.is_empty() => Ok(config),
         Ok(_) => {
-            problems.extend(unknown_soul);
+            problems.extend(unknown_souls);
             Err(ConfigError { problems })
         }
         Err(error) => {
             problems.extend(error.problems);
-            problems.extend(unknown_soul);
+            problems.extend(unknown_souls);
             Err(ConfigError { problems })
         }
     }
 }
 
-/// `SOUL` naming a soul this build does not have (`souls`), whatever else is wrong.
-pub(crate) fn unknown_soul(values: &BTreeMap<String, String>, souls: &[&str]) -> Option<Problem> {
-    let soul = values
-        .get("SOUL")
-        .map(|value| value.trim())
-        .filter(|value| !value.is_empty())?;
-    (!souls.contains(&soul)).then(|| Problem::UnknownSoul {
-        soul: soul.to_owned(),
-        known: souls.join(", "),
-    })
+/// The souls `SOUL` and `LINES` name that this build does not have (`souls`), whatever else is
+/// wrong; each once.
+pub(crate) fn unknown_souls(values: &BTreeMap<String, String>, souls: &[&str]) -> Vec<Problem> {
+    let value = |key: &str| {
+        values
+            .get(key)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    };
+    let mut named: Vec<(&'static str, String)> = Vec::new();
+    if let Some(rule) = value("SOUL").and_then(super::routing::parse_rule) {
+        named.extend(
+            rule.souls()
+                .into_iter()
+                .map(|soul| ("SOUL", soul.to_owned())),
+        );
+    }
+    if let Some(lines) = value("LINES").and_then(super::routing::parse_lines) {
+        named.extend(lines.into_values().map(|soul| ("LINES", soul)));
+    }
+    let mut problems = Vec::new();
+    for (key, soul) in named {
+        let problem = Problem::UnknownSoul {
+            key,
+            soul,
+            known: souls.join(", "),
+        };
+        let unknown = matches!(&problem, Problem::UnknownSoul { soul, .. } if !souls.contains(&soul.as_str()));
+        if unknown && !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
+    problems
 }
 
 /// The settings present in the process environment.
@@ -284,7 +308,10 @@ api_key = "sk-file"
         merged.extend(values(&[("PORT", "9001")]));
         let config = Config::from_values(&merged, Level::Migrate).unwrap();
         assert_eq!(config.port, 9001);
-        assert_eq!(config.soul.as_deref(), Some("file"));
+        assert_eq!(
+            config.routing.default,
+            Some(super::super::Rule::Fixed("file".to_owned()))
+        );
     }
 
     #[test]
@@ -308,22 +335,33 @@ api_key = "sk-file"
     fn unknown_souls_are_refused_and_named() {
         let souls = ["sage", "pip"];
         assert_eq!(
-            unknown_soul(&values(&[("SOUL", " samantha ")]), &souls),
-            Some(Problem::UnknownSoul {
+            unknown_souls(&values(&[("SOUL", " samantha ")]), &souls),
+            vec![Problem::UnknownSoul {
+                key: "SOUL",
                 soul: "samantha".to_owned(),
                 known: "sage, pip".to_owned()
-            })
+            }]
         );
-        assert_eq!(unknown_soul(&values(&[("SOUL", "pip")]), &souls), None);
-        assert_eq!(unknown_soul(&values(&[]), &souls), None);
-        let message = Problem::UnknownSoul {
-            soul: "samantha".to_owned(),
-            known: "sage, pip".to_owned(),
-        }
-        .to_string();
+        assert_eq!(unknown_souls(&values(&[("SOUL", "pip")]), &souls), vec![]);
+        assert_eq!(unknown_souls(&values(&[]), &souls), vec![]);
+        let split_and_lines = values(&[
+            ("SOUL", "sage=9,hal=1"),
+            (
+                "LINES",
+                "+15550001111=pip,+15550002222=hal,+15550003333=eve",
+            ),
+        ]);
+        let unknown: Vec<String> = unknown_souls(&split_and_lines, &souls)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
-            message,
-            "SOUL is \"samantha\", which this build does not have: it has sage, pip"
+            unknown,
+            [
+                "SOUL names the soul \"hal\", which this build does not have: it has sage, pip",
+                "LINES names the soul \"hal\", which this build does not have: it has sage, pip",
+                "LINES names the soul \"eve\", which this build does not have: it has sage, pip",
+            ]
         );
     }
 

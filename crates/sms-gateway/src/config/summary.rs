@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::secret::redacted_url;
-use super::{Config, Sender, StoreConfig, sqlite_path};
+use super::{Config, Rule, Sender, StoreConfig, sqlite_path};
 
 /// The path Twilio's messaging webhook is served on.
 const WEBHOOK_PATH: &str = "/twilio/sms";
@@ -18,8 +18,11 @@ const WEBHOOK_PATH: &str = "/twilio/sms";
 /// The configuration, line by line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Summary {
-    /// The soul, and whether it is the default.
+    /// The soul (or the split of souls) a first contact on no line gets, and whether it is the
+    /// default.
     pub(crate) soul: String,
+    /// The lines and their souls; `None` without `LINES`.
+    pub(crate) lines: Option<String>,
     /// The store and where it is.
     pub(crate) store: String,
     /// The model and its endpoint.
@@ -46,10 +49,26 @@ impl Summary {
     /// The summary of `config`; `default_soul` is the soul run when `SOUL` is not set.
     pub(crate) fn new(config: &Config, default_soul: &str) -> Summary {
         let mut warnings = Vec::new();
-        let soul = match &config.soul {
-            Some(soul) => soul.clone(),
-            None => format!("{default_soul} (the default)"),
+        let routing = &config.routing;
+        let soul = match &routing.default {
+            Some(Rule::Fixed(soul)) if soul == default_soul && routing.lines.is_empty() => {
+                format!("{default_soul} (the default)")
+            }
+            Some(rule) => rule.describe(),
+            None => "none: a message to a number on no line is refused (LINES is set, SOUL is not)"
+                .to_owned(),
         };
+        let lines = (!routing.lines.is_empty()).then(|| {
+            let lines: Vec<String> = routing
+                .lines
+                .iter()
+                .map(|(line, soul)| format!("{line} → {soul}"))
+                .collect();
+            format!(
+                "{}; each line's replies come from it, and a person has a conversation per line",
+                lines.join(", ")
+            )
+        });
         let model = match &config.model {
             Some(model) => {
                 if let Some(warning) = base_url_warning(&model.base_url) {
@@ -115,6 +134,7 @@ impl Summary {
         .to_owned();
         Summary {
             soul,
+            lines,
             store: store(&config.store),
             model,
             sender,
@@ -132,6 +152,7 @@ impl Summary {
     pub(crate) fn log(&self) {
         tracing::info!(
             soul = %self.soul,
+            lines = self.lines.as_deref().unwrap_or("none"),
             store = %self.store,
             model = %self.model,
             sender = %self.sender,
@@ -148,19 +169,22 @@ impl Summary {
         }
     }
 
-    fn lines(&self) -> [(&'static str, &str); 10] {
-        [
-            ("soul", &self.soul),
-            ("store", &self.store),
-            ("model", &self.model),
-            ("replies from", &self.sender),
-            ("webhook", &self.webhook),
-            ("listens on", &self.listen),
-            ("limits", &self.limits),
-            ("timing", &self.timing),
-            ("retention", &self.retention),
-            ("operations", &self.operations),
-        ]
+    fn lines(&self) -> Vec<(&'static str, &str)> {
+        let lines = self.lines.as_deref().map(|lines| ("lines", lines));
+        let mut shown = vec![("soul", self.soul.as_str())];
+        shown.extend(lines);
+        shown.extend([
+            ("store", self.store.as_str()),
+            ("model", self.model.as_str()),
+            ("replies from", self.sender.as_str()),
+            ("webhook", self.webhook.as_str()),
+            ("listens on", self.listen.as_str()),
+            ("limits", self.limits.as_str()),
+            ("timing", self.timing.as_str()),
+            ("retention", self.retention.as_str()),
+            ("operations", self.operations.as_str()),
+        ]);
+        shown
     }
 }
 
@@ -286,6 +310,7 @@ mod tests {
         );
         assert_eq!(summary.retention, "messages deleted after 90 days");
         assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        assert_eq!(summary.lines, None);
         let text = summary.to_string();
         for secret in [
             "hunter2",
@@ -296,6 +321,31 @@ mod tests {
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
+    }
+
+    #[test]
+    fn the_summary_names_the_lines_and_the_rule_for_other_numbers() {
+        let mut values = serve_values();
+        values.extend(super::tests::values(&[
+            ("LINES", "+15550002222=pip, +15550001111=sage"),
+            ("SOUL", "sage=90,pip=10"),
+        ]));
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        let summary = Summary::new(&config, "sage");
+        assert_eq!(
+            summary.soul,
+            "sage 90/100, pip 10/100 of first contacts, by a hash of their number"
+        );
+        assert_eq!(
+            summary.lines.as_deref(),
+            Some(
+                "+15550001111 → sage, +15550002222 → pip; each line's replies come from it, and \
+                 a person has a conversation per line"
+            )
+        );
+        values.remove("SOUL");
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert!(Summary::new(&config, "sage").soul.contains("is refused"));
     }
 
     #[test]

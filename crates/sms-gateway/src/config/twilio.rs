@@ -7,13 +7,13 @@ use super::secret::Secret;
 
 const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
-/// Who outbound messages are sent as.
+/// Who outbound messages are sent as (`T`: owned in the configuration, borrowed for a send).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Sender {
+pub(crate) enum Sender<T = String> {
     /// A phone number (E.164) or short code: the `From` field.
-    From(String),
+    From(T),
     /// A messaging service, which picks the number: the `MessagingServiceSid` field.
-    MessagingService(String),
+    MessagingService(T),
 }
 
 /// Twilio's account and how to send.
@@ -92,7 +92,7 @@ impl Reader<'_> {
 }
 
 /// Whether `text` is `prefix` followed by 32 hex digits, the shape of every Twilio SID.
-fn is_sid(text: &str, prefix: &str) -> bool {
+pub(super) fn is_sid(text: &str, prefix: &str) -> bool {
     text.len() == prefix.len() + 32
         && text.starts_with(prefix)
         && text
@@ -102,7 +102,7 @@ fn is_sid(text: &str, prefix: &str) -> bool {
 }
 
 /// An E.164 number (`+`, 8 to 15 digits, no leading zero) or a short code (3 to 8 digits).
-fn is_sender_number(text: &str) -> bool {
+pub(super) fn is_sender_number(text: &str) -> bool {
     let all_digits = |digits: &str| digits.bytes().all(|b| b.is_ascii_digit());
     match text.strip_prefix('+') {
         Some(digits) => {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use soul_engine::retry::{Failure, RetryPolicy, Verdict, parse_retry_after, retry};
+use soul_persistence::Line;
 
 use super::webhook::MessageStatus;
 use crate::config::{Secret, Sender, TwilioConfig};
@@ -46,6 +47,9 @@ fn send_retry() -> RetryPolicy {
 pub(crate) struct OutboundSms {
     /// The recipient (E.164).
     pub(crate) to: String,
+    /// The line it goes out from: a number, a messaging service (`MG…`), or the default line
+    /// (the configured sender).
+    pub(crate) line: Line,
     /// The text, at most 1,600 characters (see [`crate::segments::split_reply`]).
     pub(crate) body: String,
     /// Where Twilio reports delivery status, if anywhere.
@@ -244,7 +248,9 @@ impl TwilioClient {
                     cause: cause @ (RetryCause::Timeout | RetryCause::Connection),
                     ..
                 } = &error
-                    && let Ok(Some(sid)) = self.sent_since(&message.to, &message.body, since).await
+                    && let Ok(Some(sid)) = self
+                        .sent_since(&message.to, &message.line, &message.body, since)
+                        .await
                 {
                     tracing::info!(attempt, %cause, "Twilio had taken the unanswered attempt");
                     return Ok(Accepted { sid, status: None });
@@ -269,7 +275,7 @@ impl TwilioClient {
     /// One attempt, classified.
     async fn attempt(&self, message: &OutboundSms) -> Result<Accepted, Unsent> {
         let mut form: Vec<(&str, &str)> = vec![("To", &message.to)];
-        match &self.sender {
+        match self.sender_for(&message.line) {
             Sender::From(number) => form.push(("From", number)),
             Sender::MessagingService(sid) => form.push(("MessagingServiceSid", sid)),
         }
@@ -334,7 +340,18 @@ pub(crate) enum ListError {
 }
 
 impl TwilioClient {
-    /// The SID of a message already created at Twilio to `to`, from this sender, with exactly
+    /// Who a message on `line` is sent as: the line's own number or messaging service, or the
+    /// configured sender for the default line.
+    fn sender_for<'a>(&'a self, line: &'a Line) -> Sender<&'a str> {
+        match &self.sender {
+            _ if line.as_str().starts_with("MG") => Sender::MessagingService(line.as_str()),
+            _ if !line.is_default() => Sender::From(line.as_str()),
+            Sender::From(number) => Sender::From(number.as_str()),
+            Sender::MessagingService(sid) => Sender::MessagingService(sid.as_str()),
+        }
+    }
+
+    /// The SID of a message already created at Twilio to `to`, from `line`'s sender, with exactly
     /// `body`, created at or after `since`: whether an earlier attempt whose answer was lost (the
     /// process died, or the attempt timed out) was in fact taken. Twilio keys messages by SID
     /// only and has no idempotency key for creating one, so its own record is the only witness.
@@ -342,11 +359,12 @@ impl TwilioClient {
     pub(crate) async fn sent_since(
         &self,
         to: &str,
+        line: &Line,
         body: &str,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<String>, ListError> {
         let mut query: Vec<(&str, &str)> = vec![("To", to), ("PageSize", "100")];
-        if let Sender::From(number) = &self.sender {
+        if let Sender::From(number) = self.sender_for(line) {
             query.push(("From", number));
         }
         let mut request = self.http.get(&self.messages_url).query(&query);
@@ -516,9 +534,29 @@ mod tests {
     fn message(body: &str) -> OutboundSms {
         OutboundSms {
             to: "+14158675309".to_owned(),
+            line: Line::DEFAULT,
             body: body.to_owned(),
             status_callback: Some("https://soul.example/twilio/status".to_owned()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_reply_goes_out_from_the_line_of_its_conversation() {
+        let double = TwilioDouble::start(ACCOUNT, TOKEN).await;
+        let client = client(&double, Sender::From(FROM.to_owned()));
+        let service = "MG0123456789abcdef0123456789abcdef";
+        for line in ["+15005550042", service, ""] {
+            let message = OutboundSms {
+                line: Line::new(line),
+                ..message(&format!("from the line {line:?}"))
+            };
+            client.send(&message).await.unwrap();
+        }
+        let sent = double.messages();
+        assert_eq!(sent[0].from.as_deref(), Some("+15005550042"));
+        assert_eq!(sent[1].from, None, "a messaging service picks the number");
+        assert_eq!(sent[1].messaging_service_sid.as_deref(), Some(service));
+        assert_eq!(sent[2].from.as_deref(), Some(FROM), "the default line");
     }
 
     #[tokio::test]
@@ -726,29 +764,38 @@ mod tests {
         let accepted = client.send(&message("the words")).await.unwrap();
         let to = "+14158675309";
         assert_eq!(
-            client.sent_since(to, "the words", before).await.unwrap(),
+            client
+                .sent_since(to, &Line::DEFAULT, "the words", before)
+                .await
+                .unwrap(),
             Some(accepted.sid)
         );
         assert_eq!(
-            client.sent_since(to, "other words", before).await.unwrap(),
+            client
+                .sent_since(to, &Line::DEFAULT, "other words", before)
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(
             client
-                .sent_since("+14158675300", "the words", before)
+                .sent_since("+14158675300", &Line::DEFAULT, "the words", before)
                 .await
                 .unwrap(),
             None
         );
         let later = chrono::Utc::now() + chrono::Duration::seconds(5);
         assert_eq!(
-            client.sent_since(to, "the words", later).await.unwrap(),
+            client
+                .sent_since(to, &Line::DEFAULT, "the words", later)
+                .await
+                .unwrap(),
             None
         );
         let other_sender = self::client(&double, Sender::From("+15005550009".to_owned()));
         assert_eq!(
             other_sender
-                .sent_since(to, "the words", before)
+                .sent_since(to, &Line::DEFAULT, "the words", before)
                 .await
                 .unwrap(),
             None
@@ -766,7 +813,7 @@ mod tests {
         }
         assert_eq!(
             client
-                .sent_since("+14158675309", "the first", before)
+                .sent_since("+14158675309", &Line::DEFAULT, "the first", before)
                 .await
                 .unwrap(),
             Some(first.sid)

@@ -22,8 +22,15 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// `export NUMBER`'s JSON, or `None` when nothing is stored under it (exit status 1).
+/// `export NUMBER`'s conversation on the default line (the only line of the gateways here), or
+/// `None` when nothing is stored under the number (exit status 1).
 pub fn export(settings: &Settings, number: &str) -> Option<Value> {
+    export_all(settings, number).map(|conversations| conversations[0].clone())
+}
+
+/// `export NUMBER`'s JSON: one entry per conversation (per line texted), or `None` when nothing
+/// is stored under the number (exit status 1).
+pub fn export_all(settings: &Settings, number: &str) -> Option<Value> {
     let output = run(settings, &["export", number]);
     match output.status.code() {
         Some(0) => Some(serde_json::from_slice(&output.stdout).expect("export writes JSON")),
@@ -101,7 +108,7 @@ pub async fn export_and_erase(
     assert!(to_file.stdout.is_empty(), "the JSON went to the file");
     let written: Value =
         serde_json::from_slice(&std::fs::read(&file).expect("the file")).expect("JSON");
-    assert_eq!(user_texts(&written), ["my secret <<a1>>"]);
+    assert_eq!(user_texts(&written[0]), ["my secret <<a1>>"]);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

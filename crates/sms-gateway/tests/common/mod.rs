@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod data_requests;
+pub mod lines;
 pub mod outage;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ pub struct EchoModel {
 #[derive(Debug)]
 struct EchoState {
     requests: Mutex<Vec<String>>,
+    /// For each request, the token and the soul whose persona the system prompt holds.
+    souls: Mutex<Vec<(String, String)>>,
     delay: Duration,
     answering: AtomicUsize,
     most_at_once: AtomicUsize,
@@ -87,6 +90,7 @@ impl Default for EchoState {
     fn default() -> Self {
         EchoState {
             requests: Mutex::default(),
+            souls: Mutex::default(),
             delay: Duration::ZERO,
             answering: AtomicUsize::default(),
             most_at_once: AtomicUsize::default(),
@@ -160,6 +164,19 @@ impl EchoModel {
         self.state.open.send_replace(true);
     }
 
+    /// The souls asked about `token`: the name each request's persona gives ("You are Pip, …"),
+    /// in order of arrival.
+    pub fn souls_asked(&self, token: &str) -> Vec<String> {
+        self.state
+            .souls
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(asked, _)| asked == token)
+            .map(|(_, soul)| soul.clone())
+            .collect()
+    }
+
     /// The most requests it was answering at the same time.
     pub fn most_at_once(&self) -> usize {
         self.state.most_at_once.load(Ordering::SeqCst)
@@ -181,6 +198,20 @@ async fn echo(State(state): State<Arc<EchoState>>, body: Bytes) -> axum::respons
         .lock()
         .expect("not poisoned")
         .push(answered.clone());
+    let soul = messages
+        .iter()
+        .filter(|message| message["role"] == "system")
+        .filter_map(|message| message["content"].as_str())
+        .find_map(|content| {
+            let named = &content[content.find("You are ")? + "You are ".len()..];
+            Some(named[..named.find(',')?].to_owned())
+        })
+        .unwrap_or_default();
+    state
+        .souls
+        .lock()
+        .expect("not poisoned")
+        .push((answered.clone(), soul));
     let answering = state.answering.fetch_add(1, Ordering::SeqCst) + 1;
     state.most_at_once.fetch_max(answering, Ordering::SeqCst);
     tokio::time::sleep(state.delay).await;
@@ -489,7 +520,8 @@ pub async fn stored_exchange(store: &dyn Store, number: &str) -> Vec<(String, St
         .export_user(&Address::new(number))
         .await
         .expect("the store answers")
-        .expect("the person is known");
+        .expect("the person is known")[0]
+        .clone();
     let messages = export["messages"].as_array().cloned().unwrap_or_default();
     messages
         .iter()
