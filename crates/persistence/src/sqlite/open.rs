@@ -12,7 +12,10 @@ use crate::driver::{self, Result};
 /// The schema, step by step: step `n` takes a file from `pragma user_version` `n` to `n + 1`. The
 /// first creates it; a change to the schema is a step added here, so that a file made by an
 /// earlier version is brought up to date when opened.
-const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql")];
+const SCHEMA_STEPS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_2_inspector_audit.sql"),
+];
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to date.
