@@ -262,11 +262,7 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
 
     // Working memory by region, the process and the replies.
     browser
-        .click(
-            &browser
-                .find("#region-summary summary")
-                .await,
-        )
+        .click(&browser.find("#region-summary summary").await)
         .await;
     let regions = browser.text(&browser.find("#working-memory").await).await;
     assert!(regions.contains("summary (1)"), "{regions}");

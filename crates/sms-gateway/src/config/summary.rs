@@ -38,6 +38,8 @@ pub(crate) struct Summary {
     pub(crate) retention: String,
     /// Who may read the operations endpoints.
     pub(crate) operations: String,
+    /// Whether the inspector runs, and where.
+    pub(crate) inspector: String,
     /// What is valid but likely wrong.
     pub(crate) warnings: Vec<String>,
 }
@@ -113,6 +115,14 @@ impl Summary {
              (METRICS_TOKEN is not set)"
         }
         .to_owned();
+        let inspector = if config.inspector.token.is_some() {
+            format!(
+                "on {}, operators log in with INSPECTOR_TOKEN",
+                config.inspector.bind
+            )
+        } else {
+            "off (INSPECTOR_TOKEN is not set)".to_owned()
+        };
         Summary {
             soul,
             store: store(&config.store),
@@ -124,6 +134,7 @@ impl Summary {
             timing,
             retention,
             operations,
+            inspector,
             warnings,
         }
     }
@@ -141,6 +152,7 @@ impl Summary {
             timing = %self.timing,
             retention = %self.retention,
             operations = %self.operations,
+            inspector = %self.inspector,
             "configuration"
         );
         for warning in &self.warnings {
@@ -148,7 +160,7 @@ impl Summary {
         }
     }
 
-    fn lines(&self) -> [(&'static str, &str); 10] {
+    fn lines(&self) -> [(&'static str, &str); 11] {
         [
             ("soul", &self.soul),
             ("store", &self.store),
@@ -160,6 +172,7 @@ impl Summary {
             ("timing", &self.timing),
             ("retention", &self.retention),
             ("operations", &self.operations),
+            ("inspector", &self.inspector),
         ]
     }
 }
