@@ -56,7 +56,7 @@ pub(crate) async fn page(
 <script src="/assets/chat.js"></script>"#,
         csrf = csrf_field(&csrf),
     );
-    Ok(Html(html::page("Chat", Some(&csrf), true, &body)))
+    Ok(Html(html::page("Chat", shared.nav(&csrf), &body)))
 }
 
 /// The stored conversation of the session's address (user messages and replies, no other

@@ -24,14 +24,23 @@ pub(crate) fn esc(text: &str) -> String {
     out
 }
 
-/// A whole page: `title`, the navigation (with a logout form when `csrf` is given) and `body`,
-/// which is HTML already.
-pub(crate) fn page(title: &str, csrf: Option<&str>, chat: bool, body: &str) -> String {
+/// What the navigation bar offers.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Nav<'a> {
+    /// The session's CSRF token, for the logout form; none: no logout (open access, where
+    /// there is no login to end, or no session).
+    pub(crate) logout: Option<&'a str>,
+    /// A link to the browser chat.
+    pub(crate) chat: bool,
+}
+
+/// A whole page: `title`, the navigation and `body`, which is HTML already.
+pub(crate) fn page(title: &str, nav_bar: Nav<'_>, body: &str) -> String {
     let mut nav = String::from(r#"<a href="/">Conversations</a> <a href="/audit">Audit</a>"#);
-    if chat {
+    if nav_bar.chat {
         nav.push_str(r#" <a href="/chat">Chat</a>"#);
     }
-    if let Some(csrf) = csrf {
+    if let Some(csrf) = nav_bar.logout {
         let _ = write!(
             nav,
             r#" <form method="post" action="/logout" class="inline">{}<button id="logout">Log out</button></form>"#,

@@ -117,8 +117,7 @@ pub(crate) async fn conversations(
     body.push_str("</tbody></table>");
     Ok(Html(html::page(
         "Conversations",
-        Some(&shared.keys.csrf(&authed.login)),
-        inspector.chat.is_some(),
+        shared.nav(&shared.keys.csrf(&authed.login)),
         &body,
     )))
 }
@@ -236,12 +235,7 @@ fn render_conversation(
     body.push_str(&memories(export));
     body.push_str(&replies(export));
     body.push_str(&events(export));
-    html::page(
-        "Conversation",
-        Some(&csrf),
-        shared.inspector.chat.is_some(),
-        &body,
-    )
+    html::page("Conversation", shared.nav(&csrf), &body)
 }
 
 /// The conversation as turns: each message of the person with the replies that followed it,
@@ -535,8 +529,7 @@ pub(crate) async fn erase(
     };
     Ok(Html(html::page(
         "Erased",
-        Some(&shared.keys.csrf(&authed.login)),
-        shared.inspector.chat.is_some(),
+        shared.nav(&shared.keys.csrf(&authed.login)),
         &format!(
             r#"<p id="erased">{}</p><p><a href="/">Back to the conversations</a></p>"#,
             esc(said)
@@ -566,8 +559,7 @@ pub(crate) async fn audit(
     body.push_str("</tbody></table>");
     Ok(Html(html::page(
         "Audit",
-        Some(&shared.keys.csrf(&authed.login)),
-        shared.inspector.chat.is_some(),
+        shared.nav(&shared.keys.csrf(&authed.login)),
         &body,
     )))
 }
@@ -602,8 +594,7 @@ fn login_page(error: Option<&str>) -> String {
         .unwrap_or_default();
     html::page(
         "Log in",
-        None,
-        false,
+        html::Nav::default(),
         &format!(
             r#"<h1>Log in</h1>{error}<form method="post" action="/login" id="login"><label>Token <input type="password" name="token" id="token" autocomplete="current-password"></label> <button>Log in</button></form>"#
         ),

@@ -27,6 +27,14 @@ impl Shared {
             inspector,
         }
     }
+
+    /// The navigation bar for `csrf`'s session: a logout unless access is open.
+    pub(crate) fn nav<'a>(&self, csrf: &'a str) -> html::Nav<'a> {
+        html::Nav {
+            logout: (!matches!(self.inspector.access, Access::Open)).then_some(csrf),
+            chat: self.inspector.chat.is_some(),
+        }
+    }
 }
 
 /// Who a protected request comes from.
@@ -159,8 +167,7 @@ impl IntoResponse for Failure {
         };
         let body = html::page(
             "Error",
-            None,
-            false,
+            html::Nav::default(),
             &format!(
                 r#"<p class="error" id="error">{}</p><p><a href="/">Back to the conversations</a></p>"#,
                 html::esc(&self.to_string())

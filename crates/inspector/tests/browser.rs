@@ -200,7 +200,9 @@ async fn log_in(browser: &Browser, served: &Served) {
     );
     let token = browser.find("#token").await;
     browser.type_into(&token, TOKEN).await;
-    browser.click(&browser.find("#login button").await).await;
+    browser
+        .click_to_load(&browser.find("#login button").await)
+        .await;
     browser.find("#conversations").await;
 }
 
@@ -229,11 +231,14 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
     );
     let page = browser.source().await;
     assert!(!page.contains(ALICE) && !page.contains(BOB));
+    assert!(page.contains(r#"id="logout""#));
     screenshot(&browser, "conversations").await;
 
     // The filters, from the form.
     browser.click(&browser.find("input[name=due]").await).await;
-    browser.click(&browser.find("#filters button").await).await;
+    browser
+        .click_to_load(&browser.find("#filters button").await)
+        .await;
     let rows = browser.find_all("#conversations tbody tr").await;
     assert_eq!(rows.len(), 1);
     assert!(browser.text(&rows[0]).await.contains("9876"));
@@ -249,7 +254,9 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
     assert!(browser.text(&rows[0]).await.contains("1234"));
 
     // Alice's conversation: two turns, folded; the second unfolds to its reply.
-    browser.click(&browser.find("a.conversation").await).await;
+    browser
+        .click_to_load(&browser.find("a.conversation").await)
+        .await;
     let turns = browser.find_all("details.turn").await;
     assert_eq!(turns.len(), 2);
     let reply = browser.find("#turn-2 li.assistant").await;
@@ -291,7 +298,7 @@ async fn reveal_export_and_erase_are_audited_and_erasure_needs_its_confirmation(
         .goto(&served.at(&format!("/conversations/{bob}")))
         .await;
 
-    browser.click(&browser.find("#reveal").await).await;
+    browser.click_to_load(&browser.find("#reveal").await).await;
     assert_eq!(browser.text(&browser.find("#number").await).await, BOB);
 
     // The export, fetched as the form would post it (a download leaves no page to read).
@@ -311,7 +318,7 @@ async fn reveal_export_and_erase_are_audited_and_erasure_needs_its_confirmation(
     browser
         .type_into(&browser.find("#confirm").await, "0000")
         .await;
-    browser.click(&browser.find("#erase").await).await;
+    browser.click_to_load(&browser.find("#erase").await).await;
     let error = browser.text(&browser.find("#error").await).await;
     assert!(error.contains("nothing was erased"), "{error}");
     assert!(
@@ -329,7 +336,7 @@ async fn reveal_export_and_erase_are_audited_and_erasure_needs_its_confirmation(
     browser
         .type_into(&browser.find("#confirm").await, "9876")
         .await;
-    browser.click(&browser.find("#erase").await).await;
+    browser.click_to_load(&browser.find("#erase").await).await;
     browser.find("#erased").await;
     assert!(
         served

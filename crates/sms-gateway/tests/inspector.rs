@@ -69,9 +69,10 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
     let url = format!("http://127.0.0.1:{port}");
     answering(&format!("{url}/login")).await;
 
-    // No login in dev: the chat opens at once.
+    // No login in dev: the chat opens at once, and there is no login to end.
     let browser = Browser::start().await;
     browser.goto(&format!("{url}/chat")).await;
+    assert!(!browser.source().await.contains(r#"id="logout""#));
     let input = browser.find("#text").await;
     browser.type_into(&input, "hello").await;
     browser.click(&browser.find("#chat button").await).await;
@@ -88,7 +89,7 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
     }
 
     // The turn, beside it in the inspector.
-    browser.click(&browser.find("#inspect").await).await;
+    browser.click_to_load(&browser.find("#inspect").await).await;
     browser.click(&browser.find("#turn-1 summary").await).await;
     let turn = browser.text(&browser.find("#turn-1").await).await;
     assert!(

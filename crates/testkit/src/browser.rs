@@ -235,6 +235,34 @@ impl Browser {
             .await;
     }
 
+    /// Clicks `element`, which leads to another page (a link, a form's button), and waits up to
+    /// [`WAIT`] for that page to have loaded: a plain click may return before the navigation
+    /// starts, and the next find would then read the old page.
+    ///
+    /// # Panics
+    /// When no new page has loaded by then.
+    pub async fn click_to_load(&self, element: &Element) {
+        self.execute("window.__leftBehind = true;", vec![]).await;
+        self.click(element).await;
+        let started = Instant::now();
+        loop {
+            let loaded = self
+                .execute(
+                    "return window.__leftBehind !== true && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            if loaded == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "no new page loaded after the click"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Types `text` into `element`.
     pub async fn type_into(&self, element: &Element, text: &str) {
         self.session_command(
