@@ -47,6 +47,19 @@ CREATE INDEX idx_inbound_messages_received ON public.inbound_messages USING brin
 CREATE INDEX idx_inbound_messages_waiting ON public.inbound_messages USING btree (session_id, seq) WHERE waiting;
 grant delete, insert, references, select, trigger, truncate, update on table public.inbound_messages to service_role;
 
+create table public.inspector_audit (
+  id uuid not null,
+  at timestamp with time zone not null,
+  actor text not null,
+  action text not null,
+  session_id uuid not null,
+  constraint inspector_audit_pkey PRIMARY KEY (id),
+  constraint inspector_audit_action_check CHECK ((action = ANY (ARRAY['reveal'::text, 'export'::text, 'erase'::text])))
+);
+alter table public.inspector_audit enable row level security;
+CREATE INDEX idx_inspector_audit_at ON public.inspector_audit USING btree (at);
+grant delete, insert, references, select, trigger, truncate, update on table public.inspector_audit to service_role;
+
 create table public.mental_process_state (
   id uuid not null default gen_random_uuid(),
   session_id uuid not null,
@@ -830,6 +843,82 @@ AS $function$
     ) h
 $function$;
 grant execute on function public.soul_history(jsonb) to service_role;
+
+CREATE OR REPLACE FUNCTION public.soul_inspect_audit_log(request jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'at', a.at, 'actor', a.actor, 'action', a.action, 'session', a.session_id)
+      order by a.at desc, a.id desc), '[]'::jsonb)
+  from (select * from public.inspector_audit order by at desc, id desc
+        limit (request ->> 'limit')::integer) a
+$function$;
+grant execute on function public.soul_inspect_audit_log(jsonb) to service_role;
+
+CREATE OR REPLACE FUNCTION public.soul_inspect_conversations(request jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce(pg_catalog.jsonb_agg(c.conversation order by c.last_active_at desc, c.id), '[]'::jsonb)
+  from (
+    select s.id, s.last_active_at, pg_catalog.jsonb_build_object(
+      'id', s.id,
+      'address', s.phone_number,
+      'persona', s.assigned_persona,
+      'first_contact_at', s.first_contact_at,
+      'last_active_at', s.last_active_at,
+      'total_messages', s.total_messages,
+      'opted_out', s.opted_out_at is not null,
+      'process', (select p.process_name from public.mental_process_state p
+                   where p.session_id = s.id),
+      'pending_replies', (select pg_catalog.count(*) from public.outbound_messages o
+                   where o.session_id = s.id and o.status = 'pending'),
+      'failed_replies', (select pg_catalog.count(*) from public.outbound_messages o
+                   where o.session_id = s.id and o.status in ('failed', 'undelivered')),
+      'due_events', (select pg_catalog.count(*) from public.scheduled_events e
+                   where e.session_id = s.id and e.due_at <= (request ->> 'now')::timestamptz),
+      'next_event_at', (select pg_catalog.min(e.due_at) from public.scheduled_events e
+                   where e.session_id = s.id)
+    ) as conversation
+    from public.user_sessions s
+    where (request ->> 'session' is null or s.id = (request ->> 'session')::uuid)
+      and (request ->> 'search' is null
+           or pg_catalog.strpos(pg_catalog.lower(s.phone_number), pg_catalog.lower(request ->> 'search')) > 0
+           or exists (select 1 from public.messages m
+                       where m.session_id = s.id
+                         and pg_catalog.strpos(pg_catalog.lower(m.content), pg_catalog.lower(request ->> 'search')) > 0))
+      and (request ->> 'process' is null
+           or exists (select 1 from public.mental_process_state p
+                       where p.session_id = s.id and p.process_name = request ->> 'process'))
+      and (not (request ->> 'opted_out')::boolean or s.opted_out_at is not null)
+      and (not (request ->> 'undelivered')::boolean
+           or exists (select 1 from public.outbound_messages o
+                       where o.session_id = s.id and o.status in ('pending', 'failed', 'undelivered')))
+      and (not (request ->> 'due_events')::boolean
+           or exists (select 1 from public.scheduled_events e
+                       where e.session_id = s.id and e.due_at <= (request ->> 'now')::timestamptz))
+    order by s.last_active_at desc, s.id
+    limit (request ->> 'limit')::integer
+  ) c
+$function$;
+grant execute on function public.soul_inspect_conversations(jsonb) to service_role;
+
+CREATE OR REPLACE FUNCTION public.soul_inspect_record_audit(request jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ SET search_path TO ''
+AS $function$
+  insert into public.inspector_audit (id, at, actor, action, session_id)
+  values (pg_catalog.gen_random_uuid(), (request ->> 'at')::timestamptz, request ->> 'actor',
+          request ->> 'action', (request ->> 'session')::uuid);
+  select 'null'::jsonb
+$function$;
+grant execute on function public.soul_inspect_record_audit(jsonb) to service_role;
 
 CREATE OR REPLACE FUNCTION public.soul_message_json(m public.messages)
  RETURNS jsonb

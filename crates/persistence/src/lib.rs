@@ -24,6 +24,7 @@ use uuid::Uuid;
 pub mod conformance;
 mod driver;
 mod error;
+mod inspect;
 pub mod migrations;
 mod sql_functions;
 mod sqlite;
@@ -31,6 +32,7 @@ mod types;
 mod wire;
 
 pub use error::{DatabaseError, RestError, RestProblem, Result, StoreError, TransportError};
+pub use inspect::{AuditAction, AuditEntry, Conversation, ConversationQuery, Inspect};
 pub use sql_functions::{
     DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnections, PgStore, PostgrestRpc,
     SqlFunctionStore, SupabaseConfig, SupabaseStore,

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lines",
         sql: include_str!("../../../migrations/20260104000000_lines.sql"),
     },
+    Migration {
+        version: "20260104000200",
+        name: "inspector",
+        sql: include_str!("../../../migrations/20260104000200_inspector.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
-    Address, BeginOutcome, EventOutcome, Inbound, MemoryChange, NewEvent, PgStore,
+    Address, BeginOutcome, EventOutcome, Inbound, Inspect, MemoryChange, NewEvent, PgStore,
     ProcessMemoryChange, Processes, Store, StoreFuture, TurnCommit, TurnSettings, migrations,
 };
 use soul_testkit::cluster::Cluster;
@@ -24,6 +24,13 @@ impl Harness for PgHarness {
         Box::pin(async move {
             let store = PgStore::connect(&self.database.url(), 8).await?;
             Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    }
+
+    fn open_inspect(&self) -> StoreFuture<'_, Arc<dyn Inspect>> {
+        Box::pin(async move {
+            let store = PgStore::connect(&self.database.url(), 8).await?;
+            Ok(Arc::new(store) as Arc<dyn Inspect>)
         })
     }
 

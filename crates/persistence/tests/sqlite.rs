@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use soul_persistence::conformance::Harness;
-use soul_persistence::{Address, SqliteStore, Store, StoreFuture};
+use soul_persistence::{Address, Inspect, SqliteStore, Store, StoreFuture};
 use sqlx::{Connection, SqliteConnection};
 
 struct SqliteHarness {
@@ -15,6 +15,13 @@ impl Harness for SqliteHarness {
         Box::pin(async move {
             let store = SqliteStore::open(self.dir.path().join("souls.db")).await?;
             Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    }
+
+    fn open_inspect(&self) -> StoreFuture<'_, Arc<dyn Inspect>> {
+        Box::pin(async move {
+            let store = SqliteStore::open(self.dir.path().join("souls.db")).await?;
+            Ok(Arc::new(store) as Arc<dyn Inspect>)
         })
     }
 

@@ -9,7 +9,7 @@ use postgrest::Postgrest;
 use soul_engine::{Memory, Role};
 use soul_persistence::conformance::Harness;
 use soul_persistence::{
-    Address, BeginOutcome, Erasure, EventOutcome, Inbound, MemoryChange, NewEvent,
+    Address, BeginOutcome, Erasure, EventOutcome, Inbound, Inspect, MemoryChange, NewEvent,
     ProcessMemoryChange, Processes, RestProblem, Store, StoreError, StoreFuture, SupabaseConfig,
     SupabaseStore, TurnCommit, TurnSettings,
 };
@@ -29,6 +29,13 @@ impl Harness for SupabaseHarness {
         Box::pin(async move {
             let config = SupabaseConfig::new(self.server.url(), token("service_role"))?;
             Ok(Arc::new(SupabaseStore::new(config)) as Arc<dyn Store>)
+        })
+    }
+
+    fn open_inspect(&self) -> StoreFuture<'_, Arc<dyn Inspect>> {
+        Box::pin(async move {
+            let config = SupabaseConfig::new(self.server.url(), token("service_role"))?;
+            Ok(Arc::new(SupabaseStore::new(config)) as Arc<dyn Inspect>)
         })
     }
 

@@ -24,8 +24,8 @@ use soul_engine::model::{LanguageModel, ModelError};
 use soul_engine::process::{Registry, Runtime};
 use soul_engine::{Clock, Memory, Role, SystemClock};
 use soul_persistence::{
-    Address, BeginOutcome, Inbound, OutboundMessage, PgStore, SessionId, SqliteStore, Store,
-    StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,
+    Address, BeginOutcome, Inbound, Inspect, OutboundMessage, PgStore, SessionId, SqliteStore,
+    Store, StoreError, SupabaseConfig, SupabaseStore, TurnCommit, TurnContext,
 };
 use soul_turns::{DriverError, OutboundBatch, TurnDriver, TurnReport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,7 +92,7 @@ pub(crate) enum StartError {
 
 /// Opens the configured store and brings its schema up to date (both stores migrate
 /// idempotently, and concurrent migrations wait for each other).
-pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StartError> {
+pub(crate) async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Inspect>, StartError> {
     match config {
         StoreConfig::Sqlite { url } => {
             let path = crate::config::sqlite_path(url);
@@ -285,6 +285,8 @@ pub(crate) struct App {
     pub(crate) config: Config,
     /// The store.
     pub(crate) store: Arc<dyn Store>,
+    /// The same store, as the inspector reads it.
+    pub(crate) inspect: Arc<dyn Inspect>,
     /// Runs turns.
     pub(crate) driver: TurnDriver,
     /// Sends replies.
@@ -364,7 +366,8 @@ impl App {
             waiting: Mutex::new(HashSet::new()),
             stopping: CancellationToken::new(),
             config,
-            store,
+            store: store.clone(),
+            inspect: store,
             driver,
             outbox,
             metrics,

@@ -4,6 +4,7 @@
 //! cargo run -p sms-gateway                 # serve (the default): the gateway on data/soul.db
 //! cargo run -p sms-gateway -- migrate      # apply the store's migrations and exit
 //! cargo run -p sms-gateway -- chat         # talk to the soul in this terminal, no Twilio
+//! cargo run -p sms-gateway -- dev          # the inspector and a browser chat on 127.0.0.1:8081
 //! cargo run -p sms-gateway -- check-config # validate the configuration and exit
 //! cargo run -p sms-gateway -- export +1555… # everything stored about a person, as JSON
 //! cargo run -p sms-gateway -- erase +1555…  # delete it, after a confirmation
@@ -26,8 +27,10 @@ mod app;
 mod chat;
 mod config;
 mod data_requests;
+mod dev;
 mod health;
 mod inbound_text;
+mod inspector;
 mod keywords;
 mod marks;
 mod metrics;
@@ -96,6 +99,9 @@ enum Command {
         #[arg(long, default_value = "terminal")]
         from: String,
     },
+    /// The author's loop: the inspector and a browser chat with the soul on INSPECTOR_BIND
+    /// (the loopback's port 8081 by default), without a login and without Twilio.
+    Dev,
     /// Check the configuration `serve` would use, print a summary and exit.
     CheckConfig,
     /// Ask the gateway this configuration listens as for /healthz: exit 0 when it answers 200,
@@ -127,7 +133,7 @@ impl Command {
             Command::Migrate | Command::Health | Command::Export { .. } | Command::Erase { .. } => {
                 Level::Migrate
             }
-            Command::Chat { .. } => Level::Chat,
+            Command::Chat { .. } | Command::Dev => Level::Chat,
         }
     }
 }
@@ -188,6 +194,7 @@ async fn main() -> ExitCode {
                 .map(|()| tracing::info!("the store's schema is up to date")),
         ),
         Command::Chat { from } => logged(chat::run(&config, &from).await),
+        Command::Dev => logged(dev::run(config).await),
         Command::CheckConfig => {
             let summary = Summary::new(&config, app::DEFAULT_SOUL).to_string();
             let mut stdout = std::io::stdout().lock();

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, App, StartError};
 use crate::config::{Config, HttpLimits, Summary};
+use crate::inspector::{self, InspectorError};
 use crate::{routes, sweeper};
 
 /// How long accepting pauses after an error that is not one client's (out of descriptors):
@@ -46,6 +47,9 @@ pub(crate) enum ServeError {
     /// The gateway could not be built.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The inspector could not listen.
+    #[error(transparent)]
+    Inspector(#[from] InspectorError),
     /// The address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -82,6 +86,12 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(%address, max_connections, "listening");
 
     let stop_sweeping = CancellationToken::new();
+    let inspector = match inspector::for_serve(&app.config, app.inspect.clone()) {
+        Some(inspector) => Some(
+            inspector::spawn(inspector, app.config.inspector.bind, stop_sweeping.clone()).await?,
+        ),
+        None => None,
+    };
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_sweeping.clone()));
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -101,8 +111,12 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(()) => 0,
         Err(_) => max_connections - slots.available_permits(),
     };
-    // The sweeper only reads and queues; its end is not worth an error.
+    // The sweeper only reads and queues, the inspector only answers operators: their ends are
+    // not worth an error.
     let _ = tokio::time::timeout_at(deadline, sweeper).await;
+    if let Some(inspector) = inspector {
+        let _ = tokio::time::timeout_at(deadline, inspector).await;
+    }
     let tasks = drain(&app, deadline).await;
     if connections == 0 && tasks == 0 {
         tracing::info!("shut down");
@@ -219,7 +233,7 @@ async fn drain(app: &Arc<App>, deadline: Instant) -> usize {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

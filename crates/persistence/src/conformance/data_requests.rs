@@ -29,6 +29,12 @@ const EXPORTED_AS: &[(&str, &str)] = &[
     ("scheduled_events", "scheduled_events"),
 ];
 
+/// Tables that hold nothing about a person, and why an export leaves them out.
+const NOT_A_PERSONS: &[(&str, &str)] = &[(
+    "inspector_audit",
+    "what operators did: no number or text of the person's, and it outlives their erasure",
+)];
+
 /// Columns an export names otherwise: the names the store's readers use.
 const RENAMED: &[(&str, &str, &str)] = &[
     ("user_sessions", "phone_number", "address"),
@@ -163,6 +169,9 @@ pub async fn export_holds_every_column_of_the_schema(harness: &dyn Harness) {
     assert!(tables.len() >= EXPORTED_AS.len(), "{tables:?}");
     let mut missing = Vec::new();
     for (table, columns) in &tables {
+        if NOT_A_PERSONS.iter().any(|(name, _)| name == table) {
+            continue;
+        }
         let Some((_, key)) = EXPORTED_AS.iter().find(|(name, _)| name == table) else {
             missing.push(format!("the table {table}"));
             continue;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::{Address, Store, StoreFuture};
+use crate::{Address, Inspect, Store, StoreFuture};
 
 mod concurrency;
 #[cfg(test)]
@@ -20,6 +20,7 @@ mod data_requests;
 mod events;
 mod fixtures;
 mod lines;
+mod inspect;
 mod opt_out;
 mod outbox;
 mod pending;
@@ -31,6 +32,7 @@ pub use concurrency::*;
 pub use data_requests::*;
 pub use events::*;
 pub use lines::*;
+pub use inspect::*;
 pub use opt_out::*;
 pub use outbox::*;
 pub use pending::*;
@@ -43,6 +45,9 @@ pub trait Harness: Send + Sync {
     /// Opens a store on the test's database. Every call opens a new one (its own connections),
     /// as another gateway process would.
     fn open(&self) -> StoreFuture<'_, Arc<dyn Store>>;
+
+    /// Opens a store on the test's database as an inspector sees it.
+    fn open_inspect(&self) -> StoreFuture<'_, Arc<dyn Inspect>>;
 
     /// Overwrites the stored working-memory snapshot of `address`'s session with `json`, as a
     /// release with another snapshot format would have left it (through a store only readable
@@ -101,6 +106,9 @@ macro_rules! conformance_suite {
             erasure_waits_for_a_running_turn,
             a_number_has_one_conversation_per_line,
             a_conversation_runs_its_own_souls_processes,
+            conversations_are_listed_latest_first_with_what_needs_attention,
+            each_conversation_filter_selects_its_conversations,
+            audit_entries_are_kept_newest_first_and_outlive_an_erasure,
             concurrent_first_messages_make_one_session,
             many_senders_many_workers_exactly_once_in_order,
         );

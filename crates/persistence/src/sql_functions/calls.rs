@@ -91,4 +91,10 @@ calls! {
     /// `erase_user`: a delete (every other table cascades from the session); a repeat finds
     /// nothing, or the opt-out record it left and leaves the same again.
     EraseUser => "soul_erase_user", idempotent: true, intake: false;
+    /// `Inspect::conversations`: a read.
+    InspectConversations => "soul_inspect_conversations", idempotent: true, intake: false;
+    /// `Inspect::record_audit`: an insert; a repeat would record the action twice.
+    RecordAudit => "soul_inspect_record_audit", idempotent: false, intake: false;
+    /// `Inspect::audit_log`: a read.
+    AuditLog => "soul_inspect_audit_log", idempotent: true, intake: false;
 }

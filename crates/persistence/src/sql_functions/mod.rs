@@ -300,3 +300,44 @@ impl<T: Transport> Store for SqlFunctionStore<T> {
         })
     }
 }
+
+impl<T: Transport> crate::Inspect for SqlFunctionStore<T> {
+    fn conversations<'a>(
+        &'a self,
+        query: &'a crate::ConversationQuery,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Vec<crate::Conversation>> {
+        Box::pin(async move {
+            let request = serde_json::json!({
+                "now": now,
+                "session": query.session,
+                "search": query.search,
+                "process": query.process,
+                "opted_out": query.opted_out,
+                "undelivered": query.undelivered,
+                "due_events": query.due_events,
+                "limit": query.effective_limit(),
+            });
+            wire::list(
+                self.transport
+                    .call(Call::InspectConversations, request)
+                    .await?,
+            )
+        })
+    }
+
+    fn record_audit<'a>(&'a self, entry: &'a crate::AuditEntry) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let request = serde_json::to_value(entry)?;
+            self.transport.call(Call::RecordAudit, request).await?;
+            Ok(())
+        })
+    }
+
+    fn audit_log(&self, limit: u32) -> StoreFuture<'_, Vec<crate::AuditEntry>> {
+        Box::pin(async move {
+            let request = serde_json::json!({ "limit": limit });
+            wire::list(self.transport.call(Call::AuditLog, request).await?)
+        })
+    }
+}

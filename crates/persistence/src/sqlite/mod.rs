@@ -5,7 +5,8 @@
 //! One module per topic: `open` (the file and its schema), `start` (begins, resumes, the start
 //! of a turn and its lease), `commit` (a turn's and a subprocess's changes), `outbox` (delivery
 //! updates and send claims), `events` (scheduled events and their turns), `sessions` (reads by
-//! address, and the opt-out), `data` (export, erasure, retention); `rows` holds how values are
+//! address, and the opt-out), `data` (export, erasure, retention), `inspect` (the inspector's
+//! listing and audit); `rows` holds how values are
 //! kept as text and read back. This file holds the store and its [`Store`] implementation,
 //! which runs each operation in its transaction.
 
@@ -45,6 +46,7 @@ macro_rules! write_tx {
 mod commit;
 mod data;
 mod events;
+mod inspect;
 mod open;
 mod outbox;
 mod rows;
@@ -267,5 +269,26 @@ impl Store for SqliteStore {
         operation(
             async move { write_tx!(self, conn => { data::erase_user(conn, address, now).await }) },
         )
+    }
+}
+
+impl crate::Inspect for SqliteStore {
+    fn conversations<'a>(
+        &'a self,
+        query: &'a crate::ConversationQuery,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Vec<crate::Conversation>> {
+        operation(inspect::conversations(&self.pool, query, now))
+    }
+
+    fn record_audit<'a>(&'a self, entry: &'a crate::AuditEntry) -> StoreFuture<'a, ()> {
+        operation(async move {
+            let _writer = self.writer.lock().await;
+            inspect::record_audit(&self.pool, entry).await
+        })
+    }
+
+    fn audit_log(&self, limit: u32) -> StoreFuture<'_, Vec<crate::AuditEntry>> {
+        operation(inspect::audit_log(&self.pool, limit))
     }
 }

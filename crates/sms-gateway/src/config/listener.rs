@@ -2,6 +2,7 @@
 //! endpoints.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -9,6 +10,10 @@ use super::reader::Reader;
 use super::secret::{self, Secret};
 
 pub(super) const DEFAULT_PORT: u16 = 8080;
+
+/// Where the inspector listens by default: the loopback, beside the gateway's port.
+pub(crate) const DEFAULT_INSPECTOR_BIND: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
 
 /// Connections served at once by default; lowered at start to half the open-file limit.
 const DEFAULT_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(4096).expect("not zero");
@@ -36,6 +41,16 @@ pub(crate) struct HttpLimits {
     pub(crate) metrics_token: Option<Secret>,
 }
 
+/// The inspector (the `soul-inspector` crate) on a listener of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct InspectorConfig {
+    /// Where it listens (`INSPECTOR_BIND`, an address and port; the loopback's 8081 by default).
+    pub(crate) bind: SocketAddr,
+    /// The token an operator logs in with (`INSPECTOR_TOKEN`). `serve` runs the inspector only
+    /// when it is set; `dev` needs none.
+    pub(crate) token: Option<Secret>,
+}
+
 /// The URL Twilio calls (`PUBLIC_URL`), without a trailing slash. It may carry a user and a
 /// password (basic authentication in front of the gateway): `Debug` and [`PublicUrl::shown`]
 /// replace the password.
@@ -61,6 +76,19 @@ impl fmt::Debug for PublicUrl {
 }
 
 impl Reader<'_> {
+    pub(super) fn inspector(&mut self) -> InspectorConfig {
+        InspectorConfig {
+            bind: self
+                .parsed(
+                    "INSPECTOR_BIND",
+                    "not an address and port such as 127.0.0.1:8081",
+                    |text| text.parse().ok(),
+                )
+                .unwrap_or(DEFAULT_INSPECTOR_BIND),
+            token: self.secret("INSPECTOR_TOKEN"),
+        }
+    }
+
     pub(super) fn public_url(&mut self) -> Option<PublicUrl> {
         self.url("PUBLIC_URL").map(PublicUrl)
     }
@@ -134,6 +162,35 @@ mod tests {
         assert_eq!(
             malformed,
             ["MAX_CONNECTIONS", "HEADER_READ_TIMEOUT", "REQUEST_TIMEOUT"]
+        );
+    }
+
+    #[test]
+    fn the_inspector_is_off_without_its_token_and_listens_on_the_loopback_by_default() {
+        let config = Config::from_values(&BTreeMap::new(), Level::Migrate).unwrap();
+        assert!(config.inspector.token.is_none());
+        assert_eq!(config.inspector.bind, DEFAULT_INSPECTOR_BIND);
+        assert!(config.inspector.bind.ip().is_loopback());
+
+        let config = Config::from_values(
+            &values(&[
+                ("INSPECTOR_BIND", "127.0.0.1:9000"),
+                ("INSPECTOR_TOKEN", " let-me-in "),
+            ]),
+            Level::Migrate,
+        )
+        .unwrap();
+        assert_eq!(config.inspector.bind.port(), 9000);
+        assert_eq!(
+            config.inspector.token.as_ref().unwrap().expose(),
+            "let-me-in"
+        );
+        assert!(!format!("{config:?}").contains("let-me-in"));
+
+        let malformed = problems(&values(&[("INSPECTOR_BIND", "localhost")]), Level::Migrate);
+        assert!(
+            matches!(&malformed[..], [Problem::Malformed { key, .. }] if key == "INSPECTOR_BIND"),
+            "{malformed:?}"
         );
     }
 }

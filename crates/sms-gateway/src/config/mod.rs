@@ -48,7 +48,7 @@ mod twilio;
 
 #[cfg(fuzzing)]
 pub(crate) use fuzz::fuzz_check;
-pub(crate) use listener::{HttpLimits, PublicUrl};
+pub(crate) use listener::{HttpLimits, InspectorConfig, PublicUrl};
 pub(crate) use model::ModelConfig;
 pub(crate) use routing::{Route, Routing, Rule};
 pub(crate) use secret::{Secret, redacted_url};
@@ -134,6 +134,8 @@ pub(crate) struct Config {
     pub(crate) model_retry_budget: Duration,
     /// The HTTP listener's bounds and the operations endpoints' token.
     pub(crate) http: HttpLimits,
+    /// The inspector's listener and login.
+    pub(crate) inspector: InspectorConfig,
     /// The most SMS segments a reply may take; a longer one is cut where a sentence ends.
     pub(crate) max_reply_segments: u8,
     /// How many days messages are kept (`RETENTION_DAYS`); `None` keeps them until erased.
@@ -172,6 +174,7 @@ impl Config {
             })
             .unwrap_or(DEFAULT_PORT);
         let http = reader.http();
+        let inspector = reader.inspector();
         let public_url = reader.public_url();
         if reader.get("PUBLIC_URL").is_none() && level >= Level::Serve {
             reader.missing("PUBLIC_URL", "to check Twilio's webhook signatures");
@@ -278,6 +281,7 @@ impl Config {
                 model_timeout,
                 model_retry_budget,
                 http,
+                inspector,
                 max_reply_segments,
                 retention_days,
             }),

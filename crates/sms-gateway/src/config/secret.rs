@@ -31,12 +31,13 @@ impl fmt::Display for Secret {
 }
 
 /// The settings whose whole value is a credential: never shown, not even in a problem.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 6] = [
     "TWILIO_AUTH_TOKEN",
     "OPENAI_API_KEY",
     "SUPABASE_SERVICE_KEY",
     "SUPABASE_SERVICE_ROLE_KEY",
     "METRICS_TOKEN",
+    "INSPECTOR_TOKEN",
 ];
 
 /// Whether `key`'s value is a credential.

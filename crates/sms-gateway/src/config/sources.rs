@@ -19,6 +19,9 @@ pub(crate) const KEYS: &[&str] = &[
     "HEADER_READ_TIMEOUT",
     "REQUEST_TIMEOUT",
     "METRICS_TOKEN",
+    // The inspector's listener and login (`InspectorConfig`).
+    "INSPECTOR_BIND",
+    "INSPECTOR_TOKEN",
     "PUBLIC_URL",
     "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN",

@@ -41,6 +41,8 @@ pub(crate) struct Summary {
     pub(crate) retention: String,
     /// Who may read the operations endpoints.
     pub(crate) operations: String,
+    /// Whether the inspector runs, and where.
+    pub(crate) inspector: String,
     /// What is valid but likely wrong.
     pub(crate) warnings: Vec<String>,
 }
@@ -132,6 +134,14 @@ impl Summary {
              (METRICS_TOKEN is not set)"
         }
         .to_owned();
+        let inspector = if config.inspector.token.is_some() {
+            format!(
+                "on {}, operators log in with INSPECTOR_TOKEN",
+                config.inspector.bind
+            )
+        } else {
+            "off (INSPECTOR_TOKEN is not set)".to_owned()
+        };
         Summary {
             soul,
             lines,
@@ -144,6 +154,7 @@ impl Summary {
             timing,
             retention,
             operations,
+            inspector,
             warnings,
         }
     }
@@ -162,6 +173,7 @@ impl Summary {
             timing = %self.timing,
             retention = %self.retention,
             operations = %self.operations,
+            inspector = %self.inspector,
             "configuration"
         );
         for warning in &self.warnings {
@@ -183,6 +195,7 @@ impl Summary {
             ("timing", self.timing.as_str()),
             ("retention", self.retention.as_str()),
             ("operations", self.operations.as_str()),
+            ("inspector", self.inspector.as_str()),
         ]);
         shown
     }

@@ -1,0 +1,114 @@
+//! The operator's inspector: the conversations a store holds, one conversation with its turns,
+//! working memory by region, memories, process and replies; a person's data exported (JSON) or
+//! erased after a confirmation; and, for authors, a chat with the soul in the browser.
+//!
+//! [`router`] serves server-rendered pages (a little JavaScript for the chat only; the
+//! stylesheet and script are embedded, so no network is needed) and a JSON API for the same
+//! data under `/api/`. Everything but the login page and the assets needs a login
+//! ([`Access`]): a session cookie, signed and expiring, `HttpOnly` and `SameSite=Strict`, and on
+//! every action (every `POST`) the session's CSRF token; the JSON API also takes the token as
+//! `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export and
+//! erasure is recorded in the store's audit table first. `docs/inspector.md` is the guide.
+
+mod auth;
+mod chat;
+mod html;
+mod mask;
+mod pages;
+mod state;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use chrono::Duration;
+use soul_engine::Clock;
+use soul_persistence::{Address, Inspect};
+
+pub use auth::Access;
+
+use crate::state::Shared;
+
+/// How long a login lasts when [`Inspector::with_session_lifetime`] is not called.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::hours(8);
+
+/// A message the browser chat hands to the soul: what runs its turn (the gateway's turn
+/// driver, as for an SMS) and marks its replies delivered.
+pub trait Chat: Send + Sync + fmt::Debug {
+    /// Runs the turn of `text` from `from` to its end (its replies committed); errors are the
+    /// implementation's to log.
+    fn send(&self, from: Address, text: String) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The inspector over one store.
+#[derive(Debug)]
+pub struct Inspector {
+    store: Arc<dyn Inspect>,
+    access: Access,
+    clock: Arc<dyn Clock>,
+    chat: Option<Arc<dyn Chat>>,
+    lifetime: Duration,
+}
+
+impl Inspector {
+    /// An inspector over `store` for those `access` lets in, with "now" from `clock`.
+    pub fn new(store: Arc<dyn Inspect>, access: Access, clock: Arc<dyn Clock>) -> Self {
+        Inspector {
+            store,
+            access,
+            clock,
+            chat: None,
+            lifetime: DEFAULT_SESSION_LIFETIME,
+        }
+    }
+
+    /// Adds the browser chat (`/chat`), whose messages `chat` runs.
+    pub fn with_chat(mut self, chat: Arc<dyn Chat>) -> Self {
+        self.chat = Some(chat);
+        self
+    }
+
+    /// Logins last `lifetime`.
+    pub fn with_session_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+}
+
+/// The inspector's routes.
+pub fn router(inspector: Inspector) -> Router {
+    let has_chat = inspector.chat.is_some();
+    let shared = Arc::new(Shared::new(inspector));
+    let protected = Router::new()
+        .route("/", get(pages::conversations))
+        .route("/conversations/{id}", get(pages::conversation))
+        .route("/conversations/{id}/reveal", post(pages::reveal))
+        .route("/conversations/{id}/export", post(pages::export))
+        .route("/conversations/{id}/erase", post(pages::erase))
+        .route("/audit", get(pages::audit))
+        .route("/logout", post(pages::logout))
+        .route("/api/conversations", get(pages::api_conversations))
+        .route("/api/conversations/{id}", get(pages::api_conversation))
+        .route("/api/conversations/{id}/export", post(pages::api_export))
+        .route("/api/audit", get(pages::api_audit));
+    let protected = if has_chat {
+        protected
+            .route("/chat", get(chat::page).post(chat::send))
+            .route("/chat/messages", get(chat::messages))
+    } else {
+        protected
+    };
+    let protected = protected.layer(axum::middleware::from_fn_with_state(
+        shared.clone(),
+        state::require_login,
+    ));
+    Router::new()
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/assets/style.css", get(pages::style))
+        .route("/assets/chat.js", get(pages::chat_js))
+        .merge(protected)
+        .with_state(shared)
+}

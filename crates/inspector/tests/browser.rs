@@ -1,0 +1,522 @@
+//! The inspector in a real headless Chromium, over a real SQLite store and a real listener:
+//! logging in, the conversations and their filters, one conversation's turns unfolded, its
+//! working memory by region, reveal, export and erasure with their audit, and every way in
+//! that must be refused. Its clock is the test's, so that a login can expire without waiting.
+//!
+//! With `INSPECTOR_SCREENSHOTS=<dir>` the tests also write the screenshots `docs/inspector.md`
+//! shows (`INSPECTOR_SCREENSHOTS=docs/img`, run from the workspace root).
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use soul_engine::{Clock, Memory, Region, Role, WorkingMemory};
+use soul_inspector::{Access, Inspector};
+use soul_persistence::{
+    Address, AuditAction, BeginOutcome, Changes, DeliveryStatus, DeliveryUpdate, Inbound, Inspect,
+    NewEvent, OutboundRef, ProcessState, Processes, SessionId, SqliteStore, Store, TurnCommit,
+    TurnSettings,
+};
+use soul_testkit::browser::Browser;
+
+const TOKEN: &str = "correct horse battery staple";
+const ALICE: &str = "+15550001234";
+const BOB: &str = "+15550009876";
+
+/// A clock the test moves.
+#[derive(Debug)]
+struct TestClock(Mutex<DateTime<Utc>>);
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap()
+}
+
+/// An inspector on a store in a temporary directory, serving on a loopback port.
+struct Served {
+    url: String,
+    store: Arc<dyn Inspect>,
+    clock: Arc<TestClock>,
+    sessions: Vec<SessionId>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Inspect> =
+            Arc::new(SqliteStore::open(dir.path().join("soul.db")).await.unwrap());
+        let sessions = seed(&*store).await;
+        let clock = Arc::new(TestClock(Mutex::new(t0() + Duration::hours(1))));
+        let inspector = Inspector::new(
+            store.clone(),
+            Access::Token(TOKEN.to_owned()),
+            clock.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, soul_inspector::router(inspector))
+                .await
+                .unwrap();
+        });
+        Served {
+            url,
+            store,
+            clock,
+            sessions,
+            _dir: dir,
+        }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+fn settings() -> TurnSettings {
+    TurnSettings::new(
+        "Sage",
+        Processes::new("conversation", ["conversation", "crisis"]),
+    )
+}
+
+/// One turn of `from` saying `body`, answered with `reply`, committing `changes`.
+async fn turn(
+    store: &dyn Store,
+    from: &str,
+    body: &str,
+    reply: &str,
+    at: DateTime<Utc>,
+    changes: Changes,
+) -> (SessionId, uuid::Uuid) {
+    let inbound = Inbound {
+        from: Address::new(from),
+        line: Default::default(),
+        persona: None,
+        body: body.to_owned(),
+        external_id: None,
+        received_at: at,
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = store.begin_turn(&inbound, &settings(), at).await.unwrap()
+    else {
+        panic!("the turn did not start");
+    };
+    let mut commit = TurnCommit::new(&context);
+    commit.replies.push(Memory::new(Role::Assistant, reply, at));
+    commit.changes = changes;
+    let outcome = store.commit_turn(&commit, &settings(), at).await.unwrap();
+    (context.session.id, outcome.outbound[0])
+}
+
+/// Alice (two turns, now in crisis mode, a working memory with a summary region) and Bob
+/// (one turn whose reply failed, a check-in due).
+async fn seed(store: &dyn Store) -> Vec<SessionId> {
+    let summary = Region::new("summary").unwrap();
+    let memory = WorkingMemory::new("Sage")
+        .with_memory(Memory::new(Role::System, "You are Sage.", t0()))
+        .with_region(
+            summary,
+            [Memory::new(Role::System, "Alice is moving house.", t0())],
+        )
+        .with_memory(Memory::new(Role::User, "I am moving house", t0()));
+    let (alice, _) = turn(
+        store,
+        ALICE,
+        "I am moving house",
+        "That is a lot. How are you holding up?",
+        t0(),
+        Changes::default(),
+    )
+    .await;
+    turn(
+        store,
+        ALICE,
+        "honestly not well",
+        "I am here with you. Are you safe right now?",
+        t0() + Duration::minutes(2),
+        Changes {
+            process_state: Some(ProcessState::new("crisis", json!({"level": 2}))),
+            snapshot: Some(memory),
+            ..Changes::default()
+        },
+    )
+    .await;
+    let (bob, reply) = turn(
+        store,
+        BOB,
+        "hey",
+        "Hello Bob!",
+        t0() - Duration::days(1),
+        Changes {
+            schedule: vec![NewEvent {
+                key: "check-in".into(),
+                kind: "perception".into(),
+                payload: json!({"content": "check in"}),
+                due_at: t0(),
+            }],
+            ..Changes::default()
+        },
+    )
+    .await;
+    let failed = DeliveryUpdate {
+        target: OutboundRef::Id(reply),
+        status: DeliveryStatus::Failed,
+        provider_id: None,
+        error: Some("30006".into()),
+        at: t0(),
+    };
+    assert!(store.update_delivery(&failed).await.unwrap());
+    vec![alice, bob]
+}
+
+/// Writes `name`.png to `INSPECTOR_SCREENSHOTS` when it is set; checks it is a PNG either way.
+async fn screenshot(browser: &Browser, name: &str) {
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    if let Some(dir) = std::env::var_os("INSPECTOR_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+async fn log_in(browser: &Browser, served: &Served) {
+    browser.goto(&served.at("/")).await;
+    assert!(
+        browser.url().await.ends_with("/login"),
+        "{}",
+        browser.url().await
+    );
+    let token = browser.find("#token").await;
+    browser.type_into(&token, TOKEN).await;
+    browser
+        .click_to_load(&browser.find("#login button").await)
+        .await;
+    browser.find("#conversations").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
+    let served = Served::start().await;
+    let browser = Browser::start().await;
+    browser.goto(&served.at("/login")).await;
+    screenshot(&browser, "login").await;
+    log_in(&browser, &served).await;
+
+    let cookie = browser.cookie("inspector_session").await.unwrap();
+    assert!(cookie.http_only);
+    assert_eq!(cookie.same_site.as_deref(), Some("Strict"));
+
+    // Both conversations, latest first, numbers masked.
+    let rows = browser.find_all("#conversations tbody tr").await;
+    assert_eq!(rows.len(), 2);
+    let first = browser.text(&rows[0]).await;
+    assert!(first.contains("+•••••••1234"), "{first}");
+    assert!(first.contains("crisis"), "{first}");
+    let second = browser.text(&rows[1]).await;
+    assert!(
+        second.contains("1 failed") && second.contains("1 check-in due"),
+        "{second}"
+    );
+    let page = browser.source().await;
+    assert!(!page.contains(ALICE) && !page.contains(BOB));
+    assert!(page.contains(r#"id="logout""#));
+    screenshot(&browser, "conversations").await;
+
+    // The filters, from the form.
+    browser.click(&browser.find("input[name=due]").await).await;
+    browser
+        .click_to_load(&browser.find("#filters button").await)
+        .await;
+    let rows = browser.find_all("#conversations tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert!(browser.text(&rows[0]).await.contains("9876"));
+    // Alice's replies are pending, Bob's failed.
+    browser.goto(&served.at("/?undelivered=on")).await;
+    assert_eq!(browser.find_all("#conversations tbody tr").await.len(), 2);
+    browser.goto(&served.at("/?crisis=on")).await;
+    let rows = browser.find_all("#conversations tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert!(browser.text(&rows[0]).await.contains("1234"));
+    browser.goto(&served.at("/?q=moving")).await;
+    let rows = browser.find_all("#conversations tbody tr").await;
+    assert!(browser.text(&rows[0]).await.contains("1234"));
+
+    // Alice's conversation: two turns, folded; the second unfolds to its reply.
+    browser
+        .click_to_load(&browser.find("a.conversation").await)
+        .await;
+    let turns = browser.find_all("details.turn").await;
+    assert_eq!(turns.len(), 2);
+    let reply = browser.find("#turn-2 li.assistant").await;
+    assert_eq!(browser.text(&reply).await, "", "folded: not visible");
+    browser.click(&browser.find("#turn-2 summary").await).await;
+    let reply = browser
+        .text(&browser.find("#turn-2 li.assistant").await)
+        .await;
+    assert!(reply.contains("Are you safe right now?"), "{reply}");
+
+    // Working memory by region, the process and the replies.
+    browser
+        .click(&browser.find("#region-summary summary").await)
+        .await;
+    let regions = browser.text(&browser.find("#working-memory").await).await;
+    assert!(regions.contains("summary (1)"), "{regions}");
+    assert!(regions.contains("Alice is moving house."), "{regions}");
+    let process = browser.text(&browser.find("#process").await).await;
+    assert!(
+        process.contains("crisis") && process.contains(r#"{"level":2}"#),
+        "{process}"
+    );
+    let replies = browser.text(&browser.find("#replies").await).await;
+    assert!(replies.contains("pending"), "{replies}");
+    assert_eq!(
+        browser.text(&browser.find("#number").await).await,
+        "+•••••••1234"
+    );
+    screenshot(&browser, "conversation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_export_and_erase_are_audited_and_erasure_needs_its_confirmation() {
+    let served = Served::start().await;
+    let browser = Browser::start().await;
+    log_in(&browser, &served).await;
+    let bob = served.sessions[1];
+    browser
+        .goto(&served.at(&format!("/conversations/{bob}")))
+        .await;
+
+    browser.click_to_load(&browser.find("#reveal").await).await;
+    assert_eq!(browser.text(&browser.find("#number").await).await, BOB);
+
+    // The export, fetched as the form would post it (a download leaves no page to read).
+    let export = browser
+        .execute(
+            "const form = document.querySelector('form[action$=\"/export\"]');
+             return fetch(form.action, {method: 'POST', body: new URLSearchParams(new FormData(form))})
+               .then(r => r.text());",
+            vec![],
+        )
+        .await;
+    let export: serde_json::Value = serde_json::from_str(export.as_str().unwrap()).unwrap();
+    assert_eq!(export["session"]["address"], json!(BOB));
+    assert_eq!(export["outbound_messages"][0]["error"], json!("30006"));
+
+    // A wrong confirmation erases nothing.
+    browser
+        .type_into(&browser.find("#confirm").await, "0000")
+        .await;
+    browser.click_to_load(&browser.find("#erase").await).await;
+    let error = browser.text(&browser.find("#error").await).await;
+    assert!(error.contains("nothing was erased"), "{error}");
+    assert!(
+        served
+            .store
+            .session(&Address::new(BOB))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    browser
+        .goto(&served.at(&format!("/conversations/{bob}")))
+        .await;
+    browser
+        .type_into(&browser.find("#confirm").await, "9876")
+        .await;
+    browser.click_to_load(&browser.find("#erase").await).await;
+    browser.find("#erased").await;
+    assert!(
+        served
+            .store
+            .session(&Address::new(BOB))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    browser
+        .goto(&served.at(&format!("/conversations/{bob}")))
+        .await;
+    browser.find("#error").await;
+
+    let log = served.store.audit_log(10).await.unwrap();
+    let actions: Vec<AuditAction> = log.iter().map(|entry| entry.action).collect();
+    assert_eq!(
+        actions,
+        vec![AuditAction::Erase, AuditAction::Export, AuditAction::Reveal]
+    );
+    assert!(
+        log.iter()
+            .all(|entry| entry.session == bob && entry.actor.starts_with("login "))
+    );
+    browser.goto(&served.at("/audit")).await;
+    let audit = browser.text(&browser.find("#audit").await).await;
+    assert!(audit.contains("erase") && audit.contains("export") && audit.contains("reveal"));
+    assert!(!audit.contains(BOB));
+    screenshot(&browser, "audit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_refuses_without_login_forged_or_expired_cookies_and_csrf() {
+    let served = Served::start().await;
+    let alice = served.sessions[0];
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // No login: pages redirect to it, the API answers 401, actions are refused.
+    let page = http.get(served.at("/")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    let api = http
+        .get(served.at("/api/conversations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let reveal = http
+        .post(served.at(&format!("/conversations/{alice}/reveal")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reveal.status(), 303);
+    let wrong = http
+        .post(served.at("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    // The API takes the token as a bearer, and masks numbers.
+    let listed: serde_json::Value = http
+        .get(served.at("/api/conversations?crisis=on"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["address"], json!("+•••••••1234"));
+    let wrong_bearer = http
+        .get(served.at("/api/conversations"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_bearer.status(), 401);
+
+    let browser = Browser::start().await;
+    // A forged cookie is no login.
+    browser.goto(&served.at("/login")).await;
+    browser
+        .set_cookie("inspector_session", "0123456789abcdef.9999999999.AAAA")
+        .await;
+    browser.goto(&served.at("/")).await;
+    assert!(browser.url().await.ends_with("/login"));
+
+    // A real login, whose cookie works from another client too, until it expires.
+    log_in(&browser, &served).await;
+    let cookie = browser.cookie("inspector_session").await.unwrap();
+    let with_cookie = |path: &str| {
+        http.post(served.at(path))
+            .header("cookie", format!("inspector_session={}", cookie.value))
+            .header("content-type", "application/x-www-form-urlencoded")
+    };
+    // Actions without the session's CSRF token are refused, and nothing is audited.
+    let reveal = format!("/conversations/{alice}/reveal");
+    for body in [
+        "",
+        "csrf=",
+        "csrf=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let refused = with_cookie(&reveal).body(body).send().await.unwrap();
+        assert_eq!(refused.status(), 403, "{body:?}");
+    }
+    let erase = with_cookie(&format!("/conversations/{alice}/erase"))
+        .body("confirm=1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erase.status(), 403);
+    assert!(
+        served
+            .store
+            .session(&Address::new(ALICE))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(served.store.audit_log(10).await.unwrap().is_empty());
+    // With it (as the page's form has it), the action is done.
+    browser
+        .goto(&served.at(&format!("/conversations/{alice}")))
+        .await;
+    let csrf = browser
+        .attribute(
+            &browser
+                .find("form[action$='/reveal'] input[name=csrf]")
+                .await,
+            "value",
+        )
+        .await
+        .unwrap();
+    let revealed = with_cookie(&reveal)
+        .body(format!("csrf={}", csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revealed.status(), 200);
+    assert!(revealed.text().await.unwrap().contains(ALICE));
+    // Another session's token is not this one's.
+    let other = Browser::start().await;
+    log_in(&other, &served).await;
+    let other_cookie = other.cookie("inspector_session").await.unwrap();
+    let crossed = http
+        .post(served.at(&reveal))
+        .header(
+            "cookie",
+            format!("inspector_session={}", other_cookie.value),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crossed.status(), 403);
+
+    // Past its lifetime the same cookie is no login.
+    served
+        .clock
+        .advance(soul_inspector::DEFAULT_SESSION_LIFETIME + Duration::minutes(1));
+    browser.goto(&served.at("/")).await;
+    assert!(browser.url().await.ends_with("/login"));
+    let expired = with_cookie(&reveal)
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 303);
+    assert_eq!(served.store.audit_log(10).await.unwrap().len(), 1);
+}

@@ -1,0 +1,146 @@
+//! The inspector (`soul-inspector`) on a listener of its own: beside `serve` when
+//! `INSPECTOR_TOKEN` is set (off otherwise), and for `dev` (`dev.rs`) with the browser chat,
+//! whose messages run turns through the same driver as SMS.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use soul_engine::model::BoxFuture;
+use soul_engine::{Clock, SystemClock};
+use soul_inspector::{Access, Chat, Inspector};
+use soul_persistence::{
+    Address, DeliveryStatus, DeliveryUpdate, Inbound, Inspect, OutboundRef, Store,
+};
+use soul_turns::{Delivery, OutboundBatch, TurnDriver};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::StartError;
+use crate::config::Config;
+
+/// Why the inspector could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InspectorError {
+    /// The soul, model or store could not be opened.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The address could not be bound.
+    #[error("the inspector cannot listen on {address}: {source}")]
+    Bind {
+        /// `INSPECTOR_BIND`.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `dev` serves without a login, so only on the loopback.
+    #[error(
+        "dev serves the inspector without a login, so only on the loopback: INSPECTOR_BIND \
+         {0} is not a loopback address"
+    )]
+    NotLoopback(SocketAddr),
+}
+
+/// Serves `inspector` on `address` until `stop` is cancelled. Binding happens before this
+/// returns, so that a taken address fails the start.
+pub(crate) async fn spawn(
+    inspector: Inspector,
+    address: SocketAddr,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, InspectorError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| InspectorError::Bind { address, source })?;
+    let router = soul_inspector::router(inspector);
+    tracing::info!(%address, "the inspector is listening");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "the inspector stopped");
+        }
+    }))
+}
+
+/// The inspector `serve` runs beside the gateway, when `INSPECTOR_TOKEN` is set.
+pub(crate) fn for_serve(config: &Config, store: Arc<dyn Inspect>) -> Option<Inspector> {
+    let token = config.inspector.token.as_ref()?;
+    Some(Inspector::new(
+        store,
+        Access::Token(token.expose().to_owned()),
+        Arc::new(SystemClock),
+    ))
+}
+
+/// Shows the browser chat's replies by marking them delivered (the page reads them from the
+/// store), so that a later `serve` on the same store does not send them by SMS.
+struct WebDelivery {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Delivery for WebDelivery {
+    fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for (id, _) in batch.messages {
+                let update = DeliveryUpdate {
+                    target: OutboundRef::Id(id),
+                    status: DeliveryStatus::Delivered,
+                    provider_id: None,
+                    error: None,
+                    at: self.clock.now(),
+                };
+                if let Err(error) = self.store.update_delivery(&update).await {
+                    tracing::warn!(error = error.kind(), "could not mark a reply delivered");
+                }
+            }
+        })
+    }
+}
+
+/// The browser chat: each message a turn of the driver, as an SMS is.
+pub(crate) struct WebChat {
+    driver: Arc<TurnDriver>,
+    delivery: Arc<WebDelivery>,
+}
+
+impl WebChat {
+    /// The chat whose messages `driver` runs, its replies marked delivered in `store`.
+    pub(crate) fn new(driver: TurnDriver, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        WebChat {
+            driver: Arc::new(driver),
+            delivery: Arc::new(WebDelivery { store, clock }),
+        }
+    }
+}
+
+impl std::fmt::Debug for WebChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebChat").finish_non_exhaustive()
+    }
+}
+
+impl Chat for WebChat {
+    fn send(&self, from: Address, text: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let driver = self.driver.clone();
+        let delivery = self.delivery.clone();
+        Box::pin(async move {
+            let inbound = Inbound {
+                from,
+                line: Default::default(),
+                persona: None,
+                // Made storable as an SMS is (a pasted control character would fail its begin).
+                body: soul_engine::text::storable(&text).into_owned(),
+                external_id: None,
+                received_at: delivery.clock.now(),
+                opt_out: None,
+            };
+            if let Err(error) = driver.handle(&inbound, delivery.as_ref()).await {
+                tracing::warn!(%error, "a browser chat turn failed");
+            }
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! The inspector as the binary runs it: `dev`, the author's loop, with a browser chat in a real
+//! headless Chromium whose message runs a turn (the model behind the OpenAI double, a real
+//! SQLite store) and whose reply shows; and `serve`, where the inspector is off unless
+//! `INSPECTOR_TOKEN` is set.
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Instant;
+
+use soul_testkit::browser::Browser;
+use soul_testkit::openai::OpenAiDouble;
+
+use crate::common::{Gateway, PATIENCE, Settings, command, free_port, twilio};
+
+/// A `dev` process, killed on drop.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something answers HTTP at `url`.
+async fn answering(url: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while reqwest::get(url).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing answers at {url}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn dev_env(dir: &Path, model: &OpenAiDouble, port: u16) -> BTreeMap<String, String> {
+    [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/soul.db", dir.display()),
+        ),
+        ("OPENAI_BASE_URL", model.base_url()),
+        ("OPENAI_API_KEY", "test-key".to_owned()),
+        ("SOUL", "pip".to_owned()),
+        ("INSPECTOR_BIND", format!("127.0.0.1:{port}")),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = OpenAiDouble::start().await;
+    model.push_content("Pip said: \"Cells, then. Go.\"");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let _dev = Dev(command(&dev_env(dir.path(), &model, port))
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    answering(&format!("{url}/login")).await;
+
+    // No login in dev: the chat opens at once, and there is no login to end.
+    let browser = Browser::start().await;
+    browser.goto(&format!("{url}/chat")).await;
+    assert!(!browser.source().await.contains(r#"id="logout""#));
+    let input = browser.find("#text").await;
+    browser.type_into(&input, "hello").await;
+    browser.click(&browser.find("#chat button").await).await;
+    let reply = browser.find("#messages li.assistant").await;
+    assert_eq!(browser.text(&reply).await, "Cells, then. Go.");
+    let said = browser.text(&browser.find("#messages li.user").await).await;
+    assert_eq!(said, "hello");
+    let screenshots = std::env::var_os("INSPECTOR_SCREENSHOTS");
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"));
+    if let Some(dir) = &screenshots {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(Path::new(dir).join("chat.png"), &png).unwrap();
+    }
+
+    // The turn, beside it in the inspector.
+    browser.click_to_load(&browser.find("#inspect").await).await;
+    browser.click(&browser.find("#turn-1 summary").await).await;
+    let turn = browser.text(&browser.find("#turn-1").await).await;
+    assert!(
+        turn.contains("hello") && turn.contains("Cells, then. Go."),
+        "{turn}"
+    );
+    let process = browser.text(&browser.find("#process").await).await;
+    assert!(process.contains("study"), "{process}");
+    // Its reply was shown, so it is marked delivered: no `serve` sends it again.
+    let replies = browser.text(&browser.find("#replies").await).await;
+    assert!(replies.contains("delivered"), "{replies}");
+    assert_eq!(model.requests().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_refuses_to_serve_without_login_beyond_the_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = OpenAiDouble::start().await;
+    let mut env = dev_env(dir.path(), &model, free_port());
+    env.insert("INSPECTOR_BIND".into(), "0.0.0.0:0".into());
+    let output = command(&env).arg("dev").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_inspector_only_when_its_token_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let twilio = twilio().await;
+    let model = OpenAiDouble::start().await;
+    let database = format!("sqlite://{}/soul.db", dir.path().display());
+    let port = free_port();
+    let settings = Settings::new(dir.path(), &database, &twilio, &model.base_url())
+        .set("INSPECTOR_BIND", &format!("127.0.0.1:{port}"));
+    let inspector = format!("http://127.0.0.1:{port}/login");
+
+    // Not configured: nothing listens there, and the gateway's own port has no inspector.
+    let gateway = Gateway::start(&settings).await;
+    assert!(reqwest::get(&inspector).await.is_err());
+    let (status, _) = gateway.get("/login").await;
+    assert_eq!(status, 404);
+    drop(gateway);
+
+    let _gateway = Gateway::start(&settings.set("INSPECTOR_TOKEN", "operator-secret")).await;
+    answering(&inspector).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303);
+    let login = http
+        .post(&inspector)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=operator-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let api = http
+        .get(format!("http://127.0.0.1:{port}/api/conversations"))
+        .bearer_auth("operator-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+}
