@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "data_requests",
         sql: include_str!("../../../migrations/20260103000100_data_requests.sql"),
     },
+    Migration {
+        version: "20260104000100",
+        name: "turn_log",
+        sql: include_str!("../../../migrations/20260104000100_turn_log.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -179,7 +179,9 @@ pub(crate) fn build_driver(
     // A commit claims its replies for their sender as long as a sweep claims one for.
     settings.reply_claim_for =
         chrono::Duration::from_std(config.outbox_retry_after).unwrap_or(settings.reply_claim_for);
-    let mut driver = TurnDriver::new(store, runtime, clock).with_settings(settings);
+    let mut driver = TurnDriver::new(store, runtime, clock)
+        .with_settings(settings)
+        .with_turn_log(config.turn_log);
     if let Some(max_attempts) = config.turn_max_attempts {
         driver = driver.with_max_attempts(max_attempts);
     }

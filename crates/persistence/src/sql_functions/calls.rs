@@ -91,4 +91,10 @@ calls! {
     /// `erase_user`: a delete (every other table cascades from the session); a repeat finds
     /// nothing, or the opt-out record it left and leaves the same again.
     EraseUser => "soul_erase_user", idempotent: true, intake: false;
+    /// `turn_log`: a read.
+    TurnLog => "soul_turn_log", idempotent: true, intake: false;
+    /// `session_state`: a read of six tables in one snapshot.
+    SessionState => "soul_session_state", idempotent: true, intake: false;
+    /// `restore_session`: a repeat finds the version it bumped and changes nothing (`changed`).
+    RestoreSession => "soul_restore_session", idempotent: true, intake: false;
 }

@@ -135,4 +135,18 @@ create table scheduled_events (
 
 create index idx_scheduled_events_due on scheduled_events (due_at);
 
+-- One row per committed turn (see migrations/20260104000100_turn_log.sql).
+create table turn_log (
+  seq integer primary key autoincrement,
+  session_id text not null references user_sessions (id) on delete cascade,
+  turn integer not null,
+  inbound_id text not null,
+  committed_at text not null,
+  rewound integer not null default 0,
+  record text not null
+);
+
+create index idx_turn_log_session on turn_log (session_id, seq);
+create index idx_turn_log_committed on turn_log (committed_at);
+
 pragma user_version = 1;
