@@ -69,7 +69,11 @@ async fn supabase() -> Backend {
 }
 
 /// A driver for Sage on `store`, thinking with `model`.
-fn driver(store: &Arc<dyn Store>, clock: &Arc<StepClock>, model: Arc<dyn LanguageModel>) -> TurnDriver {
+fn driver(
+    store: &Arc<dyn Store>,
+    clock: &Arc<StepClock>,
+    model: Arc<dyn LanguageModel>,
+) -> TurnDriver {
     let registry = Registry::load().unwrap();
     let soul = registry.soul("sage").unwrap();
     let runtime = Arc::new(Runtime::new(soul, model, clock.clone()));
@@ -157,10 +161,17 @@ async fn ten_turns_rewound_to_five_and_sent_again_end_in_the_same_state(backend:
     let after_ten = state(&**store, session).await;
     let logged = store.turn_log(session, 0, None).await.unwrap();
     assert_eq!(
-        logged.iter().map(|t| (t.turn, t.rewound)).collect::<Vec<_>>(),
+        logged
+            .iter()
+            .map(|t| (t.turn, t.rewound))
+            .collect::<Vec<_>>(),
         (1..=10).map(|n| (n, false)).collect::<Vec<_>>()
     );
-    assert!(logged.iter().all(|t| t.record.end == TurnEnd::Ok && !t.record.steps.is_empty()));
+    assert!(
+        logged
+            .iter()
+            .all(|t| t.record.end == TurnEnd::Ok && !t.record.steps.is_empty())
+    );
 
     let now = steps[TURNS - 1].at + Duration::minutes(1);
     assert_eq!(
@@ -189,7 +200,10 @@ async fn ten_turns_rewound_to_five_and_sent_again_end_in_the_same_state(backend:
         .chain((REWIND_TO + 1..=10).map(|n| (n, false)))
         .collect();
     assert_eq!(
-        logged.iter().map(|t| (t.turn, t.rewound)).collect::<Vec<_>>(),
+        logged
+            .iter()
+            .map(|t| (t.turn, t.rewound))
+            .collect::<Vec<_>>(),
         expected
     );
 }
@@ -251,9 +265,15 @@ async fn a_rerun_shows_what_the_current_build_does_otherwise(backend: Backend) {
 
     // Nothing was stored.
     assert_eq!(comparable(state(&**store, session).await), before);
-    assert_eq!(store.turn_log(session, 0, None).await.unwrap().len(), log_before);
+    assert_eq!(
+        store.turn_log(session, 0, None).await.unwrap().len(),
+        log_before
+    );
     // No such turn.
-    let none = driver(store, &clock, cassette()).rerun(session, 8).await.unwrap();
+    let none = driver(store, &clock, cassette())
+        .rerun(session, 8)
+        .await
+        .unwrap();
     assert!(none.is_none());
 }
 

@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
+use soul_persistence::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use soul_persistence::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
     SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use soul_persistence::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use uuid::Uuid;
 
 /// `future`, adding the time it took to `nanos`.

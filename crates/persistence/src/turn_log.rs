@@ -197,16 +197,85 @@ impl fmt::Debug for EventValue {
 
 /// A scheduled event a turn scheduled, moved, cancelled or answered, by key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "StoredEventChange", try_from = "StoredEventChange")]
 pub struct EventChange {
     /// The session-unique key.
-    #[serde(rename = "k")]
     pub key: String,
     /// The event before the turn (`None`: there was none).
-    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
     pub before: Option<EventValue>,
     /// The event after it (`None`: cancelled, answered, or never there).
-    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub after: Option<EventValue>,
+}
+
+/// How an [`EventChange`] is stored: the event before without the kind and payload it shares
+/// with the event after (a moved event, the usual change, is then one time more).
+#[derive(Serialize, Deserialize)]
+struct StoredEventChange {
+    #[serde(rename = "k")]
+    key: String,
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    before: Option<StoredEventBefore>,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    after: Option<EventValue>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEventBefore {
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "present")]
+    payload: Option<Value>,
+    #[serde(rename = "d")]
+    due_at: DateTime<Utc>,
+}
+
+impl From<EventChange> for StoredEventChange {
+    fn from(change: EventChange) -> Self {
+        let before = change.before.map(|before| {
+            let after = change.after.as_ref();
+            StoredEventBefore {
+                kind: (after.map(|a| &a.kind) != Some(&before.kind)).then_some(before.kind),
+                payload: (after.map(|a| &a.payload) != Some(&before.payload))
+                    .then_some(before.payload),
+                due_at: before.due_at,
+            }
+        });
+        StoredEventChange {
+            key: change.key,
+            before,
+            after: change.after,
+        }
+    }
+}
+
+impl TryFrom<StoredEventChange> for EventChange {
+    type Error = String;
+
+    fn try_from(stored: StoredEventChange) -> std::result::Result<Self, String> {
+        let before = match stored.before {
+            None => None,
+            Some(before) => {
+                let after = stored.after.as_ref();
+                Some(EventValue {
+                    kind: before
+                        .kind
+                        .or_else(|| after.map(|a| a.kind.clone()))
+                        .ok_or("an event change without the event's kind")?,
+                    payload: before
+                        .payload
+                        .or_else(|| after.map(|a| a.payload.clone()))
+                        .ok_or("an event change without the event's payload")?,
+                    due_at: before.due_at,
+                })
+            }
+        };
+        Ok(EventChange {
+            key: stored.key,
+            before,
+            after: stored.after,
+        })
+    }
 }
 
 /// The process state before and after a change of it.
@@ -400,7 +469,10 @@ impl fmt::Debug for SessionState {
             .field("version", &self.version)
             .field("lease_expires_at", &self.lease_expires_at)
             .field("turn", &self.turn)
-            .field("soul_memories", &self.soul_memories.keys().collect::<Vec<_>>())
+            .field(
+                "soul_memories",
+                &self.soul_memories.keys().collect::<Vec<_>>(),
+            )
             .field(
                 "process_memories",
                 &self
@@ -436,7 +508,10 @@ impl SessionState {
             soul_memories: context.soul_memories.clone(),
             process_memories,
             process: Some(context.process.clone()),
-            snapshot: context.snapshot.as_ref().map(soul_engine::WorkingMemory::to_json),
+            snapshot: context
+                .snapshot
+                .as_ref()
+                .map(soul_engine::WorkingMemory::to_json),
             events: context.pending_events.iter().map(stored_event).collect(),
         }
     }
@@ -776,9 +851,15 @@ fn snapshot_undo(before: &Value, after: &Value) -> SnapshotUndo {
     }
 }
 
-fn rebuilt_snapshot(later: Value, other: &Map<String, Value>, pieces: &[SnapshotPiece]) -> Result<Value> {
+fn rebuilt_snapshot(
+    later: Value,
+    other: &Map<String, Value>,
+    pieces: &[SnapshotPiece],
+) -> Result<Value> {
     let Value::Object(mut snapshot) = later else {
-        return Err(StoreError::Corrupt("a snapshot that is not an object".to_owned()));
+        return Err(StoreError::Corrupt(
+            "a snapshot that is not an object".to_owned(),
+        ));
     };
     let later_memories = match snapshot.remove("memories") {
         Some(Value::Array(memories)) => memories,
@@ -829,7 +910,9 @@ fn last_per_key<'a, K: Ord>(
 }
 
 /// A present JSON value, `null` included (a plain `Option<Value>` reads `null` as absent).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Option<Value>, D::Error> {
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
 

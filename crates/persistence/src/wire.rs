@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use soul_engine::{Memory, WorkingMemory};
 use uuid::Uuid;
 
+use crate::turn_log::{Restore, Rewind};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
     Session, SessionId, SubprocessCommit, SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use crate::turn_log::{Restore, Rewind};
 use crate::{Result, Store, StoreError};
 
 fn millis(duration: Duration) -> i64 {
@@ -187,7 +187,11 @@ pub(crate) fn stored_record(commit: &TurnCommit) -> Result<String> {
         if commit.replies.is_empty() {
             fields.remove("r");
         } else {
-            let ids = commit.replies.iter().map(|reply| json!(reply.id.0)).collect();
+            let ids = commit
+                .replies
+                .iter()
+                .map(|reply| json!(reply.id.0))
+                .collect();
             fields.insert("r".to_owned(), Value::Array(ids));
         }
     }

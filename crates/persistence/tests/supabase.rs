@@ -196,7 +196,10 @@ async fn begin_and_commit_are_one_request_each() {
 /// function added later is checked too.
 async fn exposed(
     database: &TestDatabase,
-) -> (Vec<(String, String)>, Vec<(String, Vec<String>, Vec<String>)>) {
+) -> (
+    Vec<(String, String)>,
+    Vec<(String, Vec<String>, Vec<String>)>,
+) {
     let mut conn = PgConnection::connect_with(&database.options())
         .await
         .expect("connect");

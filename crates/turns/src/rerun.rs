@@ -199,4 +199,3 @@ fn soul_state(soul: &Soul, state: &SessionState) -> SoulState {
         pending_perceptions: Vec::new(),
     }
 }
-

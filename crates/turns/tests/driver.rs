@@ -851,13 +851,22 @@ async fn every_turn_leaves_a_record_of_its_steps_changes_and_end(fixture: Fixtur
         .iter()
         .find(|change| change.key == "heard")
         .unwrap();
-    assert_eq!((heard.before.clone(), heard.after.clone()), (None, Some(json!(1))));
+    assert_eq!(
+        (heard.before.clone(), heard.after.clone()),
+        (None, Some(json!(1)))
+    );
     let process = first.changes.process.as_ref().unwrap();
     assert_eq!(process.after.name, "listen");
     assert_eq!(process.after.invocation_count, 1);
     assert_eq!(log[0].replies[0].body, "first answer");
     let subprocesses = first.subprocesses.as_ref().unwrap();
-    assert!(subprocesses.changes.soul_memory.iter().any(|c| c.key == "tally"));
+    assert!(
+        subprocesses
+            .changes
+            .soul_memory
+            .iter()
+            .any(|c| c.key == "tally")
+    );
     let second = &log[1].record;
     assert_eq!(
         second.end,
@@ -883,7 +892,10 @@ async fn the_full_turn_log_keeps_each_request_and_raw_answer(fixture: Fixture) {
     let full = log[0].record.steps[0].full.as_ref().unwrap();
     assert_eq!(full.answers, ["a full answer"]);
     let messages = full.request["messages"].as_array().unwrap();
-    assert!(messages.iter().any(|m| m["content"] == "hello"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m["content"] == "hello"),
+        "{messages:?}"
+    );
 }
 
 /// A re-run of a logged turn by the same build does what the turn did and stores nothing; by a
@@ -906,11 +918,25 @@ async fn a_rerun_shows_what_a_changed_build_does_otherwise(fixture: Fixture) {
     let changed = driver.rerun(session, 1).await.unwrap().unwrap();
     assert!(changed.differs());
     assert!(changed.rerun.soul_memory.iter().any(|c| c.key == "build"));
-    assert!(!changed.recorded.soul_memory.iter().any(|c| c.key == "build"));
+    assert!(
+        !changed
+            .recorded
+            .soul_memory
+            .iter()
+            .any(|c| c.key == "build")
+    );
     assert_eq!(changed.rerun.replies, changed.recorded.replies);
 
     assert_eq!(driver.store().session_state(session).await.unwrap(), stored);
-    assert_eq!(driver.store().turn_log(session, 0, None).await.unwrap().len(), 1);
+    assert_eq!(
+        driver
+            .store()
+            .turn_log(session, 0, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(driver.rerun(session, 2).await.unwrap().is_none());
 }
 

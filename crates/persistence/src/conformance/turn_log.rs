@@ -109,7 +109,10 @@ pub async fn the_commit_writes_the_turn_record(harness: &dyn Harness) {
 
     let turns = log(&*store, first.session.id).await;
     assert_eq!(
-        turns.iter().map(|t| (t.turn, t.rewound)).collect::<Vec<_>>(),
+        turns
+            .iter()
+            .map(|t| (t.turn, t.rewound))
+            .collect::<Vec<_>>(),
         [(1, false), (2, false)]
     );
     let logged = &turns[0];
@@ -154,7 +157,14 @@ pub async fn a_fallback_turn_records_how_it_ended(harness: &dyn Harness) {
     };
     commit_logged(&*store, &context, Changes::default(), end.clone(), t0()).await;
     let context = start(&*store, &inbound(&alice, "stop", None, t0()), t0()).await;
-    commit_logged(&*store, &context, Changes::default(), TurnEnd::OptedOut, t0()).await;
+    commit_logged(
+        &*store,
+        &context,
+        Changes::default(),
+        TurnEnd::OptedOut,
+        t0(),
+    )
+    .await;
     let ends: Vec<TurnEnd> = log(&*store, context.session.id)
         .await
         .into_iter()
@@ -192,7 +202,9 @@ pub async fn a_subprocess_commit_adds_its_part_to_the_record(harness: &dyn Harne
         .expect("subprocess commit");
     assert_eq!(applied, SubprocessOutcome::Applied);
     assert_eq!(
-        log(&*store, context.session.id).await[0].record.subprocesses,
+        log(&*store, context.session.id).await[0]
+            .record
+            .subprocesses,
         Some(record)
     );
 
@@ -203,7 +215,12 @@ pub async fn a_subprocess_commit_adds_its_part_to_the_record(harness: &dyn Harne
         .await
         .expect("subprocess commit");
     assert_eq!(stale, SubprocessOutcome::Stale);
-    assert_eq!(log(&*store, context.session.id).await[1].record.subprocesses, None);
+    assert_eq!(
+        log(&*store, context.session.id).await[1]
+            .record
+            .subprocesses,
+        None
+    );
 }
 
 /// Rewinding to after turn 1 makes the soul memory, process memories, process state, snapshot
@@ -221,14 +238,21 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
     let first = start(&*store, &inbound(&alice, "one", None, t0()), t0()).await;
     let session = first.session.id;
     let changes = Changes {
-        soul_memory: vec![set("a", json!(1)), set("b", json!({"x": [1, 2]})), set("n", Value::Null)],
+        soul_memory: vec![
+            set("a", json!(1)),
+            set("b", json!({"x": [1, 2]})),
+            set("n", Value::Null),
+        ],
         process_memory: vec![ProcessMemoryChange {
             process: "initial".to_owned(),
             change: set("k", json!("v")),
         }],
         process_state: Some(ProcessState::new("listening", json!({"p": 1}))),
         snapshot: Some(wm1.clone()),
-        schedule: vec![check_in("e1", t0() + Duration::days(1)), check_in("e2", t0() + Duration::days(2))],
+        schedule: vec![
+            check_in("e1", t0() + Duration::days(1)),
+            check_in("e2", t0() + Duration::days(2)),
+        ],
         ..Changes::default()
     };
     commit_logged(&*store, &first, changes, TurnEnd::Ok, t0()).await;
@@ -244,13 +268,17 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
     let changes = Changes {
         soul_memory: vec![
             set("a", json!(2)),
-            MemoryChange::Remove { key: "b".to_owned() },
+            MemoryChange::Remove {
+                key: "b".to_owned(),
+            },
             set("n", json!("now set")),
         ],
         process_memory: vec![
             ProcessMemoryChange {
                 process: "initial".to_owned(),
-                change: MemoryChange::Remove { key: "k".to_owned() },
+                change: MemoryChange::Remove {
+                    key: "k".to_owned(),
+                },
             },
             ProcessMemoryChange {
                 process: "listening".to_owned(),
@@ -262,7 +290,10 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
             ..ProcessState::new("listening", json!({"p": 2}))
         }),
         snapshot: Some(wm2.clone()),
-        schedule: vec![check_in("e1", t0() + Duration::days(3)), check_in("e3", t0() + Duration::days(4))],
+        schedule: vec![
+            check_in("e1", t0() + Duration::days(3)),
+            check_in("e3", t0() + Duration::days(4)),
+        ],
         cancel_events: vec!["e2".to_owned()],
         ..Changes::default()
     };
@@ -302,7 +333,10 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
         ..Changes::default()
     };
     commit_logged(&*store, &third, changes, TurnEnd::Ok, at).await;
-    assert_ne!(comparable(state(&*store, session).await), comparable(after_first.clone()));
+    assert_ne!(
+        comparable(state(&*store, session).await),
+        comparable(after_first.clone())
+    );
 
     let now = t0() + minutes(3);
     assert_eq!(
@@ -338,7 +372,10 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
     assert_eq!(next.process_memories.get("x"), None);
     assert_eq!(next.snapshot.as_ref(), Some(&wm1));
     assert_eq!(
-        next.pending_events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        next.pending_events
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
         ["e1", "e2"]
     );
     commit_logged(&*store, &next, Changes::default(), TurnEnd::Ok, at).await;
@@ -372,7 +409,9 @@ pub async fn rewind_is_refused_while_a_turn_runs(harness: &dyn Harness) {
     let before = state(&*store, first.session.id).await;
 
     let running = start(&*store, &inbound(&alice, "three", None, t0()), t0()).await;
-    let refused = rewind(&*store, first.session.id, 1, t0()).await.expect("rewind");
+    let refused = rewind(&*store, first.session.id, 1, t0())
+        .await
+        .expect("rewind");
     assert_eq!(
         refused,
         Rewind::TurnRunning {
@@ -387,7 +426,10 @@ pub async fn rewind_is_refused_while_a_turn_runs(harness: &dyn Harness) {
         state: before.clone(),
     };
     assert!(matches!(
-        store.restore_session(&restore, t0()).await.expect("restore"),
+        store
+            .restore_session(&restore, t0())
+            .await
+            .expect("restore"),
         Rewind::TurnRunning { .. }
     ));
     let mut commit = TurnCommit::new(&running);
@@ -398,7 +440,10 @@ pub async fn rewind_is_refused_while_a_turn_runs(harness: &dyn Harness) {
         .expect("commit");
     // Read before the turn ran: the version moved since.
     assert_eq!(
-        store.restore_session(&restore, t0()).await.expect("restore"),
+        store
+            .restore_session(&restore, t0())
+            .await
+            .expect("restore"),
         Rewind::Changed
     );
     let after = state(&*store, first.session.id).await;

@@ -21,12 +21,12 @@ use uuid::Uuid;
 use self::calls::Call;
 pub use self::postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnections, PgStore};
 pub use self::postgrest::{PostgrestRpc, SupabaseConfig, SupabaseStore};
+use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::{Result, Store, StoreFuture, wire};
 
 /// How a [`SqlFunctionStore`] reaches the SQL functions.

@@ -21,12 +21,12 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::driver::{Result, operation};
+use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
     SubprocessOutcome, TurnCommit, TurnContext, TurnSettings,
 };
-use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::{Store, StoreFuture};
 
 /// Runs `$body` (a block evaluating to a `Result`) in one `BEGIN IMMEDIATE` transaction: the

@@ -110,17 +110,19 @@ pub(super) async fn turn_log(
         };
         let mut replies = Vec::with_capacity(record.replies.len());
         for id in &record.replies {
-            let reply = sqlx::query("select body, status, error from outbound_messages where id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
+            let reply =
+                sqlx::query("select body, status, error from outbound_messages where id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if let Some(reply) = reply {
                 let status: String = reply.try_get("status")?;
                 replies.push(LoggedReply {
                     id: *id,
                     body: reply.try_get("body")?,
-                    status: DeliveryStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+                    status: DeliveryStatus::parse(&status).ok_or_else(|| {
+                        StoreError::Corrupt(format!("delivery status {status:?}"))
+                    })?,
                     error: reply.try_get("error")?,
                 });
             }
@@ -144,10 +146,12 @@ pub(super) async fn session_state(
     session: SessionId,
 ) -> Result<Option<SessionState>> {
     let id = session.0.to_string();
-    let row = sqlx::query("select version, lease_token, lease_expires_at from user_sessions where id = ?")
-        .bind(&id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "select version, lease_token, lease_expires_at from user_sessions where id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let lease_expires_at = match row.try_get::<Option<String>, _>("lease_token")? {
         Some(_) => row
@@ -354,4 +358,3 @@ pub(super) async fn restore(
         rewound: u32::try_from(rewound).unwrap_or(u32::MAX),
     })
 }
-
