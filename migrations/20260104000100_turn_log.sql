@@ -79,8 +79,8 @@ begin
 
   -- The turn's record, numbered after the latest turn not rewound (the primary key's backward
   -- scan from the session's newest record: one index page). The record arrives as compact JSON
-  -- text and is kept as such (`json`): `jsonb` would store it a third larger. A commit without
-  -- one (a caller of the function other than the store) leaves an empty record.
+  -- text and is kept as such (`json`): `jsonb` would store it half again as large or more. A
+  -- commit without one (a caller of the function other than the store) leaves an empty record.
   insert into public.turn_log (session_id, turn, inbound_id, committed_at, record)
     values (v_session,
       coalesce((select t.turn from public.turn_log t
