@@ -15,8 +15,8 @@ use soul_engine::process::{
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{Clock, Memory, MemoryId, Region, Role};
-use soul_persistence::turn_log::{ChangeLog, TurnEnd, TurnLogLevel};
-use soul_persistence::{Address, BeginOutcome, Inbound, PgStore, SqliteStore, Store};
+use soul_persistence::turn_log::{ChangeLog, Rewind, TurnEnd, TurnLogLevel, rewind};
+use soul_persistence::{Address, BeginOutcome, Inbound, InboundKind, PgStore, SqliteStore, Store};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
 use soul_turns::{
@@ -940,6 +940,55 @@ async fn a_rerun_shows_what_a_changed_build_does_otherwise(fixture: Fixture) {
     assert!(driver.rerun(session, 2).await.unwrap().is_none());
 }
 
+/// Rewinding to before an event's turn schedules the event again as it was (its begin completed
+/// it; the turn's record keeps the event it answered).
+async fn a_rewind_to_before_an_event_turn_schedules_the_event_again(fixture: Fixture) {
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    double.push_content("Dee said: \"I will.\"");
+    let asked = answered(
+        &driver,
+        inbound("+15550033", "remind me", "SMev1", clock.now()),
+    )
+    .await;
+    let session = asked[0].session;
+    let store = driver.store();
+    let events = |state: soul_persistence::turn_log::SessionState| {
+        state
+            .events
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect::<Vec<_>>()
+    };
+    let pending = events(store.session_state(session).await.unwrap().unwrap());
+    assert_eq!(pending.len(), 1);
+
+    clock.advance(Duration::minutes(61));
+    assert_eq!(
+        driver.fire_due_events(10, &NoDelivery).await.unwrap().len(),
+        1
+    );
+    assert!(events(store.session_state(session).await.unwrap().unwrap()).is_empty());
+    let log = store.turn_log(session, 0, None).await.unwrap();
+    assert!(matches!(
+        log[1].perception.as_ref().map(|p| &p.kind),
+        Some(InboundKind::Event { .. })
+    ));
+
+    assert_eq!(
+        rewind(&**store, session, 1, clock.now()).await.unwrap(),
+        Rewind::Rewound { rewound: 1 }
+    );
+    assert_eq!(
+        events(store.session_state(session).await.unwrap().unwrap()),
+        pending
+    );
+}
+
 async fn sqlite_full_turn_log() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
@@ -979,4 +1028,5 @@ on_every_store!(
     a_long_conversation_stores_a_bounded_snapshot,
     every_turn_leaves_a_record_of_its_steps_changes_and_end,
     a_rerun_shows_what_a_changed_build_does_otherwise,
+    a_rewind_to_before_an_event_turn_schedules_the_event_again,
 );
