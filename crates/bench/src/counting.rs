@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
+use soul_persistence::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use soul_persistence::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, Store, StoreFuture,
@@ -235,5 +236,26 @@ impl Store for CountingStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<'a, Erasure> {
         self.tick().erase_user(address, now)
+    }
+
+    fn turn_log(
+        &self,
+        session: SessionId,
+        from: u32,
+        to: Option<u32>,
+    ) -> StoreFuture<'_, Vec<LoggedTurn>> {
+        self.tick().turn_log(session, from, to)
+    }
+
+    fn session_state(&self, session: SessionId) -> StoreFuture<'_, Option<SessionState>> {
+        self.tick().session_state(session)
+    }
+
+    fn restore_session<'a>(
+        &'a self,
+        restore: &'a Restore,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Rewind> {
+        self.tick().restore_session(restore, now)
     }
 }

@@ -41,6 +41,7 @@ const TABLES: &[&str] = &[
     "inbound_messages",
     "outbound_messages",
     "scheduled_events",
+    "turn_log",
 ];
 
 /// Which store.

@@ -159,6 +159,21 @@ create table public.soul_memories (
 alter table public.soul_memories enable row level security;
 grant delete, insert, references, select, trigger, truncate, update on table public.soul_memories to service_role;
 
+create table public.turn_log (
+  session_id uuid not null,
+  seq bigint not null generated always as identity,
+  turn integer not null,
+  inbound_id uuid not null,
+  committed_at timestamp with time zone not null,
+  rewound boolean not null default false,
+  record json not null,
+  constraint turn_log_pkey PRIMARY KEY (session_id, seq),
+  constraint turn_log_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.user_sessions(id) ON DELETE CASCADE
+);
+alter table public.turn_log enable row level security;
+CREATE INDEX idx_turn_log_committed ON public.turn_log USING brin (committed_at);
+grant delete, insert, references, select, trigger, truncate, update on table public.turn_log to service_role;
+
 create table public.user_sessions (
   id uuid not null default gen_random_uuid(),
   phone_number text not null,
@@ -588,6 +603,16 @@ begin
   end if;
   perform public.soul_apply_changes(
     v_session, request -> 'changes', request -> 'settings', (request ->> 'now')::timestamptz);
+  -- Their part of the record of the turn they ran after (the latest: no turn began since),
+  -- appended to its compact text as the `sub` field.
+  update public.turn_log t
+    set record = (pg_catalog.left(t.record::text, -1)
+      || case when t.record::text = '{}' then '' else ',' end
+      || '"sub":' || coalesce(request ->> 'record', '{}') || '}')::json
+    where t.session_id = v_session
+      and t.seq = (select l.seq from public.turn_log l
+                     where l.session_id = v_session and not l.rewound
+                     order by l.seq desc limit 1);
   return pg_catalog.jsonb_build_object('outcome', 'applied');
 end
 $function$;
@@ -638,6 +663,17 @@ begin
 
   update public.inbound_messages set status = 'done', finished_at = v_now
     where id = v_s.lease_inbound_id;
+
+  -- The turn's record, numbered after the latest turn not rewound (the primary key's backward
+  -- scan from the session's newest record: one index page). The record arrives as compact JSON
+  -- text and is kept as such (`json`): `jsonb` would store it half again as large or more. A
+  -- commit without one (a caller of the function other than the store) leaves an empty record.
+  insert into public.turn_log (session_id, turn, inbound_id, committed_at, record)
+    values (v_session,
+      coalesce((select t.turn from public.turn_log t
+                  where t.session_id = v_session and not t.rewound
+                  order by t.seq desc limit 1), 0) + 1,
+      v_s.lease_inbound_id, v_now, coalesce((request ->> 'record')::json, '{}'::json));
 
   if not exists (
     select 1 from public.inbound_messages where session_id = v_session and waiting
@@ -717,6 +753,11 @@ begin
     where s.id = p.session_id
       and (v_address is null or s.phone_number = v_address)
       and s.last_active_at < v_before;
+  delete from public.turn_log t
+    using public.user_sessions s
+    where s.id = t.session_id
+      and (v_address is null or s.phone_number = v_address)
+      and t.committed_at < v_before;
   return pg_catalog.jsonb_build_object('deleted', v_count);
 end
 $function$;
@@ -813,6 +854,10 @@ AS $function$
         'provider_id', t.provider_id, 'error', t.error, 'created_at', t.created_at,
         'updated_at', t.updated_at) order by t.seq), '[]'::jsonb)
       from public.outbound_messages t where t.session_id = s.id),
+    'turn_log', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+        'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
+        'rewound', t.rewound, 'record', t.record) order by t.seq), '[]'::jsonb)
+      from public.turn_log t where t.session_id = s.id),
     'scheduled_events', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'key', t.key, 'kind', t.kind, 'payload', t.payload, 'due_at', t.due_at,
         'claimed_until', t.claimed_until, 'created_at', t.created_at)
@@ -980,6 +1025,68 @@ end
 $function$;
 grant execute on function public.soul_renew_lease(jsonb) to service_role;
 
+CREATE OR REPLACE FUNCTION public.soul_restore_session(request jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  v_session uuid := (request ->> 'session_id')::uuid;
+  v_now timestamptz := (request ->> 'now')::timestamptz;
+  v_state jsonb := request -> 'state';
+  v_s public.user_sessions;
+  v_rewound integer;
+begin
+  select * into v_s from public.user_sessions where id = v_session for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'unknown_turn');
+  end if;
+  if v_s.lease_token is not null and v_s.lease_expires_at > v_now then
+    return pg_catalog.jsonb_build_object(
+      'outcome', 'turn_running', 'lease_expires_at', v_s.lease_expires_at);
+  end if;
+  if v_s.version <> (request ->> 'version')::bigint then
+    return pg_catalog.jsonb_build_object('outcome', 'changed');
+  end if;
+
+  delete from public.soul_memories where session_id = v_session;
+  insert into public.soul_memories (session_id, key, value, updated_at)
+    select v_session, e.key, e.value, v_now
+      from pg_catalog.jsonb_each(coalesce(v_state -> 'soul_memories', '{}'::jsonb)) e;
+  delete from public.process_memories where session_id = v_session;
+  insert into public.process_memories (session_id, process_name, key, value, updated_at)
+    select v_session, p.key, e.key, e.value, v_now
+      from pg_catalog.jsonb_each(coalesce(v_state -> 'process_memories', '{}'::jsonb)) p,
+        pg_catalog.jsonb_each(p.value) e;
+  delete from public.mental_process_state where session_id = v_session;
+  if pg_catalog.jsonb_typeof(v_state -> 'process') = 'object' then
+    insert into public.mental_process_state (
+        session_id, process_name, params, invocation_count, previous_process, updated_at)
+      values (v_session, v_state -> 'process' ->> 'name',
+        coalesce(v_state -> 'process' -> 'params', '{}'::jsonb),
+        coalesce((v_state -> 'process' ->> 'invocation_count')::bigint, 0),
+        v_state -> 'process' ->> 'previous', v_now);
+  end if;
+  delete from public.working_memory_snapshots where session_id = v_session;
+  if pg_catalog.jsonb_typeof(v_state -> 'snapshot') = 'object' then
+    insert into public.working_memory_snapshots (session_id, snapshot, created_at)
+      values (v_session, v_state -> 'snapshot', v_now);
+  end if;
+  delete from public.scheduled_events where session_id = v_session;
+  insert into public.scheduled_events (id, session_id, key, kind, payload, due_at, created_at)
+    select (e ->> 'id')::uuid, v_session, e ->> 'key', e ->> 'k',
+        coalesce(e -> 'p', '{}'::jsonb), (e ->> 'd')::timestamptz, v_now
+      from pg_catalog.jsonb_array_elements(coalesce(v_state -> 'events', '[]'::jsonb)) e;
+
+  update public.turn_log set rewound = true
+    where session_id = v_session and turn > (request ->> 'after_turn')::integer and not rewound;
+  get diagnostics v_rewound = row_count;
+  update public.user_sessions set version = version + 1 where id = v_session;
+  return pg_catalog.jsonb_build_object('outcome', 'rewound', 'rewound', v_rewound);
+end
+$function$;
+grant execute on function public.soul_restore_session(jsonb) to service_role;
+
 CREATE OR REPLACE FUNCTION public.soul_resume_turn(request jsonb)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1055,6 +1162,39 @@ AS $function$
   end
 $function$;
 grant execute on function public.soul_session_number(jsonb) to service_role;
+
+CREATE OR REPLACE FUNCTION public.soul_session_state(request jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select pg_catalog.jsonb_build_object(
+    'version', s.version,
+    'lease_expires_at', case when s.lease_token is not null then s.lease_expires_at end,
+    'turn', coalesce((select t.turn from public.turn_log t
+                        where t.session_id = s.id and not t.rewound
+                        order by t.seq desc limit 1), 0),
+    'soul_memories', (select coalesce(pg_catalog.jsonb_object_agg(m.key, m.value), '{}'::jsonb)
+      from public.soul_memories m where m.session_id = s.id),
+    'process_memories', (select coalesce(pg_catalog.jsonb_object_agg(p.process_name, p.memory),
+        '{}'::jsonb)
+      from (select m.process_name, pg_catalog.jsonb_object_agg(m.key, m.value) as memory
+              from public.process_memories m where m.session_id = s.id
+              group by m.process_name) p),
+    'process', (select pg_catalog.jsonb_build_object('name', p.process_name, 'params', p.params,
+        'invocation_count', p.invocation_count, 'previous', p.previous_process)
+      from public.mental_process_state p where p.session_id = s.id),
+    'snapshot', (select w.snapshot from public.working_memory_snapshots w
+      where w.session_id = s.id),
+    'events', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+        'id', e.id, 'key', e.key, 'k', e.kind, 'p', e.payload, 'd', e.due_at) order by e.key),
+        '[]'::jsonb)
+      from public.scheduled_events e where e.session_id = s.id))
+  from public.user_sessions s
+  where s.id = (request ->> 'session_id')::uuid
+$function$;
+grant execute on function public.soul_session_state(jsonb) to service_role;
 
 CREATE OR REPLACE FUNCTION public.soul_set_opt_out(request jsonb)
  RETURNS jsonb
@@ -1304,6 +1444,36 @@ begin
 end
 $function$;
 grant execute on function public.soul_start_next(uuid,jsonb,timestamp with time zone,boolean,uuid) to service_role;
+
+CREATE OR REPLACE FUNCTION public.soul_turn_log(request jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
+      'rewound', t.rewound, 'record', t.record,
+      'perception', (select pg_catalog.jsonb_build_object(
+          'id', i.id, 'external_id', i.external_id, 'body', i.body,
+          'received_at', i.received_at,
+          'kind', case when i.kind = 'event'
+            then i.event || pg_catalog.jsonb_build_object('type', 'event')
+            else pg_catalog.jsonb_build_object('type', 'message') end)
+        from public.inbound_messages i where i.id = t.inbound_id),
+      'replies', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+          'id', o.id, 'body', o.body, 'status', o.status, 'error', o.error) order by r.n),
+          '[]'::jsonb)
+        from pg_catalog.json_array_elements_text(coalesce(t.record -> 'r', '[]'::json))
+          with ordinality as r(id, n)
+        join public.outbound_messages o on o.id = r.id::uuid))
+      order by t.seq), '[]'::jsonb)
+  from public.turn_log t
+  where t.session_id = (request ->> 'session_id')::uuid
+    and t.turn >= (request ->> 'from')::integer
+    and (request ->> 'to' is null or t.turn <= (request ->> 'to')::integer)
+$function$;
+grant execute on function public.soul_turn_log(jsonb) to service_role;
 
 CREATE OR REPLACE FUNCTION public.soul_update_deliveries(request jsonb)
  RETURNS jsonb

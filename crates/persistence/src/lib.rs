@@ -20,6 +20,8 @@ use chrono::{DateTime, Duration, Utc};
 use soul_engine::Memory;
 use uuid::Uuid;
 
+use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod driver;
@@ -28,6 +30,7 @@ mod inspect;
 pub mod migrations;
 mod sql_functions;
 mod sqlite;
+pub mod turn_log;
 mod types;
 mod wire;
 
@@ -252,6 +255,32 @@ pub trait Store: Send + Sync + fmt::Debug {
         &'a self,
         address: &'a Address,
     ) -> StoreFuture<'a, Option<serde_json::Value>>;
+
+    /// The turn log of a session, in commit order: the records of turns `from` to `to`
+    /// (inclusive; `None`: the latest), rewound ones included, each with the message it
+    /// answered and its replies' delivery. Empty for an unknown session.
+    fn turn_log(
+        &self,
+        session: SessionId,
+        from: u32,
+        to: Option<u32>,
+    ) -> StoreFuture<'_, Vec<LoggedTurn>>;
+
+    /// A session's whole state between turns, read at once: every soul and process memory,
+    /// the process state, the snapshot, the scheduled events, the version, the lease's expiry
+    /// and the latest turn. `None` for an unknown session.
+    fn session_state(&self, session: SessionId) -> StoreFuture<'_, Option<SessionState>>;
+
+    /// Replaces a session's state by `restore.state` and marks the turns after
+    /// `restore.after_turn` rewound, in one transaction; refused while a turn runs at `now`
+    /// ([`Rewind::TurnRunning`]) or when the session's version moved since `restore.version`
+    /// ([`Rewind::Changed`]). Bumps the version, so that the subprocesses of a turn before the
+    /// rewind cannot commit over it. [`turn_log::rewind`] computes the state.
+    fn restore_session<'a>(
+        &'a self,
+        restore: &'a Restore,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Rewind>;
 
     /// Deletes everything stored about one person, unless a turn of theirs runs at `now`
     /// ([`Erasure::TurnRunning`], nothing deleted). A person who opted out keeps an opt-out

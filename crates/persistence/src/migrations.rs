@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/20260104000000_lines.sql"),
     },
     Migration {
+        version: "20260104000100",
+        name: "turn_log",
+        sql: include_str!("../../../migrations/20260104000100_turn_log.sql"),
+    },
+    Migration {
         version: "20260104000200",
         name: "inspector",
         sql: include_str!("../../../migrations/20260104000200_inspector.sql"),

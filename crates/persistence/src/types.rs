@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use soul_engine::{Memory, WorkingMemory};
 use uuid::Uuid;
 
+use crate::turn_log::{SubprocessRecord, TurnRecord};
+
 /// A channel address: for SMS, the person's phone number (E.164).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -783,6 +785,9 @@ pub struct TurnCommit {
     pub replies: Vec<Memory>,
     /// Everything else the turn changed.
     pub changes: Changes,
+    /// The turn's record, stored by the commit in the turn log (see [`crate::turn_log`]); its
+    /// reply ids are the commit's own, whatever the record says.
+    pub record: TurnRecord,
 }
 
 impl TurnCommit {
@@ -793,6 +798,7 @@ impl TurnCommit {
             lease_token: context.lease.token,
             replies: Vec::new(),
             changes: Changes::default(),
+            record: TurnRecord::default(),
         }
     }
 }
@@ -881,6 +887,8 @@ pub struct SubprocessCommit {
     pub version: i64,
     /// The changes.
     pub changes: Changes,
+    /// Their part of the turn's record, added to it by the commit when it applies.
+    pub record: SubprocessRecord,
 }
 
 /// Whether a subprocess commit was applied.

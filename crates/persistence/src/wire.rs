@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use soul_engine::{Memory, WorkingMemory};
 use uuid::Uuid;
 
+use crate::turn_log::{Restore, Rewind};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     Line, OutboundRef, OutboxAtCommit, PendingEvent, ProcessState, QueuedInbound, ScheduledEvent,
@@ -186,9 +187,29 @@ pub(crate) fn commit_request(
         "lease_token": commit.lease_token,
         "replies": commit.replies,
         "changes": serde_json::to_value(&commit.changes)?,
+        "record": stored_record(commit)?,
         "now": now,
         "settings": settings(turn)?,
     }))
+}
+
+/// The record a commit stores, as compact JSON text: the driver's, with the commit's own reply
+/// ids.
+pub(crate) fn stored_record(commit: &TurnCommit) -> Result<String> {
+    let mut record = serde_json::to_value(&commit.record)?;
+    if let Some(fields) = record.as_object_mut() {
+        if commit.replies.is_empty() {
+            fields.remove("r");
+        } else {
+            let ids = commit
+                .replies
+                .iter()
+                .map(|reply| json!(reply.id.0))
+                .collect();
+            fields.insert("r".to_owned(), Value::Array(ids));
+        }
+    }
+    Ok(record.to_string())
 }
 
 pub(crate) fn subprocess_request(
@@ -200,6 +221,7 @@ pub(crate) fn subprocess_request(
         "session_id": commit.session_id,
         "version": commit.version,
         "changes": serde_json::to_value(&commit.changes)?,
+        "record": serde_json::to_string(&commit.record)?,
         "now": now,
         "settings": settings(turn)?,
     }))
@@ -280,6 +302,51 @@ pub(crate) fn erasure(value: &Value) -> Result<Erasure> {
         }
         other => Err(StoreError::Corrupt(format!(
             "unknown erase outcome {other:?}"
+        ))),
+    }
+}
+
+/// `soul_turn_log`'s request.
+pub(crate) fn turn_log_request(session: SessionId, from: u32, to: Option<u32>) -> Value {
+    json!({ "session_id": session, "from": from, "to": to })
+}
+
+/// `soul_restore_session`'s request.
+pub(crate) fn restore_request(restore: &Restore, now: DateTime<Utc>) -> Result<Value> {
+    Ok(json!({
+        "session_id": restore.session,
+        "version": restore.version,
+        "after_turn": restore.after_turn,
+        "state": serde_json::to_value(&restore.state)?,
+        "now": now,
+    }))
+}
+
+/// `soul_restore_session`'s answer.
+pub(crate) fn rewind(value: &Value) -> Result<Rewind> {
+    match outcome(value)? {
+        "rewound" => Ok(Rewind::Rewound {
+            rewound: value
+                .get("rewound")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| StoreError::Corrupt("rewound without a count".to_owned()))?,
+        }),
+        "unknown_turn" => Ok(Rewind::UnknownTurn),
+        "changed" => Ok(Rewind::Changed),
+        "turn_running" => {
+            let lease_expires_at = value
+                .get("lease_expires_at")
+                .cloned()
+                .map(serde_json::from_value::<DateTime<Utc>>)
+                .transpose()?
+                .ok_or_else(|| {
+                    StoreError::Corrupt("turn_running without `lease_expires_at`".to_owned())
+                })?;
+            Ok(Rewind::TurnRunning { lease_expires_at })
+        }
+        other => Err(StoreError::Corrupt(format!(
+            "unknown restore outcome {other:?}"
         ))),
     }
 }

@@ -193,7 +193,9 @@ pub(crate) fn build_driver(
     // A commit claims its replies for their sender as long as a sweep claims one for.
     settings.reply_claim_for =
         chrono::Duration::from_std(config.outbox_retry_after).unwrap_or(settings.reply_claim_for);
-    let mut driver = TurnDriver::new(store, runtime.clone(), clock).with_settings(settings);
+    let mut driver = TurnDriver::new(store, runtime.clone(), clock)
+        .with_settings(settings)
+        .with_turn_log(config.turn_log);
     for other in others {
         driver = driver.with_soul(other.clone());
     }

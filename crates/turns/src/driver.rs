@@ -11,6 +11,7 @@ use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
 use soul_engine::process::{Runtime, TurnError};
 use soul_engine::retry::{Failure, RetryPolicy, Verdict, retry};
+use soul_persistence::turn_log::{SubprocessRecord, TurnEnd, TurnLogLevel, TurnRecord};
 use soul_persistence::{
     Address, BeginOutcome, Changes, CommitOutcome, EventOutcome, Inbound, Line, OutboxAtCommit,
     SessionId, SoulProcesses, Store, StoreError, SubprocessCommit, TurnCommit, TurnContext,
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::mapping;
+use crate::record::{self, Recorder};
 
 /// Replies a commit stored, ready to send.
 #[derive(Clone)]
@@ -138,6 +140,7 @@ pub struct TurnDriver {
     settings: TurnSettings,
     fallback_reply: String,
     max_attempts: NonZeroU32,
+    turn_log: TurnLogLevel,
 }
 
 impl fmt::Debug for TurnDriver {
@@ -183,7 +186,14 @@ impl TurnDriver {
             settings,
             fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
             max_attempts: DEFAULT_MAX_TURN_ATTEMPTS,
+            turn_log: TurnLogLevel::default(),
         }
+    }
+
+    /// The same driver keeping turn records at `level` (compact unless set).
+    pub fn with_turn_log(mut self, level: TurnLogLevel) -> Self {
+        self.turn_log = level;
+        self
     }
 
     /// The same driver with other settings (session timeout, lease, history window); the
@@ -252,6 +262,16 @@ impl TurnDriver {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The runtime turns run in.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The reply sent when a turn fails.
+    pub fn fallback_reply(&self) -> &str {
+        &self.fallback_reply
     }
 
     /// Stores `inbound` and, unless it is a duplicate or queued behind a running turn, answers it
@@ -402,9 +422,14 @@ impl TurnDriver {
         let settings = &*settings;
         let soul = runtime.soul();
         let session_key = context.session.id.to_string();
+        let processes = &self.settings.processes;
+        let mut recorder = Recorder::new(context);
         let mut commit = TurnCommit::new(context);
+        commit.record.session_reset = context.session_reset;
         if context.session.opted_out {
             // Stored, never answered, and no model bill: they asked us to stop.
+            commit.record.end = TurnEnd::OptedOut;
+            commit.record.changes = recorder.replies_only();
             let committed = self.commit(&commit, settings).await?;
             let report = TurnReport {
                 session: context.session.id,
@@ -430,6 +455,8 @@ impl TurnDriver {
                 self.max_attempts
             );
             commit.replies = self.fallback_replies();
+            commit.record.end = TurnEnd::GivenUp;
+            commit.record.changes = recorder.replies_only();
             (None, false)
         } else {
             let state = mapping::soul_state(soul, context);
@@ -437,9 +464,15 @@ impl TurnDriver {
                 .run_main(&session_key, state, mapping::perception(context), None)
                 .await;
             match main {
-                Ok(main) => {
+                Ok(mut main) => {
                     commit.replies = mapping::reply_memories(&main.replies, self.clock.now());
                     commit.changes = mapping::main_changes(context, &main);
+                    commit.record.changes = recorder.main(&commit.changes, processes);
+                    commit.record.steps =
+                        record::step_logs(std::mem::take(&mut main.steps), self.turn_log);
+                    if main.processes_run != [context.process.name.as_str()] {
+                        commit.record.processes_run.clone_from(&main.processes_run);
+                    }
                     (Some(main), false)
                 }
                 Err(error) => {
@@ -447,6 +480,10 @@ impl TurnDriver {
                     // stored, so the state is exactly as before it.
                     log_turn_error(context.session.id, &error);
                     commit.replies = self.fallback_replies();
+                    commit.record.end = TurnEnd::Fallback {
+                        error: record::error_kind(&error).to_owned(),
+                    };
+                    commit.record.changes = recorder.replies_only();
                     (None, true)
                 }
             }
@@ -465,6 +502,14 @@ impl TurnDriver {
                     );
                     commit.replies = self.fallback_replies();
                     commit.changes = Changes::default();
+                    commit.record = TurnRecord {
+                        end: TurnEnd::Fallback {
+                            error: format!("store:{}", error.kind()),
+                        },
+                        session_reset: context.session_reset,
+                        changes: recorder.replies_only(),
+                        ..TurnRecord::default()
+                    };
                     fell_back = true;
                 } else {
                     tracing::error!(
@@ -518,7 +563,7 @@ impl TurnDriver {
         // as a newer message does in OpenSouls (and their commit would be refused as stale).
         if let (Some(main), None) = (&main, &next)
             && let Some(applied) = self
-                .run_subprocesses(runtime, settings, context, main)
+                .run_subprocesses(runtime, settings, context, main, recorder)
                 .await?
         {
             report.subprocesses_applied = true;
@@ -541,6 +586,7 @@ impl TurnDriver {
         settings: &TurnSettings,
         context: &TurnContext,
         main: &soul_engine::process::MainOutcome,
+        mut recorder: Recorder,
     ) -> Result<Option<soul_engine::process::SubprocessOutcome>, DriverError> {
         if runtime.soul().subprocesses().is_empty() {
             return Ok(None);
@@ -556,10 +602,18 @@ impl TurnDriver {
                 "subprocess replies are not delivered over SMS; speak from the main process"
             );
         }
+        let mut outcome = outcome;
+        let changes = mapping::subprocess_changes(context, main, &outcome);
+        let record = SubprocessRecord {
+            failed: outcome.failed.clone(),
+            steps: record::step_logs(std::mem::take(&mut outcome.steps), self.turn_log),
+            changes: recorder.subprocesses(&changes, &self.settings.processes),
+        };
         let commit = SubprocessCommit {
             session_id: context.session.id,
             version: context.version(),
-            changes: mapping::subprocess_changes(context, main, &outcome),
+            changes,
+            record,
         };
         let applied = self
             .store

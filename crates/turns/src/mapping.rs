@@ -79,7 +79,7 @@ pub(crate) fn soul_state(soul: &Soul, context: &TurnContext) -> SoulState {
 
 /// A stored event as the engine scheduled it (see [`new_event`]); `None` for events of other
 /// kinds, which are not the engine's.
-fn scheduled_event(event: &PendingEvent) -> Option<ScheduledEvent> {
+pub(crate) fn scheduled_event(event: &PendingEvent) -> Option<ScheduledEvent> {
     if event.kind != PERCEPTION_EVENT {
         return None;
     }
@@ -118,7 +118,7 @@ pub(crate) fn perception(context: &TurnContext) -> Perception {
 }
 
 /// How the engine perceives a message or an event of the session's queue.
-fn perception_of(inbound: &QueuedInbound) -> Perception {
+pub(crate) fn perception_of(inbound: &QueuedInbound) -> Perception {
     match &inbound.kind {
         InboundKind::Message => {
             let mut perception = Perception::message(inbound.body.clone(), inbound.received_at);
@@ -151,13 +151,34 @@ fn perception_of(inbound: &QueuedInbound) -> Perception {
 
 /// The store's change set for the main part of a turn.
 pub(crate) fn main_changes(context: &TurnContext, outcome: &MainOutcome) -> Changes {
+    main_changes_on(&Started::of(context), outcome)
+}
+
+/// What a turn started on, as far as its change sets depend on it: the current process and the
+/// keys of its memory the store holds.
+pub(crate) struct Started<'a> {
+    pub(crate) process: &'a str,
+    pub(crate) memory: &'a serde_json::Map<String, Value>,
+}
+
+impl<'a> Started<'a> {
+    pub(crate) fn of(context: &'a TurnContext) -> Self {
+        Started {
+            process: &context.process.name,
+            memory: &context.process_memories,
+        }
+    }
+}
+
+/// [`main_changes`] for a turn that started on `started`.
+pub(crate) fn main_changes_on(started: &Started<'_>, outcome: &MainOutcome) -> Changes {
     Changes {
         memories: stored_memories(&outcome.appended),
         soul_memory: memory_changes(&outcome.soul_memory),
         process_memory: process_memory_changes(&outcome.process_memory, |process| {
             // Of the main processes, the store keeps keys for the current one only.
-            if process == context.process.name {
-                context.process_memories.keys().cloned().collect()
+            if process == started.process {
+                started.memory.keys().cloned().collect()
             } else {
                 BTreeSet::new()
             }
@@ -181,12 +202,21 @@ pub(crate) fn subprocess_changes(
     main: &MainOutcome,
     outcome: &SubprocessOutcome,
 ) -> Changes {
+    subprocess_changes_on(&Started::of(context), main, outcome)
+}
+
+/// [`subprocess_changes`] for a turn that started on `started`.
+pub(crate) fn subprocess_changes_on(
+    started: &Started<'_>,
+    main: &MainOutcome,
+    outcome: &SubprocessOutcome,
+) -> Changes {
     Changes {
         memories: stored_memories(&outcome.appended),
         soul_memory: memory_changes(&outcome.soul_memory),
         process_memory: process_memory_changes(&outcome.process_memory, |process| {
-            let mut stored = if process == context.process.name {
-                to_btree(&context.process_memories)
+            let mut stored = if process == started.process {
+                to_btree(started.memory)
             } else {
                 BTreeMap::new()
             };
@@ -298,6 +328,6 @@ fn new_event(event: &ScheduledEvent) -> NewEvent {
     }
 }
 
-fn to_btree(map: &serde_json::Map<String, Value>) -> BTreeMap<String, Value> {
+pub(crate) fn to_btree(map: &serde_json::Map<String, Value>) -> BTreeMap<String, Value> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -15,7 +15,8 @@ use soul_engine::process::{
 use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{Clock, Memory, MemoryId, Region, Role};
-use soul_persistence::{Address, BeginOutcome, Inbound, PgStore, SqliteStore, Store};
+use soul_persistence::turn_log::{ChangeLog, Rewind, TurnEnd, TurnLogLevel, rewind};
+use soul_persistence::{Address, BeginOutcome, Inbound, InboundKind, PgStore, SqliteStore, Store};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
 use soul_turns::{
@@ -70,6 +71,10 @@ async fn listen(cx: ProcessContext) -> ProcessResult {
         }
         _ => memory,
     };
+    if rebuilt().lock().unwrap().contains(&body) {
+        // What this soul's next build does differently, for the messages a test names.
+        cx.soul_memory().set("build", &2)?;
+    }
     if body == "remind me" {
         cx.schedule(
             cx.now() + Duration::hours(1),
@@ -108,6 +113,12 @@ async fn tally(cx: ProcessContext) -> ProcessResult {
     } else {
         Next::stay(memory)
     })
+}
+
+/// The messages the "next build" of `listen` answers: a re-run of their turn differs.
+fn rebuilt() -> &'static Mutex<std::collections::HashSet<String>> {
+    static REBUILT: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    REBUILT.get_or_init(Mutex::default)
 }
 
 struct Gate {
@@ -816,6 +827,187 @@ async fn a_long_conversation_stores_a_bounded_snapshot(fixture: Fixture) {
     assert_eq!(sizes[199], 26);
 }
 
+/// Every turn leaves a record in the turn log: its step (name, answer; no request at the compact
+/// level), what it changed (a soul-memory key with its value before and after, the process state
+/// with its invocation count), its reply and its delivery, the subprocess's part, and how it
+/// ended; a failed turn's record says the fallback went out and why.
+async fn every_turn_leaves_a_record_of_its_steps_changes_and_end(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    double.push_content("first answer");
+    let reports = answered(&driver, inbound("+15550030", "hi", "SMlog1", now())).await;
+    double.push(Reply::status(500));
+    let failed = answered(&driver, inbound("+15550030", "again", "SMlog2", now())).await;
+    assert!(failed[0].fell_back);
+    let log = driver
+        .store()
+        .turn_log(reports[0].session, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(log.iter().map(|t| t.turn).collect::<Vec<_>>(), [1, 2]);
+    let first = &log[0].record;
+    assert_eq!(first.end, TurnEnd::Ok);
+    assert_eq!(first.steps.len(), 1);
+    assert_eq!(first.steps[0].name, "external_dialog");
+    assert_eq!(first.steps[0].answer, "first answer");
+    assert!(first.steps[0].full.is_none());
+    let heard = first
+        .changes
+        .soul_memory
+        .iter()
+        .find(|change| change.key == "heard")
+        .unwrap();
+    assert_eq!(
+        (heard.before.clone(), heard.after.clone()),
+        (None, Some(json!(1)))
+    );
+    let process = first.changes.process.as_ref().unwrap();
+    assert_eq!(process.after.name, "listen");
+    assert_eq!(process.after.invocation_count, 1);
+    assert_eq!(log[0].replies[0].body, "first answer");
+    let subprocesses = first.subprocesses.as_ref().unwrap();
+    assert!(
+        subprocesses
+            .changes
+            .soul_memory
+            .iter()
+            .any(|c| c.key == "tally")
+    );
+    let second = &log[1].record;
+    assert_eq!(
+        second.end,
+        TurnEnd::Fallback {
+            error: "process".to_owned()
+        }
+    );
+    assert!(second.steps.is_empty());
+    assert_eq!(second.changes, ChangeLog::default());
+    assert_eq!(log[1].replies[0].body, DEFAULT_FALLBACK_REPLY);
+}
+
+/// At the full level a step's record keeps the request sent to the model and its raw answers.
+async fn the_full_turn_log_keeps_each_request_and_raw_answer(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    double.push_content("a full answer");
+    let reports = answered(&driver, inbound("+15550031", "hello", "SMfull1", now())).await;
+    let log = driver
+        .store()
+        .turn_log(reports[0].session, 1, Some(1))
+        .await
+        .unwrap();
+    let full = log[0].record.steps[0].full.as_ref().unwrap();
+    assert_eq!(full.answers, ["a full answer"]);
+    let messages = full.request["messages"].as_array().unwrap();
+    assert!(
+        messages.iter().any(|m| m["content"] == "hello"),
+        "{messages:?}"
+    );
+}
+
+/// A re-run of a logged turn by the same build does what the turn did and stores nothing; by a
+/// build that behaves otherwise, it shows the difference.
+async fn a_rerun_shows_what_a_changed_build_does_otherwise(fixture: Fixture) {
+    let Fixture { double, driver, .. } = fixture;
+    let body = format!("rebuilt {}", uuid_like());
+    double.push_content("the answer");
+    let reports = answered(&driver, inbound("+15550032", &body, "SMre1", now())).await;
+    let session = reports[0].session;
+    let stored = driver.store().session_state(session).await.unwrap();
+
+    double.push_content("the answer");
+    let same = driver.rerun(session, 1).await.unwrap().unwrap();
+    assert!(!same.differs(), "{same:#?}");
+    assert_eq!(same.rerun.replies, ["the answer"]);
+
+    rebuilt().lock().unwrap().insert(body);
+    double.push_content("the answer");
+    let changed = driver.rerun(session, 1).await.unwrap().unwrap();
+    assert!(changed.differs());
+    assert!(changed.rerun.soul_memory.iter().any(|c| c.key == "build"));
+    assert!(
+        !changed
+            .recorded
+            .soul_memory
+            .iter()
+            .any(|c| c.key == "build")
+    );
+    assert_eq!(changed.rerun.replies, changed.recorded.replies);
+
+    assert_eq!(driver.store().session_state(session).await.unwrap(), stored);
+    assert_eq!(
+        driver
+            .store()
+            .turn_log(session, 0, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(driver.rerun(session, 2).await.unwrap().is_none());
+}
+
+/// Rewinding to before an event's turn schedules the event again as it was (its begin completed
+/// it; the turn's record keeps the event it answered).
+async fn a_rewind_to_before_an_event_turn_schedules_the_event_again(fixture: Fixture) {
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    double.push_content("Dee said: \"I will.\"");
+    let asked = answered(
+        &driver,
+        inbound("+15550033", "remind me", "SMev1", clock.now()),
+    )
+    .await;
+    let session = asked[0].session;
+    let store = driver.store();
+    let events = |state: soul_persistence::turn_log::SessionState| {
+        state
+            .events
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect::<Vec<_>>()
+    };
+    let pending = events(store.session_state(session).await.unwrap().unwrap());
+    assert_eq!(pending.len(), 1);
+
+    clock.advance(Duration::minutes(61));
+    assert_eq!(
+        driver.fire_due_events(10, &NoDelivery).await.unwrap().len(),
+        1
+    );
+    assert!(events(store.session_state(session).await.unwrap().unwrap()).is_empty());
+    let log = store.turn_log(session, 0, None).await.unwrap();
+    assert!(matches!(
+        log[1].perception.as_ref().map(|p| &p.kind),
+        Some(InboundKind::Event { .. })
+    ));
+
+    assert_eq!(
+        rewind(&**store, session, 1, clock.now()).await.unwrap(),
+        Rewind::Rewound { rewound: 1 }
+    );
+    assert_eq!(
+        events(store.session_state(session).await.unwrap().unwrap()),
+        pending
+    );
+}
+
+async fn sqlite_full_turn_log() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
+    driver_with(Arc::new(store), Box::new(dir), |driver| {
+        driver.with_turn_log(TurnLogLevel::Full)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_full_turn_log_keeps_each_request_and_raw_answer_on_sqlite() {
+    the_full_turn_log_keeps_each_request_and_raw_answer(sqlite_full_turn_log().await).await;
+}
+
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         mod sqlite_store {
@@ -839,4 +1031,7 @@ on_every_store!(
     a_commit_the_store_refuses_sends_the_fallback_and_stores_nothing_else,
     a_turn_whose_worker_keeps_dying_is_given_up_and_the_next_message_runs,
     a_long_conversation_stores_a_bounded_snapshot,
+    every_turn_leaves_a_record_of_its_steps_changes_and_end,
+    a_rerun_shows_what_a_changed_build_does_otherwise,
+    a_rewind_to_before_an_event_turn_schedules_the_event_again,
 );

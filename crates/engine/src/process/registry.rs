@@ -287,8 +287,25 @@ pub fn default_integrator(
     stored: WorkingMemory,
     perception: &crate::process::Perception,
 ) -> WorkingMemory {
-    let with_persona =
-        without_leading_system_prompt(&stored).with_region(Region::core(), soul.persona());
+    let persona = soul.persona();
+    let conversation = without_leading_system_prompt(&stored);
+    // Unchanged, the persona keeps the memories (and ids) it had: a snapshot then differs from
+    // the one before only where the conversation does, which is what the turn log keeps.
+    let unchanged = stored.region(&Region::core()).count() == persona.len()
+        && stored
+            .region(&Region::core())
+            .zip(&persona)
+            .all(|(kept, line)| {
+                Memory {
+                    id: kept.id,
+                    ..line.clone().in_region(Region::core())
+                } == *kept
+            });
+    let with_persona = if unchanged {
+        conversation
+    } else {
+        conversation.with_region(Region::core(), persona)
+    };
     // The order holds no duplicates, so this cannot fail; fall back to the unordered memory anyway.
     let ordered = with_persona
         .with_region_order([Region::core(), Region::summary()])

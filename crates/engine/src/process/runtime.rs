@@ -20,7 +20,7 @@ use crate::process::context::{
 use crate::process::kv::{KeyValueMemory, MemoryChanges};
 use crate::process::registry::{Registered, Soul};
 use crate::process::reply::ReplyLimit;
-use crate::step::Mind;
+use crate::step::{Mind, StepRecord};
 use crate::working_memory::WorkingMemory;
 
 /// How many "run now" transitions may follow each other in one turn; the next one is an error.
@@ -169,6 +169,8 @@ pub struct MainOutcome {
     pub working_memory: WorkingMemory,
     /// Tokens spent.
     pub usage: Usage,
+    /// The cognitive steps the main part ran, in the order they finished.
+    pub steps: Vec<StepRecord>,
     carry: Carry,
 }
 
@@ -225,6 +227,9 @@ pub struct SubprocessOutcome {
     pub working_memory: Option<WorkingMemory>,
     /// Tokens spent.
     pub usage: Usage,
+    /// The cognitive steps the subprocesses ran (the failed ones' included), in the order they
+    /// finished.
+    pub steps: Vec<StepRecord>,
 }
 
 /// Runs turns of one soul.
@@ -486,6 +491,7 @@ impl Runtime {
             cancelled_events: actions.cancelled,
             working_memory: memory,
             usage: mind.usage(),
+            steps: mind.take_steps(),
             carry: Carry {
                 session: session.to_owned(),
                 generation,
@@ -622,6 +628,7 @@ impl Runtime {
         outcome.appended = appended_since(&main.working_memory, &memory);
         outcome.working_memory = Some(memory);
         outcome.usage = mind.usage();
+        outcome.steps = mind.take_steps();
         outcome
     }
 

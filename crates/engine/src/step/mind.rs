@@ -1,21 +1,61 @@
 //! `Mind`: the model, the clock and the default options a process thinks with, and the tokens it
-//! has spent.
+//! has spent and the steps it ran (for a turn's record; the engine only collects them, the caller
+//! decides what to keep).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use chrono::{DateTime, Utc};
+
 use crate::clock::Clock;
-use crate::model::{ChatOptions, LanguageModel, Usage};
-use crate::step::{CognitiveStep, StepError, Tools, run_step, run_step_with_tools};
+use crate::model::{ChatOptions, ChatRequest, LanguageModel, Usage};
+use crate::step::{
+    AnswerFormat, CognitiveStep, StepError, StepOutput, Tools, run_step, run_step_with_tools,
+};
 use crate::working_memory::WorkingMemory;
 
-/// Runs cognitive steps and keeps count of the tokens they spend. Clones share the count.
+/// One cognitive step as it ran: what a turn's record keeps of it.
+#[derive(Clone, PartialEq)]
+pub struct StepRecord {
+    /// The step's name ([`CognitiveStep::name`]).
+    pub name: String,
+    /// Whether the answer was asked for as JSON (a structured step) rather than free text.
+    pub structured: bool,
+    /// When the step started, by the mind's clock.
+    pub started_at: DateTime<Utc>,
+    /// How long it took, by the mind's clock, in milliseconds.
+    pub duration_ms: u64,
+    /// Tokens spent, the repair attempt included.
+    pub usage: Usage,
+    /// The model's answers as the step read them: the first, and the repaired one when the first
+    /// was unusable. The last is the one the step's value came from.
+    pub answers: Vec<String>,
+    /// The last request sent to the model.
+    pub request: ChatRequest,
+}
+
+impl fmt::Debug for StepRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The answers and the request quote the person.
+        f.debug_struct("StepRecord")
+            .field("name", &self.name)
+            .field("structured", &self.structured)
+            .field("duration_ms", &self.duration_ms)
+            .field("usage", &self.usage)
+            .field("answers", &self.answers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs cognitive steps and keeps count of the tokens they spend and of the steps it ran.
+/// Clones share the count and the list.
 #[derive(Clone)]
 pub struct Mind {
     model: Arc<dyn LanguageModel>,
     clock: Arc<dyn Clock>,
     options: ChatOptions,
     usage: Arc<Mutex<Usage>>,
+    steps: Arc<Mutex<Vec<StepRecord>>>,
 }
 
 impl Mind {
@@ -26,6 +66,7 @@ impl Mind {
             clock,
             options: ChatOptions::default(),
             usage: Arc::default(),
+            steps: Arc::default(),
         }
     }
 
@@ -41,9 +82,9 @@ impl Mind {
         step: S,
         memory: &WorkingMemory,
     ) -> Result<(WorkingMemory, S::Value), StepError> {
-        let output = run_step(&step, &*self.model, memory, &self.options, self.clock.now()).await?;
-        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) += output.usage;
-        Ok(output.into_parts())
+        let started_at = self.clock.now();
+        let output = run_step(&step, &*self.model, memory, &self.options, started_at).await?;
+        Ok(self.recorded(&step, started_at, output))
     }
 
     /// Runs `step` on `memory`, the model offered `tools` first (see
@@ -55,22 +96,53 @@ impl Mind {
         tools: &Tools,
         memory: &WorkingMemory,
     ) -> Result<(WorkingMemory, S::Value), StepError> {
+        let started_at = self.clock.now();
         let output = run_step_with_tools(
             &step,
             &*self.model,
             memory,
             &self.options,
-            self.clock.now(),
+            started_at,
             tools,
         )
         .await?;
+        Ok(self.recorded(&step, started_at, output))
+    }
+
+    /// Counts `output`'s tokens and records the step; the new working memory and the value.
+    fn recorded<S: CognitiveStep>(
+        &self,
+        step: &S,
+        started_at: DateTime<Utc>,
+        output: StepOutput<S::Value>,
+    ) -> (WorkingMemory, S::Value) {
         *self.usage.lock().unwrap_or_else(PoisonError::into_inner) += output.usage;
-        Ok(output.into_parts())
+        let elapsed = self.clock.now() - started_at;
+        let record = StepRecord {
+            name: step.name().to_owned(),
+            structured: matches!(step.format(), AnswerFormat::Json(_)),
+            started_at,
+            duration_ms: u64::try_from(elapsed.num_milliseconds()).unwrap_or(0),
+            usage: output.usage,
+            answers: output.answers,
+            request: output.request,
+        };
+        self.steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+        (output.memory, output.value)
     }
 
     /// Tokens spent so far by this mind and its clones.
     pub fn usage(&self) -> Usage {
         *self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the records of the steps this mind and its clones ran since the last take, in
+    /// the order they finished.
+    pub fn take_steps(&self) -> Vec<StepRecord> {
+        std::mem::take(&mut *self.steps.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The model.

@@ -31,7 +31,7 @@ use crate::working_memory::WorkingMemory;
 pub use builtins::{
     brainstorm, decision, external_dialog, instruction, internal_monologue, mental_query, summarize,
 };
-pub use mind::Mind;
+pub use mind::{Mind, StepRecord};
 pub use tools::{DEFAULT_MAX_TOOL_ROUNDS, ToolError, Tools};
 pub use typed::{TypedStep, typed};
 
@@ -99,6 +99,11 @@ pub struct StepOutput<V> {
     pub value: V,
     /// Tokens spent, the repair attempt included.
     pub usage: Usage,
+    /// The model's answers as the step read them (storable), in order: the first, and the
+    /// repaired one when the first was unusable; the last is the one the value came from.
+    pub answers: Vec<String>,
+    /// The last request sent (with the repair prompt, when there was one).
+    pub request: ChatRequest,
 }
 
 impl<V> StepOutput<V> {
@@ -198,6 +203,7 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
         usage: Usage::default(),
     };
     let first = exchange.answer(&mut request).await?;
+    let mut answers = vec![first.clone()];
     let (value, appended) = match step.interpret(memory, &first) {
         Ok(interpreted) => interpreted,
         Err(reason) => {
@@ -212,6 +218,7 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
                 .messages
                 .push(ChatMessage::new(Role::System, repair_prompt(step, &reason)));
             let second = exchange.answer(&mut request).await?;
+            answers.push(second.clone());
             step.interpret(memory, &second)
                 .map_err(|reason| StepError::InvalidAnswer {
                     step: step.name().to_owned(),
@@ -231,6 +238,8 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
         memory,
         value,
         usage,
+        answers,
+        request,
     })
 }
 

@@ -27,6 +27,7 @@ const EXPORTED_AS: &[(&str, &str)] = &[
     ("inbound_messages", "inbound_messages"),
     ("outbound_messages", "outbound_messages"),
     ("scheduled_events", "scheduled_events"),
+    ("turn_log", "turn_log"),
 ];
 
 /// Tables that hold nothing about a person, and why an export leaves them out.

@@ -26,6 +26,7 @@ mod outbox;
 mod pending;
 mod retention;
 mod sessions;
+mod turn_log;
 mod turns;
 
 pub use concurrency::*;
@@ -38,6 +39,7 @@ pub use outbox::*;
 pub use pending::*;
 pub use retention::*;
 pub use sessions::*;
+pub use turn_log::*;
 pub use turns::*;
 
 /// One test's database, fresh and empty.
@@ -109,6 +111,12 @@ macro_rules! conformance_suite {
             conversations_are_listed_latest_first_with_what_needs_attention,
             each_conversation_filter_selects_its_conversations,
             audit_entries_are_kept_newest_first_and_outlive_an_erasure,
+            the_commit_writes_the_turn_record,
+            a_fallback_turn_records_how_it_ended,
+            a_subprocess_commit_adds_its_part_to_the_record,
+            rewind_restores_the_state_after_a_turn,
+            rewind_is_refused_while_a_turn_runs,
+            retention_deletes_old_turn_records,
             concurrent_first_messages_make_one_session,
             many_senders_many_workers_exactly_once_in_order,
         );

@@ -355,6 +355,7 @@ pub async fn subprocess_memories_are_loaded_by_every_begin(harness: &dyn Harness
     // As the driver stores a turn's subprocesses: after its commit, at its version.
     let subprocesses = SubprocessCommit {
         session_id: first.session.id,
+        record: Default::default(),
         version: first.version(),
         changes: Changes {
             process_memory: vec![

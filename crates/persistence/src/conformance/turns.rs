@@ -512,6 +512,7 @@ pub async fn subprocess_commit_is_refused_after_newer_turn(harness: &dyn Harness
     };
     let subprocess = SubprocessCommit {
         session_id: first.session.id,
+        record: Default::default(),
         version: first.version(),
         changes: summary,
     };

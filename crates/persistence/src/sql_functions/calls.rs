@@ -97,4 +97,10 @@ calls! {
     RecordAudit => "soul_inspect_record_audit", idempotent: false, intake: false;
     /// `Inspect::audit_log`: a read.
     AuditLog => "soul_inspect_audit_log", idempotent: true, intake: false;
+    /// `turn_log`: a read.
+    TurnLog => "soul_turn_log", idempotent: true, intake: false;
+    /// `session_state`: a read of six tables in one snapshot.
+    SessionState => "soul_session_state", idempotent: true, intake: false;
+    /// `restore_session`: a repeat finds the version it bumped and changes nothing (`changed`).
+    RestoreSession => "soul_restore_session", idempotent: true, intake: false;
 }

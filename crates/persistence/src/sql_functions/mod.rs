@@ -21,6 +21,7 @@ use uuid::Uuid;
 use self::calls::Call;
 pub use self::postgres::{DEFAULT_OPERATION_TIMEOUT, INTAKE_CONNECTIONS, PgConnections, PgStore};
 pub use self::postgrest::{PostgrestRpc, SupabaseConfig, SupabaseStore};
+use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
@@ -297,6 +298,38 @@ impl<T: Transport> Store for SqlFunctionStore<T> {
         Box::pin(async move {
             let request = wire::erase_request(address, now);
             wire::erasure(&self.transport.call(Call::EraseUser, request).await?)
+        })
+    }
+
+    fn turn_log(
+        &self,
+        session: SessionId,
+        from: u32,
+        to: Option<u32>,
+    ) -> StoreFuture<'_, Vec<LoggedTurn>> {
+        Box::pin(async move {
+            let request = wire::turn_log_request(session, from, to);
+            let answer = self.transport.call(Call::TurnLog, request).await?;
+            Ok(serde_json::from_value(answer)?)
+        })
+    }
+
+    fn session_state(&self, session: SessionId) -> StoreFuture<'_, Option<SessionState>> {
+        Box::pin(async move {
+            let request = serde_json::json!({ "session_id": session });
+            let answer = self.transport.call(Call::SessionState, request).await?;
+            Ok(serde_json::from_value(answer)?)
+        })
+    }
+
+    fn restore_session<'a>(
+        &'a self,
+        restore: &'a Restore,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Rewind> {
+        Box::pin(async move {
+            let request = wire::restore_request(restore, now)?;
+            wire::rewind(&self.transport.call(Call::RestoreSession, request).await?)
         })
     }
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::rows::{json_text, region_name, session_row, ts};
 use super::start::start_next;
+use super::turn_log;
 use crate::driver::Result;
 use crate::types::{
     Changes, CommitOutcome, MemoryChange, OutboxAtCommit, SubprocessCommit, SubprocessOutcome,
@@ -77,6 +78,10 @@ pub(super) async fn commit(
         .bind(&row.lease_inbound_id)
         .execute(&mut *conn)
         .await?;
+    let inbound_id = row.lease_inbound_id.as_deref().ok_or_else(|| {
+        StoreError::Corrupt("a leased session without the message it runs".to_owned())
+    })?;
+    turn_log::insert_record(conn, &session, inbound_id, commit, now).await?;
     sqlx::query(
         "update user_sessions set total_messages = total_messages + ?, last_active_at = ?
          where id = ?",
@@ -110,6 +115,7 @@ pub(super) async fn commit_subprocess(
         return Ok(SubprocessOutcome::Stale);
     }
     apply_changes(conn, &session, &commit.changes, settings, now).await?;
+    turn_log::add_subprocesses(conn, &session, &commit.record).await?;
     Ok(SubprocessOutcome::Applied)
 }
 

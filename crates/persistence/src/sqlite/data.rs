@@ -90,6 +90,11 @@ async fn export_conversation(conn: &mut SqliteConnection, row: &SqliteRow) -> Re
             &id, &[("id", Text), ("body", Text), ("status", Text), ("claimed_until", Text),
                 ("provider_id", Text), ("error", Text), ("created_at", Text),
                 ("updated_at", Text)]).await?,
+        "turn_log": rows_as_json(conn,
+            "select turn, inbound_id, committed_at, rewound, record from turn_log
+             where session_id = ? order by seq",
+            &id, &[("turn", Integer), ("inbound_id", Text), ("committed_at", Text),
+                ("rewound", Integer), ("record", Json)]).await?,
         "scheduled_events": rows_as_json(conn,
             "select id, key, kind, payload, due_at, claimed_until, created_at
              from scheduled_events where session_id = ? order by key",
@@ -191,8 +196,8 @@ impl serde::Serialize for SessionJson<'_> {
 }
 
 /// Retention, as `public.soul_delete_old_messages` does it: the messages older than `days`
-/// before `now`, of `address` or of everyone, counted; inbound messages whose turn is done and
-/// replies no longer pending, as old; and the snapshot, process state and process memories of
+/// before `now`, of `address` or of everyone, counted; inbound messages whose turn is done,
+/// replies no longer pending and turn records, as old; and the snapshot, process state and process memories of
 /// the sessions with no turn since then.
 pub(super) async fn delete_messages_older_than(
     conn: &mut SqliteConnection,
@@ -216,6 +221,8 @@ pub(super) async fn delete_messages_older_than(
            where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
         "delete from process_memories where session_id in (select id from user_sessions
            where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
+        "delete from turn_log where committed_at < ?1 and session_id in
+           (select id from user_sessions where ?2 is null or phone_number = ?2)",
     ]
     .into_iter()
     .enumerate()

@@ -6,8 +6,8 @@
 //! of a turn and its lease), `commit` (a turn's and a subprocess's changes), `outbox` (delivery
 //! updates and send claims), `events` (scheduled events and their turns), `sessions` (reads by
 //! address, and the opt-out), `data` (export, erasure, retention), `inspect` (the inspector's
-//! listing and audit); `rows` holds how values are
-//! kept as text and read back. This file holds the store and its [`Store`] implementation,
+//! listing and audit), `turn_log` (the turn log, and a session's state read and restored); `rows`
+//! holds how values are kept as text and read back. This file holds the store and its [`Store`] implementation,
 //! which runs each operation in its transaction.
 
 use std::fmt;
@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::driver::{Result, operation};
+use crate::turn_log::{LoggedTurn, Restore, Rewind, SessionState};
 use crate::types::{
     Address, BeginOutcome, CommitOutcome, DeliveryUpdate, Erasure, EventOutcome, Inbound, Lease,
     Line, OutboundMessage, ScheduledEvent, Session, SessionId, SessionOutbox, SubprocessCommit,
@@ -52,6 +53,7 @@ mod outbox;
 mod rows;
 mod sessions;
 mod start;
+mod turn_log;
 
 /// The store in one local SQLite file.
 #[derive(Clone)]
@@ -259,6 +261,32 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'a, Option<serde_json::Value>> {
         // A write transaction for a read: the export must be one consistent picture.
         operation(async move { write_tx!(self, conn => { data::export(conn, address).await }) })
+    }
+
+    fn turn_log(
+        &self,
+        session: SessionId,
+        from: u32,
+        to: Option<u32>,
+    ) -> StoreFuture<'_, Vec<LoggedTurn>> {
+        operation(turn_log::turn_log(&self.pool, session, from, to))
+    }
+
+    fn session_state(&self, session: SessionId) -> StoreFuture<'_, Option<SessionState>> {
+        // A write transaction for a read: the state must be one consistent picture.
+        operation(async move {
+            write_tx!(self, conn => { turn_log::session_state(conn, session).await })
+        })
+    }
+
+    fn restore_session<'a>(
+        &'a self,
+        restore: &'a Restore,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<'a, Rewind> {
+        operation(async move {
+            write_tx!(self, conn => { turn_log::restore(conn, restore, now).await })
+        })
     }
 
     fn erase_user<'a>(

@@ -151,4 +151,18 @@ create table inspector_audit (
 
 create index idx_inspector_audit_at on inspector_audit (at);
 
+-- One row per committed turn (see migrations/20260104000100_turn_log.sql).
+create table turn_log (
+  seq integer primary key autoincrement,
+  session_id text not null references user_sessions (id) on delete cascade,
+  turn integer not null,
+  inbound_id text not null,
+  committed_at text not null,
+  rewound integer not null default 0,
+  record text not null
+);
+
+create index idx_turn_log_session on turn_log (session_id, seq);
+create index idx_turn_log_committed on turn_log (committed_at);
+
 pragma user_version = 1;

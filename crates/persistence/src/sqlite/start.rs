@@ -253,7 +253,7 @@ async fn turn_memories(
 }
 
 /// What a queue row answers, from its `event` column: a message, or the event stored there.
-fn inbound_kind(event: Option<&str>) -> Result<InboundKind> {
+pub(super) fn inbound_kind(event: Option<&str>) -> Result<InboundKind> {
     let Some(event) = event else {
         return Ok(InboundKind::Message);
     };

@@ -20,6 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use soul_persistence::turn_log::TurnLogLevel;
+
 use listener::DEFAULT_PORT;
 use model::{DEFAULT_MODEL_RETRY_BUDGET, DEFAULT_MODEL_TIMEOUT};
 use problem::{ConfigError, Problem};
@@ -125,6 +127,8 @@ pub(crate) struct Config {
     /// How many times a message's turn is started before it is given up (the fallback reply,
     /// without the model); `None` means the driver's default.
     pub(crate) turn_max_attempts: Option<NonZeroU32>,
+    /// How much each turn's record keeps (`TURN_LOG`).
+    pub(crate) turn_log: TurnLogLevel,
     /// What the person gets when the model cannot answer; `None` means the driver's default.
     pub(crate) fallback_reply: Option<String>,
     /// The time limit of one model attempt.
@@ -234,6 +238,9 @@ impl Config {
             reader.parsed("TURN_MAX_ATTEMPTS", "not a positive integer", |text| {
                 text.parse().ok()
             });
+        let turn_log = reader
+            .parsed("TURN_LOG", "compact or full", TurnLogLevel::parse)
+            .unwrap_or_default();
         let fallback_reply = reader.get("FALLBACK_REPLY").map(str::to_owned);
         let model_timeout = reader
             .duration("MODEL_TIMEOUT")
@@ -277,6 +284,7 @@ impl Config {
                 shutdown_timeout,
                 turn_lease,
                 turn_max_attempts,
+                turn_log,
                 fallback_reply,
                 model_timeout,
                 model_retry_budget,

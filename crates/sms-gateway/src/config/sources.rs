@@ -48,6 +48,7 @@ pub(crate) const KEYS: &[&str] = &[
     "SHUTDOWN_TIMEOUT",
     "TURN_LEASE",
     "TURN_MAX_ATTEMPTS",
+    "TURN_LOG",
     "FALLBACK_REPLY",
     "MODEL_TIMEOUT",
     "MODEL_RETRY_BUDGET",

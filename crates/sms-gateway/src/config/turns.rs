@@ -66,6 +66,8 @@ impl Reader<'_> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use soul_persistence::turn_log::TurnLogLevel;
+
     use super::*;
     use crate::config::testing::{problems, serve_values, values};
     use crate::config::{Config, Level};
@@ -106,6 +108,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_turn_log_is_compact_unless_set_to_full() {
+        let config = Config::from_values(&serve_values(), Level::Serve).unwrap();
+        assert_eq!(config.turn_log, TurnLogLevel::Compact);
+        let mut values = serve_values();
+        values.insert("TURN_LOG".into(), "full".into());
+        let config = Config::from_values(&values, Level::Serve).unwrap();
+        assert_eq!(config.turn_log, TurnLogLevel::Full);
+        values.insert("TURN_LOG".into(), "verbose".into());
+        assert!(
+            problems(&values, Level::Serve)
+                .iter()
+                .any(|p| matches!(p, Problem::Malformed { key, .. } if key == "TURN_LOG"))
+        );
     }
 
     #[test]

@@ -1,0 +1,360 @@
+//! The turn log: the record a commit writes, the subprocesses' part a subprocess commit adds,
+//! the log read back, and a session's whole state read and restored (a rewind).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+
+use super::rows::{json_text, lease_live, parse_json, parse_ts, parse_uuid, session_row, ts};
+use super::start::inbound_kind;
+use crate::driver::Result;
+use crate::turn_log::{
+    EventValue, LoggedReply, LoggedTurn, Restore, Rewind, SessionState, StoredEvent,
+    SubprocessRecord,
+};
+use crate::types::{DeliveryStatus, ProcessState, QueuedInbound, SessionId};
+use crate::{StoreError, wire};
+
+/// The latest turn of `session` that is not rewound (0: none).
+async fn latest_turn(conn: &mut SqliteConnection, session: &str) -> Result<u32> {
+    let turn: Option<i64> = sqlx::query_scalar(
+        "select turn from turn_log where session_id = ? and rewound = 0 order by seq desc limit 1",
+    )
+    .bind(session)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(u32::try_from(turn.unwrap_or(0)).unwrap_or(u32::MAX))
+}
+
+/// Writes a committed turn's record (`wire::stored_record`) as the turn after the latest one
+/// not rewound.
+pub(super) async fn insert_record(
+    conn: &mut SqliteConnection,
+    session: &str,
+    inbound_id: &str,
+    commit: &crate::TurnCommit,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let record = wire::stored_record(commit)?;
+    let turn = latest_turn(conn, session).await? + 1;
+    sqlx::query(
+        "insert into turn_log (session_id, turn, inbound_id, committed_at, record)
+         values (?, ?, ?, ?, ?)",
+    )
+    .bind(session)
+    .bind(i64::from(turn))
+    .bind(inbound_id)
+    .bind(ts(now))
+    .bind(record)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds the subprocesses' part to the latest turn's record (the turn they ran after: their
+/// commit applies only while no newer turn has begun).
+pub(super) async fn add_subprocesses(
+    conn: &mut SqliteConnection,
+    session: &str,
+    record: &SubprocessRecord,
+) -> Result<()> {
+    sqlx::query(
+        "update turn_log set record = json_set(record, '$.sub', json(?1))
+         where seq = (select seq from turn_log where session_id = ?2 and rewound = 0
+                      order by seq desc limit 1)",
+    )
+    .bind(serde_json::to_string(record)?)
+    .bind(session)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// What `public.soul_turn_log` answers.
+pub(super) async fn turn_log(
+    pool: &SqlitePool,
+    session: SessionId,
+    from: u32,
+    to: Option<u32>,
+) -> Result<Vec<LoggedTurn>> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(
+        "select t.turn, t.inbound_id, t.committed_at, t.rewound, t.record,
+           i.external_id, i.body, i.received_at, i.event, i.id as found
+         from turn_log t left join inbound_messages i on i.id = t.inbound_id
+         where t.session_id = ?1 and t.turn >= ?2 and (?3 is null or t.turn <= ?3)
+         order by t.seq",
+    )
+    .bind(session.0.to_string())
+    .bind(i64::from(from))
+    .bind(to.map(i64::from))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut turns = Vec::with_capacity(rows.len());
+    for row in rows {
+        let inbound_id = parse_uuid(&row.try_get::<String, _>("inbound_id")?)?;
+        let record: crate::turn_log::TurnRecord =
+            serde_json::from_value(parse_json(&row.try_get::<String, _>("record")?)?)?;
+        let perception = match row.try_get::<Option<String>, _>("found")? {
+            None => None,
+            Some(_) => Some(QueuedInbound {
+                id: inbound_id,
+                external_id: row.try_get("external_id")?,
+                body: row.try_get("body")?,
+                received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
+                kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
+            }),
+        };
+        let mut replies = Vec::with_capacity(record.replies.len());
+        for id in &record.replies {
+            let reply =
+                sqlx::query("select body, status, error from outbound_messages where id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some(reply) = reply {
+                let status: String = reply.try_get("status")?;
+                replies.push(LoggedReply {
+                    id: *id,
+                    body: reply.try_get("body")?,
+                    status: DeliveryStatus::parse(&status).ok_or_else(|| {
+                        StoreError::Corrupt(format!("delivery status {status:?}"))
+                    })?,
+                    error: reply.try_get("error")?,
+                });
+            }
+        }
+        turns.push(LoggedTurn {
+            turn: u32::try_from(row.try_get::<i64, _>("turn")?).unwrap_or(u32::MAX),
+            inbound_id,
+            committed_at: parse_ts(&row.try_get::<String, _>("committed_at")?)?,
+            rewound: row.try_get("rewound")?,
+            record,
+            perception,
+            replies,
+        });
+    }
+    Ok(turns)
+}
+
+/// What `public.soul_session_state` answers.
+pub(super) async fn session_state(
+    conn: &mut SqliteConnection,
+    session: SessionId,
+) -> Result<Option<SessionState>> {
+    let id = session.0.to_string();
+    let row = sqlx::query(
+        "select version, lease_token, lease_expires_at from user_sessions where id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let lease_expires_at = match row.try_get::<Option<String>, _>("lease_token")? {
+        Some(_) => row
+            .try_get::<Option<String>, _>("lease_expires_at")?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
+        None => None,
+    };
+    let mut soul_memories = Map::new();
+    for (key, value) in sqlx::query_as::<_, (String, String)>(
+        "select key, value from soul_memories where session_id = ? order by key",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        soul_memories.insert(key, parse_json(&value)?);
+    }
+    let mut process_memories: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (process, key, value) in sqlx::query_as::<_, (String, String, String)>(
+        "select process_name, key, value from process_memories where session_id = ?
+         order by process_name, key",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        process_memories
+            .entry(process)
+            .or_default()
+            .insert(key, parse_json(&value)?);
+    }
+    let process = sqlx::query(
+        "select process_name, params, invocation_count, previous_process
+         from mental_process_state where session_id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| -> Result<ProcessState> {
+        Ok(ProcessState {
+            name: row.try_get("process_name")?,
+            params: parse_json(&row.try_get::<String, _>("params")?)?,
+            invocation_count: u32::try_from(row.try_get::<i64, _>("invocation_count")?)
+                .unwrap_or(u32::MAX),
+            previous: row.try_get("previous_process")?,
+        })
+    })
+    .transpose()?;
+    let snapshot: Option<String> = sqlx::query_scalar(
+        "select snapshot from working_memory_snapshots where session_id = ?
+         order by seq desc limit 1",
+    )
+    .bind(&id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let mut events = Vec::new();
+    for row in sqlx::query(
+        "select id, key, kind, payload, due_at from scheduled_events where session_id = ?
+         order by key",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        events.push(StoredEvent {
+            id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+            key: row.try_get("key")?,
+            value: EventValue {
+                kind: row.try_get("kind")?,
+                payload: parse_json(&row.try_get::<String, _>("payload")?)?,
+                due_at: parse_ts(&row.try_get::<String, _>("due_at")?)?,
+            },
+        });
+    }
+    Ok(Some(SessionState {
+        version: row.try_get("version")?,
+        lease_expires_at,
+        turn: latest_turn(conn, &id).await?,
+        soul_memories,
+        process_memories,
+        process,
+        snapshot: snapshot.as_deref().map(parse_json).transpose()?,
+        events,
+    }))
+}
+
+/// What `public.soul_restore_session` does.
+pub(super) async fn restore(
+    conn: &mut SqliteConnection,
+    restore: &Restore,
+    now: DateTime<Utc>,
+) -> Result<Rewind> {
+    let id = restore.session.0.to_string();
+    let row = sqlx::query("select * from user_sessions where id = ?")
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Rewind::UnknownTurn);
+    };
+    let session = session_row(&row)?;
+    let now_text = ts(now);
+    if lease_live(&session, &now_text) {
+        let until = session.lease_expires_at.as_deref().unwrap_or_default();
+        return Ok(Rewind::TurnRunning {
+            lease_expires_at: parse_ts(until)?,
+        });
+    }
+    if row.try_get::<i64, _>("version")? != restore.version {
+        return Ok(Rewind::Changed);
+    }
+    let state = &restore.state;
+    for statement in [
+        "delete from soul_memories where session_id = ?",
+        "delete from process_memories where session_id = ?",
+        "delete from mental_process_state where session_id = ?",
+        "delete from working_memory_snapshots where session_id = ?",
+        "delete from scheduled_events where session_id = ?",
+    ] {
+        sqlx::query(statement).bind(&id).execute(&mut *conn).await?;
+    }
+    for (key, value) in &state.soul_memories {
+        sqlx::query(
+            "insert into soul_memories (session_id, key, value, updated_at) values (?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(key)
+        .bind(json_text(value))
+        .bind(&now_text)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (process, memory) in &state.process_memories {
+        for (key, value) in memory {
+            sqlx::query(
+                "insert into process_memories (session_id, process_name, key, value, updated_at)
+                 values (?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(process)
+            .bind(key)
+            .bind(json_text(value))
+            .bind(&now_text)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    if let Some(process) = &state.process {
+        sqlx::query(
+            "insert into mental_process_state
+               (session_id, process_name, params, invocation_count, previous_process, updated_at)
+             values (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&process.name)
+        .bind(json_text(&process.params))
+        .bind(i64::from(process.invocation_count))
+        .bind(&process.previous)
+        .bind(&now_text)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(snapshot) = &state.snapshot {
+        sqlx::query(
+            "insert into working_memory_snapshots (session_id, snapshot, created_at)
+             values (?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(json_text(snapshot))
+        .bind(&now_text)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for event in &state.events {
+        sqlx::query(
+            "insert into scheduled_events (id, session_id, key, kind, payload, due_at, created_at)
+             values (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(event.id.to_string())
+        .bind(&id)
+        .bind(&event.key)
+        .bind(&event.value.kind)
+        .bind(json_text(&event.value.payload))
+        .bind(ts(event.value.due_at))
+        .bind(&now_text)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let rewound = sqlx::query(
+        "update turn_log set rewound = 1 where session_id = ? and turn > ? and rewound = 0",
+    )
+    .bind(&id)
+    .bind(i64::from(restore.after_turn))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("update user_sessions set version = version + 1 where id = ?")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Rewind::Rewound {
+        rewound: u32::try_from(rewound).unwrap_or(u32::MAX),
+    })
+}
