@@ -154,7 +154,7 @@ fn flags(c: &Conversation) -> String {
     flags.join(" ")
 }
 
-/// The conversation `id` and everything stored about it.
+/// The conversation `id` and everything stored about its person (every line's conversation).
 async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failure> {
     let inspector = &shared.inspector;
     let query = ConversationQuery {
@@ -175,6 +175,20 @@ async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failur
         .await?
         .ok_or(Failure::NotFound)?;
     Ok((conversation, export))
+}
+
+/// The part of a person's export (one entry per conversation, by line) that is conversation
+/// `id`'s.
+fn part_of(export: &Value, id: SessionId) -> &Value {
+    let id = id.to_string();
+    export
+        .as_array()
+        .and_then(|parts| {
+            parts
+                .iter()
+                .find(|part| part["session"]["id"].as_str() == Some(id.as_str()))
+        })
+        .unwrap_or(&Value::Null)
 }
 
 /// The turn log of conversation `id` and its current state.
@@ -273,6 +287,7 @@ async fn render_conversation(
         rerun: shared.inspector.driver.is_some(),
     };
     body.push_str(&timeline::html(&turns, forms, running));
+    let export = part_of(export, c.id);
     body.push_str(&working_memory(export));
     body.push_str(&process(export));
     body.push_str(&memories(export));
@@ -748,11 +763,14 @@ pub(crate) async fn api_conversation(
     State(shared): SharedState,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, Failure> {
-    let (conversation, mut export) = load(&shared, id).await?;
-    export["session"]["address"] = json!(mask(conversation.address.as_str()));
+    let (conversation, export) = load(&shared, id).await?;
+    let mut stored = part_of(&export, conversation.id).clone();
+    if stored.is_object() {
+        stored["session"]["address"] = json!(mask(conversation.address.as_str()));
+    }
     Ok(Json(json!({
         "conversation": masked(&conversation),
-        "stored": export,
+        "stored": stored,
     })))
 }
 
