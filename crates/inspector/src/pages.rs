@@ -567,7 +567,11 @@ pub(crate) async fn rewind(
         ));
     }
     let now = shared.inspector.clock.now();
-    let state = shared.inspector.store.session_state(conversation.id).await?;
+    let state = shared
+        .inspector
+        .store
+        .session_state(conversation.id)
+        .await?;
     if state
         .and_then(|state| state.lease_expires_at)
         .is_some_and(|until| until > now)
@@ -630,7 +634,11 @@ pub(crate) async fn rerun(
             )));
         }
         Err(DriverError::Store(error)) => return Err(Failure::Store(error)),
-        Err(_) => return Err(Failure::Refused(format!("Turn {turn} could not be re-run."))),
+        Err(_) => {
+            return Err(Failure::Refused(format!(
+                "Turn {turn} could not be re-run."
+            )));
+        }
     };
     let view = View {
         rerun: Some(rerun),

@@ -57,7 +57,10 @@ fn turn_html(turn: &LoggedTurn, forms: Forms<'_>) -> String {
         said = esc(&perception(turn)),
         end = match record.end {
             TurnEnd::Ok => String::new(),
-            _ => format!(r#" <span class="flag bad">{}</span>"#, esc(&end(&record.end))),
+            _ => format!(
+                r#" <span class="flag bad">{}</span>"#,
+                esc(&end(&record.end))
+            ),
         },
         rewound = if turn.rewound {
             r#" <span class="flag rewound">rewound</span>"#
@@ -330,9 +333,10 @@ fn step_json(step: &StepLog) -> Value {
 }
 
 fn event_json(event: Option<&EventValue>) -> Value {
-    event.map_or(Value::Null, |event| {
-        json!({"kind": event.kind, "payload": event.payload, "due_at": event.due_at})
-    })
+    event.map_or(
+        Value::Null,
+        |event| json!({"kind": event.kind, "payload": event.payload, "due_at": event.due_at}),
+    )
 }
 
 fn process_json(state: Option<&ProcessState>) -> Value {
@@ -376,7 +380,7 @@ pub(crate) fn rerun_html(rerun: &Rerun) -> String {
         r#"<section id="rerun"><h2>Re-run of turn {n}</h2><p class="meta">With this build and model, on the state before the turn; nothing was stored.</p>{verdict}<table><thead><tr><th></th><th>The turn</th><th>The re-run</th></tr></thead><tbody>"#,
         n = rerun.turn
     );
-    let rows: [(&str, fn(&TurnOutcome) -> String); 7] = [
+    let rows: [(&str, Shown); 7] = [
         ("Ended", |o| end(&o.end)),
         ("Replies", |o| o.replies.join("\n")),
         ("Next process", |o| {
@@ -385,12 +389,18 @@ pub(crate) fn rerun_html(rerun: &Rerun) -> String {
                 .map_or_else(|| "(unchanged)".to_owned(), |p| process(Some(p)))
         }),
         ("Soul memory", |o| {
-            lines(o.soul_memory.iter().map(|c| format!("{}: {}", c.key, key_change(c))))
+            lines(
+                o.soul_memory
+                    .iter()
+                    .map(|c| format!("{}: {}", c.key, key_change(c))),
+            )
         }),
         ("Process memory", |o| {
-            lines(o.process_memory.iter().map(|c| {
-                format!("{}.{}: {}", c.process, c.change.key, key_change(&c.change))
-            }))
+            lines(
+                o.process_memory
+                    .iter()
+                    .map(|c| format!("{}.{}: {}", c.process, c.change.key, key_change(&c.change))),
+            )
         }),
         ("Scheduled", |o| lines(o.scheduled.iter().map(event))),
         ("Cancelled", |o| lines(o.cancelled.iter().map(event))),
@@ -408,6 +418,9 @@ pub(crate) fn rerun_html(rerun: &Rerun) -> String {
     out.push_str("</tbody></table></section>");
     out
 }
+
+/// One part of what a turn did, as text.
+type Shown = fn(&TurnOutcome) -> String;
 
 fn lines(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join("\n")

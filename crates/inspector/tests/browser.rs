@@ -120,8 +120,7 @@ async fn turn(
     };
     let mut commit = TurnCommit::new(&context);
     commit.replies.push(Memory::new(Role::Assistant, reply, at));
-    commit.record.changes =
-        SessionState::of_turn(&context).apply(&changes, &settings().processes);
+    commit.record.changes = SessionState::of_turn(&context).apply(&changes, &settings().processes);
     commit.record.steps.push(StepLog {
         name: "externalDialog".to_owned(),
         structured: false,
@@ -299,7 +298,10 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
     let answer = browser
         .text(&browser.find("#turn-2-steps-1 pre.answer").await)
         .await;
-    assert_eq!(answer, "Answer: I am here with you. Are you safe right now?");
+    assert_eq!(
+        answer,
+        "Answer: I am here with you. Are you safe right now?"
+    );
     let changes = browser
         .text(&browser.find("#turn-2 ul.changes").await)
         .await;
@@ -369,7 +371,13 @@ async fn rewinding_to_an_earlier_turn_marks_later_turns_rewound_and_restores_the
     assert_eq!(refused.status(), 403);
     let refused = post(format!("turn=1&csrf={csrf}")).send().await.unwrap();
     assert_eq!(refused.status(), 400);
-    assert!(refused.text().await.unwrap().contains("nothing was rewound"));
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("nothing was rewound")
+    );
     // While a turn of Alice's runs, it is refused with a clear message.
     let running = Inbound {
         from: Address::new(ALICE),
@@ -420,8 +428,12 @@ async fn rewinding_to_an_earlier_turn_marks_later_turns_rewound_and_restores_the
         .await;
     assert_eq!(browser.find_all("details.turn").await.len(), 3);
     browser.click(&browser.find("#turn-1 summary").await).await;
-    browser.click(&browser.find("#confirm-rewind-1").await).await;
-    browser.click_to_load(&browser.find("#rewind-1").await).await;
+    browser
+        .click(&browser.find("#confirm-rewind-1").await)
+        .await;
+    browser
+        .click_to_load(&browser.find("#rewind-1").await)
+        .await;
     let notice = browser.text(&browser.find("#notice").await).await;
     assert!(
         notice.contains("Rewound to after turn 1: 2 later turns"),

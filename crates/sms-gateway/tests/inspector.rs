@@ -90,7 +90,9 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
 
     // A second message and its turn.
     model.push_content("Pip said: \"Now the mitochondria.\"");
-    browser.type_into(&browser.find("#text").await, "what next").await;
+    browser
+        .type_into(&browser.find("#text").await, "what next")
+        .await;
     browser.click(&browser.find("#chat button").await).await;
     let second = browser.find("#messages li.assistant:nth-child(4)").await;
     assert_eq!(browser.text(&second).await, "Now the mitochondria.");
@@ -136,19 +138,23 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
     // Rewind to after turn 1: turn 2 is marked rewound, and the working memory forgets it.
     let memory = "return document.querySelector('#working-memory').textContent";
     let before = browser.execute(memory, vec![]).await;
-    assert!(
-        before.as_str().unwrap().contains("what next"),
-        "{before}"
-    );
+    assert!(before.as_str().unwrap().contains("what next"), "{before}");
     browser.click(&browser.find("#turn-1 summary").await).await;
-    browser.click(&browser.find("#confirm-rewind-1").await).await;
-    browser.click_to_load(&browser.find("#rewind-1").await).await;
+    browser
+        .click(&browser.find("#confirm-rewind-1").await)
+        .await;
+    browser
+        .click_to_load(&browser.find("#rewind-1").await)
+        .await;
     browser.find("#notice").await;
     assert_eq!(browser.find_all("details.turn.rewound").await.len(), 1);
     browser.find("#turn-2.rewound").await;
     let after = browser.execute(memory, vec![]).await;
     let after = after.as_str().unwrap();
-    assert!(after.contains("hello") && !after.contains("what next"), "{after}");
+    assert!(
+        after.contains("hello") && !after.contains("what next"),
+        "{after}"
+    );
     // Two turns and the re-run asked the model.
     assert_eq!(model.requests().await.len(), 3);
 }
