@@ -75,7 +75,8 @@ async fn three_people(store: &dyn Inspect) -> [SessionId; 3] {
             .await
             .expect("export")
             .expect("known");
-        let id = export["outbound_messages"][0]["id"]
+        // One entry per conversation of the person's: theirs is on the default line.
+        let id = export[0]["outbound_messages"][0]["id"]
             .as_str()
             .and_then(|id| uuid::Uuid::parse_str(id).ok())
             .expect("a reply id");
