@@ -75,11 +75,11 @@ fn turn_html(turn: &LoggedTurn, forms: Forms<'_>) -> String {
             esc(&record.processes_run.join(" → "))
         );
     }
-    out.push_str(&steps_html(n, "steps", &record.steps));
+    out.push_str(&steps_html(n, "Steps", &record.steps));
     let mut changes = String::new();
     changes_html(&mut changes, &record.changes, "");
     if let Some(sub) = &record.subprocesses {
-        out.push_str(&steps_html(n, "subprocess steps", &sub.steps));
+        out.push_str(&steps_html(n, "Subprocess steps", &sub.steps));
         if !sub.failed.is_empty() {
             let _ = write!(
                 out,
@@ -144,7 +144,7 @@ fn steps_html(n: u32, title: &str, steps: &[StepLog]) -> String {
     if steps.is_empty() {
         return String::new();
     }
-    let class = title.replace(' ', "-");
+    let class = title.to_lowercase().replace(' ', "-");
     let mut out = format!(r#"<h3>{}</h3><ol class="{class}">"#, esc(title));
     for (i, step) in steps.iter().enumerate() {
         let _ = write!(
