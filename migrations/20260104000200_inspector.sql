@@ -1,13 +1,13 @@
 -- The operator's inspector: its audit table, and the reads it lists conversations with.
 
--- Who revealed a number, exported or erased a person's data, which conversation, and when. It
--- holds no number and no text of the person's; no foreign key, since an entry outlives the
--- erasure it records.
+-- Who revealed a number, exported or erased a person's data or rewound a conversation, which
+-- conversation, and when. It holds no number and no text of the person's; no foreign key, since
+-- an entry outlives the erasure it records.
 create table public.inspector_audit (
   id uuid primary key,
   at timestamptz not null,
   actor text not null,
-  action text not null check (action in ('reveal', 'export', 'erase')),
+  action text not null check (action in ('reveal', 'export', 'erase', 'rewind')),
   session_id uuid not null
 );
 
@@ -33,6 +33,7 @@ as $$
     select s.id, s.last_active_at, pg_catalog.jsonb_build_object(
       'id', s.id,
       'address', s.phone_number,
+      'line', s.line,
       'persona', s.assigned_persona,
       'first_contact_at', s.first_contact_at,
       'last_active_at', s.last_active_at,

@@ -1,14 +1,16 @@
-//! The operator's inspector: the conversations a store holds, one conversation with its turns,
-//! working memory by region, memories, process and replies; a person's data exported (JSON) or
-//! erased after a confirmation; and, for authors, a chat with the soul in the browser.
+//! The operator's inspector: the conversations a store holds, one conversation with its turns
+//! as the turn log holds them (steps, changes, replies), working memory by region, memories,
+//! process and replies; a conversation rewound to after one of its turns, or a turn re-run with
+//! the current build (where the inspector has a turn driver); a person's data exported (JSON)
+//! or erased after a confirmation; and, for authors, a chat with the soul in the browser.
 //!
 //! [`router`] serves server-rendered pages (a little JavaScript for the chat only; the
 //! stylesheet and script are embedded, so no network is needed) and a JSON API for the same
 //! data under `/api/`. Everything but the login page and the assets needs a login
 //! ([`Access`]): a session cookie, signed and expiring, `HttpOnly` and `SameSite=Strict`, and on
 //! every action (every `POST`) the session's CSRF token; the JSON API also takes the token as
-//! `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export and
-//! erasure is recorded in the store's audit table first. `docs/inspector.md` is the guide.
+//! `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export,
+//! erasure and rewind is recorded in the store's audit table first. `docs/inspector.md` is the guide.
 
 mod auth;
 mod chat;
@@ -16,6 +18,7 @@ mod html;
 mod mask;
 mod pages;
 mod state;
+mod timeline;
 
 use std::fmt;
 use std::future::Future;
@@ -27,6 +30,7 @@ use axum::routing::{get, post};
 use chrono::Duration;
 use soul_engine::Clock;
 use soul_persistence::{Address, Inspect};
+use soul_turns::TurnDriver;
 
 pub use auth::Access;
 
@@ -50,6 +54,7 @@ pub struct Inspector {
     access: Access,
     clock: Arc<dyn Clock>,
     chat: Option<Arc<dyn Chat>>,
+    driver: Option<Arc<TurnDriver>>,
     lifetime: Duration,
 }
 
@@ -61,6 +66,7 @@ impl Inspector {
             access,
             clock,
             chat: None,
+            driver: None,
             lifetime: DEFAULT_SESSION_LIFETIME,
         }
     }
@@ -68,6 +74,13 @@ impl Inspector {
     /// Adds the browser chat (`/chat`), whose messages `chat` runs.
     pub fn with_chat(mut self, chat: Arc<dyn Chat>) -> Self {
         self.chat = Some(chat);
+        self
+    }
+
+    /// Offers re-running a logged turn with `driver` (its runtime and model, on the same store):
+    /// the difference is shown, nothing is stored.
+    pub fn with_driver(mut self, driver: Arc<TurnDriver>) -> Self {
+        self.driver = Some(driver);
         self
     }
 
@@ -88,11 +101,14 @@ pub fn router(inspector: Inspector) -> Router {
         .route("/conversations/{id}/reveal", post(pages::reveal))
         .route("/conversations/{id}/export", post(pages::export))
         .route("/conversations/{id}/erase", post(pages::erase))
+        .route("/conversations/{id}/rewind", post(pages::rewind))
+        .route("/conversations/{id}/rerun", post(pages::rerun))
         .route("/audit", get(pages::audit))
         .route("/logout", post(pages::logout))
         .route("/api/conversations", get(pages::api_conversations))
         .route("/api/conversations/{id}", get(pages::api_conversation))
         .route("/api/conversations/{id}/export", post(pages::api_export))
+        .route("/api/conversations/{id}/turns", get(pages::api_turns))
         .route("/api/audit", get(pages::api_audit));
     let protected = if has_chat {
         protected

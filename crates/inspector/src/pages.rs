@@ -1,5 +1,5 @@
-//! The pages and the JSON API: the conversations, one conversation, its reveal, export and
-//! erasure, the audit, and the login.
+//! The pages and the JSON API: the conversations, one conversation, its reveal, export,
+//! erasure, rewind and re-run, the audit, and the login.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -12,15 +12,18 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use soul_engine::WorkingMemory;
+use soul_persistence::turn_log::{self, LoggedTurn, Rewind, SessionState};
 use soul_persistence::{
-    Address, AuditAction, AuditEntry, Conversation, ConversationQuery, Erasure, SessionId,
+    Address, AuditAction, AuditEntry, Conversation, ConversationQuery, Erasure, SessionId, Store,
 };
+use soul_turns::{DriverError, Rerun};
 use uuid::Uuid;
 
 use crate::auth::{Access, COOKIE};
 use crate::html::{self, csrf_field, esc};
 use crate::mask::mask;
 use crate::state::{Authed, Failure, Shared};
+use crate::timeline;
 
 type SharedState = State<Arc<Shared>>;
 
@@ -151,7 +154,7 @@ fn flags(c: &Conversation) -> String {
     flags.join(" ")
 }
 
-/// The conversation `id` and everything stored about it.
+/// The conversation `id` and everything stored about its person (every line's conversation).
 async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failure> {
     let inspector = &shared.inspector;
     let query = ConversationQuery {
@@ -174,6 +177,42 @@ async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failur
     Ok((conversation, export))
 }
 
+/// The part of a person's export (one entry per conversation, by line) that is conversation
+/// `id`'s.
+fn part_of(export: &Value, id: SessionId) -> &Value {
+    let id = id.to_string();
+    export
+        .as_array()
+        .and_then(|parts| {
+            parts
+                .iter()
+                .find(|part| part["session"]["id"].as_str() == Some(id.as_str()))
+        })
+        .unwrap_or(&Value::Null)
+}
+
+/// The turn log of conversation `id` and its current state.
+async fn timeline_of(
+    shared: &Shared,
+    id: SessionId,
+) -> Result<(Vec<LoggedTurn>, Option<SessionState>), Failure> {
+    let store = &shared.inspector.store;
+    let turns = store.turn_log(id, 1, None).await?;
+    let state = store.session_state(id).await?;
+    Ok((turns, state))
+}
+
+/// What a conversation page shows besides the stored data.
+#[derive(Default)]
+struct View {
+    /// The number unmasked.
+    revealed: bool,
+    /// What an action did.
+    notice: Option<String>,
+    /// A re-run to show beside its turn.
+    rerun: Option<Rerun>,
+}
+
 /// `GET /conversations/{id}`.
 pub(crate) async fn conversation(
     State(shared): SharedState,
@@ -181,33 +220,35 @@ pub(crate) async fn conversation(
     Path(id): Path<Uuid>,
 ) -> Result<Html<String>, Failure> {
     let (conversation, export) = load(&shared, id).await?;
-    Ok(Html(render_conversation(
-        &shared,
-        &authed,
-        &conversation,
-        &export,
-        false,
-    )))
+    render_conversation(&shared, &authed, &conversation, &export, View::default()).await
 }
 
-fn render_conversation(
+async fn render_conversation(
     shared: &Shared,
     authed: &Authed,
     c: &Conversation,
     export: &Value,
-    revealed: bool,
-) -> String {
+    view: View,
+) -> Result<Html<String>, Failure> {
+    let (turns, state) = timeline_of(shared, c.id).await?;
+    let now = shared.inspector.clock.now();
     let csrf = shared.keys.csrf(&authed.login);
-    let number = if revealed {
+    let number = if view.revealed {
         c.address.as_str().to_owned()
     } else {
         mask(c.address.as_str())
     };
+    let line = if c.line.is_default() {
+        "the default line".to_owned()
+    } else {
+        format!("line {}", c.line.as_str())
+    };
     let mut body = format!(
         r#"<h1>Conversation <span id="number">{number}</span></h1>
-<p class="meta">{persona} · first contact {first} · last active {last} · {messages} messages {flags}</p>
+<p class="meta"><span id="line">{line}</span> · soul <span id="soul">{persona}</span> · first contact {first} · last active {last} · {messages} messages {flags}</p>
 <div class="actions">"#,
         number = esc(&number),
+        line = esc(&line),
         persona = esc(&c.persona),
         first = c.first_contact_at.format("%Y-%m-%d %H:%M"),
         last = c.last_active_at.format("%Y-%m-%d %H:%M"),
@@ -215,7 +256,7 @@ fn render_conversation(
         flags = flags(c),
     );
     let action = format!("/conversations/{}", c.id);
-    if !revealed {
+    if !view.revealed {
         let _ = write!(
             body,
             r#"<form method="post" action="{action}/reveal" class="inline">{}<button id="reveal">Reveal number</button></form>"#,
@@ -229,61 +270,30 @@ fn render_conversation(
 </div>"#,
         f = csrf_field(&csrf)
     );
-    body.push_str(&turns(export));
+    if let Some(notice) = &view.notice {
+        let _ = write!(body, r#"<p class="notice" id="notice">{}</p>"#, esc(notice));
+    }
+    if let Some(rerun) = &view.rerun {
+        body.push_str(&timeline::rerun_html(rerun));
+    }
+    let running = state
+        .as_ref()
+        .and_then(|state| state.lease_expires_at)
+        .is_some_and(|until| until > now);
+    let forms = timeline::Forms {
+        action: &action,
+        csrf: &csrf,
+        latest: state.as_ref().map_or(0, |state| state.turn),
+        rerun: shared.inspector.driver.is_some(),
+    };
+    body.push_str(&timeline::html(&turns, forms, running));
+    let export = part_of(export, c.id);
     body.push_str(&working_memory(export));
     body.push_str(&process(export));
     body.push_str(&memories(export));
     body.push_str(&replies(export));
     body.push_str(&events(export));
-    html::page("Conversation", shared.nav(&csrf), &body)
-}
-
-/// The conversation as turns: each message of the person with the replies that followed it,
-/// unfolding to show them.
-fn turns(export: &Value) -> String {
-    let mut out = String::from(r#"<section id="turns"><h2>Turns</h2>"#);
-    let empty = Vec::new();
-    let messages = export["messages"].as_array().unwrap_or(&empty);
-    let mut open = false;
-    let mut n = 0;
-    for message in messages {
-        let role = message["role"].as_str().unwrap_or("");
-        if role == "user" || !open {
-            if open {
-                out.push_str("</ol></details>");
-            }
-            n += 1;
-            let _ = write!(
-                out,
-                r#"<details class="turn" id="turn-{n}"><summary><span class="time">{at}</span> {said}</summary><ol class="steps">"#,
-                at = esc(&time(&message["timestamp"])),
-                said = esc(&text(&message["content"])),
-            );
-            open = true;
-            if role == "user" {
-                continue;
-            }
-        }
-        let _ = write!(
-            out,
-            r#"<li class="{role}"><span class="time">{at}</span> <b>{role}</b>{region} {content}</li>"#,
-            role = esc(role),
-            at = esc(&time(&message["timestamp"])),
-            region = message["region"]
-                .as_str()
-                .map(|region| format!(" <i>[{}]</i>", esc(region)))
-                .unwrap_or_default(),
-            content = esc(&text(&message["content"])),
-        );
-    }
-    if open {
-        out.push_str("</ol></details>");
-    }
-    if n == 0 {
-        out.push_str("<p>No message yet.</p>");
-    }
-    out.push_str("</section>");
-    out
+    Ok(Html(html::page("Conversation", shared.nav(&csrf), &body)))
 }
 
 /// The latest working-memory snapshot, region by region.
@@ -420,11 +430,13 @@ fn events(export: &Value) -> String {
     )
 }
 
-/// An action's form: its CSRF token and, for an erasure, the confirmation.
+/// An action's form: its CSRF token, for an erasure or a rewind the confirmation, and for a
+/// rewind or re-run the turn.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ActionForm {
     csrf: Option<String>,
     confirm: Option<String>,
+    turn: Option<u32>,
 }
 
 async fn audit_action(
@@ -453,13 +465,11 @@ pub(crate) async fn reveal(
     authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
     let (conversation, export) = load(&shared, id).await?;
     audit_action(&shared, &authed, AuditAction::Reveal, conversation.id).await?;
-    Ok(Html(render_conversation(
-        &shared,
-        &authed,
-        &conversation,
-        &export,
-        true,
-    )))
+    let view = View {
+        revealed: true,
+        ..View::default()
+    };
+    render_conversation(&shared, &authed, &conversation, &export, view).await
 }
 
 /// The export as a download.
@@ -537,6 +547,106 @@ pub(crate) async fn erase(
     )))
 }
 
+/// `POST /conversations/{id}/rewind`: after the confirmation, the conversation's state made
+/// what it was after the form's turn (`soul_persistence::turn_log::rewind`), later turns marked
+/// rewound; audited first, refused while a turn runs.
+pub(crate) async fn rewind(
+    State(shared): SharedState,
+    Extension(authed): Extension<Authed>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Html<String>, Failure> {
+    authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
+    let (conversation, _) = load(&shared, id).await?;
+    let turn = form
+        .turn
+        .ok_or_else(|| Failure::Refused("Which turn to rewind to is missing.".to_owned()))?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Err(Failure::Refused(
+            "Tick the confirmation to rewind: nothing was rewound.".to_owned(),
+        ));
+    }
+    let now = shared.inspector.clock.now();
+    let state = shared
+        .inspector
+        .store
+        .session_state(conversation.id)
+        .await?;
+    if state
+        .and_then(|state| state.lease_expires_at)
+        .is_some_and(|until| until > now)
+    {
+        return Err(Failure::TurnRunning);
+    }
+    audit_action(&shared, &authed, AuditAction::Rewind, conversation.id).await?;
+    let store: &dyn Store = &*shared.inspector.store;
+    let notice = match turn_log::rewind(store, conversation.id, turn, now).await? {
+        Rewind::Rewound { rewound } => {
+            format!("Rewound to after turn {turn}: {rewound} later turns are marked rewound.")
+        }
+        Rewind::TurnRunning { .. } => return Err(Failure::TurnRunning),
+        Rewind::Changed => {
+            return Err(Failure::Refused(
+                "The conversation changed meanwhile: nothing was rewound; reload and try again."
+                    .to_owned(),
+            ));
+        }
+        Rewind::AcrossSessionReset { turn: reset } => {
+            return Err(Failure::Refused(format!(
+                "Turn {reset} began a new session, which a rewind cannot go back across: nothing was rewound."
+            )));
+        }
+        _ => {
+            return Err(Failure::Refused(format!(
+                "There is no turn {turn} to rewind to (never run, rewound, or deleted by retention): nothing was rewound."
+            )));
+        }
+    };
+    let (conversation, export) = load(&shared, id).await?;
+    let view = View {
+        notice: Some(notice),
+        ..View::default()
+    };
+    render_conversation(&shared, &authed, &conversation, &export, view).await
+}
+
+/// `POST /conversations/{id}/rerun`: the form's turn run again with the driver's build and
+/// model, on the state before it, shown beside what the turn did; nothing is stored.
+pub(crate) async fn rerun(
+    State(shared): SharedState,
+    Extension(authed): Extension<Authed>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ActionForm>,
+) -> Result<Html<String>, Failure> {
+    authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
+    let Some(driver) = shared.inspector.driver.clone() else {
+        return Err(Failure::NotFound);
+    };
+    let (conversation, export) = load(&shared, id).await?;
+    let turn = form
+        .turn
+        .ok_or_else(|| Failure::Refused("Which turn to re-run is missing.".to_owned()))?;
+    let rerun = match driver.rerun(conversation.id, turn).await {
+        Ok(Some(rerun)) => rerun,
+        Ok(None) => {
+            return Err(Failure::Refused(format!(
+                "Turn {turn} cannot be re-run: it was rewound, its message was deleted by retention, or a later turn began a new session."
+            )));
+        }
+        Err(DriverError::Store(error)) => return Err(Failure::Store(error)),
+        Err(_) => {
+            return Err(Failure::Refused(format!(
+                "Turn {turn} could not be re-run."
+            )));
+        }
+    };
+    let view = View {
+        rerun: Some(rerun),
+        ..View::default()
+    };
+    render_conversation(&shared, &authed, &conversation, &export, view).await
+}
+
 /// `GET /audit`.
 pub(crate) async fn audit(
     State(shared): SharedState,
@@ -544,7 +654,7 @@ pub(crate) async fn audit(
 ) -> Result<Html<String>, Failure> {
     let log = shared.inspector.store.audit_log(200).await?;
     let mut body = String::from(
-        r#"<h1>Audit</h1><p>Every reveal, export and erasure, newest first.</p><table id="audit"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Conversation</th></tr></thead><tbody>"#,
+        r#"<h1>Audit</h1><p>Every reveal, export, erasure and rewind, newest first.</p><table id="audit"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Conversation</th></tr></thead><tbody>"#,
     );
     for entry in &log {
         let _ = write!(
@@ -661,11 +771,14 @@ pub(crate) async fn api_conversation(
     State(shared): SharedState,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, Failure> {
-    let (conversation, mut export) = load(&shared, id).await?;
-    export["session"]["address"] = json!(mask(conversation.address.as_str()));
+    let (conversation, export) = load(&shared, id).await?;
+    let mut stored = part_of(&export, conversation.id).clone();
+    if stored.is_object() {
+        stored["session"]["address"] = json!(mask(conversation.address.as_str()));
+    }
     Ok(Json(json!({
         "conversation": masked(&conversation),
-        "stored": export,
+        "stored": stored,
     })))
 }
 
@@ -690,4 +803,23 @@ pub(crate) async fn api_export(
 pub(crate) async fn api_audit(State(shared): SharedState) -> Result<Json<Value>, Failure> {
     let log = shared.inspector.store.audit_log(200).await?;
     Ok(Json(serde_json::to_value(log).unwrap_or(Value::Null)))
+}
+
+/// `GET /api/conversations/{id}/turns`: the conversation (number masked), its turn log, oldest
+/// first, and where it stands (the latest turn not rewound, whether a turn runs).
+pub(crate) async fn api_turns(
+    State(shared): SharedState,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, Failure> {
+    let (conversation, _) = load(&shared, id).await?;
+    let (turns, state) = timeline_of(&shared, conversation.id).await?;
+    let now = shared.inspector.clock.now();
+    Ok(Json(json!({
+        "conversation": masked(&conversation),
+        "latest_turn": state.as_ref().map_or(0, |state| state.turn),
+        "turn_running": state
+            .and_then(|state| state.lease_expires_at)
+            .is_some_and(|until| until > now),
+        "turns": turns.iter().map(timeline::json).collect::<Vec<_>>(),
+    })))
 }

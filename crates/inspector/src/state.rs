@@ -145,8 +145,8 @@ pub(crate) enum Failure {
     /// A confirmation that did not match.
     #[error("{0}")]
     Refused(String),
-    /// The person's turn is running: erasure waits.
-    #[error("a turn of this person is running; nothing was erased, try again in a moment")]
+    /// The person's turn is running: erasure and rewinding wait.
+    #[error("a turn of this person is running; nothing was done, try again in a moment")]
     TurnRunning,
     /// The store failed.
     #[error("the store could not answer ({})", .0.kind())]

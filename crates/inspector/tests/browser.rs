@@ -1,7 +1,7 @@
 //! The inspector in a real headless Chromium, over a real SQLite store and a real listener:
-//! logging in, the conversations and their filters, one conversation's turns unfolded, its
-//! working memory by region, reveal, export and erasure with their audit, and every way in
-//! that must be refused. Its clock is the test's, so that a login can expire without waiting.
+//! logging in, the conversations and their filters, one conversation's turns unfolded to their
+//! steps, its working memory by region, a rewind to an earlier turn, reveal, export and erasure
+//! with their audit, and every way in that must be refused. Its clock is the test's, so that a login can expire without waiting.
 //!
 //! With `INSPECTOR_SCREENSHOTS=<dir>` the tests also write the screenshots `docs/inspector.md`
 //! shows (`INSPECTOR_SCREENSHOTS=docs/img`, run from the workspace root).
@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use soul_engine::{Clock, Memory, Region, Role, WorkingMemory};
 use soul_inspector::{Access, Inspector};
+use soul_persistence::turn_log::{SessionState, StepLog};
 use soul_persistence::{
     Address, AuditAction, BeginOutcome, Changes, DeliveryStatus, DeliveryUpdate, Inbound, Inspect,
     NewEvent, OutboundRef, ProcessState, Processes, SessionId, SqliteStore, Store, TurnCommit,
@@ -93,7 +94,9 @@ fn settings() -> TurnSettings {
     )
 }
 
-/// One turn of `from` saying `body`, answered with `reply`, committing `changes`.
+/// One turn of `from` saying `body`, answered with `reply`, committing `changes`, with its
+/// record as a turn driver writes it: one step whose answer is `Answer: <reply>`, and the
+/// change log (what a rewind undoes).
 async fn turn(
     store: &dyn Store,
     from: &str,
@@ -117,6 +120,15 @@ async fn turn(
     };
     let mut commit = TurnCommit::new(&context);
     commit.replies.push(Memory::new(Role::Assistant, reply, at));
+    commit.record.changes = SessionState::of_turn(&context).apply(&changes, &settings().processes);
+    commit.record.steps.push(StepLog {
+        name: "externalDialog".to_owned(),
+        structured: false,
+        duration_ms: 420,
+        tokens: [120, 14],
+        answer: format!("Answer: {reply}"),
+        full: None,
+    });
     commit.changes = changes;
     let outcome = store.commit_turn(&commit, &settings(), at).await.unwrap();
     (context.session.id, outcome.outbound[0])
@@ -255,19 +267,48 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
     let rows = browser.find_all("#conversations tbody tr").await;
     assert!(browser.text(&rows[0]).await.contains("1234"));
 
-    // Alice's conversation: two turns, folded; the second unfolds to its reply.
+    // Alice's conversation: two turns, folded; the second unfolds to its step, its changes
+    // and its reply.
     browser
         .click_to_load(&browser.find("a.conversation").await)
         .await;
     let turns = browser.find_all("details.turn").await;
     assert_eq!(turns.len(), 2);
-    let reply = browser.find("#turn-2 li.assistant").await;
+    let meta = browser.text(&browser.find(".meta").await).await;
+    assert!(
+        meta.contains("the default line") && meta.contains("soul Sage"),
+        "{meta}"
+    );
+    let reply = browser.find("#turn-2 li.reply").await;
     assert_eq!(browser.text(&reply).await, "", "folded: not visible");
     browser.click(&browser.find("#turn-2 summary").await).await;
-    let reply = browser
-        .text(&browser.find("#turn-2 li.assistant").await)
+    let reply = browser.text(&browser.find("#turn-2 li.reply").await).await;
+    assert!(
+        reply.contains("Are you safe right now?") && reply.contains("pending"),
+        "{reply}"
+    );
+    let step = browser.text(&browser.find("#turn-2-steps-1").await).await;
+    assert!(
+        step.contains("externalDialog")
+            && step.contains("text")
+            && step.contains("420 ms")
+            && step.contains("120 + 14 tokens"),
+        "{step}"
+    );
+    let answer = browser
+        .text(&browser.find("#turn-2-steps-1 pre.answer").await)
         .await;
-    assert!(reply.contains("Are you safe right now?"), "{reply}");
+    assert_eq!(
+        answer,
+        "Answer: I am here with you. Are you safe right now?"
+    );
+    let changes = browser
+        .text(&browser.find("#turn-2 ul.changes").await)
+        .await;
+    assert!(
+        changes.contains("crisis {\"level\":2}") && changes.contains("a new snapshot"),
+        "{changes}"
+    );
 
     // Working memory by region, the process and the replies.
     browser
@@ -288,6 +329,167 @@ async fn an_operator_logs_in_filters_and_unfolds_a_turn_of_a_conversation() {
         "+•••••••1234"
     );
     screenshot(&browser, "conversation").await;
+}
+
+/// The CSRF token of the conversation page's rewind form of `turn`, as a browser has it.
+async fn rewind_csrf(browser: &Browser, served: &Served, session: SessionId, turn: u32) -> String {
+    browser
+        .goto(&served.at(&format!("/conversations/{session}")))
+        .await;
+    let field = browser
+        .find(&format!(
+            "form.rewind:has(input[name=turn][value='{turn}']) input[name=csrf]"
+        ))
+        .await;
+    browser.attribute(&field, "value").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewinding_to_an_earlier_turn_marks_later_turns_rewound_and_restores_the_state() {
+    let served = Served::start().await;
+    let alice = served.sessions[0];
+    let browser = Browser::start().await;
+    log_in(&browser, &served).await;
+    let cookie = browser.cookie("inspector_session").await.unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |body: String| {
+        http.post(served.at(&format!("/conversations/{alice}/rewind")))
+            .header("cookie", format!("inspector_session={}", cookie.value))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let csrf = rewind_csrf(&browser, &served, alice, 1).await;
+    // The latest turn offers no rewind: there is nothing after it to undo.
+    let page = browser.source().await;
+    assert!(page.contains(r#"id="rewind-1""#) && !page.contains(r#"id="rewind-2""#));
+
+    // Without the CSRF token, or without the confirmation, nothing is rewound or audited.
+    let refused = post("turn=1&confirm=yes".to_owned()).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let refused = post(format!("turn=1&csrf={csrf}")).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("nothing was rewound")
+    );
+    // While a turn of Alice's runs, it is refused with a clear message.
+    let running = Inbound {
+        from: Address::new(ALICE),
+        line: Default::default(),
+        persona: None,
+        body: "are you there?".to_owned(),
+        external_id: None,
+        received_at: served.clock.now(),
+        opt_out: None,
+    };
+    let BeginOutcome::Started(context) = served
+        .store
+        .begin_turn(&running, &settings(), served.clock.now())
+        .await
+        .unwrap()
+    else {
+        panic!("the turn did not start");
+    };
+    let refused = post(format!("turn=1&confirm=yes&csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("a turn of this person is running")
+    );
+    assert!(served.store.audit_log(10).await.unwrap().is_empty());
+    let turns = served.store.turn_log(alice, 1, None).await.unwrap();
+    assert!(turns.iter().all(|turn| !turn.rewound));
+    // That turn ends; its commit makes turn 3.
+    let mut commit = TurnCommit::new(&context);
+    commit
+        .replies
+        .push(Memory::new(Role::Assistant, "I am.", served.clock.now()));
+    served
+        .store
+        .commit_turn(&commit, &settings(), served.clock.now())
+        .await
+        .unwrap();
+
+    // From the page: tick the confirmation of turn 1 and rewind.
+    browser
+        .goto(&served.at(&format!("/conversations/{alice}")))
+        .await;
+    assert_eq!(browser.find_all("details.turn").await.len(), 3);
+    browser.click(&browser.find("#turn-1 summary").await).await;
+    browser
+        .click(&browser.find("#confirm-rewind-1").await)
+        .await;
+    browser
+        .click_to_load(&browser.find("#rewind-1").await)
+        .await;
+    let notice = browser.text(&browser.find("#notice").await).await;
+    assert!(
+        notice.contains("Rewound to after turn 1: 2 later turns"),
+        "{notice}"
+    );
+    let rewound = browser.find_all("details.turn.rewound").await;
+    assert_eq!(rewound.len(), 2);
+    assert_eq!(
+        browser.attribute(&rewound[0], "id").await.as_deref(),
+        Some("turn-2")
+    );
+    let summary = browser.text(&browser.find("#turn-3 summary").await).await;
+    assert!(summary.contains("rewound"), "{summary}");
+    // The state is what it was after turn 1: not in crisis mode, no snapshot.
+    let process = browser.text(&browser.find("#process").await).await;
+    assert!(
+        !process.contains("crisis") && process.contains("conversation"),
+        "{process}"
+    );
+    let memory = browser.text(&browser.find("#working-memory").await).await;
+    assert!(memory.contains("No snapshot stored."), "{memory}");
+    screenshot(&browser, "timeline").await;
+
+    let log = served.store.audit_log(10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, AuditAction::Rewind);
+    assert_eq!(log[0].session, alice);
+    // The JSON API says the same.
+    let api: serde_json::Value = http
+        .get(served.at(&format!("/api/conversations/{alice}/turns")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["latest_turn"], json!(1));
+    assert_eq!(api["turn_running"], json!(false));
+    assert_eq!(api["conversation"]["address"], json!("+•••••••1234"));
+    let rewound: Vec<bool> = api["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|turn| turn["rewound"].as_bool().unwrap())
+        .collect();
+    assert_eq!(rewound, vec![false, true, true]);
+    assert_eq!(
+        api["turns"][1]["steps"][0]["answer"],
+        json!("Answer: I am here with you. Are you safe right now?")
+    );
+    assert_eq!(
+        api["turns"][1]["changes"]["process"]["after"]["name"],
+        json!("crisis")
+    );
+    assert_eq!(api["turns"][0]["replies"][0]["status"], json!("pending"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,8 +515,10 @@ async fn reveal_export_and_erase_are_audited_and_erasure_needs_its_confirmation(
         )
         .await;
     let export: serde_json::Value = serde_json::from_str(export.as_str().unwrap()).unwrap();
-    assert_eq!(export["session"]["address"], json!(BOB));
-    assert_eq!(export["outbound_messages"][0]["error"], json!("30006"));
+    // One entry per conversation of the person's (per line): Bob has one.
+    assert_eq!(export.as_array().unwrap().len(), 1);
+    assert_eq!(export[0]["session"]["address"], json!(BOB));
+    assert_eq!(export[0]["outbound_messages"][0]["error"], json!("30006"));
 
     // A wrong confirmation erases nothing.
     browser

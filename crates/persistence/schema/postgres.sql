@@ -54,7 +54,7 @@ create table public.inspector_audit (
   action text not null,
   session_id uuid not null,
   constraint inspector_audit_pkey PRIMARY KEY (id),
-  constraint inspector_audit_action_check CHECK ((action = ANY (ARRAY['reveal'::text, 'export'::text, 'erase'::text])))
+  constraint inspector_audit_action_check CHECK ((action = ANY (ARRAY['reveal'::text, 'export'::text, 'erase'::text, 'rewind'::text])))
 );
 alter table public.inspector_audit enable row level security;
 CREATE INDEX idx_inspector_audit_at ON public.inspector_audit USING btree (at);
@@ -914,6 +914,7 @@ AS $function$
     select s.id, s.last_active_at, pg_catalog.jsonb_build_object(
       'id', s.id,
       'address', s.phone_number,
+      'line', s.line,
       'persona', s.assigned_persona,
       'first_contact_at', s.first_contact_at,
       'last_active_at', s.last_active_at,

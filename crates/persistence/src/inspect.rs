@@ -9,7 +9,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Address, SessionId};
+use crate::types::{Address, Line, SessionId};
 use crate::{Store, StoreFuture};
 
 /// A store an inspector can browse.
@@ -78,7 +78,10 @@ pub struct Conversation {
     pub id: SessionId,
     /// The person's address.
     pub address: Address,
-    /// The persona assigned at first contact.
+    /// The line the person texted (the default line: empty).
+    #[serde(default)]
+    pub line: Line,
+    /// The persona (the soul) assigned at first contact.
     pub persona: String,
     /// First message ever.
     pub first_contact_at: DateTime<Utc>,
@@ -121,6 +124,8 @@ pub enum AuditAction {
     Export,
     /// Erased a person's data.
     Erase,
+    /// Rewound a conversation to after one of its turns.
+    Rewind,
 }
 
 impl AuditAction {
@@ -130,6 +135,7 @@ impl AuditAction {
             AuditAction::Reveal => "reveal",
             AuditAction::Export => "export",
             AuditAction::Erase => "erase",
+            AuditAction::Rewind => "rewind",
         }
     }
 }

@@ -289,8 +289,8 @@ pub(crate) struct App {
     pub(crate) store: Arc<dyn Store>,
     /// The same store, as the inspector reads it.
     pub(crate) inspect: Arc<dyn Inspect>,
-    /// Runs turns.
-    pub(crate) driver: TurnDriver,
+    /// Runs turns (shared with the inspector, which re-runs logged turns with it).
+    pub(crate) driver: Arc<TurnDriver>,
     /// Sends replies.
     pub(crate) outbox: Outbox,
     /// The exported metrics.
@@ -342,7 +342,12 @@ impl App {
         let store = open_store(&config.store).await?;
         let metrics = Arc::new(Metrics::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let driver = build_driver(&config, store.clone(), &metrics, clock.clone())?;
+        let driver = Arc::new(build_driver(
+            &config,
+            store.clone(),
+            &metrics,
+            clock.clone(),
+        )?);
         let tracker = TaskTracker::new();
         let outbox = Outbox::new(
             store.clone(),

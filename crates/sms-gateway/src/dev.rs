@@ -1,7 +1,7 @@
 //! `sms-gateway dev`: the author's loop. The soul on the configured store (the SQLite file
 //! `data/soul.db` by default), the inspector on `INSPECTOR_BIND` without a login (so on the
 //! loopback only), and its browser chat at `/chat`: type, see the reply arrive once committed,
-//! and open the conversation's turn beside it.
+//! and open the conversation's turns beside it, to re-run one with this build or rewind.
 
 use std::sync::Arc;
 
@@ -26,9 +26,16 @@ pub(crate) async fn run(config: Config) -> Result<(), InspectorError> {
     let store = app::open_store(&config.store).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
-    let driver = app::build_driver(&config, store.clone(), &metrics, clock.clone())?;
-    let chat = WebChat::new(driver, store.clone(), clock.clone());
-    let inspector = Inspector::new(store, Access::Open, clock).with_chat(Arc::new(chat));
+    let driver = Arc::new(app::build_driver(
+        &config,
+        store.clone(),
+        &metrics,
+        clock.clone(),
+    )?);
+    let chat = WebChat::new(driver.clone(), store.clone(), clock.clone());
+    let inspector = Inspector::new(store, Access::Open, clock)
+        .with_chat(Arc::new(chat))
+        .with_driver(driver);
     let stop = CancellationToken::new();
     let served = inspector::spawn(inspector, address, stop.clone()).await?;
     tracing::info!("dev: chat with the soul at http://{address}/chat (no login: loopback only)");

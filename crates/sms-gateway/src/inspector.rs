@@ -1,6 +1,7 @@
 //! The inspector (`soul-inspector`) on a listener of its own: beside `serve` when
 //! `INSPECTOR_TOKEN` is set (off otherwise), and for `dev` (`dev.rs`) with the browser chat,
-//! whose messages run turns through the same driver as SMS.
+//! whose messages run turns through the same driver as SMS. Both give the inspector their turn
+//! driver, to re-run logged turns with.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,14 +66,22 @@ pub(crate) async fn spawn(
     }))
 }
 
-/// The inspector `serve` runs beside the gateway, when `INSPECTOR_TOKEN` is set.
-pub(crate) fn for_serve(config: &Config, store: Arc<dyn Inspect>) -> Option<Inspector> {
+/// The inspector `serve` runs beside the gateway, when `INSPECTOR_TOKEN` is set; it re-runs
+/// logged turns with the gateway's `driver`.
+pub(crate) fn for_serve(
+    config: &Config,
+    store: Arc<dyn Inspect>,
+    driver: Arc<TurnDriver>,
+) -> Option<Inspector> {
     let token = config.inspector.token.as_ref()?;
-    Some(Inspector::new(
-        store,
-        Access::Token(token.expose().to_owned()),
-        Arc::new(SystemClock),
-    ))
+    Some(
+        Inspector::new(
+            store,
+            Access::Token(token.expose().to_owned()),
+            Arc::new(SystemClock),
+        )
+        .with_driver(driver),
+    )
 }
 
 /// Shows the browser chat's replies by marking them delivered (the page reads them from the
@@ -109,9 +118,13 @@ pub(crate) struct WebChat {
 
 impl WebChat {
     /// The chat whose messages `driver` runs, its replies marked delivered in `store`.
-    pub(crate) fn new(driver: TurnDriver, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        driver: Arc<TurnDriver>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         WebChat {
-            driver: Arc::new(driver),
+            driver,
             delivery: Arc::new(WebDelivery { store, clock }),
         }
     }

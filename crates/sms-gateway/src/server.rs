@@ -86,7 +86,8 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(%address, max_connections, "listening");
 
     let stop_sweeping = CancellationToken::new();
-    let inspector = match inspector::for_serve(&app.config, app.inspect.clone()) {
+    let inspector = match inspector::for_serve(&app.config, app.inspect.clone(), app.driver.clone())
+    {
         Some(inspector) => Some(
             inspector::spawn(inspector, app.config.inspector.bind, stop_sweeping.clone()).await?,
         ),

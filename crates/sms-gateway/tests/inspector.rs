@@ -1,7 +1,7 @@
 //! The inspector as the binary runs it: `dev`, the author's loop, with a browser chat in a real
-//! headless Chromium whose message runs a turn (the model behind the OpenAI double, a real
-//! SQLite store) and whose reply shows; and `serve`, where the inspector is off unless
-//! `INSPECTOR_TOKEN` is set.
+//! headless Chromium whose messages run turns (the model behind the OpenAI double, a real
+//! SQLite store) and whose replies show, the turns then inspected step by step, re-run and
+//! rewound; and `serve`, where the inspector is off unless `INSPECTOR_TOKEN` is set.
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 mod common;
@@ -88,20 +88,75 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
         std::fs::write(Path::new(dir).join("chat.png"), &png).unwrap();
     }
 
-    // The turn, beside it in the inspector.
+    // A second message and its turn.
+    model.push_content("Pip said: \"Now the mitochondria.\"");
+    browser
+        .type_into(&browser.find("#text").await, "what next")
+        .await;
+    browser.click(&browser.find("#chat button").await).await;
+    let second = browser.find("#messages li.assistant:nth-child(4)").await;
+    assert_eq!(browser.text(&second).await, "Now the mitochondria.");
+
+    // The turns, beside the chat in the inspector: the first unfolds to its step, whose
+    // answer is the model's.
     browser.click_to_load(&browser.find("#inspect").await).await;
+    assert_eq!(browser.find_all("details.turn").await.len(), 2);
+    let meta = browser.text(&browser.find(".meta").await).await;
+    assert!(meta.contains("soul pip"), "{meta}");
     browser.click(&browser.find("#turn-1 summary").await).await;
     let turn = browser.text(&browser.find("#turn-1").await).await;
     assert!(
-        turn.contains("hello") && turn.contains("Cells, then. Go."),
+        turn.contains("hello") && turn.contains("Cells, then. Go.") && turn.contains("delivered"),
         "{turn}"
     );
+    let answer = browser
+        .text(&browser.find("#turn-1-steps-1 pre.answer").await)
+        .await;
+    assert!(answer.contains("Cells, then. Go."), "{answer}");
     let process = browser.text(&browser.find("#process").await).await;
     assert!(process.contains("study"), "{process}");
     // Its reply was shown, so it is marked delivered: no `serve` sends it again.
     let replies = browser.text(&browser.find("#replies").await).await;
     assert!(replies.contains("delivered"), "{replies}");
-    assert_eq!(model.requests().await.len(), 1);
+
+    // Re-run with the model answering otherwise: the difference shows, nothing is stored.
+    model.push_content("Pip said: \"Ribosomes first.\"");
+    browser.click_to_load(&browser.find("#rerun-1").await).await;
+    let verdict = browser.text(&browser.find("#rerun-verdict").await).await;
+    assert!(verdict.contains("differs"), "{verdict}");
+    let rerun = browser.text(&browser.find("#rerun").await).await;
+    assert!(
+        rerun.contains("Cells, then. Go.") && rerun.contains("Ribosomes first."),
+        "{rerun}"
+    );
+    if let Some(dir) = &screenshots {
+        std::fs::write(Path::new(dir).join("rerun.png"), browser.screenshot().await).unwrap();
+    }
+    assert_eq!(browser.find_all("details.turn").await.len(), 2);
+    assert!(!browser.source().await.contains("Ribosomes first.</li>"));
+
+    // Rewind to after turn 1: turn 2 is marked rewound, and the working memory forgets it.
+    let memory = "return document.querySelector('#working-memory').textContent";
+    let before = browser.execute(memory, vec![]).await;
+    assert!(before.as_str().unwrap().contains("what next"), "{before}");
+    browser.click(&browser.find("#turn-1 summary").await).await;
+    browser
+        .click(&browser.find("#confirm-rewind-1").await)
+        .await;
+    browser
+        .click_to_load(&browser.find("#rewind-1").await)
+        .await;
+    browser.find("#notice").await;
+    assert_eq!(browser.find_all("details.turn.rewound").await.len(), 1);
+    browser.find("#turn-2.rewound").await;
+    let after = browser.execute(memory, vec![]).await;
+    let after = after.as_str().unwrap();
+    assert!(
+        after.contains("hello") && !after.contains("what next"),
+        "{after}"
+    );
+    // Two turns and the re-run asked the model.
+    assert_eq!(model.requests().await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,13 @@
 //! The inspector's reads: conversations listed with what needs an operator's attention, each
-//! filter, and the audit of reveals, exports and erasures.
+//! filter, and the audit of reveals, exports, erasures and rewinds.
 
 use std::sync::Arc;
 
 use super::Harness;
-use super::fixtures::{address, check_in, minutes, t0, turn};
+use super::fixtures::{address, check_in, inbound, minutes, start, t0, turn};
 use crate::{
     Address, AuditAction, AuditEntry, Changes, Conversation, ConversationQuery, DeliveryStatus,
-    DeliveryUpdate, Erasure, Inspect, OutboundRef, ProcessState, SessionId,
+    DeliveryUpdate, Erasure, Inspect, Line, OutboundRef, ProcessState, SessionId,
 };
 
 async fn open_inspect(harness: &dyn Harness) -> Arc<dyn Inspect> {
@@ -75,7 +75,8 @@ async fn three_people(store: &dyn Inspect) -> [SessionId; 3] {
             .await
             .expect("export")
             .expect("known");
-        let id = export["outbound_messages"][0]["id"]
+        // One entry per conversation of the person's: theirs is on the default line.
+        let id = export[0]["outbound_messages"][0]["id"]
             .as_str()
             .and_then(|id| uuid::Uuid::parse_str(id).ok())
             .expect("a reply id");
@@ -132,6 +133,21 @@ pub async fn conversations_are_listed_latest_first_with_what_needs_attention(
     )
     .await;
     assert_eq!(addresses(&two), vec![address(3), address(2)]);
+
+    // Each conversation says its line.
+    assert_eq!(a.line, Line::DEFAULT);
+    let mut on_line = inbound(&address(5), "hi", None, t0() + minutes(5));
+    on_line.line = Line::new("+15550000000");
+    let context = start(&*store, &on_line, t0() + minutes(5)).await;
+    let listed = list(
+        &*store,
+        ConversationQuery {
+            session: Some(context.session.id),
+            ..ConversationQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(listed[0].line, Line::new("+15550000000"));
 }
 
 /// Each filter selects what it says, and filters together must all hold.
@@ -229,6 +245,7 @@ pub async fn audit_entries_are_kept_newest_first_and_outlive_an_erasure(harness:
         entry(11, AuditAction::Export, bob),
         entry(12, AuditAction::Erase, bob),
         entry(13, AuditAction::Reveal, alice),
+        entry(14, AuditAction::Rewind, alice),
     ];
     for (i, entry) in entries.iter().enumerate() {
         store.record_audit(entry).await.expect("record");
@@ -254,5 +271,5 @@ pub async fn audit_entries_are_kept_newest_first_and_outlive_an_erasure(harness:
     );
     // Another store on the same database reads the same audit.
     let other = open_inspect(harness).await;
-    assert_eq!(other.audit_log(10).await.expect("audit log").len(), 4);
+    assert_eq!(other.audit_log(10).await.expect("audit log").len(), 5);
 }

@@ -21,6 +21,7 @@ pub(super) async fn conversations(
         "select json_object(
            'id', s.id,
            'address', s.phone_number,
+           'line', s.line,
            'persona', s.assigned_persona,
            'first_contact_at', s.first_contact_at,
            'last_active_at', s.last_active_at,
@@ -100,6 +101,7 @@ pub(super) async fn audit_log(pool: &SqlitePool, limit: u32) -> Result<Vec<Audit
                 "reveal" => AuditAction::Reveal,
                 "export" => AuditAction::Export,
                 "erase" => AuditAction::Erase,
+                "rewind" => AuditAction::Rewind,
                 other => {
                     return Err(StoreError::Corrupt(format!("audit action {other:?}")).into());
                 }

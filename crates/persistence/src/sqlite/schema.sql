@@ -139,13 +139,13 @@ create table scheduled_events (
 create index idx_scheduled_events_due on scheduled_events (due_at);
 
 -- The inspector's audit (migrations/20260104000200_inspector.sql): who revealed,
--- exported or erased which conversation, and when. No foreign key: an entry outlives the
+-- exported, erased or rewound which conversation, and when. No foreign key: an entry outlives the
 -- erasure it records.
 create table inspector_audit (
   id text primary key,
   at text not null,
   actor text not null,
-  action text not null check (action in ('reveal', 'export', 'erase')),
+  action text not null check (action in ('reveal', 'export', 'erase', 'rewind')),
   session_id text not null
 );
 
