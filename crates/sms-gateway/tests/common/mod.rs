@@ -345,6 +345,28 @@ impl Gateway {
     }
 
     async fn start_command(settings: &Settings, mut command: Command) -> Gateway {
+        // The port is free when chosen but another test may take it before the gateway binds
+        // it: a gateway that could not listen is started again on another port.
+        for _ in 0..5 {
+            let logged_before = std::fs::metadata(&settings.log).map_or(0, |meta| meta.len());
+            let mut gateway = Self::spawn(settings, &mut command);
+            match gateway.wait_until_healthy().await {
+                Ok(()) => return gateway,
+                Err(status) => {
+                    let logs = gateway.logs();
+                    let tail = logs
+                        .get(usize::try_from(logged_before).unwrap_or(0)..)
+                        .unwrap_or("");
+                    if !tail.contains("Address already in use") {
+                        panic!("the gateway exited with {status}:\n{logs}");
+                    }
+                }
+            }
+        }
+        panic!("the gateway found no free port in five tries");
+    }
+
+    fn spawn(settings: &Settings, command: &mut Command) -> Gateway {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -360,22 +382,26 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("start the gateway");
-        let mut gateway = Gateway {
+        Gateway {
             child,
             url,
             log: settings.log.clone(),
             http: reqwest::Client::new(),
-        };
-        let health = format!("{}/healthz", gateway.url);
+        }
+    }
+
+    /// Waits until the gateway answers `/healthz`; its exit status if it exited first.
+    async fn wait_until_healthy(&mut self) -> Result<(), std::process::ExitStatus> {
+        let health = format!("{}/healthz", self.url);
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("the gateway exited with {status}:\n{}", gateway.logs());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(status);
             }
-            if let Ok(response) = gateway.http.get(&health).send().await
+            if let Ok(response) = self.http.get(&health).send().await
                 && response.status().is_success()
             {
-                return gateway;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "the gateway did not come up");
             tokio::time::sleep(Duration::from_millis(50)).await;
