@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inspector",
         sql: include_str!("../../../migrations/20260104000200_inspector.sql"),
     },
+    Migration {
+        version: "20260105000000",
+        name: "turn_record_on_inbound",
+        sql: include_str!("../../../migrations/20260105000000_turn_record_on_inbound.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.
