@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "turn_record_on_inbound",
         sql: include_str!("../../../migrations/20260105000000_turn_record_on_inbound.sql"),
     },
+    Migration {
+        version: "20260105000100",
+        name: "reset_keeps_what_it_cleared",
+        sql: include_str!("../../../migrations/20260105000100_reset_keeps_what_it_cleared.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

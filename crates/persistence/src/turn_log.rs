@@ -334,6 +334,43 @@ pub struct ChangeLog {
     /// The working-memory snapshot before the commit, when it stored one.
     #[serde(rename = "wm", default, skip_serializing_if = "Option::is_none")]
     pub working_memory: Option<SnapshotUndo>,
+    /// What the session timeout cleared before the turn, when the turn began a new session
+    /// (the turn's own commit only): undoing the turn restores it.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<ClearedState>,
+}
+
+/// What the session timeout clears when a message begins a new session: every process's
+/// memory, the process state and the working-memory snapshot, as they were
+/// ([`crate::TurnContext::cleared`]).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClearedState {
+    /// Every process's memory, by process and key.
+    #[serde(rename = "pm", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub process_memories: BTreeMap<String, Map<String, Value>>,
+    /// The process state (`None`: none was stored).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessState>,
+    /// The working-memory snapshot, in its JSON form (`None`: none was stored).
+    #[serde(rename = "wm", default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Value>,
+}
+
+impl fmt::Debug for ClearedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClearedState")
+            .field(
+                "process_memories",
+                &self
+                    .process_memories
+                    .iter()
+                    .map(|(p, m)| (p, m.keys().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("process", &self.process.as_ref().map(|p| &p.name))
+            .field("snapshot", &self.snapshot.is_some())
+            .finish()
+    }
 }
 
 /// One turn's record, as the commit stores it.
@@ -614,8 +651,21 @@ impl SessionState {
         log
     }
 
-    /// This state before the commit `log` records: every change undone.
+    /// This state before the commit `log` records: every change undone, and what the session
+    /// timeout cleared before it restored.
     pub fn undo(&mut self, log: &ChangeLog) -> Result<()> {
+        self.undo_changes(log)?;
+        if let Some(cleared) = &log.cleared {
+            self.process_memories.clone_from(&cleared.process_memories);
+            self.process.clone_from(&cleared.process);
+            self.snapshot.clone_from(&cleared.snapshot);
+        }
+        Ok(())
+    }
+
+    /// This state before the commit `log` records, as the turn started on it: every change
+    /// undone, what the session timeout cleared left cleared.
+    fn undo_changes(&mut self, log: &ChangeLog) -> Result<()> {
         for change in log.soul_memory.iter().rev() {
             set_key(&mut self.soul_memories, &change.key, change.before.clone());
         }
@@ -702,8 +752,8 @@ pub enum Rewind {
     /// Nothing changed: no such session, or no such turn in its log (never run, rewound, or
     /// deleted by retention).
     UnknownTurn,
-    /// Nothing changed: a later turn began a new session (the session timeout), which cleared
-    /// state its record does not hold.
+    /// Nothing changed: a later turn began a new session (the session timeout) and its record
+    /// does not hold what that cleared (the turn was re-started after its worker stopped).
     AcrossSessionReset {
         /// That turn.
         turn: u32,
@@ -725,14 +775,15 @@ pub struct Restore {
 }
 
 /// The state of `session` after turn `after_turn`, rebuilt from `current` and the records of
-/// the turns after it (oldest first): every later commit undone, newest first. `None` when a
-/// later turn began a new session ([`Rewind::AcrossSessionReset`] carries its number).
+/// the turns after it (oldest first): every later commit undone, newest first. `Err` with its
+/// number when a later turn began a new session without recording what that cleared (a turn
+/// re-started after its worker stopped: the start that cleared it was the stopped worker's).
 pub fn state_after(
     mut current: SessionState,
     later: &[LoggedTurn],
 ) -> Result<std::result::Result<SessionState, u32>> {
     for turn in later.iter().rev() {
-        if turn.record.session_reset {
+        if turn.record.session_reset && turn.record.changes.cleared.is_none() {
             return Ok(Err(turn.turn));
         }
         if let Some(subprocesses) = &turn.record.subprocesses {
@@ -741,6 +792,27 @@ pub fn state_after(
         current.undo(&turn.record.changes)?;
     }
     Ok(Ok(current))
+}
+
+/// The state the first of `turns` (oldest first) started on, rebuilt from `current`: the later
+/// turns undone as [`state_after`] does, then that turn's own commits, leaving cleared what the
+/// session timeout cleared when the turn began a new session.
+pub fn state_before(
+    current: SessionState,
+    turns: &[LoggedTurn],
+) -> Result<std::result::Result<SessionState, u32>> {
+    let Some((turn, later)) = turns.split_first() else {
+        return Ok(Ok(current));
+    };
+    let mut state = match state_after(current, later)? {
+        Ok(state) => state,
+        Err(reset) => return Ok(Err(reset)),
+    };
+    if let Some(subprocesses) = &turn.record.subprocesses {
+        state.undo(&subprocesses.changes)?;
+    }
+    state.undo_changes(&turn.record.changes)?;
+    Ok(Ok(state))
 }
 
 /// Rewinds `session` to after turn `after_turn`: its process state, process memories, soul

@@ -494,6 +494,9 @@ pub struct TurnContext {
     pub new_session: bool,
     /// The timeout elapsed: a new session number began and ephemeral state was cleared.
     pub session_reset: bool,
+    /// What the timeout cleared, when this start cleared it (`None` for a re-started turn: the
+    /// first start cleared it), for the turn's record.
+    pub cleared: Option<crate::turn_log::ClearedState>,
     /// The turn was started before by a worker whose lease expired; this is a re-run.
     pub resumed: bool,
     /// How many times this message's turn has been started, this start included: 1, and one
@@ -538,6 +541,7 @@ impl fmt::Debug for TurnContext {
             .field("lease", &self.lease)
             .field("new_session", &self.new_session)
             .field("session_reset", &self.session_reset)
+            .field("cleared", &self.cleared)
             .field("resumed", &self.resumed)
             .field("attempt", &self.attempt)
             .field("process", &self.process)

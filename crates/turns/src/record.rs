@@ -4,7 +4,8 @@
 use soul_engine::process::TurnError;
 use soul_engine::step::StepRecord;
 use soul_persistence::turn_log::{
-    ChangeLog, EventChange, SessionState, StepDetail, StepLog, TurnLogLevel, answered_event,
+    ChangeLog, ClearedState, EventChange, SessionState, StepDetail, StepLog, TurnLogLevel,
+    answered_event,
 };
 use soul_persistence::{Changes, Processes, TurnContext};
 
@@ -13,23 +14,33 @@ use soul_persistence::{Changes, Processes, TurnContext};
 pub(crate) struct Recorder {
     state: SessionState,
     answered: Option<EventChange>,
+    cleared: Option<ClearedState>,
 }
 
 impl Recorder {
     /// The state `context`'s turn starts on.
     pub(crate) fn new(context: &TurnContext) -> Self {
-        Recorder::on(SessionState::of_turn(context), answered_event(context))
+        Recorder {
+            cleared: context.cleared.clone(),
+            ..Recorder::on(SessionState::of_turn(context), answered_event(context))
+        }
     }
 
     /// A turn starting on `state`, answering the event `answered` (if it answers one).
     pub(crate) fn on(state: SessionState, answered: Option<EventChange>) -> Self {
-        Recorder { state, answered }
+        Recorder {
+            state,
+            answered,
+            cleared: None,
+        }
     }
 
-    /// The change log of the turn's own commit: `changes`, and the event the turn answers (its
-    /// begin completed it; undoing the turn schedules it again).
+    /// The change log of the turn's own commit: `changes`, the event the turn answers (its
+    /// begin completed it; undoing the turn schedules it again) and what the session timeout
+    /// cleared before it.
     pub(crate) fn main(&mut self, changes: &Changes, processes: &Processes) -> ChangeLog {
         let mut log = self.state.apply(changes, processes);
+        log.cleared.clone_from(&self.cleared);
         if let Some(answered) = &self.answered {
             match log.events.iter_mut().find(|e| e.key == answered.key) {
                 // The turn scheduled the answered event's key again: before it, the event was
@@ -42,10 +53,12 @@ impl Recorder {
     }
 
     /// The change log of a commit that stores nothing but replies (a fallback, a turn given up,
-    /// an opted-out person's message): the event the turn answers, if it answers one.
+    /// an opted-out person's message): the event the turn answers, if it answers one, and what
+    /// the session timeout cleared before it.
     pub(crate) fn replies_only(&self) -> ChangeLog {
         ChangeLog {
             events: self.answered.iter().cloned().collect(),
+            cleared: self.cleared.clone(),
             ..ChangeLog::default()
         }
     }

@@ -6,7 +6,7 @@ use soul_engine::WorkingMemory;
 use soul_engine::process::{ProcessState as EngineProcessState, Soul, SoulState};
 use soul_persistence::turn_log::{
     ChangeLog, EventValue, KeyChange, LoggedTurn, ProcessKeyChange, SessionState, TurnEnd,
-    answered_event_of, state_after,
+    answered_event_of, state_before,
 };
 use soul_persistence::{PendingEvent, ProcessState, SessionId};
 
@@ -90,7 +90,7 @@ impl TurnDriver {
     /// before it (rebuilt from the turn log by undoing it and every later turn), then the
     /// subprocesses. Nothing is stored, and no turn of the session is disturbed. `None` when
     /// there is no such turn (never run, rewound, or deleted by retention with its message), or
-    /// a later turn began a new session (the state before cannot be rebuilt across it).
+    /// a later turn began a new session without recording what that cleared.
     ///
     /// A turn that ran without a snapshot (a session's first turn) is re-run on an empty working
     /// memory.
@@ -109,7 +109,7 @@ impl TurnDriver {
             return Ok(None);
         };
         let inbound = &logged.perception;
-        let Ok(before) = state_after(current, &later)? else {
+        let Ok(before) = state_before(current, &later)? else {
             return Ok(None);
         };
         let soul = self.runtime().soul();

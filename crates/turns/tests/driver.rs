@@ -991,6 +991,64 @@ async fn a_rewind_to_before_an_event_turn_schedules_the_event_again(fixture: Fix
     );
 }
 
+/// A rewind to before a turn that began a new session brings back what the session timeout
+/// cleared (the process with its params, every process memory, the working memory); a re-run
+/// of that turn runs on the cleared state, as the turn did.
+async fn a_rewind_across_a_session_timeout_restores_what_it_cleared(fixture: Fixture) {
+    let Fixture {
+        double,
+        driver,
+        clock,
+        ..
+    } = fixture;
+    let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
+    let from = "+15550034";
+    double.push_content("hello");
+    let first = answered(&driver, inbound(from, "hi", "SMreset1", start)).await;
+    let session = first[0].session;
+    double.push_content("sure");
+    answered(
+        &driver,
+        inbound(from, "focus", "SMreset2", start + Duration::minutes(1)),
+    )
+    .await;
+    let store = driver.store();
+    let kept = |state: soul_persistence::turn_log::SessionState| {
+        (
+            state.soul_memories,
+            state.process_memories,
+            state.process,
+            state.snapshot,
+        )
+    };
+    let after_two = store.session_state(session).await.unwrap().unwrap();
+    assert_eq!(after_two.process.as_ref().unwrap().name, "focus");
+
+    double.push_content("welcome back");
+    let back = answered(
+        &driver,
+        inbound(from, "I'm back", "SMreset3", start + Duration::hours(3)),
+    )
+    .await;
+    assert_eq!(
+        back[0].processes_run,
+        ["listen"],
+        "the timeout cleared focus"
+    );
+
+    double.push_content("welcome back");
+    let rerun = driver.rerun(session, 3).await.unwrap().unwrap();
+    assert!(!rerun.differs(), "{rerun:#?}");
+
+    assert_eq!(
+        rewind(&**store, session, 2, clock.now()).await.unwrap(),
+        Rewind::Rewound { rewound: 1 }
+    );
+    let rewound = store.session_state(session).await.unwrap().unwrap();
+    assert_eq!(rewound.turn, 2);
+    assert_eq!(kept(rewound), kept(after_two));
+}
+
 async fn sqlite_full_turn_log() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
@@ -1031,4 +1089,5 @@ on_every_store!(
     every_turn_leaves_a_record_of_its_steps_changes_and_end,
     a_rerun_shows_what_a_changed_build_does_otherwise,
     a_rewind_to_before_an_event_turn_schedules_the_event_again,
+    a_rewind_across_a_session_timeout_restores_what_it_cleared,
 );

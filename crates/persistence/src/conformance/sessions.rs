@@ -566,6 +566,7 @@ pub async fn history_comes_only_without_a_readable_snapshot(harness: &dyn Harnes
 
 /// The seed's timeout: a user message an hour or more after the previous one starts a new
 /// session number and clears process memories, process state and snapshot; soul memories stay.
+/// The turn is told what was cleared (for its record: a rewind across it restores that).
 pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn Harness) {
     let store = open(harness).await;
     let from = address(1);
@@ -592,6 +593,7 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
     let within = t0() + minutes(59);
     let second = turn(&*store, &from, "two", within, Changes::default()).await;
     assert!(!second.session_reset);
+    assert_eq!(second.cleared, None);
     assert_eq!(second.session.session_number(), 1);
     assert_eq!(second.process.name, "listening");
     assert_eq!(second.process_memories.get("topic"), Some(&json!("x")));
@@ -618,6 +620,23 @@ pub async fn timeout_starts_new_session_and_clears_ephemeral_state(harness: &dyn
     assert!(third.subprocess_memories.is_empty());
     assert!(third.snapshot.is_none());
     assert_eq!(third.soul_memories.get("name"), Some(&json!("Sam")));
+    let cleared = third.cleared.as_ref().expect("what the timeout cleared");
+    assert_eq!(
+        cleared.process_memories,
+        [
+            ("listening".to_owned(), object(json!({"topic": "x"}))),
+            ("tally".to_owned(), object(json!({"turns": 1}))),
+        ]
+        .into()
+    );
+    assert_eq!(
+        cleared.process,
+        Some(ProcessState::new("listening", json!({})))
+    );
+    let cleared_snapshot = cleared.snapshot.clone().expect("the snapshot");
+    let cleared_snapshot =
+        soul_engine::WorkingMemory::from_json(cleared_snapshot).expect("a snapshot's JSON");
+    assert_eq!(cleared_snapshot.len(), 1);
     // The conversation itself is kept.
     assert_eq!(third.history.len(), 5);
     let export = store

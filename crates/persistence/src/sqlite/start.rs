@@ -318,6 +318,7 @@ pub(super) async fn start_next(
     let stored = load_session(conn, session).await?;
     let mut metadata = stored.metadata.clone();
     let mut reset = false;
+    let mut cleared = None;
     if !resumed && is_event {
         // Not the person talking: no user message, and the timeout neither fires nor restarts.
         sqlx::query("update inbound_messages set status = 'started', started_at = ? where id = ?")
@@ -343,6 +344,8 @@ pub(super) async fn start_next(
         if reset {
             number += 1;
             metadata["last_session_started_at"] = json!(ts(inbound.received_at));
+            // What the timeout clears, for the turn's record: undoing the turn restores it.
+            cleared = Some(super::turn_log::ephemeral_state(conn, session).await?);
             for sql in [
                 "delete from process_memories where session_id = ?",
                 "delete from mental_process_state where session_id = ?",
@@ -456,6 +459,7 @@ pub(super) async fn start_next(
         lease,
         new_session,
         session_reset: reset,
+        cleared,
         resumed,
         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         process,

@@ -13,7 +13,7 @@ use super::start::inbound_kind;
 use crate::StoreError;
 use crate::driver::Result;
 use crate::turn_log::{
-    EventValue, LoggedReply, LoggedTurn, Restore, Rewind, SessionState, StoredEvent,
+    ClearedState, EventValue, LoggedReply, LoggedTurn, Restore, Rewind, SessionState, StoredEvent,
 };
 use crate::types::{DeliveryStatus, ProcessState, QueuedInbound, SessionId, SubprocessCommit};
 
@@ -131,44 +131,11 @@ pub(super) async fn session_state(
     {
         soul_memories.insert(key, parse_json(&value)?);
     }
-    let mut process_memories: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for (process, key, value) in sqlx::query_as::<_, (String, String, String)>(
-        "select process_name, key, value from process_memories where session_id = ?
-         order by process_name, key",
-    )
-    .bind(&id)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        process_memories
-            .entry(process)
-            .or_default()
-            .insert(key, parse_json(&value)?);
-    }
-    let process = sqlx::query(
-        "select process_name, params, invocation_count, previous_process
-         from mental_process_state where session_id = ?",
-    )
-    .bind(&id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|row| -> Result<ProcessState> {
-        Ok(ProcessState {
-            name: row.try_get("process_name")?,
-            params: parse_json(&row.try_get::<String, _>("params")?)?,
-            invocation_count: u32::try_from(row.try_get::<i64, _>("invocation_count")?)
-                .unwrap_or(u32::MAX),
-            previous: row.try_get("previous_process")?,
-        })
-    })
-    .transpose()?;
-    let snapshot: Option<String> = sqlx::query_scalar(
-        "select snapshot from working_memory_snapshots where session_id = ?
-         order by seq desc limit 1",
-    )
-    .bind(&id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let ClearedState {
+        process_memories,
+        process,
+        snapshot,
+    } = ephemeral_state(conn, &id).await?;
     let mut events = Vec::new();
     for row in sqlx::query(
         "select id, key, kind, payload, due_at from scheduled_events where session_id = ?
@@ -195,9 +162,57 @@ pub(super) async fn session_state(
         soul_memories,
         process_memories,
         process,
-        snapshot: snapshot.as_deref().map(parse_json).transpose()?,
+        snapshot,
         events,
     }))
+}
+
+/// What the session timeout clears of `session` (every process memory, the process state, the
+/// snapshot), as it is now.
+pub(super) async fn ephemeral_state(conn: &mut SqliteConnection, id: &str) -> Result<ClearedState> {
+    let mut process_memories: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (process, key, value) in sqlx::query_as::<_, (String, String, String)>(
+        "select process_name, key, value from process_memories where session_id = ?
+         order by process_name, key",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        process_memories
+            .entry(process)
+            .or_default()
+            .insert(key, parse_json(&value)?);
+    }
+    let process = sqlx::query(
+        "select process_name, params, invocation_count, previous_process
+         from mental_process_state where session_id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| -> Result<ProcessState> {
+        Ok(ProcessState {
+            name: row.try_get("process_name")?,
+            params: parse_json(&row.try_get::<String, _>("params")?)?,
+            invocation_count: u32::try_from(row.try_get::<i64, _>("invocation_count")?)
+                .unwrap_or(u32::MAX),
+            previous: row.try_get("previous_process")?,
+        })
+    })
+    .transpose()?;
+    let snapshot: Option<String> = sqlx::query_scalar(
+        "select snapshot from working_memory_snapshots where session_id = ?
+         order by seq desc limit 1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(ClearedState {
+        process_memories,
+        process,
+        snapshot: snapshot.as_deref().map(parse_json).transpose()?,
+    })
 }
 
 /// What `public.soul_restore_session` does.
