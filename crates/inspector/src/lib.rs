@@ -10,7 +10,8 @@
 //! ([`Access`]): a session cookie, signed and expiring, `HttpOnly` and `SameSite=Strict`, and on
 //! every action (every `POST`) the session's CSRF token; the JSON API also takes the token as
 //! `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export,
-//! erasure and rewind is recorded in the store's audit table first. `docs/inspector.md` is the guide.
+//! erasure, rewind and re-run is recorded in the store's audit table first; rewind and re-run
+//! are also JSON actions for scripts. `docs/inspector.md` is the guide.
 
 mod auth;
 mod chat;
@@ -109,6 +110,8 @@ pub fn router(inspector: Inspector) -> Router {
         .route("/api/conversations/{id}", get(pages::api_conversation))
         .route("/api/conversations/{id}/export", post(pages::api_export))
         .route("/api/conversations/{id}/turns", get(pages::api_turns))
+        .route("/api/conversations/{id}/rewind", post(pages::api_rewind))
+        .route("/api/conversations/{id}/rerun", post(pages::api_rerun))
         .route("/api/audit", get(pages::api_audit));
     let protected = if has_chat {
         protected

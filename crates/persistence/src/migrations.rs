@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inspector",
         sql: include_str!("../../../migrations/20260104000200_inspector.sql"),
     },
+    Migration {
+        version: "20260106000000",
+        name: "inspector_rerun_audit",
+        sql: include_str!("../../../migrations/20260106000000_inspector_rerun_audit.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

@@ -145,7 +145,7 @@ create table inspector_audit (
   id text primary key,
   at text not null,
   actor text not null,
-  action text not null check (action in ('reveal', 'export', 'erase', 'rewind')),
+  action text not null check (action in ('reveal', 'export', 'erase', 'rewind', 'rerun')),
   session_id text not null
 );
 

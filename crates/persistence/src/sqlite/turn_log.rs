@@ -147,7 +147,8 @@ pub(super) async fn session_state(
 ) -> Result<Option<SessionState>> {
     let id = session.0.to_string();
     let row = sqlx::query(
-        "select version, lease_token, lease_expires_at from user_sessions where id = ?",
+        "select version, lease_token, lease_expires_at, assigned_persona from user_sessions
+         where id = ?",
     )
     .bind(&id)
     .fetch_optional(&mut *conn)
@@ -232,6 +233,7 @@ pub(super) async fn session_state(
         version: row.try_get("version")?,
         lease_expires_at,
         turn: latest_turn(conn, &id).await?,
+        persona: row.try_get("assigned_persona")?,
         soul_memories,
         process_memories,
         process,
