@@ -2,11 +2,12 @@
 //! erasure, rewind and re-run, the audit, and the login.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -19,7 +20,7 @@ use soul_persistence::{
 use soul_turns::{DriverError, Rerun};
 use uuid::Uuid;
 
-use crate::auth::{Access, COOKIE};
+use crate::auth::Access;
 use crate::html::{self, csrf_field, esc};
 use crate::mask::mask;
 use crate::state::{ApiFailure, Authed, Failure, Shared};
@@ -780,9 +781,7 @@ pub(crate) async fn logout(
 ) -> Result<Response, Failure> {
     authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
     let mut response = Redirect::to("/login").into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
-    )) {
+    if let Ok(value) = HeaderValue::from_str(&shared.keys.clear_cookie()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
@@ -815,9 +814,33 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-/// `POST /login`: a session cookie for the right token.
-pub(crate) async fn login(State(shared): SharedState, Form(form): Form<LoginForm>) -> Response {
+/// `POST /login`: a session cookie for the right token. Refused (429, with `Retry-After`)
+/// without looking at the token once the failed logins from the client's address, or from
+/// everyone, reached the [`crate::LoginLimit`].
+pub(crate) async fn login(
+    State(shared): SharedState,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
+    let now = shared.inspector.clock.now();
+    if let Err(wait) = shared.logins.check(client, now) {
+        tracing::warn!("inspector: a login refused, too many wrong tokens");
+        let seconds = wait.num_seconds().max(1);
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(login_page(Some(&format!(
+                "Too many wrong tokens: try again in {seconds} seconds."
+            )))),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
     if !shared.inspector.access.accepts(&form.token) {
+        shared.logins.failed(client, now);
         tracing::warn!("inspector: a login with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -825,6 +848,7 @@ pub(crate) async fn login(State(shared): SharedState, Form(form): Form<LoginForm
         )
             .into_response();
     }
+    shared.logins.succeeded(client);
     let login = shared.keys.login(shared.inspector.clock.now());
     let cookie = shared.keys.set_cookie(&login);
     let mut response = Redirect::to("/").into_response();

@@ -12,18 +12,26 @@ use soul_persistence::StoreError;
 use crate::Inspector;
 use crate::auth::{self, Access, Keys, Login};
 use crate::html;
+use crate::limit::Limiter;
 
 /// The inspector and its keys.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) inspector: Inspector,
     pub(crate) keys: Keys,
+    /// The failed logins counted.
+    pub(crate) logins: Limiter,
 }
 
 impl Shared {
     pub(crate) fn new(inspector: Inspector) -> Self {
         Shared {
-            keys: Keys::new(inspector.lifetime),
+            keys: Keys::new(
+                &inspector.access,
+                inspector.lifetime,
+                inspector.secure_cookie,
+            ),
+            logins: Limiter::new(inspector.login_limit),
             inspector,
         }
     }
