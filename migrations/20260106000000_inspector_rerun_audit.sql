@@ -5,7 +5,7 @@ alter table public.inspector_audit drop constraint inspector_audit_action_check;
 alter table public.inspector_audit add constraint inspector_audit_action_check
   check (action in ('reveal', 'export', 'erase', 'rewind', 'rerun'));
 
--- As in 20260104000100_turn_log.sql, with the session's persona.
+-- As in 20260105000000_turn_record_on_inbound.sql, with the session's persona.
 create or replace function public.soul_session_state(request jsonb)
 returns jsonb
 language sql
@@ -16,9 +16,7 @@ as $$
   select pg_catalog.jsonb_build_object(
     'version', s.version,
     'lease_expires_at', case when s.lease_token is not null then s.lease_expires_at end,
-    'turn', coalesce((select t.turn from public.turn_log t
-                        where t.session_id = s.id and not t.rewound
-                        order by t.seq desc limit 1), 0),
+    'turn', s.turns,
     'persona', s.assigned_persona,
     'soul_memories', (select coalesce(pg_catalog.jsonb_object_agg(m.key, m.value), '{}'::jsonb)
       from public.soul_memories m where m.session_id = s.id),

@@ -41,7 +41,6 @@ const TABLES: &[&str] = &[
     "inbound_messages",
     "outbound_messages",
     "scheduled_events",
-    "turn_log",
 ];
 
 /// Which store.

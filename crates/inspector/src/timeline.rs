@@ -215,14 +215,12 @@ fn changes_html(out: &mut String, changes: &ChangeLog, from: &str) {
 }
 
 fn perception(turn: &LoggedTurn) -> String {
-    match &turn.perception {
-        None => "(the message was deleted by retention)".to_owned(),
-        Some(inbound) => match &inbound.kind {
-            InboundKind::Message => inbound.body.clone(),
-            InboundKind::Event {
-                key, kind, payload, ..
-            } => format!("event {kind} ({key}) {payload}"),
-        },
+    let inbound = &turn.perception;
+    match &inbound.kind {
+        InboundKind::Message => inbound.body.clone(),
+        InboundKind::Event {
+            key, kind, payload, ..
+        } => format!("event {kind} ({key}) {payload}"),
     }
 }
 
@@ -283,17 +281,18 @@ fn event_change(change: &EventChange) -> String {
 /// One turn as the JSON API answers it.
 pub(crate) fn json(turn: &LoggedTurn) -> Value {
     let record = &turn.record;
+    let inbound = &turn.perception;
     json!({
         "turn": turn.turn,
         "inbound_id": turn.inbound_id,
         "committed_at": turn.committed_at,
         "rewound": turn.rewound,
-        "perception": turn.perception.as_ref().map(|inbound| match &inbound.kind {
+        "perception": match &inbound.kind {
             InboundKind::Message => json!({"kind": "message", "body": inbound.body, "received_at": inbound.received_at}),
             InboundKind::Event { key, kind, payload, .. } => json!({
                 "kind": "event", "key": key, "event": kind, "payload": payload, "due_at": inbound.received_at,
             }),
-        }),
+        },
         "end": end_json(&record.end),
         "session_reset": record.session_reset,
         "processes_run": record.processes_run,

@@ -36,6 +36,9 @@ create table public.inbound_messages (
   finished_at timestamp with time zone,
   kind public.soul_inbound_kind not null default 'message'::text,
   event jsonb,
+  turn integer,
+  rewound boolean not null default false,
+  record json,
   constraint inbound_messages_pkey PRIMARY KEY (id),
   constraint inbound_messages_session_id_external_id_key UNIQUE (session_id, external_id),
   constraint inbound_messages_event_matches_kind CHECK ((((kind)::text = 'event'::text) = (event IS NOT NULL))),
@@ -159,21 +162,6 @@ create table public.soul_memories (
 alter table public.soul_memories enable row level security;
 grant delete, insert, references, select, trigger, truncate, update on table public.soul_memories to service_role;
 
-create table public.turn_log (
-  session_id uuid not null,
-  seq bigint not null generated always as identity,
-  turn integer not null,
-  inbound_id uuid not null,
-  committed_at timestamp with time zone not null,
-  rewound boolean not null default false,
-  record json not null,
-  constraint turn_log_pkey PRIMARY KEY (session_id, seq),
-  constraint turn_log_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.user_sessions(id) ON DELETE CASCADE
-);
-alter table public.turn_log enable row level security;
-CREATE INDEX idx_turn_log_committed ON public.turn_log USING brin (committed_at);
-grant delete, insert, references, select, trigger, truncate, update on table public.turn_log to service_role;
-
 create table public.user_sessions (
   id uuid not null default gen_random_uuid(),
   phone_number text not null,
@@ -188,6 +176,7 @@ create table public.user_sessions (
   lease_inbound_id uuid,
   opted_out_at timestamp with time zone,
   line text not null default ''::text,
+  turns integer not null default 0,
   constraint user_sessions_pkey PRIMARY KEY (id),
   constraint user_sessions_phone_number_line_key UNIQUE (phone_number, line)
 );
@@ -603,16 +592,14 @@ begin
   end if;
   perform public.soul_apply_changes(
     v_session, request -> 'changes', request -> 'settings', (request ->> 'now')::timestamptz);
-  -- Their part of the record of the turn they ran after (the latest: no turn began since),
-  -- appended to its compact text as the `sub` field.
-  update public.turn_log t
-    set record = (pg_catalog.left(t.record::text, -1)
-      || case when t.record::text = '{}' then '' else ',' end
+  -- Their part of the record of the turn they ran after (the message it answered, named by the
+  -- request), appended to its compact text as the `sub` field.
+  update public.inbound_messages i
+    set record = (pg_catalog.left(i.record::text, -1)
+      || case when i.record::text = '{}' then '' else ',' end
       || '"sub":' || coalesce(request ->> 'record', '{}') || '}')::json
-    where t.session_id = v_session
-      and t.seq = (select l.seq from public.turn_log l
-                     where l.session_id = v_session and not l.rewound
-                     order by l.seq desc limit 1);
+    where i.id = (request ->> 'inbound_id')::uuid and i.session_id = v_session
+      and i.record is not null;
   return pg_catalog.jsonb_build_object('outcome', 'applied');
 end
 $function$;
@@ -661,19 +648,14 @@ begin
     into v_replies, v_earlier_pending
     from outbox;
 
-  update public.inbound_messages set status = 'done', finished_at = v_now
+  -- The turn's record goes on the row of the message it answered, numbered after the session's
+  -- latest turn not rewound (`user_sessions.turns`). The record arrives as compact JSON text and
+  -- is kept as such (`json`): `jsonb` would store it half again as large or more. A commit
+  -- without one (a caller of the function other than the store) leaves an empty record.
+  update public.inbound_messages
+    set status = 'done', finished_at = v_now, turn = v_s.turns + 1,
+      record = coalesce((request ->> 'record')::json, '{}'::json)
     where id = v_s.lease_inbound_id;
-
-  -- The turn's record, numbered after the latest turn not rewound (the primary key's backward
-  -- scan from the session's newest record: one index page). The record arrives as compact JSON
-  -- text and is kept as such (`json`): `jsonb` would store it half again as large or more. A
-  -- commit without one (a caller of the function other than the store) leaves an empty record.
-  insert into public.turn_log (session_id, turn, inbound_id, committed_at, record)
-    values (v_session,
-      coalesce((select t.turn from public.turn_log t
-                  where t.session_id = v_session and not t.rewound
-                  order by t.seq desc limit 1), 0) + 1,
-      v_s.lease_inbound_id, v_now, coalesce((request ->> 'record')::json, '{}'::json));
 
   if not exists (
     select 1 from public.inbound_messages where session_id = v_session and waiting
@@ -681,14 +663,15 @@ begin
     -- What `soul_start_next` does when nothing waits, in the same update as the count.
     update public.user_sessions
       set total_messages = total_messages + v_replies, last_active_at = v_now,
-        lease_token = null, lease_expires_at = null, lease_inbound_id = null
+        turns = turns + 1, lease_token = null, lease_expires_at = null, lease_inbound_id = null
       where id = v_session;
     return pg_catalog.jsonb_build_object('outcome', 'committed', 'next', null,
       'opted_out', v_s.opted_out_at is not null, 'earlier_pending', v_earlier_pending);
   end if;
 
   update public.user_sessions
-    set total_messages = total_messages + v_replies, last_active_at = v_now
+    set total_messages = total_messages + v_replies, last_active_at = v_now,
+      turns = turns + 1
     where id = v_session;
   return pg_catalog.jsonb_build_object(
     'outcome', 'committed',
@@ -753,11 +736,6 @@ begin
     where s.id = p.session_id
       and (v_address is null or s.phone_number = v_address)
       and s.last_active_at < v_before;
-  delete from public.turn_log t
-    using public.user_sessions s
-    where s.id = t.session_id
-      and (v_address is null or s.phone_number = v_address)
-      and t.committed_at < v_before;
   return pg_catalog.jsonb_build_object('deleted', v_count);
 end
 $function$;
@@ -847,17 +825,14 @@ AS $function$
     'inbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'external_id', t.external_id, 'body', t.body, 'received_at', t.received_at,
         'status', t.status, 'attempts', t.attempts, 'started_at', t.started_at,
-        'finished_at', t.finished_at, 'kind', t.kind, 'event', t.event) order by t.seq), '[]'::jsonb)
+        'finished_at', t.finished_at, 'kind', t.kind, 'event', t.event, 'turn', t.turn,
+        'rewound', t.rewound, 'record', t.record) order by t.seq), '[]'::jsonb)
       from public.inbound_messages t where t.session_id = s.id),
     'outbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'body', t.body, 'status', t.status, 'claimed_until', t.claimed_until,
         'provider_id', t.provider_id, 'error', t.error, 'created_at', t.created_at,
         'updated_at', t.updated_at) order by t.seq), '[]'::jsonb)
       from public.outbound_messages t where t.session_id = s.id),
-    'turn_log', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-        'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
-        'rewound', t.rewound, 'record', t.record) order by t.seq), '[]'::jsonb)
-      from public.turn_log t where t.session_id = s.id),
     'scheduled_events', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'key', t.key, 'kind', t.kind, 'payload', t.payload, 'due_at', t.due_at,
         'claimed_until', t.claimed_until, 'created_at', t.created_at)
@@ -1079,10 +1054,12 @@ begin
         coalesce(e -> 'p', '{}'::jsonb), (e ->> 'd')::timestamptz, v_now
       from pg_catalog.jsonb_array_elements(coalesce(v_state -> 'events', '[]'::jsonb)) e;
 
-  update public.turn_log set rewound = true
+  update public.inbound_messages set rewound = true
     where session_id = v_session and turn > (request ->> 'after_turn')::integer and not rewound;
   get diagnostics v_rewound = row_count;
-  update public.user_sessions set version = version + 1 where id = v_session;
+  update public.user_sessions
+    set version = version + 1, turns = (request ->> 'after_turn')::integer
+    where id = v_session;
   return pg_catalog.jsonb_build_object('outcome', 'rewound', 'rewound', v_rewound);
 end
 $function$;
@@ -1173,9 +1150,7 @@ AS $function$
   select pg_catalog.jsonb_build_object(
     'version', s.version,
     'lease_expires_at', case when s.lease_token is not null then s.lease_expires_at end,
-    'turn', coalesce((select t.turn from public.turn_log t
-                        where t.session_id = s.id and not t.rewound
-                        order by t.seq desc limit 1), 0),
+    'turn', s.turns,
     'persona', s.assigned_persona,
     'soul_memories', (select coalesce(pg_catalog.jsonb_object_agg(m.key, m.value), '{}'::jsonb)
       from public.soul_memories m where m.session_id = s.id),
@@ -1454,15 +1429,14 @@ CREATE OR REPLACE FUNCTION public.soul_turn_log(request jsonb)
  SET search_path TO ''
 AS $function$
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-      'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
+      'turn', t.turn, 'inbound_id', t.id, 'committed_at', t.finished_at,
       'rewound', t.rewound, 'record', t.record,
-      'perception', (select pg_catalog.jsonb_build_object(
-          'id', i.id, 'external_id', i.external_id, 'body', i.body,
-          'received_at', i.received_at,
-          'kind', case when i.kind = 'event'
-            then i.event || pg_catalog.jsonb_build_object('type', 'event')
-            else pg_catalog.jsonb_build_object('type', 'message') end)
-        from public.inbound_messages i where i.id = t.inbound_id),
+      'perception', pg_catalog.jsonb_build_object(
+          'id', t.id, 'external_id', t.external_id, 'body', t.body,
+          'received_at', t.received_at,
+          'kind', case when t.kind = 'event'
+            then t.event || pg_catalog.jsonb_build_object('type', 'event')
+            else pg_catalog.jsonb_build_object('type', 'message') end),
       'replies', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
           'id', o.id, 'body', o.body, 'status', o.status, 'error', o.error) order by r.n),
           '[]'::jsonb)
@@ -1470,7 +1444,7 @@ AS $function$
           with ordinality as r(id, n)
         join public.outbound_messages o on o.id = r.id::uuid))
       order by t.seq), '[]'::jsonb)
-  from public.turn_log t
+  from public.inbound_messages t
   where t.session_id = (request ->> 'session_id')::uuid
     and t.turn >= (request ->> 'from')::integer
     and (request ->> 'to' is null or t.turn <= (request ->> 'to')::integer)

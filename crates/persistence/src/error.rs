@@ -50,6 +50,19 @@ pub enum StoreError {
         #[source]
         source: DatabaseError,
     },
+    /// The SQLite file's schema is not the one this build makes: the file was made by another
+    /// build, which this one cannot bring up to date. Nothing in the file was changed.
+    #[error(
+        "the database file's schema is version {found}, this build's is {expected}: it was made \
+         by another build of the gateway; open it with that build, or move the file away to \
+         start a new one"
+    )]
+    SchemaVersion {
+        /// The file's `pragma user_version`.
+        found: i64,
+        /// This build's.
+        expected: i64,
+    },
     /// The REST API answered with an error (a refusal, or a failure of the server or the
     /// database behind it). [`RestError::problem`] says what it means.
     #[error("REST API error: {source}")]
@@ -96,6 +109,7 @@ impl StoreError {
             StoreError::Invalid(_) => "invalid input",
             StoreError::Corrupt(_) => "unexpected stored data",
             StoreError::Migration { .. } => "migration failed",
+            StoreError::SchemaVersion { .. } => "database file from another build",
             StoreError::Rest { .. } => "REST API error",
             StoreError::RestUnavailable { .. } => "REST API unavailable",
         }

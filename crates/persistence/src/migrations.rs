@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/20260104000200_inspector.sql"),
     },
     Migration {
+        version: "20260105000000",
+        name: "turn_record_on_inbound",
+        sql: include_str!("../../../migrations/20260105000000_turn_record_on_inbound.sql"),
+    },
+    Migration {
         version: "20260106000000",
         name: "inspector_rerun_audit",
         sql: include_str!("../../../migrations/20260106000000_inspector_rerun_audit.sql"),

@@ -414,8 +414,8 @@ pub struct LoggedTurn {
     pub rewound: bool,
     /// The record.
     pub record: TurnRecord,
-    /// What the turn perceived: the inbound message (or event), unless retention deleted it.
-    pub perception: Option<QueuedInbound>,
+    /// What the turn perceived: the inbound message (or event), which holds the record.
+    pub perception: QueuedInbound,
     /// The replies, in order, with their delivery status (those retention left).
     pub replies: Vec<LoggedReply>,
 }

@@ -885,6 +885,8 @@ pub struct SubprocessCommit {
     pub session_id: SessionId,
     /// [`TurnContext::version`] of the turn the subprocesses ran after.
     pub version: i64,
+    /// The message that turn answered ([`TurnContext::inbound`]), which holds its record.
+    pub inbound_id: Uuid,
     /// The changes.
     pub changes: Changes,
     /// Their part of the turn's record, added to it by the commit when it applies.

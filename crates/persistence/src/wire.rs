@@ -220,6 +220,7 @@ pub(crate) fn subprocess_request(
     Ok(json!({
         "session_id": commit.session_id,
         "version": commit.version,
+        "inbound_id": commit.inbound_id,
         "changes": serde_json::to_value(&commit.changes)?,
         "record": serde_json::to_string(&commit.record)?,
         "now": now,

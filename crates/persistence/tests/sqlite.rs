@@ -83,3 +83,47 @@ async fn reopening_keeps_data_and_schema() {
     let session = store.session(&from).await.expect("session").expect("kept");
     assert_eq!(session.total_messages, 1);
 }
+
+/// A file made by another build (here: one with the first schema's version and no turn log on
+/// its messages) is refused when opened, with the reason, and left as it was; before, it opened
+/// and failed at its first turn.
+#[tokio::test]
+async fn a_file_from_another_build_is_refused_at_open_and_left_alone() {
+    let harness = harness().await;
+    let path = harness.dir.path().join("souls.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = SqliteConnection::connect(&url).await.expect("create");
+    sqlx::raw_sql(
+        "create table user_sessions (id text primary key, phone_number text not null);
+         pragma user_version = 1;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("an earlier build's file");
+    conn.close().await.expect("close");
+
+    let refused = SqliteStore::open(&path).await.expect_err("refused");
+    assert!(
+        matches!(
+            refused,
+            soul_persistence::StoreError::SchemaVersion {
+                found: 1,
+                expected: 3
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("another build"), "{refused}");
+
+    let mut conn = SqliteConnection::connect(&url).await.expect("reopen");
+    let version: i64 = sqlx::query_scalar("pragma user_version")
+        .fetch_one(&mut conn)
+        .await
+        .expect("version");
+    let tables: Vec<String> =
+        sqlx::query_scalar("select name from sqlite_master where type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+    assert_eq!((version, tables), (1, vec!["user_sessions".to_owned()]));
+}

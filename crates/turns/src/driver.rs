@@ -612,6 +612,7 @@ impl TurnDriver {
         let commit = SubprocessCommit {
             session_id: context.session.id,
             version: context.version(),
+            inbound_id: context.inbound.id,
             changes,
             record,
         };

@@ -91,9 +91,8 @@ impl TurnDriver {
     /// configured one) at its clock's time: the perception the turn answered, on the state
     /// before it (rebuilt from the turn log by undoing it and every later turn), then the
     /// subprocesses. Nothing is stored, and no turn of the session is disturbed. `None` when
-    /// there is no such turn (never run, rewound, or deleted by retention), its message was
-    /// deleted by retention, or a later turn began a new session (the state before cannot be
-    /// rebuilt across it).
+    /// there is no such turn (never run, rewound, or deleted by retention with its message), or
+    /// a later turn began a new session (the state before cannot be rebuilt across it).
     ///
     /// A turn that ran without a snapshot (a session's first turn) is re-run on an empty working
     /// memory.
@@ -111,9 +110,7 @@ impl TurnDriver {
         let Some(logged) = later.first().filter(|logged| logged.turn == turn) else {
             return Ok(None);
         };
-        let Some(inbound) = &logged.perception else {
-            return Ok(None);
-        };
+        let inbound = &logged.perception;
         let Ok(before) = state_after(current, &later)? else {
             return Ok(None);
         };

@@ -1086,10 +1086,7 @@ async fn a_rewind_to_before_an_event_turn_schedules_the_event_again(fixture: Fix
     );
     assert!(events(store.session_state(session).await.unwrap().unwrap()).is_empty());
     let log = store.turn_log(session, 0, None).await.unwrap();
-    assert!(matches!(
-        log[1].perception.as_ref().map(|p| &p.kind),
-        Some(InboundKind::Event { .. })
-    ));
+    assert!(matches!(log[1].perception.kind, InboundKind::Event { .. }));
 
     assert_eq!(
         rewind(&**store, session, 1, clock.now()).await.unwrap(),

@@ -27,7 +27,6 @@ const EXPORTED_AS: &[(&str, &str)] = &[
     ("inbound_messages", "inbound_messages"),
     ("outbound_messages", "outbound_messages"),
     ("scheduled_events", "scheduled_events"),
-    ("turn_log", "turn_log"),
 ];
 
 /// Tables that hold nothing about a person, and why an export leaves them out.
@@ -93,6 +92,11 @@ const LEFT_OUT: &[(&str, &str, &str)] = &[
         "inbound_messages",
         "waiting",
         "mirrors `status = 'queued'`, which is exported",
+    ),
+    (
+        "user_sessions",
+        "turns",
+        "the latest turn's number, which the exported messages' turns say",
     ),
 ];
 

@@ -357,6 +357,7 @@ pub async fn subprocess_memories_are_loaded_by_every_begin(harness: &dyn Harness
         session_id: first.session.id,
         record: Default::default(),
         version: first.version(),
+        inbound_id: first.inbound.id,
         changes: Changes {
             process_memory: vec![
                 memory("tally", set("turns", json!(1))),

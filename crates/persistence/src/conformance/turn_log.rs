@@ -146,7 +146,7 @@ pub async fn the_commit_writes_the_turn_record(harness: &dyn Harness) {
     assert_eq!(process.before.as_ref().map(|p| p.name.as_str()), None);
     assert_eq!(process.after.name, "listening");
     assert_eq!(process.after.params, json!({"topic": "work"}));
-    let perception = logged.perception.as_ref().expect("the message");
+    let perception = &logged.perception;
     assert_eq!(perception.body, "hello");
     assert_eq!(perception.kind, InboundKind::Message);
     assert_eq!(logged.replies.len(), 1);
@@ -210,6 +210,7 @@ pub async fn a_subprocess_commit_adds_its_part_to_the_record(harness: &dyn Harne
     let subprocess = SubprocessCommit {
         session_id: context.session.id,
         version: context.version(),
+        inbound_id: context.inbound.id,
         changes,
         record: record.clone(),
     };
@@ -328,6 +329,7 @@ pub async fn rewind_restores_the_state_after_a_turn(harness: &dyn Harness) {
     let subprocess = SubprocessCommit {
         session_id: session,
         version: second.version(),
+        inbound_id: second.inbound.id,
         record: SubprocessRecord {
             changes: state(&*store, session)
                 .await

@@ -514,6 +514,7 @@ pub async fn subprocess_commit_is_refused_after_newer_turn(harness: &dyn Harness
         session_id: first.session.id,
         record: Default::default(),
         version: first.version(),
+        inbound_id: first.inbound.id,
         changes: summary,
     };
     let applied = store

@@ -73,17 +73,24 @@ pub(super) async fn commit(
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query("update inbound_messages set status = 'done', finished_at = ? where id = ?")
-        .bind(&now_text)
-        .bind(&row.lease_inbound_id)
-        .execute(&mut *conn)
-        .await?;
     let inbound_id = row.lease_inbound_id.as_deref().ok_or_else(|| {
         StoreError::Corrupt("a leased session without the message it runs".to_owned())
     })?;
-    turn_log::insert_record(conn, &session, inbound_id, commit, now).await?;
+    // The turn's record goes on the message it answered, numbered after the latest turn.
     sqlx::query(
-        "update user_sessions set total_messages = total_messages + ?, last_active_at = ?
+        "update inbound_messages set status = 'done', finished_at = ?1, record = ?2,
+           turn = (select turns + 1 from user_sessions where id = ?3)
+         where id = ?4",
+    )
+    .bind(&now_text)
+    .bind(wire::stored_record(commit)?)
+    .bind(&session)
+    .bind(inbound_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "update user_sessions set total_messages = total_messages + ?, last_active_at = ?,
+           turns = turns + 1
          where id = ?",
     )
     .bind(i64::try_from(commit.replies.len()).unwrap_or(i64::MAX))
@@ -115,7 +122,7 @@ pub(super) async fn commit_subprocess(
         return Ok(SubprocessOutcome::Stale);
     }
     apply_changes(conn, &session, &commit.changes, settings, now).await?;
-    turn_log::add_subprocesses(conn, &session, &commit.record).await?;
+    turn_log::add_subprocesses(conn, &session, commit).await?;
     Ok(SubprocessOutcome::Applied)
 }
 

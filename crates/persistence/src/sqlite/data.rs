@@ -36,7 +36,7 @@ pub(super) async fn export(
 
 /// One conversation's part of an export.
 async fn export_conversation(conn: &mut SqliteConnection, row: &SqliteRow) -> Result<Value> {
-    use ColumnKind::{Integer, Json, Text};
+    use ColumnKind::{Boolean, Integer, Json, Text};
     let session = session_from(row)?;
     let id = session.id.0.to_string();
     let messages: Vec<Memory> = history(conn, &id, None, 0).await?;
@@ -78,11 +78,12 @@ async fn export_conversation(conn: &mut SqliteConnection, row: &SqliteRow) -> Re
             &id, &[("snapshot", Json), ("created_at", Text)]).await?,
         "inbound_messages": rows_as_json(conn,
             "select id, external_id, body, received_at, status, attempts, started_at, finished_at,
-               kind, event
+               kind, event, turn, rewound, record
              from inbound_messages where session_id = ? order by seq",
             &id, &[("id", Text), ("external_id", Text), ("body", Text), ("received_at", Text),
                 ("status", Text), ("attempts", Integer), ("started_at", Text),
-                ("finished_at", Text), ("kind", Text), ("event", Json)])
+                ("finished_at", Text), ("kind", Text), ("event", Json), ("turn", Integer),
+                ("rewound", Boolean), ("record", Json)])
             .await?,
         "outbound_messages": rows_as_json(conn,
             "select id, body, status, claimed_until, provider_id, error, created_at, updated_at
@@ -90,11 +91,6 @@ async fn export_conversation(conn: &mut SqliteConnection, row: &SqliteRow) -> Re
             &id, &[("id", Text), ("body", Text), ("status", Text), ("claimed_until", Text),
                 ("provider_id", Text), ("error", Text), ("created_at", Text),
                 ("updated_at", Text)]).await?,
-        "turn_log": rows_as_json(conn,
-            "select turn, inbound_id, committed_at, rewound, record from turn_log
-             where session_id = ? order by seq",
-            &id, &[("turn", Integer), ("inbound_id", Text), ("committed_at", Text),
-                ("rewound", Integer), ("record", Json)]).await?,
         "scheduled_events": rows_as_json(conn,
             "select id, key, kind, payload, due_at, claimed_until, created_at
              from scheduled_events where session_id = ? order by key",
@@ -151,6 +147,9 @@ async fn rows_as_json(
                 ColumnKind::Integer => row
                     .try_get::<Option<i64>, _>(*column)?
                     .map_or(Value::Null, Value::from),
+                ColumnKind::Boolean => row
+                    .try_get::<Option<bool>, _>(*column)?
+                    .map_or(Value::Null, Value::Bool),
                 ColumnKind::Json => match row.try_get::<Option<String>, _>(*column)? {
                     Some(text) => parse_json(&text)?,
                     None => Value::Null,
@@ -170,6 +169,7 @@ async fn rows_as_json(
 enum ColumnKind {
     Text,
     Integer,
+    Boolean,
     Json,
 }
 
@@ -221,8 +221,6 @@ pub(super) async fn delete_messages_older_than(
            where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
         "delete from process_memories where session_id in (select id from user_sessions
            where last_active_at < ?1 and (?2 is null or phone_number = ?2))",
-        "delete from turn_log where committed_at < ?1 and session_id in
-           (select id from user_sessions where ?2 is null or phone_number = ?2)",
     ]
     .into_iter()
     .enumerate()

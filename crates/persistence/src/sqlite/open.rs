@@ -9,10 +9,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::SqliteStore;
 use crate::driver::{self, Result};
 
-/// The schema, step by step: step `n` takes a file from `pragma user_version` `n` to `n + 1`. The
-/// first creates it; a change to the schema is a step added here, so that a file made by an
-/// earlier version is brought up to date when opened.
-const SCHEMA_STEPS: &[&str] = &[include_str!("schema.sql")];
+/// The schema of a new file. No release has made files yet, so it is the whole schema, changed in
+/// place; the `pragma user_version` it sets ([`SCHEMA_VERSION`]) names its shape, and is raised
+/// with each change, so that a file of another shape is refused when opened. Once a release has
+/// made files, a change is a step from one version to the next, applied when such a file opens.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// The `pragma user_version` [`SCHEMA`] sets.
+const SCHEMA_VERSION: i64 = 3;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to date.
@@ -47,13 +51,17 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("pragma user_version")
             .fetch_one(&mut *tx)
             .await?;
-        // A file from a newer version (more steps than this one knows) is left as it is.
-        for step in SCHEMA_STEPS
-            .iter()
-            .copied()
-            .skip(usize::try_from(version).unwrap_or(usize::MAX))
-        {
-            sqlx::raw_sql(step).execute(&mut *tx).await?;
+        // A new file gets the schema. Any other version than this build's is refused before
+        // anything is read or written: the tables would not be the ones this build queries, and
+        // it would fail at the first turn instead of saying why.
+        if version == 0 {
+            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+        } else if version != SCHEMA_VERSION {
+            return Err(crate::StoreError::SchemaVersion {
+                found: version,
+                expected: SCHEMA_VERSION,
+            }
+            .into());
         }
         tx.commit().await?;
         Ok(())

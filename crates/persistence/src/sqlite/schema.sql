@@ -27,6 +27,8 @@ create table user_sessions (
   lease_expires_at text,
   lease_inbound_id text,
   opted_out_at text,
+  -- The number of the latest turn not rewound: what the next commit numbers after.
+  turns integer not null default 0,
   unique (phone_number, line)
 );
 
@@ -100,6 +102,11 @@ create table inbound_messages (
   kind text not null default 'message' check (kind in ('message', 'event')),
   -- For an event: {event_id, key, kind, payload}, copied from the completed scheduled event.
   event text check ((kind = 'event') = (event is not null)),
+  -- The turn log (migrations/20260105000000_turn_record_on_inbound.sql): the number of the turn
+  -- that answered this message, whether a rewind went back before it, and its record.
+  turn integer,
+  rewound integer not null default 0,
+  record text,
   unique (session_id, external_id)
 );
 
@@ -151,18 +158,4 @@ create table inspector_audit (
 
 create index idx_inspector_audit_at on inspector_audit (at);
 
--- One row per committed turn (see migrations/20260104000100_turn_log.sql).
-create table turn_log (
-  seq integer primary key autoincrement,
-  session_id text not null references user_sessions (id) on delete cascade,
-  turn integer not null,
-  inbound_id text not null,
-  committed_at text not null,
-  rewound integer not null default 0,
-  record text not null
-);
-
-create index idx_turn_log_session on turn_log (session_id, seq);
-create index idx_turn_log_committed on turn_log (committed_at);
-
-pragma user_version = 1;
+pragma user_version = 3;

@@ -10,63 +10,26 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
 use super::rows::{json_text, lease_live, parse_json, parse_ts, parse_uuid, session_row, ts};
 use super::start::inbound_kind;
+use crate::StoreError;
 use crate::driver::Result;
 use crate::turn_log::{
     EventValue, LoggedReply, LoggedTurn, Restore, Rewind, SessionState, StoredEvent,
-    SubprocessRecord,
 };
-use crate::types::{DeliveryStatus, ProcessState, QueuedInbound, SessionId};
-use crate::{StoreError, wire};
+use crate::types::{DeliveryStatus, ProcessState, QueuedInbound, SessionId, SubprocessCommit};
 
-/// The latest turn of `session` that is not rewound (0: none).
-async fn latest_turn(conn: &mut SqliteConnection, session: &str) -> Result<u32> {
-    let turn: Option<i64> = sqlx::query_scalar(
-        "select turn from turn_log where session_id = ? and rewound = 0 order by seq desc limit 1",
-    )
-    .bind(session)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(u32::try_from(turn.unwrap_or(0)).unwrap_or(u32::MAX))
-}
-
-/// Writes a committed turn's record (`wire::stored_record`) as the turn after the latest one
-/// not rewound.
-pub(super) async fn insert_record(
-    conn: &mut SqliteConnection,
-    session: &str,
-    inbound_id: &str,
-    commit: &crate::TurnCommit,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let record = wire::stored_record(commit)?;
-    let turn = latest_turn(conn, session).await? + 1;
-    sqlx::query(
-        "insert into turn_log (session_id, turn, inbound_id, committed_at, record)
-         values (?, ?, ?, ?, ?)",
-    )
-    .bind(session)
-    .bind(i64::from(turn))
-    .bind(inbound_id)
-    .bind(ts(now))
-    .bind(record)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Adds the subprocesses' part to the latest turn's record (the turn they ran after: their
-/// commit applies only while no newer turn has begun).
+/// Adds the subprocesses' part to the record of the turn they ran after (on the message it
+/// answered: their commit applies only while no newer turn has begun).
 pub(super) async fn add_subprocesses(
     conn: &mut SqliteConnection,
     session: &str,
-    record: &SubprocessRecord,
+    commit: &SubprocessCommit,
 ) -> Result<()> {
     sqlx::query(
-        "update turn_log set record = json_set(record, '$.sub', json(?1))
-         where seq = (select seq from turn_log where session_id = ?2 and rewound = 0
-                      order by seq desc limit 1)",
+        "update inbound_messages set record = json_set(record, '$.sub', json(?1))
+         where id = ?2 and session_id = ?3 and record is not null",
     )
-    .bind(serde_json::to_string(record)?)
+    .bind(serde_json::to_string(&commit.record)?)
+    .bind(commit.inbound_id.to_string())
     .bind(session)
     .execute(&mut *conn)
     .await?;
@@ -82,11 +45,10 @@ pub(super) async fn turn_log(
 ) -> Result<Vec<LoggedTurn>> {
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
-        "select t.turn, t.inbound_id, t.committed_at, t.rewound, t.record,
-           i.external_id, i.body, i.received_at, i.event, i.id as found
-         from turn_log t left join inbound_messages i on i.id = t.inbound_id
-         where t.session_id = ?1 and t.turn >= ?2 and (?3 is null or t.turn <= ?3)
-         order by t.seq",
+        "select turn, id, finished_at, rewound, record, external_id, body, received_at, event
+         from inbound_messages
+         where session_id = ?1 and turn >= ?2 and (?3 is null or turn <= ?3)
+         order by seq",
     )
     .bind(session.0.to_string())
     .bind(i64::from(from))
@@ -95,18 +57,15 @@ pub(super) async fn turn_log(
     .await?;
     let mut turns = Vec::with_capacity(rows.len());
     for row in rows {
-        let inbound_id = parse_uuid(&row.try_get::<String, _>("inbound_id")?)?;
+        let inbound_id = parse_uuid(&row.try_get::<String, _>("id")?)?;
         let record: crate::turn_log::TurnRecord =
             serde_json::from_value(parse_json(&row.try_get::<String, _>("record")?)?)?;
-        let perception = match row.try_get::<Option<String>, _>("found")? {
-            None => None,
-            Some(_) => Some(QueuedInbound {
-                id: inbound_id,
-                external_id: row.try_get("external_id")?,
-                body: row.try_get("body")?,
-                received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
-                kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
-            }),
+        let perception = QueuedInbound {
+            id: inbound_id,
+            external_id: row.try_get("external_id")?,
+            body: row.try_get("body")?,
+            received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
+            kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
         };
         let mut replies = Vec::with_capacity(record.replies.len());
         for id in &record.replies {
@@ -130,7 +89,7 @@ pub(super) async fn turn_log(
         turns.push(LoggedTurn {
             turn: u32::try_from(row.try_get::<i64, _>("turn")?).unwrap_or(u32::MAX),
             inbound_id,
-            committed_at: parse_ts(&row.try_get::<String, _>("committed_at")?)?,
+            committed_at: parse_ts(&row.try_get::<String, _>("finished_at")?)?,
             rewound: row.try_get("rewound")?,
             record,
             perception,
@@ -147,13 +106,14 @@ pub(super) async fn session_state(
 ) -> Result<Option<SessionState>> {
     let id = session.0.to_string();
     let row = sqlx::query(
-        "select version, lease_token, lease_expires_at, assigned_persona from user_sessions
+        "select version, lease_token, lease_expires_at, turns, assigned_persona from user_sessions
          where id = ?",
     )
     .bind(&id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
+    let turns = u32::try_from(row.try_get::<i64, _>("turns")?).unwrap_or(u32::MAX);
     let lease_expires_at = match row.try_get::<Option<String>, _>("lease_token")? {
         Some(_) => row
             .try_get::<Option<String>, _>("lease_expires_at")?
@@ -232,7 +192,7 @@ pub(super) async fn session_state(
     Ok(Some(SessionState {
         version: row.try_get("version")?,
         lease_expires_at,
-        turn: latest_turn(conn, &id).await?,
+        turn: turns,
         persona: row.try_get("assigned_persona")?,
         soul_memories,
         process_memories,
@@ -345,14 +305,15 @@ pub(super) async fn restore(
         .await?;
     }
     let rewound = sqlx::query(
-        "update turn_log set rewound = 1 where session_id = ? and turn > ? and rewound = 0",
+        "update inbound_messages set rewound = 1 where session_id = ? and turn > ? and rewound = 0",
     )
     .bind(&id)
     .bind(i64::from(restore.after_turn))
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    sqlx::query("update user_sessions set version = version + 1 where id = ?")
+    sqlx::query("update user_sessions set version = version + 1, turns = ? where id = ?")
+        .bind(i64::from(restore.after_turn))
         .bind(&id)
         .execute(&mut *conn)
         .await?;
