@@ -1,10 +1,14 @@
 //! Who may use the inspector: a login with the operator's token, then a session cookie that is
 //! signed and expires, and a CSRF token per session on every action.
 //!
-//! The cookie is `<session id>.<expiry, Unix seconds>.<HMAC-SHA256 of both>` under a key made at
-//! start (so a restart logs everyone out), `HttpOnly` and `SameSite=Strict`. The CSRF token is
-//! the HMAC of the session id under the same key: a form carries it, and an action without the
-//! right one is refused even with the cookie. Nothing about a login is stored.
+//! The cookie is `<session id>.<expiry, Unix seconds>.<HMAC-SHA256 of both>`, `HttpOnly`,
+//! `SameSite=Strict`, and `Secure` where the inspector is reached over TLS. Its key is derived
+//! from the operator's token (HMAC-SHA256 of a fixed label under the token: the token itself is
+//! never the key, and the key does not give the token away), so that a restart keeps operators
+//! logged in and rotating the token logs everyone out; open access (`dev`) has no token and
+//! makes a key at start. The CSRF token is the HMAC of the session id under the same key: a form
+//! carries it, and an action without the right one is refused even with the cookie. Nothing
+//! about a login is stored.
 
 use std::fmt;
 
@@ -92,14 +96,27 @@ impl Login {
 pub(crate) struct Keys {
     key: [u8; 32],
     lifetime: Duration,
+    secure: bool,
 }
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keys")
             .field("lifetime", &self.lifetime)
+            .field("secure", &self.secure)
             .finish_non_exhaustive()
     }
+}
+
+/// What the cookie key is derived from the token with: changing it logs everyone out.
+const KEY_LABEL: &[u8] = b"soul-inspector session cookie key v1";
+
+/// The cookie key of `token`: the HMAC-SHA256 of [`KEY_LABEL`] under it.
+fn derived_key(token: &str) -> [u8; 32] {
+    let mut mac =
+        HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC accepts keys of any length");
+    mac.update(KEY_LABEL);
+    mac.finalize().into_bytes().into()
 }
 
 /// 32 random bytes from the operating system's generator (through v4 UUIDs, whose 122 random
@@ -112,12 +129,33 @@ fn random_bytes() -> [u8; 32] {
 }
 
 impl Keys {
-    /// A fresh key; sessions last `lifetime`.
-    pub(crate) fn new(lifetime: Duration) -> Self {
+    /// The keys of `access`: derived from its token (the same after a restart, other for
+    /// another token), or fresh for open access; sessions last `lifetime`, and their cookie is
+    /// `Secure` when `secure` says so.
+    pub(crate) fn new(access: &Access, lifetime: Duration, secure: bool) -> Self {
+        let key = match access {
+            Access::Token(token) => derived_key(token),
+            Access::Open => random_bytes(),
+        };
         Keys {
-            key: random_bytes(),
+            key,
             lifetime,
+            secure,
         }
+    }
+
+    /// The cookie's attributes after its value.
+    fn attributes(&self) -> &'static str {
+        if self.secure {
+            "Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "Path=/; HttpOnly; SameSite=Strict"
+        }
+    }
+
+    /// The `Set-Cookie` header that logs out.
+    pub(crate) fn clear_cookie(&self) -> String {
+        format!("{COOKIE}=; {}; Max-Age=0", self.attributes())
     }
 
     fn mac(&self, parts: &[&str]) -> HmacSha256 {
@@ -152,8 +190,9 @@ impl Keys {
     pub(crate) fn set_cookie(&self, login: &Login) -> String {
         let max_age = self.lifetime.num_seconds().max(0);
         format!(
-            "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+            "{COOKIE}={}; {}; Max-Age={max_age}",
             self.cookie_value(login),
+            self.attributes(),
         )
     }
 
@@ -206,15 +245,19 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
+    fn keys_of(token: &str) -> Keys {
+        Keys::new(&Access::Token(token.into()), Duration::hours(1), false)
+    }
+
     #[test]
     fn a_cookie_is_accepted_until_it_expires_and_only_as_signed() {
-        let keys = Keys::new(Duration::hours(1));
+        let keys = keys_of("s3cret");
         let login = keys.login(now());
         let value = keys.cookie_value(&login);
         assert_eq!(keys.verify(&value, now()), Some(login.clone()));
         assert_eq!(keys.verify(&value, now() + Duration::minutes(61)), None);
-        // Another key (another process, a restart) does not accept it.
-        assert_eq!(Keys::new(Duration::hours(1)).verify(&value, now()), None);
+        // Another token's key does not accept it.
+        assert_eq!(keys_of("other").verify(&value, now()), None);
         // A later expiry, or another id, breaks the signature.
         let (id, rest) = value.split_once('.').unwrap();
         let (_, mac) = rest.split_once('.').unwrap();
@@ -225,8 +268,44 @@ mod tests {
     }
 
     #[test]
+    fn the_key_is_derived_from_the_token_and_is_not_the_token() {
+        let keys = keys_of("s3cret");
+        let login = keys.login(now());
+        let value = keys.cookie_value(&login);
+        // The same token after a restart: the same key.
+        let restarted = keys_of("s3cret");
+        assert_eq!(restarted.verify(&value, now()), Some(login.clone()));
+        assert_eq!(restarted.csrf(&login), keys.csrf(&login));
+        // Not the token, nor its plain hash.
+        let mut padded = [0u8; 32];
+        padded[..6].copy_from_slice(b"s3cret");
+        assert_ne!(keys.key, padded);
+        assert_ne!(keys.key[..], Sha256::digest(b"s3cret")[..]);
+        // Open access: a fresh key each start.
+        let open = Keys::new(&Access::Open, Duration::hours(1), false);
+        let value = open.cookie_value(&open.login(now()));
+        let again = Keys::new(&Access::Open, Duration::hours(1), false);
+        assert_eq!(again.verify(&value, now()), None);
+    }
+
+    #[test]
+    fn the_cookie_is_secure_when_asked() {
+        let login = keys_of("s3cret").login(now());
+        let plain = keys_of("s3cret");
+        assert!(!plain.set_cookie(&login).contains("Secure"));
+        assert!(!plain.clear_cookie().contains("Secure"));
+        let secure = Keys::new(&Access::Token("s3cret".into()), Duration::hours(1), true);
+        assert!(
+            secure
+                .set_cookie(&login)
+                .ends_with("; Secure; Max-Age=3600")
+        );
+        assert!(secure.clear_cookie().contains("; Secure;"));
+    }
+
+    #[test]
     fn a_csrf_token_belongs_to_one_session() {
-        let keys = Keys::new(Duration::hours(1));
+        let keys = keys_of("s3cret");
         let (one, two) = (keys.login(now()), keys.login(now()));
         assert!(keys.csrf_ok(&one, &keys.csrf(&one)));
         assert!(!keys.csrf_ok(&two, &keys.csrf(&one)));

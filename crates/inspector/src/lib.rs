@@ -7,14 +7,17 @@
 //! [`router`] serves server-rendered pages (a little JavaScript for the chat only; the
 //! stylesheet and script are embedded, so no network is needed) and a JSON API for the same
 //! data under `/api/`. Everything but the login page and the assets needs a login
-//! ([`Access`]): a session cookie, signed and expiring, `HttpOnly` and `SameSite=Strict`, and on
-//! every action (every `POST`) the session's CSRF token; the JSON API also takes the token as
-//! `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export,
-//! erasure and rewind is recorded in the store's audit table first. `docs/inspector.md` is the guide.
+//! ([`Access`], failed logins limited by [`LoginLimit`]): a session cookie, signed under a key
+//! derived from the token and expiring, `HttpOnly`, `SameSite=Strict` (and `Secure` when asked),
+//! and on every action (every `POST`) the session's CSRF token; the JSON API also takes the token
+//! as `Authorization: Bearer`. Numbers are masked unless revealed, and every reveal, export,
+//! erasure, rewind and re-run is recorded in the store's audit table first; rewind and re-run
+//! are also JSON actions for scripts. `docs/inspector.md` is the guide.
 
 mod auth;
 mod chat;
 mod html;
+mod limit;
 mod mask;
 mod pages;
 mod state;
@@ -33,6 +36,7 @@ use soul_persistence::{Address, Inspect};
 use soul_turns::TurnDriver;
 
 pub use auth::Access;
+pub use limit::LoginLimit;
 
 use crate::state::Shared;
 
@@ -56,6 +60,8 @@ pub struct Inspector {
     chat: Option<Arc<dyn Chat>>,
     driver: Option<Arc<TurnDriver>>,
     lifetime: Duration,
+    login_limit: LoginLimit,
+    secure_cookie: bool,
 }
 
 impl Inspector {
@@ -68,6 +74,8 @@ impl Inspector {
             chat: None,
             driver: None,
             lifetime: DEFAULT_SESSION_LIFETIME,
+            login_limit: LoginLimit::default(),
+            secure_cookie: false,
         }
     }
 
@@ -87,6 +95,23 @@ impl Inspector {
     /// Logins last `lifetime`.
     pub fn with_session_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = lifetime;
+        self
+    }
+
+    /// Failed logins are limited by `limit` instead of [`LoginLimit::default`]. The limit per
+    /// address needs the router served with the client's address
+    /// (`into_make_service_with_connect_info::<SocketAddr>()`); without it every client counts
+    /// as one.
+    pub fn with_login_limit(mut self, limit: LoginLimit) -> Self {
+        self.login_limit = limit;
+        self
+    }
+
+    /// Marks the session cookie `Secure` (browsers send it over HTTPS only) when `secure`: for
+    /// an inspector reached over TLS (a proxy in front of it), not on the loopback. Off unless
+    /// set.
+    pub fn with_secure_cookie(mut self, secure: bool) -> Self {
+        self.secure_cookie = secure;
         self
     }
 }
@@ -109,6 +134,8 @@ pub fn router(inspector: Inspector) -> Router {
         .route("/api/conversations/{id}", get(pages::api_conversation))
         .route("/api/conversations/{id}/export", post(pages::api_export))
         .route("/api/conversations/{id}/turns", get(pages::api_turns))
+        .route("/api/conversations/{id}/rewind", post(pages::api_rewind))
+        .route("/api/conversations/{id}/rerun", post(pages::api_rerun))
         .route("/api/audit", get(pages::api_audit));
     let protected = if has_chat {
         protected

@@ -2,11 +2,12 @@
 //! erasure, rewind and re-run, the audit, and the login.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -19,10 +20,10 @@ use soul_persistence::{
 use soul_turns::{DriverError, Rerun};
 use uuid::Uuid;
 
-use crate::auth::{Access, COOKIE};
+use crate::auth::Access;
 use crate::html::{self, csrf_field, esc};
 use crate::mask::mask;
-use crate::state::{Authed, Failure, Shared};
+use crate::state::{ApiFailure, Authed, Failure, Shared};
 use crate::timeline;
 
 type SharedState = State<Arc<Shared>>;
@@ -154,21 +155,27 @@ fn flags(c: &Conversation) -> String {
     flags.join(" ")
 }
 
-/// The conversation `id` and everything stored about its person (every line's conversation).
-async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failure> {
+/// The conversation `id`.
+async fn find(shared: &Shared, id: Uuid) -> Result<Conversation, Failure> {
     let inspector = &shared.inspector;
     let query = ConversationQuery {
         session: Some(SessionId(id)),
         limit: 1,
         ..ConversationQuery::default()
     };
-    let conversation = inspector
+    inspector
         .store
         .conversations(&query, inspector.clock.now())
         .await?
         .into_iter()
         .next()
-        .ok_or(Failure::NotFound)?;
+        .ok_or(Failure::NotFound)
+}
+
+/// The conversation `id` and everything stored about its person (every line's conversation).
+async fn load(shared: &Shared, id: Uuid) -> Result<(Conversation, Value), Failure> {
+    let inspector = &shared.inspector;
+    let conversation = find(shared, id).await?;
     let export = inspector
         .store
         .export_user(&conversation.address)
@@ -547,9 +554,82 @@ pub(crate) async fn erase(
     )))
 }
 
-/// `POST /conversations/{id}/rewind`: after the confirmation, the conversation's state made
-/// what it was after the form's turn (`soul_persistence::turn_log::rewind`), later turns marked
-/// rewound; audited first, refused while a turn runs.
+/// The turn an action names, or why it cannot be taken.
+fn turn_of(turn: Option<u32>, what: &str) -> Result<u32, Failure> {
+    turn.ok_or_else(|| Failure::Refused(format!("Which turn to {what} is missing.")))
+}
+
+/// Refuses an action on `session` while a turn of its person runs (a live lease).
+async fn refuse_while_running(shared: &Shared, session: SessionId) -> Result<(), Failure> {
+    let now = shared.inspector.clock.now();
+    let state = shared.inspector.store.session_state(session).await?;
+    if state
+        .and_then(|state| state.lease_expires_at)
+        .is_some_and(|until| until > now)
+    {
+        return Err(Failure::TurnRunning);
+    }
+    Ok(())
+}
+
+/// Rewinds `conversation` to after `turn` (`soul_persistence::turn_log::rewind`), later turns
+/// marked rewound: refused while a turn runs, audited first. How many turns it marked.
+async fn rewind_conversation(
+    shared: &Shared,
+    authed: &Authed,
+    conversation: &Conversation,
+    turn: u32,
+) -> Result<u32, Failure> {
+    refuse_while_running(shared, conversation.id).await?;
+    audit_action(shared, authed, AuditAction::Rewind, conversation.id).await?;
+    let store: &dyn Store = &*shared.inspector.store;
+    let now = shared.inspector.clock.now();
+    match turn_log::rewind(store, conversation.id, turn, now).await? {
+        Rewind::Rewound { rewound } => Ok(rewound),
+        Rewind::TurnRunning { .. } => Err(Failure::TurnRunning),
+        Rewind::Changed => Err(Failure::Changed(
+            "The conversation changed meanwhile: nothing was rewound; reload and try again."
+                .to_owned(),
+        )),
+        Rewind::AcrossSessionReset { turn: reset } => Err(Failure::Refused(format!(
+            "Turn {reset} began a new session, which a rewind cannot go back across: nothing was rewound."
+        ))),
+        _ => Err(Failure::Missing(format!(
+            "There is no turn {turn} to rewind to (never run, rewound, or deleted by retention): nothing was rewound."
+        ))),
+    }
+}
+
+/// Re-runs `turn` of `conversation` with the driver's build and model, on the state before it,
+/// with the conversation's own soul; nothing is stored. Refused while a turn runs, audited
+/// first.
+async fn rerun_turn(
+    shared: &Shared,
+    authed: &Authed,
+    conversation: &Conversation,
+    turn: u32,
+) -> Result<Rerun, Failure> {
+    let Some(driver) = shared.inspector.driver.clone() else {
+        return Err(Failure::Missing(
+            "This inspector cannot re-run turns (it has no turn driver).".to_owned(),
+        ));
+    };
+    refuse_while_running(shared, conversation.id).await?;
+    audit_action(shared, authed, AuditAction::Rerun, conversation.id).await?;
+    match driver.rerun(conversation.id, turn).await {
+        Ok(Some(rerun)) => Ok(rerun),
+        Ok(None) => Err(Failure::Missing(format!(
+            "Turn {turn} cannot be re-run: there is no such turn, it was rewound, its message was deleted by retention, or a later turn began a new session."
+        ))),
+        Err(DriverError::Store(error)) => Err(Failure::Store(error)),
+        Err(_) => Err(Failure::Refused(format!(
+            "Turn {turn} could not be re-run."
+        ))),
+    }
+}
+
+/// `POST /conversations/{id}/rewind`: after the confirmation, the conversation rewound to after
+/// the form's turn ([`rewind_conversation`]), shown with what it did.
 pub(crate) async fn rewind(
     State(shared): SharedState,
     Extension(authed): Extension<Authed>,
@@ -557,61 +637,25 @@ pub(crate) async fn rewind(
     Form(form): Form<ActionForm>,
 ) -> Result<Html<String>, Failure> {
     authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
-    let (conversation, _) = load(&shared, id).await?;
-    let turn = form
-        .turn
-        .ok_or_else(|| Failure::Refused("Which turn to rewind to is missing.".to_owned()))?;
+    let conversation = find(&shared, id).await?;
+    let turn = turn_of(form.turn, "rewind to")?;
     if form.confirm.as_deref() != Some("yes") {
         return Err(Failure::Refused(
             "Tick the confirmation to rewind: nothing was rewound.".to_owned(),
         ));
     }
-    let now = shared.inspector.clock.now();
-    let state = shared
-        .inspector
-        .store
-        .session_state(conversation.id)
-        .await?;
-    if state
-        .and_then(|state| state.lease_expires_at)
-        .is_some_and(|until| until > now)
-    {
-        return Err(Failure::TurnRunning);
-    }
-    audit_action(&shared, &authed, AuditAction::Rewind, conversation.id).await?;
-    let store: &dyn Store = &*shared.inspector.store;
-    let notice = match turn_log::rewind(store, conversation.id, turn, now).await? {
-        Rewind::Rewound { rewound } => {
-            format!("Rewound to after turn {turn}: {rewound} later turns are marked rewound.")
-        }
-        Rewind::TurnRunning { .. } => return Err(Failure::TurnRunning),
-        Rewind::Changed => {
-            return Err(Failure::Refused(
-                "The conversation changed meanwhile: nothing was rewound; reload and try again."
-                    .to_owned(),
-            ));
-        }
-        Rewind::AcrossSessionReset { turn: reset } => {
-            return Err(Failure::Refused(format!(
-                "Turn {reset} began a new session, which a rewind cannot go back across: nothing was rewound."
-            )));
-        }
-        _ => {
-            return Err(Failure::Refused(format!(
-                "There is no turn {turn} to rewind to (never run, rewound, or deleted by retention): nothing was rewound."
-            )));
-        }
-    };
-    let (conversation, export) = load(&shared, id).await?;
+    let rewound = rewind_conversation(&shared, &authed, &conversation, turn).await?;
     let view = View {
-        notice: Some(notice),
+        notice: Some(format!(
+            "Rewound to after turn {turn}: {rewound} later turns are marked rewound."
+        )),
         ..View::default()
     };
-    render_conversation(&shared, &authed, &conversation, &export, view).await
+    show(&shared, &authed, id, view).await
 }
 
-/// `POST /conversations/{id}/rerun`: the form's turn run again with the driver's build and
-/// model, on the state before it, shown beside what the turn did; nothing is stored.
+/// `POST /conversations/{id}/rerun`: the form's turn re-run ([`rerun_turn`]), shown beside what
+/// the turn did.
 pub(crate) async fn rerun(
     State(shared): SharedState,
     Extension(authed): Extension<Authed>,
@@ -619,32 +663,87 @@ pub(crate) async fn rerun(
     Form(form): Form<ActionForm>,
 ) -> Result<Html<String>, Failure> {
     authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
-    let Some(driver) = shared.inspector.driver.clone() else {
-        return Err(Failure::NotFound);
-    };
-    let (conversation, export) = load(&shared, id).await?;
-    let turn = form
-        .turn
-        .ok_or_else(|| Failure::Refused("Which turn to re-run is missing.".to_owned()))?;
-    let rerun = match driver.rerun(conversation.id, turn).await {
-        Ok(Some(rerun)) => rerun,
-        Ok(None) => {
-            return Err(Failure::Refused(format!(
-                "Turn {turn} cannot be re-run: it was rewound, its message was deleted by retention, or a later turn began a new session."
-            )));
-        }
-        Err(DriverError::Store(error)) => return Err(Failure::Store(error)),
-        Err(_) => {
-            return Err(Failure::Refused(format!(
-                "Turn {turn} could not be re-run."
-            )));
-        }
-    };
+    let conversation = find(&shared, id).await?;
+    let turn = turn_of(form.turn, "re-run")?;
+    let rerun = rerun_turn(&shared, &authed, &conversation, turn).await?;
     let view = View {
         rerun: Some(rerun),
         ..View::default()
     };
-    render_conversation(&shared, &authed, &conversation, &export, view).await
+    show(&shared, &authed, id, view).await
+}
+
+/// Conversation `id`'s page as it is now, with `view`.
+async fn show(
+    shared: &Shared,
+    authed: &Authed,
+    id: Uuid,
+    view: View,
+) -> Result<Html<String>, Failure> {
+    let (conversation, export) = load(shared, id).await?;
+    render_conversation(shared, authed, &conversation, &export, view).await
+}
+
+/// An API action's body: the turn.
+#[derive(Debug, Deserialize)]
+struct TurnRequest {
+    turn: u32,
+}
+
+/// The turn an API action's JSON body names, after its CSRF check (a browser session sends the
+/// token as `X-CSRF-Token`; the bearer token needs none).
+fn api_turn(
+    shared: &Shared,
+    authed: &Authed,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<u32, Failure> {
+    let offered = headers
+        .get("x-csrf-token")
+        .and_then(|value| value.to_str().ok());
+    authed.check_csrf(&shared.keys, offered)?;
+    serde_json::from_slice::<TurnRequest>(body)
+        .map(|request| request.turn)
+        .map_err(|_| {
+            Failure::Refused(
+                r#"The body must be JSON naming the turn, as {"turn": 3} (turns count from 1)."#
+                    .to_owned(),
+            )
+        })
+}
+
+/// `POST /api/conversations/{id}/rewind` with `{"turn": N}`: the conversation rewound to after
+/// turn N, as the page's rewind does (audited first; 409 while a turn runs).
+pub(crate) async fn api_rewind(
+    State(shared): SharedState,
+    Extension(authed): Extension<Authed>,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiFailure> {
+    let turn = api_turn(&shared, &authed, &headers, &body)?;
+    let conversation = find(&shared, id).await?;
+    let rewound = rewind_conversation(&shared, &authed, &conversation, turn).await?;
+    Ok(Json(json!({
+        "conversation": conversation.id,
+        "rewound_to": turn,
+        "rewound_turns": rewound,
+    })))
+}
+
+/// `POST /api/conversations/{id}/rerun` with `{"turn": N}`: turn N re-run, as the page's re-run
+/// does (audited first; 409 while a turn runs), what the turn did beside what the re-run did.
+pub(crate) async fn api_rerun(
+    State(shared): SharedState,
+    Extension(authed): Extension<Authed>,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiFailure> {
+    let turn = api_turn(&shared, &authed, &headers, &body)?;
+    let conversation = find(&shared, id).await?;
+    let rerun = rerun_turn(&shared, &authed, &conversation, turn).await?;
+    Ok(Json(timeline::rerun_json(&rerun)))
 }
 
 /// `GET /audit`.
@@ -654,7 +753,7 @@ pub(crate) async fn audit(
 ) -> Result<Html<String>, Failure> {
     let log = shared.inspector.store.audit_log(200).await?;
     let mut body = String::from(
-        r#"<h1>Audit</h1><p>Every reveal, export, erasure and rewind, newest first.</p><table id="audit"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Conversation</th></tr></thead><tbody>"#,
+        r#"<h1>Audit</h1><p>Every reveal, export, erasure, rewind and re-run, newest first.</p><table id="audit"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Conversation</th></tr></thead><tbody>"#,
     );
     for entry in &log {
         let _ = write!(
@@ -682,9 +781,7 @@ pub(crate) async fn logout(
 ) -> Result<Response, Failure> {
     authed.check_csrf(&shared.keys, form.csrf.as_deref())?;
     let mut response = Redirect::to("/login").into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
-    )) {
+    if let Ok(value) = HeaderValue::from_str(&shared.keys.clear_cookie()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
@@ -717,9 +814,33 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-/// `POST /login`: a session cookie for the right token.
-pub(crate) async fn login(State(shared): SharedState, Form(form): Form<LoginForm>) -> Response {
+/// `POST /login`: a session cookie for the right token. Refused (429, with `Retry-After`)
+/// without looking at the token once the failed logins from the client's address, or from
+/// everyone, reached the [`crate::LoginLimit`].
+pub(crate) async fn login(
+    State(shared): SharedState,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
+    let now = shared.inspector.clock.now();
+    if let Err(wait) = shared.logins.check(client, now) {
+        tracing::warn!("inspector: a login refused, too many wrong tokens");
+        let seconds = wait.num_seconds().max(1);
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(login_page(Some(&format!(
+                "Too many wrong tokens: try again in {seconds} seconds."
+            )))),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
     if !shared.inspector.access.accepts(&form.token) {
+        shared.logins.failed(client, now);
         tracing::warn!("inspector: a login with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -727,6 +848,7 @@ pub(crate) async fn login(State(shared): SharedState, Form(form): Form<LoginForm
         )
             .into_response();
     }
+    shared.logins.succeeded(client);
     let login = shared.keys.login(shared.inspector.clock.now());
     let cookie = shared.keys.set_cookie(&login);
     let mut response = Redirect::to("/").into_response();

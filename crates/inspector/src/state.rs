@@ -12,18 +12,26 @@ use soul_persistence::StoreError;
 use crate::Inspector;
 use crate::auth::{self, Access, Keys, Login};
 use crate::html;
+use crate::limit::Limiter;
 
 /// The inspector and its keys.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) inspector: Inspector,
     pub(crate) keys: Keys,
+    /// The failed logins counted.
+    pub(crate) logins: Limiter,
 }
 
 impl Shared {
     pub(crate) fn new(inspector: Inspector) -> Self {
         Shared {
-            keys: Keys::new(inspector.lifetime),
+            keys: Keys::new(
+                &inspector.access,
+                inspector.lifetime,
+                inspector.secure_cookie,
+            ),
+            logins: Limiter::new(inspector.login_limit),
             inspector,
         }
     }
@@ -145,26 +153,79 @@ pub(crate) enum Failure {
     /// A confirmation that did not match.
     #[error("{0}")]
     Refused(String),
-    /// The person's turn is running: erasure and rewinding wait.
+    /// Something the request names is not there (a turn to rewind to or re-run, re-running on
+    /// an inspector without a turn driver).
+    #[error("{0}")]
+    Missing(String),
+    /// The person's turn is running: erasure, rewinding and re-running wait.
     #[error("a turn of this person is running; nothing was done, try again in a moment")]
     TurnRunning,
+    /// The conversation changed while the action read it.
+    #[error("{0}")]
+    Changed(String),
     /// The store failed.
     #[error("the store could not answer ({})", .0.kind())]
     Store(#[from] StoreError),
 }
 
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Failure::NotFound => StatusCode::NOT_FOUND,
+impl Failure {
+    /// The status it is answered with (a store failure logged by its kind).
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NotFound | Failure::Missing(_) => StatusCode::NOT_FOUND,
             Failure::Csrf => StatusCode::FORBIDDEN,
             Failure::Refused(_) => StatusCode::BAD_REQUEST,
-            Failure::TurnRunning => StatusCode::CONFLICT,
+            Failure::TurnRunning | Failure::Changed(_) => StatusCode::CONFLICT,
             Failure::Store(error) => {
                 tracing::warn!(error = error.kind(), "inspector: the store failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
-        };
+        }
+    }
+
+    /// Its name in a JSON error.
+    fn code(&self) -> &'static str {
+        match self {
+            Failure::NotFound | Failure::Missing(_) => "not_found",
+            Failure::Csrf => "csrf",
+            Failure::Refused(_) => "bad_request",
+            Failure::TurnRunning => "turn_running",
+            Failure::Changed(_) => "changed",
+            Failure::Store(_) => "store",
+        }
+    }
+}
+
+/// A [`Failure`] answered as JSON, for the API's actions: `{"error": <code>, "message": <text>}`
+/// with the page's status.
+#[derive(Debug)]
+pub(crate) struct ApiFailure(pub(crate) Failure);
+
+impl From<Failure> for ApiFailure {
+    fn from(failure: Failure) -> Self {
+        ApiFailure(failure)
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(error: StoreError) -> Self {
+        ApiFailure(Failure::Store(error))
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.0.code(),
+            "message": self.0.to_string(),
+        });
+        (self.0.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = self.status();
         let body = html::page(
             "Error",
             html::Nav::default(),

@@ -424,3 +424,30 @@ type Shown = fn(&TurnOutcome) -> String;
 fn lines(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join("\n")
 }
+
+/// A re-run as the JSON API answers it: what the turn did and what the re-run did, each in the
+/// form of the turn log's changes, and whether they differ.
+pub(crate) fn rerun_json(rerun: &Rerun) -> Value {
+    json!({
+        "turn": rerun.turn,
+        "differs": rerun.differs(),
+        "recorded": outcome_json(&rerun.recorded),
+        "rerun": outcome_json(&rerun.rerun),
+    })
+}
+
+fn outcome_json(outcome: &TurnOutcome) -> Value {
+    json!({
+        "end": end_json(&outcome.end),
+        "replies": outcome.replies,
+        "process": process_json(outcome.process.as_ref()),
+        "soul_memory": outcome.soul_memory.iter().map(key_json).collect::<Vec<_>>(),
+        "process_memory": outcome.process_memory.iter().map(|change| {
+            let mut value = key_json(&change.change);
+            value["process"] = json!(change.process);
+            value
+        }).collect::<Vec<_>>(),
+        "scheduled": outcome.scheduled.iter().map(|e| event_json(Some(e))).collect::<Vec<_>>(),
+        "cancelled": outcome.cancelled.iter().map(|e| event_json(Some(e))).collect::<Vec<_>>(),
+    })
+}

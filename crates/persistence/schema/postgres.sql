@@ -57,7 +57,7 @@ create table public.inspector_audit (
   action text not null,
   session_id uuid not null,
   constraint inspector_audit_pkey PRIMARY KEY (id),
-  constraint inspector_audit_action_check CHECK ((action = ANY (ARRAY['reveal'::text, 'export'::text, 'erase'::text, 'rewind'::text])))
+  constraint inspector_audit_action_check CHECK ((action = ANY (ARRAY['reveal'::text, 'export'::text, 'erase'::text, 'rewind'::text, 'rerun'::text])))
 );
 alter table public.inspector_audit enable row level security;
 CREATE INDEX idx_inspector_audit_at ON public.inspector_audit USING btree (at);
@@ -1151,6 +1151,7 @@ AS $function$
     'version', s.version,
     'lease_expires_at', case when s.lease_token is not null then s.lease_expires_at end,
     'turn', s.turns,
+    'persona', s.assigned_persona,
     'soul_memories', (select coalesce(pg_catalog.jsonb_object_agg(m.key, m.value), '{}'::jsonb)
       from public.soul_memories m where m.session_id = s.id),
     'process_memories', (select coalesce(pg_catalog.jsonb_object_agg(p.process_name, p.memory),

@@ -126,6 +126,8 @@ pub enum AuditAction {
     Erase,
     /// Rewound a conversation to after one of its turns.
     Rewind,
+    /// Re-ran one of a conversation's turns with the current build (nothing stored but this).
+    Rerun,
 }
 
 impl AuditAction {
@@ -136,6 +138,7 @@ impl AuditAction {
             AuditAction::Export => "export",
             AuditAction::Erase => "erase",
             AuditAction::Rewind => "rewind",
+            AuditAction::Rerun => "rerun",
         }
     }
 }

@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "reset_keeps_what_it_cleared",
         sql: include_str!("../../../migrations/20260105000100_reset_keeps_what_it_cleared.sql"),
     },
+    Migration {
+        version: "20260106000000",
+        name: "inspector_rerun_audit",
+        sql: include_str!("../../../migrations/20260106000000_inspector_rerun_audit.sql"),
+    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

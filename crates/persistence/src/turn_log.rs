@@ -488,6 +488,9 @@ pub struct SessionState {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The latest turn that is not rewound (0: none).
     pub turn: u32,
+    /// The soul the conversation is assigned to ([`crate::Session::persona`]); a restore leaves
+    /// it as it is.
+    pub persona: String,
     /// Soul memory, by key.
     pub soul_memories: Map<String, Value>,
     /// Every process's memory, by process and key (a process with no key is absent).
@@ -506,6 +509,7 @@ impl fmt::Debug for SessionState {
             .field("version", &self.version)
             .field("lease_expires_at", &self.lease_expires_at)
             .field("turn", &self.turn)
+            .field("persona", &self.persona)
             .field(
                 "soul_memories",
                 &self.soul_memories.keys().collect::<Vec<_>>(),
@@ -542,6 +546,7 @@ impl SessionState {
             version: context.session.version,
             lease_expires_at: Some(context.lease.expires_at),
             turn: 0,
+            persona: context.session.persona.clone(),
             soul_memories: context.soul_memories.clone(),
             process_memories,
             process: Some(context.process.clone()),

@@ -108,7 +108,7 @@ async fn a_file_from_another_build_is_refused_at_open_and_left_alone() {
             refused,
             soul_persistence::StoreError::SchemaVersion {
                 found: 1,
-                expected: 2
+                expected: 3
             }
         ),
         "{refused:?}"

@@ -57,6 +57,8 @@ pub(crate) async fn spawn(
     let router = soul_inspector::router(inspector);
     tracing::info!(%address, "the inspector is listening");
     Ok(tokio::spawn(async move {
+        // With the client's address: failed logins are limited per address.
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
@@ -80,7 +82,8 @@ pub(crate) fn for_serve(
             Access::Token(token.expose().to_owned()),
             Arc::new(SystemClock),
         )
-        .with_driver(driver),
+        .with_driver(driver)
+        .with_secure_cookie(config.inspector.secure_cookie),
     )
 }
 

@@ -214,6 +214,8 @@ async fn serve_runs_the_inspector_only_when_its_token_is_set() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
+    // On the loopback the cookie is not `Secure` (INSPECTOR_SECURE_COOKIE unset).
+    assert!(!cookie.contains("Secure"), "{cookie}");
     let api = http
         .get(format!("http://127.0.0.1:{port}/api/conversations"))
         .bearer_auth("operator-secret")

@@ -223,7 +223,7 @@ impl TurnDriver {
     /// The runtime and settings of a conversation assigned to `persona`; the default soul's,
     /// with a warning, for a soul not deployed here (the store has started its turn in the
     /// default soul's initial process, as it does for an unknown stored process).
-    fn soul_for(&self, persona: &str) -> (&Arc<Runtime>, Cow<'_, TurnSettings>) {
+    pub(crate) fn soul_for(&self, persona: &str) -> (&Arc<Runtime>, Cow<'_, TurnSettings>) {
         match self.souls.get(persona) {
             Some(runtime) if persona != self.settings.persona => {
                 (runtime, self.settings.for_persona(persona))
@@ -422,7 +422,7 @@ impl TurnDriver {
         let settings = &*settings;
         let soul = runtime.soul();
         let session_key = context.session.id.to_string();
-        let processes = &self.settings.processes;
+        let processes = &settings.processes;
         let mut recorder = Recorder::new(context);
         let mut commit = TurnCommit::new(context);
         commit.record.session_reset = context.session_reset;
@@ -607,7 +607,7 @@ impl TurnDriver {
         let record = SubprocessRecord {
             failed: outcome.failed.clone(),
             steps: record::step_logs(std::mem::take(&mut outcome.steps), self.turn_log),
-            changes: recorder.subprocesses(&changes, &self.settings.processes),
+            changes: recorder.subprocesses(&changes, &settings.processes),
         };
         let commit = SubprocessCommit {
             session_id: context.session.id,

@@ -1,6 +1,7 @@
 //! Re-running a logged turn with the current build: the same perception, on the state before the
-//! turn (rebuilt from the turn log, as a rewind does), through this driver's runtime and model,
-//! with nothing stored; and what it did beside what the turn did.
+//! turn (rebuilt from the turn log, as a rewind does), through this driver's runtime of the
+//! conversation's soul and its model, with nothing stored; and what it did beside what the turn
+//! did.
 
 use soul_engine::WorkingMemory;
 use soul_engine::process::{ProcessState as EngineProcessState, Soul, SoulState};
@@ -85,8 +86,9 @@ impl Rerun {
 }
 
 impl TurnDriver {
-    /// Runs turn `turn` of `session` again with this driver's runtime and model (a cassette, or
-    /// the configured one) at its clock's time: the perception the turn answered, on the state
+    /// Runs turn `turn` of `session` again with this driver's runtime of the conversation's soul
+    /// (the one its turns run, [`TurnDriver::with_soul`]) and its model (a cassette, or the
+    /// configured one) at its clock's time: the perception the turn answered, on the state
     /// before it (rebuilt from the turn log by undoing it and every later turn), then the
     /// subprocesses. Nothing is stored, and no turn of the session is disturbed. `None` when
     /// there is no such turn (never run, rewound, or deleted by retention with its message), or
@@ -112,8 +114,10 @@ impl TurnDriver {
         let Ok(before) = state_before(current, &later)? else {
             return Ok(None);
         };
-        let soul = self.runtime().soul();
-        let processes = &self.settings().processes;
+        // The conversation's own soul, as its turns run it.
+        let (runtime, settings) = self.soul_for(&before.persona);
+        let soul = runtime.soul();
+        let processes = &settings.processes;
         let process = before
             .process
             .as_ref()
@@ -128,8 +132,7 @@ impl TurnDriver {
         // Its own key: a run under the session's would cancel a running turn's subprocesses.
         let key = format!("rerun:{session}");
         let state = soul_state(soul, &before);
-        let main = self
-            .runtime()
+        let main = runtime
             .run_main(&key, state, mapping::perception_of(inbound), None)
             .await;
         let mut rerun = TurnOutcome::default();
@@ -138,7 +141,7 @@ impl TurnDriver {
                 rerun.replies.clone_from(&main.replies);
                 let changes = mapping::main_changes_on(&started, &main);
                 rerun.add(&recorder.main(&changes, processes));
-                let subprocesses = self.runtime().run_subprocesses(&main).await;
+                let subprocesses = runtime.run_subprocesses(&main).await;
                 if !soul.subprocesses().is_empty() && !subprocesses.cancelled {
                     let changes = mapping::subprocess_changes_on(&started, &main, &subprocesses);
                     rerun.add(&recorder.subprocesses(&changes, processes));

@@ -16,9 +16,13 @@ use soul_engine::retry::RetryPolicy;
 use soul_engine::step::external_dialog;
 use soul_engine::{Clock, Memory, MemoryId, Region, Role};
 use soul_persistence::turn_log::{ChangeLog, Rewind, TurnEnd, TurnLogLevel, rewind};
-use soul_persistence::{Address, BeginOutcome, Inbound, InboundKind, PgStore, SqliteStore, Store};
+use soul_persistence::{
+    Address, BeginOutcome, Inbound, InboundKind, PgStore, SqliteStore, Store, SupabaseConfig,
+    SupabaseStore,
+};
 use soul_testkit::openai::{OpenAiDouble, Reply};
 use soul_testkit::postgres::TestDatabase;
+use soul_testkit::postrest::{PostgrestServer, token};
 use soul_turns::{
     DEFAULT_FALLBACK_REPLY, DEFAULT_MAX_TURN_ATTEMPTS, Delivery, Handled, NoDelivery,
     OutboundBatch, TurnDriver, TurnReport,
@@ -38,6 +42,22 @@ const FOCUS: MentalProcess = soul_engine::mental_process!(soul = "driven", name 
 const CHECK_IN: MentalProcess =
     soul_engine::mental_process!(soul = "driven", name = "check_in", check_in);
 const TALLY: Subprocess = soul_engine::subprocess!(soul = "driven", name = "tally", tally);
+
+// A second soul for the same driver, answering without the model.
+soul_engine::soul! {
+    name: "second",
+    display_name: "Sec",
+    persona: &["You are Sec."],
+    initial_process: MUSE,
+}
+const MUSE: MentalProcess = soul_engine::mental_process!(soul = "second", name = "muse", muse);
+
+/// Says which soul answered, and keeps it in soul memory.
+async fn muse(cx: ProcessContext) -> ProcessResult {
+    cx.speak(format!("second soul: {}", cx.perception().content));
+    cx.soul_memory().set("soul", "second")?;
+    Ok(Next::stay(cx.memory().clone()))
+}
 
 async fn listen(cx: ProcessContext) -> ProcessResult {
     let body = cx.perception().content.clone();
@@ -211,6 +231,63 @@ async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
     driver_on(Arc::new(store), Box::new(dir)).await
+}
+
+/// The driven soul, and the second one for the conversations assigned to it.
+fn with_second_soul(driver: TurnDriver) -> TurnDriver {
+    let soul = Registry::load().unwrap().soul("second").unwrap();
+    let model = Arc::new(
+        OpenAiModel::new(OpenAiConfig::new(
+            "http://127.0.0.1:9",
+            "sk-test",
+            "unused-model",
+        ))
+        .unwrap(),
+    );
+    let runtime = Runtime::new(soul, model, Arc::new(TestClock::default()));
+    driver.with_soul(Arc::new(runtime))
+}
+
+async fn sqlite_two_souls() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("soul.db")).await.unwrap();
+    driver_with(Arc::new(store), Box::new(dir), with_second_soul).await
+}
+
+async fn postgres_two_souls() -> Fixture {
+    let database = TestDatabase::migrated().await;
+    let store = PgStore::connect(&database.url(), 4).await.unwrap();
+    driver_with(Arc::new(store), Box::new(database), with_second_soul).await
+}
+
+/// The Supabase store through a PostgREST-compatible server; the server stops before the
+/// database is dropped.
+async fn supabase_two_souls() -> Fixture {
+    let database = TestDatabase::migrated().await;
+    let server = PostgrestServer::start(&database).await;
+    let config = SupabaseConfig::new(server.url(), token("service_role")).unwrap();
+    let store = SupabaseStore::new(config);
+    driver_with(
+        Arc::new(store),
+        Box::new((server, database)),
+        with_second_soul,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_rerun_runs_the_conversations_own_soul_on_sqlite() {
+    a_rerun_runs_the_conversations_own_soul(sqlite_two_souls().await).await;
+}
+
+#[tokio::test]
+async fn a_rerun_runs_the_conversations_own_soul_on_postgres() {
+    a_rerun_runs_the_conversations_own_soul(postgres_two_souls().await).await;
+}
+
+#[tokio::test]
+async fn a_rerun_runs_the_conversations_own_soul_on_supabase() {
+    a_rerun_runs_the_conversations_own_soul(supabase_two_souls().await).await;
 }
 
 async fn postgres() -> Fixture {
@@ -943,6 +1020,36 @@ async fn a_rerun_shows_what_a_changed_build_does_otherwise(fixture: Fixture) {
         1
     );
     assert!(driver.rerun(session, 2).await.unwrap().is_none());
+}
+
+/// A turn of a conversation assigned to the driver's second soul is re-run with that soul (its
+/// processes, its runtime), as the turn ran, not with the default soul.
+async fn a_rerun_runs_the_conversations_own_soul(fixture: Fixture) {
+    let Fixture { driver, .. } = fixture;
+    let mut message = inbound("+15550034", "hi", "SMsoul1", now());
+    message.persona = Some("second".to_owned());
+    let reports = answered(&driver, message).await;
+    assert_eq!(reports[0].replies, ["second soul: hi"]);
+    let session = reports[0].session;
+    let state = driver
+        .store()
+        .session_state(session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.persona, "second");
+
+    // No model answer is queued: the default soul would call the model and fall back.
+    let rerun = driver.rerun(session, 1).await.unwrap().unwrap();
+    assert!(!rerun.differs(), "{rerun:#?}");
+    assert_eq!(rerun.rerun.replies, ["second soul: hi"]);
+    assert_eq!(rerun.rerun.end, TurnEnd::Ok);
+    assert!(rerun.rerun.soul_memory.iter().any(|c| c.key == "soul"));
+    // The turn's record names the second soul's process, as the store keeps it.
+    assert_eq!(
+        rerun.recorded.process.as_ref().map(|p| p.name.as_str()),
+        Some("muse")
+    );
 }
 
 /// Rewinding to before an event's turn schedules the event again as it was (its begin completed

@@ -246,6 +246,7 @@ pub async fn audit_entries_are_kept_newest_first_and_outlive_an_erasure(harness:
         entry(12, AuditAction::Erase, bob),
         entry(13, AuditAction::Reveal, alice),
         entry(14, AuditAction::Rewind, alice),
+        entry(15, AuditAction::Rerun, alice),
     ];
     for (i, entry) in entries.iter().enumerate() {
         store.record_audit(entry).await.expect("record");
@@ -271,5 +272,5 @@ pub async fn audit_entries_are_kept_newest_first_and_outlive_an_erasure(harness:
     );
     // Another store on the same database reads the same audit.
     let other = open_inspect(harness).await;
-    assert_eq!(other.audit_log(10).await.expect("audit log").len(), 5);
+    assert_eq!(other.audit_log(10).await.expect("audit log").len(), 6);
 }

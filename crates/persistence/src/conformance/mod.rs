@@ -111,6 +111,7 @@ macro_rules! conformance_suite {
             conversations_are_listed_latest_first_with_what_needs_attention,
             each_conversation_filter_selects_its_conversations,
             audit_entries_are_kept_newest_first_and_outlive_an_erasure,
+            the_session_state_names_the_conversations_soul,
             the_commit_writes_the_turn_record,
             a_fallback_turn_records_how_it_ended,
             a_subprocess_commit_adds_its_part_to_the_record,

@@ -91,6 +91,23 @@ fn memory(role: Role, text: &str, at: DateTime<Utc>) -> Memory {
     Memory::new(role, text, at)
 }
 
+/// The state names the soul the conversation was assigned at its first contact: the one a
+/// re-run of its turns runs.
+pub async fn the_session_state_names_the_conversations_soul(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let first = start(
+        &*store,
+        &inbound(&address(1), "hello", Some("SM1"), t0()),
+        t0(),
+    )
+    .await;
+    let mut other = inbound(&address(2), "hi", Some("SM2"), t0());
+    other.persona = Some("sol".to_owned());
+    let second = start(&*store, &other, t0()).await;
+    assert_eq!(state(&*store, first.session.id).await.persona, "aria");
+    assert_eq!(state(&*store, second.session.id).await.persona, "sol");
+}
+
 /// The commit writes the turn's record in the same transaction: numbered from 1, with the
 /// record's fields as given, the commit's own reply ids, the message it answered and the
 /// replies' delivery read back with it.

@@ -102,6 +102,7 @@ pub(super) async fn audit_log(pool: &SqlitePool, limit: u32) -> Result<Vec<Audit
                 "export" => AuditAction::Export,
                 "erase" => AuditAction::Erase,
                 "rewind" => AuditAction::Rewind,
+                "rerun" => AuditAction::Rerun,
                 other => {
                     return Err(StoreError::Corrupt(format!("audit action {other:?}")).into());
                 }

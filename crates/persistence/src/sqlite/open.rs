@@ -16,7 +16,7 @@ use crate::driver::{self, Result};
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// The `pragma user_version` [`SCHEMA`] sets.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to date.

@@ -152,10 +152,10 @@ create table inspector_audit (
   id text primary key,
   at text not null,
   actor text not null,
-  action text not null check (action in ('reveal', 'export', 'erase', 'rewind')),
+  action text not null check (action in ('reveal', 'export', 'erase', 'rewind', 'rerun')),
   session_id text not null
 );
 
 create index idx_inspector_audit_at on inspector_audit (at);
 
-pragma user_version = 2;
+pragma user_version = 3;

@@ -106,7 +106,8 @@ pub(super) async fn session_state(
 ) -> Result<Option<SessionState>> {
     let id = session.0.to_string();
     let row = sqlx::query(
-        "select version, lease_token, lease_expires_at, turns from user_sessions where id = ?",
+        "select version, lease_token, lease_expires_at, turns, assigned_persona from user_sessions
+         where id = ?",
     )
     .bind(&id)
     .fetch_optional(&mut *conn)
@@ -159,6 +160,7 @@ pub(super) async fn session_state(
         version: row.try_get("version")?,
         lease_expires_at,
         turn: turns,
+        persona: row.try_get("assigned_persona")?,
         soul_memories,
         process_memories,
         process,

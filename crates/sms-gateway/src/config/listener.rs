@@ -49,6 +49,12 @@ pub(crate) struct InspectorConfig {
     /// The token an operator logs in with (`INSPECTOR_TOKEN`). `serve` runs the inspector only
     /// when it is set; `dev` needs none.
     pub(crate) token: Option<Secret>,
+    /// Whether the session cookie is `Secure` (sent over HTTPS only): `INSPECTOR_SECURE_COOKIE`,
+    /// unless `bind` is a loopback address by default (reached through a TLS proxy or tunnel
+    /// otherwise).
+    pub(crate) secure_cookie: bool,
+    /// Whether `INSPECTOR_SECURE_COOKIE` was set (else `secure_cookie` follows `bind`).
+    pub(crate) secure_cookie_set: bool,
 }
 
 /// The URL Twilio calls (`PUBLIC_URL`), without a trailing slash. It may carry a user and a
@@ -77,15 +83,28 @@ impl fmt::Debug for PublicUrl {
 
 impl Reader<'_> {
     pub(super) fn inspector(&mut self) -> InspectorConfig {
+        let bind: SocketAddr = self
+            .parsed(
+                "INSPECTOR_BIND",
+                "not an address and port such as 127.0.0.1:8081",
+                |text| text.parse().ok(),
+            )
+            .unwrap_or(DEFAULT_INSPECTOR_BIND);
+        let secure_cookie =
+            self.parsed(
+                "INSPECTOR_SECURE_COOKIE",
+                "not true or false",
+                |text| match text {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                },
+            );
         InspectorConfig {
-            bind: self
-                .parsed(
-                    "INSPECTOR_BIND",
-                    "not an address and port such as 127.0.0.1:8081",
-                    |text| text.parse().ok(),
-                )
-                .unwrap_or(DEFAULT_INSPECTOR_BIND),
+            bind,
             token: self.secret("INSPECTOR_TOKEN"),
+            secure_cookie: secure_cookie.unwrap_or(!bind.ip().is_loopback()),
+            secure_cookie_set: secure_cookie.is_some(),
         }
     }
 
@@ -190,6 +209,40 @@ mod tests {
         let malformed = problems(&values(&[("INSPECTOR_BIND", "localhost")]), Level::Migrate);
         assert!(
             matches!(&malformed[..], [Problem::Malformed { key, .. }] if key == "INSPECTOR_BIND"),
+            "{malformed:?}"
+        );
+    }
+
+    #[test]
+    fn the_inspector_cookie_is_secure_unless_on_the_loopback_or_set_otherwise() {
+        let secure = |pairs: &[(&str, &str)]| {
+            let config = Config::from_values(&values(pairs), Level::Migrate).unwrap();
+            (
+                config.inspector.secure_cookie,
+                config.inspector.secure_cookie_set,
+            )
+        };
+        assert_eq!(secure(&[]), (false, false));
+        assert_eq!(secure(&[("INSPECTOR_BIND", "[::1]:8081")]), (false, false));
+        assert_eq!(secure(&[("INSPECTOR_BIND", "0.0.0.0:8081")]), (true, false));
+        assert_eq!(
+            secure(&[("INSPECTOR_BIND", "10.0.0.5:8081")]),
+            (true, false)
+        );
+        assert_eq!(
+            secure(&[
+                ("INSPECTOR_BIND", "0.0.0.0:8081"),
+                ("INSPECTOR_SECURE_COOKIE", "false")
+            ]),
+            (false, true)
+        );
+        assert_eq!(secure(&[("INSPECTOR_SECURE_COOKIE", "true")]), (true, true));
+        let malformed = problems(
+            &values(&[("INSPECTOR_SECURE_COOKIE", "yes")]),
+            Level::Migrate,
+        );
+        assert!(
+            matches!(&malformed[..], [Problem::Malformed { key, .. }] if key == "INSPECTOR_SECURE_COOKIE"),
             "{malformed:?}"
         );
     }

@@ -22,6 +22,7 @@ pub(crate) const KEYS: &[&str] = &[
     // The inspector's listener and login (`InspectorConfig`).
     "INSPECTOR_BIND",
     "INSPECTOR_TOKEN",
+    "INSPECTOR_SECURE_COOKIE",
     "PUBLIC_URL",
     "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN",

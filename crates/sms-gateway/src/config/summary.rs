@@ -135,8 +135,17 @@ impl Summary {
         }
         .to_owned();
         let inspector = if config.inspector.token.is_some() {
+            let cookie = match (
+                config.inspector.secure_cookie,
+                config.inspector.secure_cookie_set,
+            ) {
+                (true, true) => "Secure cookie (INSPECTOR_SECURE_COOKIE)",
+                (false, true) => "cookie not Secure (INSPECTOR_SECURE_COOKIE)",
+                (true, false) => "Secure cookie (not the loopback)",
+                (false, false) => "cookie not Secure (the loopback)",
+            };
             format!(
-                "on {}, operators log in with INSPECTOR_TOKEN",
+                "on {}, operators log in with INSPECTOR_TOKEN, {cookie}",
                 config.inspector.bind
             )
         } else {
@@ -322,6 +331,7 @@ mod tests {
                 .starts_with("+15005550006, through Twilio account AC")
         );
         assert_eq!(summary.retention, "messages deleted after 90 days");
+        assert_eq!(summary.inspector, "off (INSPECTOR_TOKEN is not set)");
         assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
         assert_eq!(summary.lines, None);
         let text = summary.to_string();
@@ -376,5 +386,37 @@ mod tests {
                 Config::from_values(&values(&[("OPENAI_BASE_URL", good)]), Level::Chat).unwrap();
             assert!(Summary::new(&config, "sage").warnings.is_empty(), "{good}");
         }
+    }
+
+    #[test]
+    fn the_summary_says_where_the_inspector_runs_and_whether_its_cookie_is_secure() {
+        let inspector = |pairs: &[(&str, &str)]| {
+            let mut values = serve_values();
+            values.extend(super::tests::values(pairs));
+            let config = Config::from_values(&values, Level::Serve).unwrap();
+            Summary::new(&config, "sage").inspector
+        };
+        assert_eq!(
+            inspector(&[("INSPECTOR_TOKEN", "let-me-in")]),
+            "on 127.0.0.1:8081, operators log in with INSPECTOR_TOKEN, cookie not Secure \
+             (the loopback)"
+        );
+        assert_eq!(
+            inspector(&[
+                ("INSPECTOR_TOKEN", "let-me-in"),
+                ("INSPECTOR_BIND", "0.0.0.0:8081")
+            ]),
+            "on 0.0.0.0:8081, operators log in with INSPECTOR_TOKEN, Secure cookie (not the \
+             loopback)"
+        );
+        assert_eq!(
+            inspector(&[
+                ("INSPECTOR_TOKEN", "let-me-in"),
+                ("INSPECTOR_BIND", "0.0.0.0:8081"),
+                ("INSPECTOR_SECURE_COOKIE", "false")
+            ]),
+            "on 0.0.0.0:8081, operators log in with INSPECTOR_TOKEN, cookie not Secure \
+             (INSPECTOR_SECURE_COOKIE)"
+        );
     }
 }
