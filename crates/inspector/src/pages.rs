@@ -592,7 +592,7 @@ async fn rewind_conversation(
                 .to_owned(),
         )),
         Rewind::AcrossSessionReset { turn: reset } => Err(Failure::Refused(format!(
-            "Turn {reset} began a new session, which a rewind cannot go back across: nothing was rewound."
+            "Turn {reset} began a new session after its first start was cut short, so its record does not hold what the session timeout cleared: a rewind cannot go back across it. Nothing was rewound."
         ))),
         _ => Err(Failure::Missing(format!(
             "There is no turn {turn} to rewind to (never run, rewound, or deleted by retention): nothing was rewound."
@@ -619,7 +619,7 @@ async fn rerun_turn(
     match driver.rerun(conversation.id, turn).await {
         Ok(Some(rerun)) => Ok(rerun),
         Ok(None) => Err(Failure::Missing(format!(
-            "Turn {turn} cannot be re-run: there is no such turn, it was rewound, its message was deleted by retention, or a later turn began a new session."
+            "Turn {turn} cannot be re-run: there is no such turn (never run, rewound, or deleted by retention), or a later turn began a new session after its first start was cut short."
         ))),
         Err(DriverError::Store(error)) => Err(Failure::Store(error)),
         Err(_) => Err(Failure::Refused(format!(
