@@ -105,6 +105,31 @@ impl CognitiveStep for Utterance {
         )
     }
 
+    fn speaks(&self) -> bool {
+        self.verb == "said"
+    }
+
+    /// The words so far, as [`interpret`](Self::interpret) will take them: nothing while the
+    /// answer may still be the `Name said:` prefix, and no opening quote.
+    fn said_so_far(&self, memory: &WorkingMemory, partial: &str) -> String {
+        let name = memory.soul_name();
+        let text = partial.trim_start();
+        let prefix = format!("{name} {verb}:", verb = self.verb);
+        if text.len() < prefix.len()
+            && prefix
+                .get(..text.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(text))
+        {
+            return String::new();
+        }
+        let said = strip_speaker_prefix(text, name, self.verb);
+        // The closing quote has not come yet.
+        match said.strip_prefix('"').or_else(|| said.strip_prefix('“')) {
+            Some(rest) => rest.trim_start().to_owned(),
+            None => said,
+        }
+    }
+
     fn interpret(
         &self,
         memory: &WorkingMemory,
