@@ -2,6 +2,7 @@
 //! pieces handed on as they arrive and assembled, the usage read from the last chunk, the size
 //! and time limits held on a stream, and a stream that breaks off retried after a reset.
 #![cfg(feature = "openai")]
+#![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -185,7 +186,11 @@ async fn a_stream_over_the_size_limit_is_cut_off_and_not_retried() {
     assert_eq!(double.requests().await.len(), 1);
     // What arrived within the limit was handed on, then voided.
     let heard = heard.all();
-    assert_eq!(heard.last().map(String::as_str), Some("<reset>"), "{heard:?}");
+    assert_eq!(
+        heard.last().map(String::as_str),
+        Some("<reset>"),
+        "{heard:?}"
+    );
     assert!(heard.len() <= 5, "{heard:?}");
 }
 

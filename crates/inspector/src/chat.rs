@@ -210,7 +210,11 @@ pub(crate) async fn stream(
     State(shared): State<Arc<Shared>>,
     Extension(authed): Extension<Authed>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let receiver = shared.inspector.streams.sender(&address(&authed)).subscribe();
+    let receiver = shared
+        .inspector
+        .streams
+        .sender(&address(&authed))
+        .subscribe();
     let events = futures_util::stream::unfold(Some(receiver), |receiver| async move {
         let mut receiver = receiver?;
         loop {

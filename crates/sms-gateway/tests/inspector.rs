@@ -189,13 +189,23 @@ async fn in_dev_the_reply_shows_as_the_model_streams_it_and_then_as_committed() 
     let writing = browser.find("#messages li.writing").await;
     assert_eq!(browser.text(&writing).await, "Cells, then.");
     let count = |css: &str| format!("return document.querySelectorAll('{css}').length");
-    assert_eq!(browser.execute(&count("#messages li.assistant"), vec![]).await, 0);
+    assert_eq!(
+        browser
+            .execute(&count("#messages li.assistant"), vec![])
+            .await,
+        0
+    );
 
     // Released: the committed reply replaces the provisional text.
     gate.open();
     let reply = browser.find("#messages li.assistant").await;
     assert_eq!(browser.text(&reply).await, "Cells, then. Go.");
-    assert_eq!(browser.execute(&count("#messages li.writing"), vec![]).await, 0);
+    assert_eq!(
+        browser
+            .execute(&count("#messages li.writing"), vec![])
+            .await,
+        0
+    );
     let requests = model.requests().await;
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0]["stream"], true);
@@ -212,7 +222,10 @@ async fn in_dev_the_reply_shows_as_the_model_streams_it_and_then_as_committed() 
     let answer = browser
         .text(&browser.find("#turn-1-steps-1 pre.answer").await)
         .await;
-    assert!(answer.contains("Pip said: \"Cells, then. Go.\""), "{answer}");
+    assert!(
+        answer.contains("Pip said: \"Cells, then. Go.\""),
+        "{answer}"
+    );
     // No message text in the log at info.
     let logged = std::fs::read_to_string(dir.path().join("dev.log")).unwrap();
     assert!(!logged.contains("Cells"), "{logged}");

@@ -231,7 +231,10 @@ impl Reply {
 
     /// The events of this reply streamed, or `None` for a reply answered as without streaming.
     fn events(&self, usage_asked: bool) -> Option<Vec<Event>> {
-        let mut events = vec![Event::Chunk(chunk(json!({"role": "assistant", "content": ""}), None))];
+        let mut events = vec![Event::Chunk(chunk(
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))];
         let (prompt, done) = match self {
             Reply::ContentWithUsage(_, prompt, done) => (*prompt, *done),
             _ => (10, 5),
@@ -371,7 +374,8 @@ impl ResponseTemplate {
     }
 
     fn insert_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.retain(|(known, _)| !known.eq_ignore_ascii_case(name));
+        self.headers
+            .retain(|(known, _)| !known.eq_ignore_ascii_case(name));
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }

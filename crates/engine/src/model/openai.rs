@@ -52,8 +52,8 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{
-    AnswerSink, BoxFuture, ChatMessage, ChatRequest, ChatRole, Completion, LanguageModel, ModelError,
-    ResponseSchema, ToolCall, ToolSpec, Usage,
+    AnswerSink, BoxFuture, ChatMessage, ChatRequest, ChatRole, Completion, LanguageModel,
+    ModelError, ResponseSchema, ToolCall, ToolSpec, Usage,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::retry::{RetryPolicy, parse_retry_after, retry};
@@ -308,7 +308,10 @@ impl OpenAiModel {
 type Failed = Arc<Mutex<Option<ModelError>>>;
 
 fn take(failure: &Failed) -> Option<ModelError> {
-    failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
 }
 
 /// A streamed answer as its chunks arrive (the first choice only: only one is asked for).
@@ -342,11 +345,14 @@ impl StreamedAnswer {
             }
             self.refused |= delta.refusal.is_some();
             for call in delta.tool_calls.unwrap_or_default() {
-                let entry = self.tool_calls.entry(call.index).or_insert_with(|| ToolCall {
-                    id: String::new(),
-                    name: String::new(),
-                    arguments: String::new(),
-                });
+                let entry = self
+                    .tool_calls
+                    .entry(call.index)
+                    .or_insert_with(|| ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
                 if let Some(id) = call.id {
                     entry.id = id;
                 }
