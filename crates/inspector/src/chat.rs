@@ -97,7 +97,8 @@ pub(crate) struct Message {
 }
 
 /// `POST /chat`: starts the message's turn and answers at once (202 to the script, a redirect
-/// back to the page without it); the reply shows once committed.
+/// back to the page without it); the reply shows as it is written (`/chat/stream`) and once
+/// committed.
 pub(crate) async fn send(
     State(shared): State<Arc<Shared>>,
     Extension(authed): Extension<Authed>,
