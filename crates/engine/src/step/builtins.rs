@@ -470,7 +470,36 @@ impl CognitiveStep for Summarize {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_speaker_prefix;
+    use super::{external_dialog, internal_monologue, strip_speaker_prefix};
+    use crate::WorkingMemory;
+    use crate::step::CognitiveStep;
+
+    #[test]
+    fn a_partial_utterance_shows_only_its_words() {
+        let memory = WorkingMemory::new("Samantha");
+        let step = external_dialog("Answer.");
+        let so_far = |partial: &str| step.said_so_far(&memory, partial);
+        // Nothing while the answer may still be the speaker prefix.
+        for partial in [
+            "",
+            "Sam",
+            "Samantha sa",
+            "Samantha said:",
+            "Samantha said: \"",
+        ] {
+            assert_eq!(so_far(partial), "", "{partial:?}");
+        }
+        assert_eq!(so_far("Samantha said: \"Hi th"), "Hi th");
+        assert_eq!(so_far("Samantha said: \"Hi there.\""), "Hi there.");
+        assert_eq!(so_far("Sure thing"), "Sure thing");
+        // What is shown at the end is what is said.
+        let (said, _) = step
+            .interpret(&memory, "Samantha said: \"Hi there.\"")
+            .unwrap_or_default();
+        assert_eq!(said, "Hi there.");
+        assert!(step.speaks());
+        assert!(!internal_monologue("Think.").speaks());
+    }
 
     #[test]
     fn speaker_prefix_and_quotes_are_stripped() {

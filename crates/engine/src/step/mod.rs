@@ -367,6 +367,10 @@ impl Exchange<'_> {
     }
 }
 
+/// How much of an answer is written to a [`ReplyStream`] as it arrives (a reply is far shorter;
+/// this bounds the work of an answer that runs on).
+const MAX_WRITTEN_BYTES: usize = 16 * 1024;
+
 /// A speaking step's answer on its way to a [`ReplyStream`]: the pieces the model writes,
 /// and what of them is to be said so far, written whenever it changes.
 struct Writing<'a, S: ?Sized> {
@@ -402,6 +406,10 @@ impl<'a, S: CognitiveStep + ?Sized> Writing<'a, S> {
 impl<S: CognitiveStep + ?Sized> AnswerSink for Writing<'_, S> {
     fn text(&self, delta: &str) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0.len() >= MAX_WRITTEN_BYTES {
+            // Each write is the whole text so far: past this, the rest shows when spoken.
+            return;
+        }
         state.0.push_str(delta);
         let said = self
             .step

@@ -71,6 +71,8 @@
     return new Promise(function (resolve) {
       if (source || !window.EventSource) return resolve();
       source = new EventSource("/chat/stream");
+      // A stream that does not open soon does not hold the message back.
+      setTimeout(resolve, 2000);
       source.addEventListener("open", function () { resolve(); });
       source.addEventListener("error", function () {
         // The stream is a nicety: without it the reply shows once committed.
