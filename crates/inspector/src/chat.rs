@@ -197,12 +197,12 @@ fn event(shown: &Shown) -> Event {
         Shown::Spoken(text) => ("spoken", Some(text)),
         Shown::Committed => ("committed", None),
     };
-    let event = Event::default().event(name);
-    // As JSON, so that any text is one line of data.
-    match text {
-        Some(text) => event.json_data(text).unwrap_or_else(|_| Event::default()),
-        None => event.data(""),
-    }
+    // As JSON, so that any text is one line of data; `null` for none, as an `EventSource`
+    // drops an event whose data is empty.
+    Event::default()
+        .event(name)
+        .json_data(text)
+        .unwrap_or_else(|_| Event::default().event(name).data("null"))
 }
 
 /// `GET /chat/stream`: the session's replies as they are written (server-sent events), until

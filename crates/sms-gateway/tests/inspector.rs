@@ -231,6 +231,71 @@ async fn in_dev_the_reply_shows_as_the_model_streams_it_and_then_as_committed() 
     assert!(!logged.contains("Cells"), "{logged}");
 }
 
+/// Waits (in the page, as the DOM changes: no polling) until the replies being written are
+/// exactly `texts`, and returns them.
+async fn until_writing(browser: &Browser, texts: &[&str]) -> Vec<String> {
+    let script = r#"
+        const want = JSON.stringify(arguments[0]);
+        const list = document.getElementById("messages");
+        const now = () => [...list.querySelectorAll("li.writing")].map((li) => li.textContent);
+        return new Promise((resolve) => {
+          if (JSON.stringify(now()) === want) return resolve(now());
+          new MutationObserver((_, observer) => {
+            if (JSON.stringify(now()) === want) {
+              observer.disconnect();
+              resolve(now());
+            }
+          }).observe(list, { childList: true, subtree: true, characterData: true });
+        });
+    "#;
+    let seen = browser
+        .execute(script, vec![serde_json::json!(texts)])
+        .await;
+    serde_json::from_value(seen).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dev_a_streamed_attempt_that_breaks_off_leaves_the_page_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = OpenAiDouble::start().await;
+    // The first attempt breaks off mid-way when the test says; the second is held before its
+    // only piece.
+    let (cut, gate) = (Gate::new(), Gate::new());
+    model
+        .push(Reply::cut_when_opened(["Pip said: \"Half a tho"], &cut))
+        .push(Reply::held(["Pip said: \"Cells, then. Go.\""], &gate));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let _dev = Dev(command(&dev_env(dir.path(), &model, port))
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    answering(&format!("{url}/login")).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{url}/chat")).await;
+    browser
+        .type_into(&browser.find("#text").await, "hello")
+        .await;
+    browser.click(&browser.find("#chat button").await).await;
+
+    // The broken attempt's words show, then go: the page never holds two half answers.
+    assert_eq!(
+        until_writing(&browser, &["Half a tho"]).await,
+        ["Half a tho"]
+    );
+    cut.open();
+    assert!(until_writing(&browser, &[]).await.is_empty());
+    gate.open();
+    let reply = browser.find("#messages li.assistant").await;
+    assert_eq!(browser.text(&reply).await, "Cells, then. Go.");
+    assert!(!browser.source().await.contains("Half a tho"));
+    assert_eq!(model.requests().await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_refuses_to_serve_without_login_beyond_the_loopback() {
     let dir = tempfile::tempdir().unwrap();

@@ -90,6 +90,8 @@ pub enum StreamEnd {
     Cut,
     /// As [`StreamEnd::Finished`], but the last piece is sent only once the gate is opened.
     Held(Gate),
+    /// As [`StreamEnd::Cut`], the connection broken only once the gate is opened.
+    CutWhenOpened(Gate),
 }
 
 /// Holds a streamed answer's last piece until [`open`](Gate::open)ed. Clones share the gate.
@@ -145,6 +147,17 @@ impl Reply {
         Reply::Streamed(Pieces {
             pieces: pieces.into_iter().map(Into::into).collect(),
             end: StreamEnd::Cut,
+        })
+    }
+
+    /// A stream that sends `pieces` and breaks off once `gate` is opened.
+    pub fn cut_when_opened<S: Into<String>>(
+        pieces: impl IntoIterator<Item = S>,
+        gate: &Gate,
+    ) -> Self {
+        Reply::Streamed(Pieces {
+            pieces: pieces.into_iter().map(Into::into).collect(),
+            end: StreamEnd::CutWhenOpened(gate.clone()),
         })
     }
 
@@ -292,9 +305,17 @@ impl Reply {
                     }
                     events.push(Event::Chunk(chunk(json!({"content": piece}), None)));
                 }
-                if let StreamEnd::Cut = streamed.end {
-                    events.push(Event::Break);
-                    return Some(events);
+                match &streamed.end {
+                    StreamEnd::Cut => {
+                        events.push(Event::Break);
+                        return Some(events);
+                    }
+                    StreamEnd::CutWhenOpened(gate) => {
+                        events.push(Event::Wait(gate.clone()));
+                        events.push(Event::Break);
+                        return Some(events);
+                    }
+                    StreamEnd::Finished | StreamEnd::Held(_) => {}
                 }
                 "stop"
             }
