@@ -664,3 +664,39 @@ async fn the_api_key_never_reaches_the_cassette() {
     assert!(!text.to_lowercase().contains("authorization"), "{text}");
     assert!(!format!("{model:?}").contains("8f3a1c9d"), "{model:?}");
 }
+
+/// Pieces a sink heard.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<String>>);
+
+impl soul_engine::model::AnswerSink for Heard {
+    fn text(&self, delta: &str) {
+        self.0.lock().expect("not poisoned").push(delta.to_owned());
+    }
+
+    fn reset(&self) {
+        self.0.lock().expect("not poisoned").clear();
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_recorded_whole_and_replayed_whole() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("streamed.json");
+    let double = OpenAiDouble::start().await;
+    double.push(Reply::pieces(["It sounds ", "exhausting."]));
+    let asked = request(&[(Role::User, "I had a rough day at work.")]);
+
+    let heard = Heard::default();
+    let recorder = recording(&double, &path);
+    let recorded = recorder.complete_streaming(&asked, &heard).await.unwrap();
+    assert_eq!(*heard.0.lock().unwrap(), ["It sounds ", "exhausting."]);
+    assert_eq!(recorded.content, "It sounds exhausting.");
+
+    // The replay answers whole: a sink hears nothing, the answer is the one recorded.
+    let replay = ReplayingModel::open(&path).unwrap();
+    let silent = Heard::default();
+    let replayed = replay.complete_streaming(&asked, &silent).await.unwrap();
+    assert_eq!(replayed, recorded);
+    assert!(silent.0.lock().unwrap().is_empty());
+}

@@ -32,6 +32,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use chrono::Duration;
 use soul_engine::Clock;
+use soul_engine::process::ReplyStream;
 use soul_persistence::{Address, Inspect};
 use soul_turns::TurnDriver;
 
@@ -47,8 +48,14 @@ pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::hours(8);
 /// driver, as for an SMS) and marks its replies delivered.
 pub trait Chat: Send + Sync + fmt::Debug {
     /// Runs the turn of `text` from `from` to its end (its replies committed); errors are the
-    /// implementation's to log.
-    fn send(&self, from: Address, text: String) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// implementation's to log. The turn's replies are written to `stream` while the model writes
+    /// them (where it streams), for the page to show before they are committed.
+    fn send(
+        &self,
+        from: Address,
+        text: String,
+        stream: Arc<dyn ReplyStream>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// The inspector over one store.
@@ -62,6 +69,8 @@ pub struct Inspector {
     lifetime: Duration,
     login_limit: LoginLimit,
     secure_cookie: bool,
+    /// The browser chat's replies while they are written, per address.
+    streams: Arc<chat::Streams>,
 }
 
 impl Inspector {
@@ -76,6 +85,7 @@ impl Inspector {
             lifetime: DEFAULT_SESSION_LIFETIME,
             login_limit: LoginLimit::default(),
             secure_cookie: false,
+            streams: Arc::default(),
         }
     }
 
@@ -141,6 +151,7 @@ pub fn router(inspector: Inspector) -> Router {
         protected
             .route("/chat", get(chat::page).post(chat::send))
             .route("/chat/messages", get(chat::messages))
+            .route("/chat/stream", get(chat::stream))
     } else {
         protected
     };

@@ -1,7 +1,8 @@
 //! `sms-gateway dev`: the author's loop. The soul on the configured store (the SQLite file
 //! `data/soul.db` by default), the inspector on `INSPECTOR_BIND` without a login (so on the
-//! loopback only), and its browser chat at `/chat`: type, see the reply arrive once committed,
-//! and open the conversation's turns beside it, to re-run one with this build or rewind.
+//! loopback only), and its browser chat at `/chat`: type, see the reply arrive as the model
+//! writes it (where the model streams) and then as committed, and open the conversation's turns
+//! beside it, to re-run one with this build or rewind.
 
 use std::sync::Arc;
 

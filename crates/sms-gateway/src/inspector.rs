@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use soul_engine::model::BoxFuture;
+use soul_engine::process::ReplyStream;
 use soul_engine::{Clock, SystemClock};
 use soul_inspector::{Access, Chat, Inspector};
 use soul_persistence::{
@@ -88,13 +89,19 @@ pub(crate) fn for_serve(
 }
 
 /// Shows the browser chat's replies by marking them delivered (the page reads them from the
-/// store), so that a later `serve` on the same store does not send them by SMS.
+/// store), so that a later `serve` on the same store does not send them by SMS; while the model
+/// writes them, they go to the page's reply stream.
 struct WebDelivery {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    stream: Option<Arc<dyn ReplyStream>>,
 }
 
 impl Delivery for WebDelivery {
+    fn reply_stream(&self) -> Option<Arc<dyn ReplyStream>> {
+        self.stream.clone()
+    }
+
     fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             for (id, _) in batch.messages {
@@ -116,7 +123,8 @@ impl Delivery for WebDelivery {
 /// The browser chat: each message a turn of the driver, as an SMS is.
 pub(crate) struct WebChat {
     driver: Arc<TurnDriver>,
-    delivery: Arc<WebDelivery>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
 }
 
 impl WebChat {
@@ -128,7 +136,8 @@ impl WebChat {
     ) -> Self {
         WebChat {
             driver,
-            delivery: Arc::new(WebDelivery { store, clock }),
+            store,
+            clock,
         }
     }
 }
@@ -140,9 +149,18 @@ impl std::fmt::Debug for WebChat {
 }
 
 impl Chat for WebChat {
-    fn send(&self, from: Address, text: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn send(
+        &self,
+        from: Address,
+        text: String,
+        stream: Arc<dyn ReplyStream>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let driver = self.driver.clone();
-        let delivery = self.delivery.clone();
+        let delivery = WebDelivery {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            stream: Some(stream),
+        };
         Box::pin(async move {
             let inbound = Inbound {
                 from,
@@ -154,7 +172,7 @@ impl Chat for WebChat {
                 received_at: delivery.clock.now(),
                 opt_out: None,
             };
-            if let Err(error) = driver.handle(&inbound, delivery.as_ref()).await {
+            if let Err(error) = driver.handle(&inbound, &delivery).await {
                 tracing::warn!(%error, "a browser chat turn failed");
             }
         })

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use soul_engine::model::BoxFuture;
-use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError};
+use soul_engine::model::{
+    AnswerSink, ChatRequest, Completion, LanguageModel, ModelError, complete_with,
+};
 
 /// A counter with one label taking one of `N` fixed values.
 #[derive(Debug)]
@@ -331,8 +333,26 @@ impl LanguageModel for MeteredModel {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.wrapped(request, None)
+    }
+
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.wrapped(request, Some(sink))
+    }
+}
+
+impl MeteredModel {
+    fn wrapped<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: Option<&'a dyn AnswerSink>,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         Box::pin(async move {
-            let result = self.inner.complete(request).await;
+            let result = complete_with(&self.inner, request, sink).await;
             match &result {
                 Ok(completion) => {
                     self.metrics.model_requests.inc("ok");

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use soul_engine::model::BoxFuture;
-use soul_engine::model::{ChatRequest, Completion, LanguageModel, ModelError};
+use soul_engine::model::{
+    AnswerSink, ChatRequest, Completion, LanguageModel, ModelError, complete_with,
+};
 
 use crate::config::redacted_url;
 
@@ -42,8 +44,26 @@ impl LanguageModel for HintedModel {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.wrapped(request, None)
+    }
+
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.wrapped(request, Some(sink))
+    }
+}
+
+impl HintedModel {
+    fn wrapped<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: Option<&'a dyn AnswerSink>,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         Box::pin(async move {
-            let result = self.inner.complete(request).await;
+            let result = complete_with(&self.inner, request, sink).await;
             if let Err(error) = &result
                 && not_found(error)
             {

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::Instant;
 
 use soul_testkit::browser::Browser;
-use soul_testkit::openai::OpenAiDouble;
+use soul_testkit::openai::{Gate, OpenAiDouble, Reply};
 
 use crate::common::{Gateway, PATIENCE, Settings, command, free_port, twilio};
 
@@ -157,6 +157,143 @@ async fn in_dev_a_message_typed_in_the_browser_is_answered_and_its_turn_inspecte
     );
     // Two turns and the re-run asked the model.
     assert_eq!(model.requests().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dev_the_reply_shows_as_the_model_streams_it_and_then_as_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = OpenAiDouble::start().await;
+    // The reply in two pieces, the second held until the test opens the gate.
+    let gate = Gate::new();
+    model.push(Reply::held(["Pip said: \"Cells, then. ", "Go.\""], &gate));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let _dev = Dev(command(&dev_env(dir.path(), &model, port))
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    answering(&format!("{url}/login")).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{url}/chat")).await;
+    browser
+        .type_into(&browser.find("#text").await, "hello")
+        .await;
+    browser.click(&browser.find("#chat button").await).await;
+
+    // The first piece shows while the model holds the second: the words, without the speaker
+    // and the opening quote, and nothing committed yet.
+    let writing = browser.find("#messages li.writing").await;
+    assert_eq!(browser.text(&writing).await, "Cells, then.");
+    let count = |css: &str| format!("return document.querySelectorAll('{css}').length");
+    assert_eq!(
+        browser
+            .execute(&count("#messages li.assistant"), vec![])
+            .await,
+        0
+    );
+
+    // Released: the committed reply replaces the provisional text.
+    gate.open();
+    let reply = browser.find("#messages li.assistant").await;
+    assert_eq!(browser.text(&reply).await, "Cells, then. Go.");
+    assert_eq!(
+        browser
+            .execute(&count("#messages li.writing"), vec![])
+            .await,
+        0
+    );
+    let requests = model.requests().await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["stream"], true);
+    assert_eq!(requests[0]["stream_options"]["include_usage"], true);
+
+    // The turn, in the inspector: the step's answer is the whole streamed answer.
+    browser.click_to_load(&browser.find("#inspect").await).await;
+    browser.click(&browser.find("#turn-1 summary").await).await;
+    let turn = browser.text(&browser.find("#turn-1").await).await;
+    assert!(
+        turn.contains("hello") && turn.contains("Cells, then. Go.") && turn.contains("delivered"),
+        "{turn}"
+    );
+    let answer = browser
+        .text(&browser.find("#turn-1-steps-1 pre.answer").await)
+        .await;
+    assert!(
+        answer.contains("Pip said: \"Cells, then. Go.\""),
+        "{answer}"
+    );
+    // No message text in the log at info.
+    let logged = std::fs::read_to_string(dir.path().join("dev.log")).unwrap();
+    assert!(!logged.contains("Cells"), "{logged}");
+}
+
+/// Waits (in the page, as the DOM changes: no polling) until the replies being written are
+/// exactly `texts`, and returns them.
+async fn until_writing(browser: &Browser, texts: &[&str]) -> Vec<String> {
+    let script = r#"
+        const want = JSON.stringify(arguments[0]);
+        const list = document.getElementById("messages");
+        const now = () => [...list.querySelectorAll("li.writing")].map((li) => li.textContent);
+        return new Promise((resolve) => {
+          if (JSON.stringify(now()) === want) return resolve(now());
+          new MutationObserver((_, observer) => {
+            if (JSON.stringify(now()) === want) {
+              observer.disconnect();
+              resolve(now());
+            }
+          }).observe(list, { childList: true, subtree: true, characterData: true });
+        });
+    "#;
+    let seen = browser
+        .execute(script, vec![serde_json::json!(texts)])
+        .await;
+    serde_json::from_value(seen).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dev_a_streamed_attempt_that_breaks_off_leaves_the_page_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = OpenAiDouble::start().await;
+    // The first attempt breaks off mid-way when the test says; the second is held before its
+    // only piece.
+    let (cut, gate) = (Gate::new(), Gate::new());
+    model
+        .push(Reply::cut_when_opened(["Pip said: \"Half a tho"], &cut))
+        .push(Reply::held(["Pip said: \"Cells, then. Go.\""], &gate));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let _dev = Dev(command(&dev_env(dir.path(), &model, port))
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    answering(&format!("{url}/login")).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{url}/chat")).await;
+    browser
+        .type_into(&browser.find("#text").await, "hello")
+        .await;
+    browser.click(&browser.find("#chat button").await).await;
+
+    // The broken attempt's words show, then go: the page never holds two half answers.
+    assert_eq!(
+        until_writing(&browser, &["Half a tho"]).await,
+        ["Half a tho"]
+    );
+    cut.open();
+    assert!(until_writing(&browser, &[]).await.is_empty());
+    gate.open();
+    let reply = browser.find("#messages li.assistant").await;
+    assert_eq!(browser.text(&reply).await, "Cells, then. Go.");
+    assert!(!browser.source().await.contains("Half a tho"));
+    assert_eq!(model.requests().await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,6 +421,11 @@ async fn a_runaway_answer_is_cut_before_it_is_stored_sent_or_remembered() {
     let requests = fx.model.requests().await;
     let next = requests[1].to_string();
     assert!(next.contains(&cut), "the cut reply is remembered");
+    // An SMS turn asks for whole answers: no request streams.
+    for request in &requests {
+        assert!(request.get("stream").is_none(), "{request}");
+        assert!(request.get("stream_options").is_none(), "{request}");
+    }
     assert!(next.len() < 10_000, "{} bytes", next.len());
     assert_not_logged(&fx.gateway, &[fx.from, "membrane"]);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use soul_engine::Clock;
 use soul_engine::model::BoxFuture;
-use soul_engine::process::{Runtime, TurnError};
+use soul_engine::process::{ReplyStream, Runtime, TurnError};
 use soul_engine::retry::{Failure, RetryPolicy, Verdict, retry};
 use soul_persistence::turn_log::{SubprocessRecord, TurnEnd, TurnLogLevel, TurnRecord};
 use soul_persistence::{
@@ -55,6 +55,13 @@ pub trait Delivery: Send + Sync {
     /// Hands the committed replies over for sending. Should not wait for the sending itself:
     /// the subprocesses wait for it.
     fn deliver(&self, batch: OutboundBatch) -> BoxFuture<'_, ()>;
+
+    /// Where the replies of the turns run for this delivery go while the model writes them,
+    /// before any commit (see [`ReplyStream`]): a channel that shows replies as they arrive (the
+    /// browser chat) gives one. `None` (the default, and SMS) asks the model for whole answers.
+    fn reply_stream(&self) -> Option<Arc<dyn ReplyStream>> {
+        None
+    }
 }
 
 /// A delivery that sends nothing: for callers that read replies from the store or the report.
@@ -461,7 +468,13 @@ impl TurnDriver {
         } else {
             let state = mapping::soul_state(soul, context);
             let main = runtime
-                .run_main(&session_key, state, mapping::perception(context), None)
+                .run_main_streaming(
+                    &session_key,
+                    state,
+                    mapping::perception(context),
+                    None,
+                    delivery.reply_stream(),
+                )
                 .await;
             match main {
                 Ok(mut main) => {

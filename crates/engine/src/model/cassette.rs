@@ -85,7 +85,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
-use super::{BoxFuture, ChatRequest, Completion, LanguageModel, ModelError};
+use super::{
+    AnswerSink, BoxFuture, ChatRequest, Completion, LanguageModel, ModelError, complete_with,
+};
 
 /// The cassette format version this engine reads and writes.
 pub const CASSETTE_VERSION: u64 = 1;
@@ -364,8 +366,28 @@ impl<M: LanguageModel> LanguageModel for RecordingModel<M> {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.record(request, None)
+    }
+
+    /// Streams from the model recorded; the cassette keeps the whole answer, which replaying
+    /// gives whole.
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        self.record(request, Some(sink))
+    }
+}
+
+impl<M: LanguageModel> RecordingModel<M> {
+    fn record<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: Option<&'a dyn AnswerSink>,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         Box::pin(async move {
-            let completion = self.inner.complete(request).await?;
+            let completion = complete_with(&self.inner, request, sink).await?;
             let mut cassette = lock(&self.cassette);
             cassette.interactions.push(Interaction {
                 request: request.clone(),

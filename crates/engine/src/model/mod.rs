@@ -31,6 +31,44 @@ pub trait LanguageModel: Send + Sync + fmt::Debug {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ModelError>>;
+
+    /// Completes `request` as [`complete`](Self::complete) does, handing the answer's text to
+    /// `sink` as it arrives where the model streams (an OpenAI-compatible server with
+    /// `stream: true`). The completion returned is the same whole answer, with the same bounds,
+    /// retries and usage; when an attempt that already gave text fails, `sink` is
+    /// [reset](AnswerSink::reset) before the next. By default the model does not stream: the
+    /// answer arrives whole and `sink` hears nothing.
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        let _ = sink;
+        self.complete(request)
+    }
+}
+
+/// Where a streamed answer's text goes as the model writes it (see
+/// [`LanguageModel::complete_streaming`]). The engine supplies one only for text that is about
+/// to be spoken; what it does with the text is the caller's.
+pub trait AnswerSink: Send + Sync {
+    /// More of the answer: `delta` follows the text given since the last reset.
+    fn text(&self, delta: &str);
+    /// The text given so far is void (its attempt failed; another may follow).
+    fn reset(&self);
+}
+
+/// `model`'s answer to `request`, streamed into `sink` when there is one, asked for whole
+/// (exactly as [`LanguageModel::complete`]) when there is none.
+pub fn complete_with<'a>(
+    model: &'a (impl LanguageModel + ?Sized),
+    request: &'a ChatRequest,
+    sink: Option<&'a dyn AnswerSink>,
+) -> BoxFuture<'a, Result<Completion, ModelError>> {
+    match sink {
+        Some(sink) => model.complete_streaming(request, sink),
+        None => model.complete(request),
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
@@ -40,6 +78,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
     ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         (**self).complete(request)
     }
+
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        (**self).complete_streaming(request, sink)
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for &M {
@@ -48,6 +94,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for &M {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ModelError>> {
         (**self).complete(request)
+    }
+
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        (**self).complete_streaming(request, sink)
     }
 }
 

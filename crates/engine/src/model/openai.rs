@@ -17,9 +17,20 @@
 //! * It reads the body through a limit ([`OpenAiConfig::with_max_response_bytes`]), chunk by
 //!   chunk, so a server that sends megabytes is cut off rather than held in memory and passed on
 //!   as a reply.
+//!
+//! [`LanguageModel::complete_streaming`] asks with `stream: true` (and
+//! `stream_options.include_usage`, so the last chunk carries the usage) through
+//! `Client::chat().create_stream()`. The same service hands `async-openai` the body as a guarded
+//! stream: the same byte limit and time limit, each server-sent event checked to be a chunk
+//! before `async-openai` reads it (it would log an event it cannot parse at `error`, and a chunk
+//! quotes the answer), and the failure kept as a [`ModelError`] for this module to report. A
+//! stream is an answer only once a chunk gives its finish reason: one that breaks off before is a
+//! retryable failure, like a body cut short.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,16 +42,18 @@ use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestToolMessage,
-    ChatCompletionRequestUserMessage, ChatCompletionTool, ChatCompletionTools,
-    CreateChatCompletionRequest, CreateChatCompletionResponse, FunctionCall, FunctionObject,
-    ResponseFormat, ResponseFormatJsonSchema,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionTools, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    CreateChatCompletionStreamResponse, FunctionCall, FunctionObject, ResponseFormat,
+    ResponseFormatJsonSchema,
 };
+use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{
-    BoxFuture, ChatMessage, ChatRequest, ChatRole, Completion, LanguageModel, ModelError,
-    ResponseSchema, ToolCall, ToolSpec, Usage,
+    AnswerSink, BoxFuture, ChatMessage, ChatRequest, ChatRole, Completion, LanguageModel,
+    ModelError, ResponseSchema, ToolCall, ToolSpec, Usage,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::retry::{RetryPolicy, parse_retry_after, retry};
@@ -238,6 +251,7 @@ impl OpenAiModel {
                 http: self.http.clone(),
                 timeout,
                 max_response_bytes: self.config.max_response_bytes,
+                streamed: None,
             });
         let response = client
             .chat()
@@ -245,6 +259,152 @@ impl OpenAiModel {
             .await
             .map_err(|e| from_openai_error(e, timeout))?;
         to_completion(response)
+    }
+
+    /// One streamed exchange: each piece of the answer's text handed to `sink` as its chunk
+    /// arrives, the chunks assembled into a completion.
+    async fn attempt_streaming(
+        &self,
+        mut request: CreateChatCompletionRequest,
+        timeout: Duration,
+        sink: &dyn AnswerSink,
+    ) -> Result<Completion, ModelError> {
+        let failure: Failed = Arc::default();
+        let client = Client::build(self.http.clone(), self.client_config.clone())
+            .with_http_service(HttpService {
+                http: self.http.clone(),
+                timeout,
+                max_response_bytes: self.config.max_response_bytes,
+                streamed: Some(failure.clone()),
+            });
+        request.stream = Some(true);
+        request.stream_options = Some(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        });
+        // The guarded body's failure, when it recorded one, says what went wrong better than
+        // what `async-openai` made of the broken stream.
+        let failed = |error: OpenAIError| {
+            take(&failure).unwrap_or_else(|| match error {
+                OpenAIError::StreamError(_) => {
+                    ModelError::Transport("the answer's stream broke off".into())
+                }
+                other => from_openai_error(other, timeout),
+            })
+        };
+        let mut chunks = client.chat().create_stream(request).await.map_err(failed)?;
+        let mut answer = StreamedAnswer::default();
+        while let Some(chunk) = chunks.next().await {
+            answer.add(chunk.map_err(failed)?, sink);
+        }
+        if let Some(error) = take(&failure) {
+            return Err(error);
+        }
+        answer.into_completion()
+    }
+}
+
+/// Where a guarded stream records why it stopped.
+type Failed = Arc<Mutex<Option<ModelError>>>;
+
+fn take(failure: &Failed) -> Option<ModelError> {
+    failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+}
+
+/// A streamed answer as its chunks arrive (the first choice only: only one is asked for).
+#[derive(Default)]
+struct StreamedAnswer {
+    content: String,
+    refused: bool,
+    finished: bool,
+    model: String,
+    usage: Usage,
+    /// Tool calls by their index in the answer; each chunk adds to their name and arguments.
+    tool_calls: BTreeMap<u32, ToolCall>,
+}
+
+impl StreamedAnswer {
+    fn add(&mut self, chunk: CreateChatCompletionStreamResponse, sink: &dyn AnswerSink) {
+        if self.model.is_empty() {
+            self.model = chunk.model;
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Usage {
+                prompt_tokens: usage.prompt_tokens.into(),
+                completion_tokens: usage.completion_tokens.into(),
+            };
+        }
+        for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+            let delta = choice.delta;
+            if let Some(text) = delta.content.filter(|text| !text.is_empty()) {
+                sink.text(&text);
+                self.content.push_str(&text);
+            }
+            self.refused |= delta.refusal.is_some();
+            for call in delta.tool_calls.unwrap_or_default() {
+                let entry = self
+                    .tool_calls
+                    .entry(call.index)
+                    .or_insert_with(|| ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                if let Some(id) = call.id {
+                    entry.id = id;
+                }
+                if let Some(function) = call.function {
+                    entry.name.push_str(&function.name.unwrap_or_default());
+                    entry
+                        .arguments
+                        .push_str(&function.arguments.unwrap_or_default());
+                }
+            }
+            self.finished |= choice.finish_reason.is_some();
+        }
+    }
+
+    /// The completion, as [`to_completion`] makes one of a whole answer.
+    fn into_completion(self) -> Result<Completion, ModelError> {
+        if !self.finished {
+            return Err(ModelError::InvalidResponse(
+                "the answer's stream ended before the answer did".into(),
+            ));
+        }
+        let tool_calls: Vec<ToolCall> = self.tool_calls.into_values().collect();
+        let content = match self.content {
+            content if !content.trim().is_empty() => content,
+            _ if self.refused => return Err(ModelError::Refused),
+            content if !tool_calls.is_empty() => content,
+            _ => return Err(ModelError::InvalidResponse("the answer is empty".into())),
+        };
+        Ok(Completion {
+            content,
+            usage: self.usage,
+            model: self.model,
+            tool_calls,
+        })
+    }
+}
+
+/// A sink that remembers whether it was given any text.
+struct Tracked<'a> {
+    sink: &'a dyn AnswerSink,
+    wrote: AtomicBool,
+}
+
+impl AnswerSink for Tracked<'_> {
+    fn text(&self, delta: &str) {
+        self.wrote.store(true, Ordering::Relaxed);
+        self.sink.text(delta);
+    }
+
+    fn reset(&self) {
+        self.wrote.store(false, Ordering::Relaxed);
+        self.sink.reset();
     }
 }
 
@@ -275,6 +435,45 @@ impl LanguageModel for OpenAiModel {
             // No attempt outlasts what is left of the budget.
             retry(&self.config.retry, "model call", |left| {
                 self.attempt(body.clone(), timeout.min(left))
+            })
+            .await
+            .map_err(ModelError::from)
+        })
+    }
+
+    fn complete_streaming<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        sink: &'a dyn AnswerSink,
+    ) -> BoxFuture<'a, Result<Completion, ModelError>> {
+        Box::pin(async move {
+            let body = self.to_request(request);
+            let timeout = request
+                .options
+                .timeout
+                .unwrap_or(self.config.request_timeout);
+            tracing::debug!(
+                model = %body.model,
+                messages = body.messages.len(),
+                "streamed chat completion request"
+            );
+            let tracked = Tracked {
+                sink,
+                wrote: AtomicBool::new(false),
+            };
+            retry(&self.config.retry, "model call", |left| {
+                let body = body.clone();
+                let tracked = &tracked;
+                async move {
+                    let result = self
+                        .attempt_streaming(body, timeout.min(left), tracked)
+                        .await;
+                    // What a failed attempt wrote is void, whether another attempt follows or not.
+                    if result.is_err() && tracked.wrote.load(Ordering::Relaxed) {
+                        tracked.reset();
+                    }
+                    result
+                }
             })
             .await
             .map_err(ModelError::from)
@@ -477,6 +676,9 @@ struct HttpService {
     http: reqwest::Client,
     timeout: Duration,
     max_response_bytes: usize,
+    /// For a streamed request: where the guarded body records its failure. The body is then
+    /// handed on as it arrives instead of read whole.
+    streamed: Option<Failed>,
 }
 
 impl tower::Service<HttpRequestFactory> for HttpService {
@@ -525,6 +727,28 @@ impl HttpService {
                 retry_after: retry_after(&headers),
             });
         }
+        if let Some(failure) = self.streamed {
+            tracing::debug!(status = status.as_u16(), "model server streams its answer");
+            let guard = StreamGuard {
+                limit: self.max_response_bytes,
+                timeout: self.timeout,
+                read: 0,
+                pending: Vec::new(),
+                failure,
+            };
+            let body = futures_util::stream::unfold(
+                (response.bytes_stream(), guard),
+                |(mut bytes, mut guard)| async move {
+                    let next = bytes.next().await?;
+                    let passed = guard.pass(next);
+                    Some((passed, (bytes, guard)))
+                },
+            );
+            let mut rebuilt = http::Response::new(reqwest::Body::wrap_stream(body));
+            *rebuilt.status_mut() = status;
+            *rebuilt.headers_mut() = headers;
+            return Ok(reqwest::Response::from(rebuilt));
+        }
         let Some(body) = read_at_most(response, self.max_response_bytes)
             .await
             .map_err(|e| from_reqwest_error(e, self.timeout))?
@@ -551,6 +775,82 @@ impl HttpService {
         *rebuilt.headers_mut() = headers;
         Ok(reqwest::Response::from(rebuilt))
     }
+}
+
+/// What a streamed body passes through on its way to `async-openai`: at most `limit` bytes,
+/// every server-sent event's data a chunk (or `[DONE]`). A failure is recorded, and the body
+/// ends in an error without the offending bytes.
+struct StreamGuard {
+    limit: usize,
+    timeout: Duration,
+    read: usize,
+    /// The bytes of an event not yet complete.
+    pending: Vec<u8>,
+    failure: Failed,
+}
+
+impl StreamGuard {
+    fn pass<B: AsRef<[u8]>>(
+        &mut self,
+        bytes: Result<B, reqwest::Error>,
+    ) -> Result<B, std::io::Error> {
+        let checked = bytes
+            .map_err(|e| from_reqwest_error(e, self.timeout))
+            .and_then(|bytes| self.check(bytes.as_ref()).map(|()| bytes));
+        checked.map_err(|error| {
+            tracing::debug!(%error, "a streamed answer was stopped");
+            let message = error.to_string();
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+            std::io::Error::other(message)
+        })
+    }
+
+    fn check(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
+        if bytes.len() > self.limit - self.read {
+            tracing::warn!(
+                limit = self.limit,
+                "model server streamed an answer over the limit; not read further"
+            );
+            return Err(ModelError::TooLarge { limit: self.limit });
+        }
+        self.read += bytes.len();
+        self.pending.extend_from_slice(bytes);
+        while let Some((end, blank)) = event_end(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..end + blank).take(end).collect();
+            check_event(&event)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the first complete event of `bytes` ends, and the length of the blank line that ends it
+/// (line ends may be CRLF, LF or CR).
+fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    (0..bytes.len()).find_map(|at| {
+        let rest = &bytes[at..];
+        [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+            .into_iter()
+            .find(|blank| rest.starts_with(blank))
+            .map(|blank| (at, blank.len()))
+    })
+}
+
+/// Whether a server-sent event's data is a chat-completion chunk (or `[DONE]`, or none).
+fn check_event(event: &[u8]) -> Result<(), ModelError> {
+    let event = std::str::from_utf8(event)
+        .map_err(|_| ModelError::InvalidResponse("the stream is not UTF-8".into()))?;
+    let data: Vec<&str> = event
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.strip_prefix(' ').unwrap_or(data))
+        .collect();
+    let data = data.join("\n");
+    if data.is_empty() || data == "[DONE]" {
+        return Ok(());
+    }
+    serde_json::from_str::<CreateChatCompletionStreamResponse>(&data)
+        .map(|_| ())
+        .map_err(|error| ModelError::InvalidResponse(describe_json_error(&error)))
 }
 
 /// The body, read chunk by chunk; `None` as soon as it passes `limit` bytes (the rest is not

@@ -395,6 +395,9 @@ impl ProcessContext {
             }
             None => said,
         };
+        if let Some(stream) = self.mind.reply_stream() {
+            stream.spoken(&text);
+        }
         if let Some(replies) = &self.replies {
             // The caller may have stopped listening; the reply is still in the outcome.
             let _ = replies.send(text.clone());

@@ -6,7 +6,8 @@
 //!   processes by.
 //! - What a process sees and does ([`ProcessContext`]) and returns ([`Next`]).
 //! - Soul memory and process memory, recorded as change sets ([`KeyValueMemory`]).
-//! - The limit a caller puts on replies ([`ReplyLimit`]).
+//! - The limit a caller puts on replies ([`ReplyLimit`]), and where a reply goes while it is
+//!   written ([`ReplyStream`]).
 //! - One turn, `state + perception → outcome`, main part then subprocesses ([`Runtime`]).
 
 mod context;
@@ -24,7 +25,7 @@ pub use registry::{
     IntegratorFn, MentalProcess, ModelSettings, Registry, RegistryError, Soul, Subprocess,
     default_integrator, without_leading_system_prompt,
 };
-pub use reply::ReplyLimit;
+pub use reply::{ReplyLimit, ReplyStream};
 pub use runtime::{
     MainOutcome, ProcessState, RUN_NOW_LIMIT, Runtime, SoulState, SubprocessOutcome, TurnError,
 };

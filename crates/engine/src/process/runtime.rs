@@ -19,7 +19,7 @@ use crate::process::context::{
 };
 use crate::process::kv::{KeyValueMemory, MemoryChanges};
 use crate::process::registry::{Registered, Soul};
-use crate::process::reply::ReplyLimit;
+use crate::process::reply::{ReplyLimit, ReplyStream};
 use crate::step::{Mind, StepRecord};
 use crate::working_memory::WorkingMemory;
 
@@ -323,8 +323,26 @@ impl Runtime {
         perception: Perception,
         replies: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<MainOutcome, TurnError> {
+        self.run_main_streaming(session, state, perception, replies, None)
+            .await
+    }
+
+    /// [`run_main`](Self::run_main), each reply also written to `stream` while the model writes
+    /// it (where the model streams) and marked spoken when it is (see [`ReplyStream`]). Without
+    /// a stream, exactly `run_main`.
+    pub async fn run_main_streaming(
+        &self,
+        session: &str,
+        state: SoulState,
+        perception: Perception,
+        replies: Option<mpsc::UnboundedSender<String>>,
+        stream: Option<Arc<dyn ReplyStream>>,
+    ) -> Result<MainOutcome, TurnError> {
         let (generation, cancel) = self.start_generation(session);
-        let mind = self.mind();
+        let mind = match stream {
+            Some(stream) => self.mind().with_reply_stream(stream),
+            None => self.mind(),
+        };
         let perception = Arc::new(perception);
         let soul_memory = KeyValueMemory::new(state.soul_memory);
         let actions = Arc::new(Mutex::new(Actions::default()));

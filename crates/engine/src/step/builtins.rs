@@ -105,6 +105,31 @@ impl CognitiveStep for Utterance {
         )
     }
 
+    fn speaks(&self) -> bool {
+        self.verb == "said"
+    }
+
+    /// The words so far, as [`interpret`](Self::interpret) will take them: nothing while the
+    /// answer may still be the `Name said:` prefix, and no opening quote.
+    fn said_so_far(&self, memory: &WorkingMemory, partial: &str) -> String {
+        let name = memory.soul_name();
+        let text = partial.trim_start();
+        let prefix = format!("{name} {verb}:", verb = self.verb);
+        if text.len() < prefix.len()
+            && prefix
+                .get(..text.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(text))
+        {
+            return String::new();
+        }
+        let said = strip_speaker_prefix(text, name, self.verb);
+        // The closing quote has not come yet.
+        match said.strip_prefix('"').or_else(|| said.strip_prefix('“')) {
+            Some(rest) => rest.trim_start().to_owned(),
+            None => said,
+        }
+    }
+
     fn interpret(
         &self,
         memory: &WorkingMemory,
@@ -445,7 +470,36 @@ impl CognitiveStep for Summarize {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_speaker_prefix;
+    use super::{external_dialog, internal_monologue, strip_speaker_prefix};
+    use crate::WorkingMemory;
+    use crate::step::CognitiveStep;
+
+    #[test]
+    fn a_partial_utterance_shows_only_its_words() {
+        let memory = WorkingMemory::new("Samantha");
+        let step = external_dialog("Answer.");
+        let so_far = |partial: &str| step.said_so_far(&memory, partial);
+        // Nothing while the answer may still be the speaker prefix.
+        for partial in [
+            "",
+            "Sam",
+            "Samantha sa",
+            "Samantha said:",
+            "Samantha said: \"",
+        ] {
+            assert_eq!(so_far(partial), "", "{partial:?}");
+        }
+        assert_eq!(so_far("Samantha said: \"Hi th"), "Hi th");
+        assert_eq!(so_far("Samantha said: \"Hi there.\""), "Hi there.");
+        assert_eq!(so_far("Sure thing"), "Sure thing");
+        // What is shown at the end is what is said.
+        let (said, _) = step
+            .interpret(&memory, "Samantha said: \"Hi there.\"")
+            .unwrap_or_default();
+        assert_eq!(said, "Hi there.");
+        assert!(step.speaks());
+        assert!(!internal_monologue("Think.").speaks());
+    }
 
     #[test]
     fn speaker_prefix_and_quotes_are_stripped() {

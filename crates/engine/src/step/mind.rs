@@ -9,9 +9,8 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
 use crate::model::{ChatOptions, ChatRequest, LanguageModel, Usage};
-use crate::step::{
-    AnswerFormat, CognitiveStep, StepError, StepOutput, Tools, run_step, run_step_with_tools,
-};
+use crate::process::ReplyStream;
+use crate::step::{AnswerFormat, CognitiveStep, StepError, StepOutput, Tools, run_step_streaming};
 use crate::working_memory::WorkingMemory;
 
 /// One cognitive step as it ran: what a turn's record keeps of it.
@@ -56,6 +55,7 @@ pub struct Mind {
     options: ChatOptions,
     usage: Arc<Mutex<Usage>>,
     steps: Arc<Mutex<Vec<StepRecord>>>,
+    speech: Option<Arc<dyn ReplyStream>>,
 }
 
 impl Mind {
@@ -67,7 +67,20 @@ impl Mind {
             options: ChatOptions::default(),
             usage: Arc::default(),
             steps: Arc::default(),
+            speech: None,
         }
+    }
+
+    /// The same mind writing what speaking steps answer to `stream` as the model writes it
+    /// (see [`ReplyStream`]); without one, no request asks the model to stream.
+    pub fn with_reply_stream(mut self, stream: Arc<dyn ReplyStream>) -> Self {
+        self.speech = Some(stream);
+        self
+    }
+
+    /// Where replies go while they are written, if anywhere.
+    pub fn reply_stream(&self) -> Option<&Arc<dyn ReplyStream>> {
+        self.speech.as_ref()
     }
 
     /// The same mind with default options for every step (a step's own options win).
@@ -82,9 +95,7 @@ impl Mind {
         step: S,
         memory: &WorkingMemory,
     ) -> Result<(WorkingMemory, S::Value), StepError> {
-        let started_at = self.clock.now();
-        let output = run_step(&step, &*self.model, memory, &self.options, started_at).await?;
-        Ok(self.recorded(&step, started_at, output))
+        self.run_with_tools(step, &Tools::new(), memory).await
     }
 
     /// Runs `step` on `memory`, the model offered `tools` first (see
@@ -97,13 +108,14 @@ impl Mind {
         memory: &WorkingMemory,
     ) -> Result<(WorkingMemory, S::Value), StepError> {
         let started_at = self.clock.now();
-        let output = run_step_with_tools(
+        let output = run_step_streaming(
             &step,
             &*self.model,
             memory,
             &self.options,
             started_at,
             tools,
+            self.speech.as_deref(),
         )
         .await?;
         Ok(self.recorded(&step, started_at, output))

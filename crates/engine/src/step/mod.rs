@@ -21,10 +21,13 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use crate::memory::{Memory, Role};
+use std::sync::{Mutex, PoisonError};
+
 use crate::model::{
-    ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError, ResponseSchema,
-    Usage,
+    AnswerSink, ChatMessage, ChatOptions, ChatRequest, Completion, LanguageModel, ModelError,
+    ResponseSchema, Usage, complete_with,
 };
+use crate::process::ReplyStream;
 use crate::text;
 use crate::working_memory::WorkingMemory;
 
@@ -74,6 +77,19 @@ pub trait CognitiveStep: Send + Sync {
     /// Options this step asks for (a temperature, say); the caller's options fill the rest.
     fn options(&self) -> ChatOptions {
         ChatOptions::default()
+    }
+
+    /// Whether the step's answer is said to the person as it stands (`external_dialog`): only
+    /// such an answer is streamed to a [`ReplyStream`] while the model writes it.
+    fn speaks(&self) -> bool {
+        false
+    }
+
+    /// What of `partial`, an answer still being written, is to be said: by default the text
+    /// itself. A speaking step whose answer wraps the words (`Name said: "..."`) unwraps them.
+    fn said_so_far(&self, memory: &WorkingMemory, partial: &str) -> String {
+        let _ = memory;
+        partial.trim_start().to_owned()
     }
 
     /// Checks the step's own arguments before any model call (a decision needs choices, ...).
@@ -175,6 +191,41 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
     now: chrono::DateTime<chrono::Utc>,
     tools: &Tools,
 ) -> Result<StepOutput<S::Value>, StepError> {
+    run_step_streaming(step, model, memory, options, now, tools, None).await
+}
+
+/// [`run_step_with_tools`], the answer written to `stream` as the model writes it when the step
+/// [speaks](CognitiveStep::speaks) and the model streams; an answer that is not used as it is
+/// (tool calls, an unusable answer, a failed call) is discarded from it. Without a stream, or
+/// for a step that does not speak, the request is exactly [`run_step_with_tools`]'s.
+pub async fn run_step_streaming<S: CognitiveStep + ?Sized>(
+    step: &S,
+    model: &dyn LanguageModel,
+    memory: &WorkingMemory,
+    options: &ChatOptions,
+    now: chrono::DateTime<chrono::Utc>,
+    tools: &Tools,
+    stream: Option<&dyn ReplyStream>,
+) -> Result<StepOutput<S::Value>, StepError> {
+    let writing = stream
+        .filter(|_| step.speaks())
+        .map(|stream| Writing::new(step, memory, stream));
+    let result = run_step_inner(step, model, memory, options, now, tools, writing.as_ref()).await;
+    if let (Err(_), Some(writing)) = (&result, &writing) {
+        writing.discard();
+    }
+    result
+}
+
+async fn run_step_inner<S: CognitiveStep + ?Sized>(
+    step: &S,
+    model: &dyn LanguageModel,
+    memory: &WorkingMemory,
+    options: &ChatOptions,
+    now: chrono::DateTime<chrono::Utc>,
+    tools: &Tools,
+    writing: Option<&Writing<'_, S>>,
+) -> Result<StepOutput<S::Value>, StepError> {
     step.validate()
         .and_then(|()| tools.validate())
         .map_err(|reason| StepError::Misconfigured {
@@ -201,6 +252,7 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
         rounds: 0,
         remembered: Vec::new(),
         usage: Usage::default(),
+        sink: writing.map(|writing| writing as &dyn AnswerSink),
     };
     let first = exchange.answer(&mut request).await?;
     let mut answers = vec![first.clone()];
@@ -211,6 +263,9 @@ pub async fn run_step_with_tools<S: CognitiveStep + ?Sized>(
                 step = step.name(),
                 "unusable answer; asking the model to repair it"
             );
+            if let Some(writing) = writing {
+                writing.discard();
+            }
             request
                 .messages
                 .push(ChatMessage::new(Role::Assistant, first));
@@ -253,6 +308,8 @@ struct Exchange<'a> {
     rounds: u32,
     remembered: Vec<Memory>,
     usage: Usage,
+    /// Where the answer's text goes as it arrives, for a speaking step with a stream.
+    sink: Option<&'a dyn AnswerSink>,
 }
 
 impl Exchange<'_> {
@@ -265,9 +322,7 @@ impl Exchange<'_> {
                 usage,
                 tool_calls,
                 ..
-            } = self
-                .model
-                .complete(request)
+            } = complete_with(self.model, request, self.sink)
                 .await
                 .map_err(|source| StepError::Model {
                     step: self.step.to_owned(),
@@ -287,6 +342,10 @@ impl Exchange<'_> {
                 });
             }
             self.rounds += 1;
+            if let Some(sink) = self.sink {
+                // Text beside tool calls is not the reply; the reply comes after the calls.
+                sink.reset();
+            }
             request
                 .messages
                 .push(ChatMessage::tool_calls(content, tool_calls.clone()));
@@ -305,6 +364,64 @@ impl Exchange<'_> {
                 self.remembered.push(memory);
             }
         }
+    }
+}
+
+/// How much of an answer is written to a [`ReplyStream`] as it arrives (a reply is far shorter;
+/// this bounds the work of an answer that runs on).
+const MAX_WRITTEN_BYTES: usize = 16 * 1024;
+
+/// A speaking step's answer on its way to a [`ReplyStream`]: the pieces the model writes,
+/// and what of them is to be said so far, written whenever it changes.
+struct Writing<'a, S: ?Sized> {
+    step: &'a S,
+    memory: &'a WorkingMemory,
+    stream: &'a dyn ReplyStream,
+    /// The answer so far, and what of it was last written.
+    state: Mutex<(String, String)>,
+}
+
+impl<'a, S: CognitiveStep + ?Sized> Writing<'a, S> {
+    fn new(step: &'a S, memory: &'a WorkingMemory, stream: &'a dyn ReplyStream) -> Self {
+        Writing {
+            step,
+            memory,
+            stream,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Voids what was written, if anything was.
+    fn discard(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let wrote = !state.1.is_empty();
+        *state = Default::default();
+        drop(state);
+        if wrote {
+            self.stream.discard();
+        }
+    }
+}
+
+impl<S: CognitiveStep + ?Sized> AnswerSink for Writing<'_, S> {
+    fn text(&self, delta: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0.len() >= MAX_WRITTEN_BYTES {
+            // Each write is the whole text so far: past this, the rest shows when spoken.
+            return;
+        }
+        state.0.push_str(delta);
+        let said = self
+            .step
+            .said_so_far(self.memory, &text::storable(&state.0));
+        if said != state.1 {
+            self.stream.writing(&said);
+            state.1 = said;
+        }
+    }
+
+    fn reset(&self) {
+        self.discard();
     }
 }
 
