@@ -4,9 +4,9 @@
 //! runs, refused while a turn of the person runs, and their errors as JSON.
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use soul_engine::Clock;
@@ -14,6 +14,7 @@ use soul_engine::model::openai::{OpenAiConfig, OpenAiModel};
 use soul_engine::process::{MentalProcess, Next, ProcessContext, ProcessResult, Registry, Runtime};
 use soul_inspector::{Access, Inspector};
 use soul_persistence::{Address, BeginOutcome, Inbound, Inspect, SessionId, SqliteStore, Store};
+use soul_testkit::soul::TestClock;
 use soul_turns::{Handled, NoDelivery, TurnDriver};
 
 soul_engine::soul! {
@@ -34,16 +35,6 @@ async fn echo(cx: ProcessContext) -> ProcessResult {
 
 const TOKEN: &str = "correct horse battery staple";
 
-/// A clock the test moves.
-#[derive(Debug)]
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
 struct Served {
     url: String,
     store: Arc<SqliteStore>,
@@ -58,7 +49,7 @@ impl Served {
     async fn start(rerun: bool) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("soul.db")).await.unwrap());
-        let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
+        let clock = Arc::new(TestClock::at(Utc::now()));
         // The soul never calls its model.
         let model = OpenAiModel::new(OpenAiConfig::new("http://127.0.0.1:9", "sk", "unused"));
         let runtime = Runtime::new(
@@ -316,7 +307,7 @@ async fn the_api_refuses_to_steer_while_a_turn_of_the_person_runs() {
     assert!(served.audit().await.is_empty());
 
     // Once the lease has expired (its worker is gone), the rewind goes ahead.
-    *served.clock.0.lock().unwrap() += Duration::hours(1);
+    served.clock.advance(Duration::hours(1));
     let (status, rewound) = served
         .post(
             &format!("/api/conversations/{session}/rewind"),

@@ -7,7 +7,7 @@
 //! shows (`INSPECTOR_SCREENSHOTS=docs/img`, run from the workspace root).
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
@@ -20,26 +20,11 @@ use soul_persistence::{
     TurnSettings,
 };
 use soul_testkit::browser::Browser;
+use soul_testkit::soul::TestClock;
 
 const TOKEN: &str = "correct horse battery staple";
 const ALICE: &str = "+15550001234";
 const BOB: &str = "+15550009876";
-
-/// A clock the test moves.
-#[derive(Debug)]
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl TestClock {
-    fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-}
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap()
@@ -60,7 +45,7 @@ impl Served {
         let store: Arc<dyn Inspect> =
             Arc::new(SqliteStore::open(dir.path().join("soul.db")).await.unwrap());
         let sessions = seed(&*store).await;
-        let clock = Arc::new(TestClock(Mutex::new(t0() + Duration::hours(1))));
+        let clock = Arc::new(TestClock::at(t0() + Duration::hours(1)));
         let inspector = Inspector::new(
             store.clone(),
             Access::Token(TOKEN.to_owned()),

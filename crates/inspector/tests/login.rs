@@ -5,31 +5,15 @@
 #![allow(clippy::unwrap_used)] // A panic is how a test fails.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{Duration, TimeZone, Utc};
 use reqwest::StatusCode;
-use soul_engine::Clock;
 use soul_inspector::{Access, Inspector, LoginLimit};
 use soul_persistence::{Inspect, SqliteStore};
+use soul_testkit::soul::TestClock;
 
 const TOKEN: &str = "correct-horse-battery-staple";
-
-/// A clock the test moves.
-#[derive(Debug)]
-struct TestClock(Mutex<DateTime<Utc>>);
-
-impl Clock for TestClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl TestClock {
-    fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-}
 
 struct Served {
     url: String,
@@ -43,9 +27,9 @@ async fn serve(
     token: &str,
     configure: impl FnOnce(Inspector) -> Inspector,
 ) -> Served {
-    let clock = Arc::new(TestClock(Mutex::new(
+    let clock = Arc::new(TestClock::at(
         Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap(),
-    )));
+    ));
     let inspector = Inspector::new(
         store as Arc<dyn Inspect>,
         Access::Token(token.to_owned()),

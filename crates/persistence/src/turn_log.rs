@@ -93,8 +93,11 @@ pub struct StepLog {
     /// Tokens: prompt and completion.
     #[serde(rename = "t", default)]
     pub tokens: [u64; 2],
-    /// The answer the step's value came from: the text, or the structured answer's JSON.
-    #[serde(rename = "a")]
+    /// The answer the step's value came from: the text, or the structured answer's JSON. An
+    /// answer that is the text of one of the turn's replies is stored once, with the reply
+    /// (`ra`, the reply's place in `r`), and read back from it: empty when retention deleted the
+    /// reply.
+    #[serde(rename = "a", default)]
     pub answer: String,
     /// [`TurnLogLevel::Full`] only: the last request sent to the model and every raw answer.
     #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
@@ -434,6 +437,36 @@ impl fmt::Debug for LoggedReply {
             .field("body_len", &self.body.len())
             .field("status", &self.status)
             .finish_non_exhaustive()
+    }
+}
+
+/// Puts back into a stored record's steps the answers stored once as a reply's text (`ra`, the
+/// reply's place in `r`; written by `wire::stored_record`), with `body_of` a reply's id. An
+/// answer whose reply is gone stays empty.
+pub(crate) fn restore_spoken_answers(record: &mut Value, body_of: impl Fn(&str) -> Option<String>) {
+    let ids: Vec<String> = record
+        .get("r")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(steps) = record.get_mut("s").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for step in steps.iter_mut().filter_map(Value::as_object_mut) {
+        let Some(place) = step.remove("ra").and_then(|place| place.as_u64()) else {
+            continue;
+        };
+        let body = usize::try_from(place)
+            .ok()
+            .and_then(|place| ids.get(place))
+            .and_then(|id| body_of(id));
+        if let Some(body) = body {
+            step.insert("a".to_owned(), Value::String(body));
+        }
     }
 }
 

@@ -208,6 +208,22 @@ pub(crate) fn stored_record(commit: &TurnCommit) -> Result<String> {
                 .collect();
             fields.insert("r".to_owned(), Value::Array(ids));
         }
+        // A step's answer that is a reply's text (a step that speaks) is stored once, with the
+        // reply: its place among the replies instead (`turn_log::restore_spoken_answers`).
+        if let Some(steps) = fields.get_mut("s").and_then(Value::as_array_mut) {
+            for step in steps.iter_mut().filter_map(Value::as_object_mut) {
+                let spoken = step.get("a").and_then(Value::as_str).and_then(|answer| {
+                    commit
+                        .replies
+                        .iter()
+                        .position(|reply| reply.content == answer)
+                });
+                if let Some(place) = spoken {
+                    step.remove("a");
+                    step.insert("ra".to_owned(), json!(place));
+                }
+            }
+        }
     }
     Ok(record.to_string())
 }

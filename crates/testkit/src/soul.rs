@@ -53,10 +53,15 @@ const BETWEEN_MESSAGES: Duration = Duration::minutes(1);
 pub struct TestClock(Mutex<DateTime<Utc>>);
 
 impl TestClock {
+    /// A clock standing at `now`.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        TestClock(Mutex::new(now))
+    }
+
     fn start() -> Self {
         // A fixed, valid date: `single` cannot fail for UTC.
         let noon = Utc.with_ymd_and_hms(2026, 1, 5, 12, 0, 0).single();
-        TestClock(Mutex::new(noon.unwrap_or(DateTime::UNIX_EPOCH)))
+        TestClock::at(noon.unwrap_or(DateTime::UNIX_EPOCH))
     }
 
     /// Moves the clock forward by `by`.

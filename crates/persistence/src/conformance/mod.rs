@@ -113,6 +113,7 @@ macro_rules! conformance_suite {
             audit_entries_are_kept_newest_first_and_outlive_an_erasure,
             the_session_state_names_the_conversations_soul,
             the_commit_writes_the_turn_record,
+            a_spoken_answer_is_stored_once_with_its_reply,
             a_fallback_turn_records_how_it_ended,
             a_subprocess_commit_adds_its_part_to_the_record,
             rewind_restores_the_state_after_a_turn,

@@ -108,6 +108,38 @@ pub async fn the_session_state_names_the_conversations_soul(harness: &dyn Harnes
     assert_eq!(state(&*store, second.session.id).await.persona, "sol");
 }
 
+/// A step's answer that is the text of one of the turn's replies (a step that speaks) is stored
+/// once, with the reply, and read back whole; any other answer is stored as it is.
+pub async fn a_spoken_answer_is_stored_once_with_its_reply(harness: &dyn Harness) {
+    let store = open(harness).await;
+    let alice = address(1);
+    let first = start(&*store, &inbound(&alice, "hello", Some("SM1"), t0()), t0()).await;
+    let mut commit = TurnCommit::new(&first);
+    commit.replies.push(reply("Good morning.", t0()));
+    commit.replies.push(reply("I hear you.", t0()));
+    commit.record.steps = vec![
+        step("decision", "yes"),
+        step("external_dialog", "I hear you."),
+    ];
+    store
+        .commit_turn(&commit, &settings(), t0())
+        .await
+        .expect("commit");
+
+    let turns = log(&*store, first.session.id).await;
+    assert_eq!(turns[0].record.steps, commit.record.steps);
+    let export = store
+        .export_user(&alice)
+        .await
+        .expect("export")
+        .expect("exists")[0]
+        .clone();
+    let stored = &export["inbound_messages"][0]["record"]["s"];
+    assert_eq!(stored[0]["a"], "yes", "{stored}");
+    assert_eq!(stored[1].get("a"), None, "{stored}");
+    assert_eq!(stored[1]["ra"], 1, "{stored}");
+}
+
 /// The commit writes the turn's record in the same transaction: numbered from 1, with the
 /// record's fields as given, the commit's own reply ids, the message it answered and the
 /// replies' delivery read back with it.

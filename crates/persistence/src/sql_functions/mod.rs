@@ -309,7 +309,19 @@ impl<T: Transport> Store for SqlFunctionStore<T> {
     ) -> StoreFuture<'_, Vec<LoggedTurn>> {
         Box::pin(async move {
             let request = wire::turn_log_request(session, from, to);
-            let answer = self.transport.call(Call::TurnLog, request).await?;
+            let mut answer = self.transport.call(Call::TurnLog, request).await?;
+            for turn in answer.as_array_mut().into_iter().flatten() {
+                let replies = turn.get("replies").cloned().unwrap_or_default();
+                let body_of = |id: &str| {
+                    replies.as_array()?.iter().find_map(|reply| {
+                        (reply.get("id")?.as_str()? == id)
+                            .then(|| reply.get("body")?.as_str().map(str::to_owned))?
+                    })
+                };
+                if let Some(record) = turn.get_mut("record") {
+                    crate::turn_log::restore_spoken_answers(record, body_of);
+                }
+            }
             Ok(serde_json::from_value(answer)?)
         })
     }

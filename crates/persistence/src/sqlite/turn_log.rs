@@ -58,8 +58,11 @@ pub(super) async fn turn_log(
     let mut turns = Vec::with_capacity(rows.len());
     for row in rows {
         let inbound_id = parse_uuid(&row.try_get::<String, _>("id")?)?;
-        let record: crate::turn_log::TurnRecord =
-            serde_json::from_value(parse_json(&row.try_get::<String, _>("record")?)?)?;
+        let mut stored = parse_json(&row.try_get::<String, _>("record")?)?;
+        let reply_ids: Vec<uuid::Uuid> = match stored.get("r") {
+            Some(ids) => serde_json::from_value(ids.clone())?,
+            None => Vec::new(),
+        };
         let perception = QueuedInbound {
             id: inbound_id,
             external_id: row.try_get("external_id")?,
@@ -67,8 +70,8 @@ pub(super) async fn turn_log(
             received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
             kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
         };
-        let mut replies = Vec::with_capacity(record.replies.len());
-        for id in &record.replies {
+        let mut replies = Vec::with_capacity(reply_ids.len());
+        for id in &reply_ids {
             let reply =
                 sqlx::query("select body, status, error from outbound_messages where id = ?")
                     .bind(id.to_string())
@@ -86,6 +89,13 @@ pub(super) async fn turn_log(
                 });
             }
         }
+        crate::turn_log::restore_spoken_answers(&mut stored, |id| {
+            replies
+                .iter()
+                .find(|reply| reply.id.to_string() == id)
+                .map(|reply| reply.body.clone())
+        });
+        let record: crate::turn_log::TurnRecord = serde_json::from_value(stored)?;
         turns.push(LoggedTurn {
             turn: u32::try_from(row.try_get::<i64, _>("turn")?).unwrap_or(u32::MAX),
             inbound_id,
