@@ -183,10 +183,17 @@ pub async fn export_and_erase(
     assert!(export(settings, bob).is_some(), "Bob is untouched");
 
     // Bob opts out and is erased: the opt-out stays, and his next message is not answered.
+    // The begin records the opt-out; the STOP's turn holds the session until it commits, and
+    // an erase refuses to run before that.
     text(&gateway, twilio, bob, "STOP").await;
-    eventually("Bob's opt-out", || async {
+    eventually("Bob's opt-out, its turn done", || async {
         export(settings, bob)
-            .is_some_and(|exported| exported["session"]["opted_out"] == true)
+            .is_some_and(|exported| {
+                exported["session"]["opted_out"] == true
+                    && exported["inbound_messages"]
+                        .as_array()
+                        .is_some_and(|all| all.iter().all(|m| m["status"] == "done"))
+            })
             .then_some(())
     })
     .await;
