@@ -142,7 +142,9 @@ end
 $$;
 
 -- Starts a conversation's next turn as before, validating its process state against the
--- processes of the conversation's own soul.
+-- processes of the conversation's own soul. A turn that begins a new session (the session
+-- timeout) is told what the timeout cleared — every process memory, the process state and the
+-- snapshot — so that its record holds it and a rewind or a re-run can go back across it.
 create or replace function public.soul_start_next(
   p_session uuid,
   p_settings jsonb,
@@ -175,6 +177,7 @@ declare
   v_pending bigint := coalesce((p_settings ->> 'pending_limit')::bigint, 20);
   v_history jsonb := '[]'::jsonb;
   v_snapshot jsonb;
+  v_cleared jsonb;
 begin
   if p_fresh is not null then
     select * into v_in from public.inbound_messages where id = p_fresh;
@@ -235,6 +238,22 @@ begin
       v_number := v_number + 1;
       v_metadata := v_metadata || pg_catalog.jsonb_build_object(
         'session_number', v_number, 'last_session_started_at', v_in.received_at);
+      -- What the timeout clears, for the turn's record: undoing the turn restores it, so a
+      -- rewind can go back across the new session (docs/persistence.md, "The turn log").
+      select pg_catalog.jsonb_build_object(
+          'pm', (
+            select coalesce(pg_catalog.jsonb_object_agg(p.process_name, p.memory), '{}'::jsonb)
+              from (select m.process_name, pg_catalog.jsonb_object_agg(m.key, m.value) as memory
+                      from public.process_memories m where m.session_id = p_session
+                      group by m.process_name) p),
+          'p', (
+            select pg_catalog.jsonb_build_object('name', p.process_name, 'params', p.params,
+                'invocation_count', p.invocation_count, 'previous', p.previous_process)
+              from public.mental_process_state p where p.session_id = p_session),
+          'wm', (
+            select w.snapshot from public.working_memory_snapshots w
+              where w.session_id = p_session))
+        into v_cleared;
       delete from public.process_memories where session_id = p_session;
       delete from public.mental_process_state where session_id = p_session;
       delete from public.working_memory_snapshots where session_id = p_session;
@@ -305,6 +324,7 @@ begin
     'lease', pg_catalog.jsonb_build_object('token', v_token, 'expires_at', v_s.lease_expires_at),
     'new_session', p_new_session,
     'session_reset', v_reset,
+    'cleared', v_cleared,
     'resumed', v_resumed,
     'attempt', v_attempt,
     'process', pg_catalog.jsonb_build_object(

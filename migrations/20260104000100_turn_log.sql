@@ -1,35 +1,26 @@
--- The turn log (docs/persistence.md, "The turn log"): one record per turn, written by the commit
--- that stores the turn, with the subprocesses' part added by their commit; a session's whole
--- state read at once, and restored at once by a rewind. The commit, the subprocess commit, the
--- export and retention are restated in full; the grants they had stay with them (`create or
--- replace` keeps a function's privileges), and the new functions get the others' at the end.
+-- The turn log (docs/persistence.md, "The turn log"): one record per turn, written on the row of
+-- the message (or due event) it answered by the update of the commit that marks that message
+-- done, so that a record costs no row, row header or index entry of its own; the subprocesses'
+-- part is added by their commit. A session's records are read through the messages'
+-- `(session_id, external_id)` key, and the latest turn's number is kept on the session. A
+-- session's whole state is read at once, and restored at once by a rewind. The commit, the
+-- subprocess commit, the export and retention are restated in full; the grants they had stay
+-- with them (`create or replace` keeps a function's privileges), and the new functions get the
+-- others' at the end.
 
--- One row per committed turn. The record is change sets, not states (a few hundred bytes): the
--- values before and after of what the turn changed, which is also what undoing it writes back.
--- A rewind marks the later rows `rewound` and keeps them; the next turn takes the number after
--- the rewind's turn again, so numbers repeat across rewound rows, and `seq` orders them all.
-create table public.turn_log (
-  session_id uuid not null references public.user_sessions (id) on delete cascade,
-  seq bigint generated always as identity,
-  turn integer not null,
-  -- The message or due event the turn answered (inbound_messages.id; retention may delete it
-  -- first, so no foreign key).
-  inbound_id uuid not null,
-  committed_at timestamptz not null,
-  rewound boolean not null default false,
-  record json not null,
-  -- The one index: a session's records in commit order (the commit reads the newest).
-  primary key (session_id, seq)
-);
+alter table public.inbound_messages
+  -- The turn's number in its conversation (none: no turn answered the message yet). A rewind
+  -- marks the later turns `rewound` and keeps them; the next turn takes the number after the
+  -- rewind's turn again, so numbers repeat across rewound turns and `seq` orders them all.
+  add column turn integer,
+  add column rewound boolean not null default false,
+  -- What the turn did (crates/persistence/src/turn_log.rs), as compact JSON text.
+  add column record json;
 
--- Retention deletes by age, as for messages.
-create index idx_turn_log_committed on public.turn_log using brin (committed_at);
+-- The number of the latest turn not rewound: what the next commit numbers after.
+alter table public.user_sessions add column turns integer not null default 0;
 
-alter table public.turn_log enable row level security;
-revoke all on table public.turn_log from public, anon, authenticated;
-grant all on table public.turn_log to service_role;
-
--- Commits a turn, as before, and writes its record.
+-- Commits a turn, as before, and writes its record on the message it answered.
 create or replace function public.soul_commit_turn(request jsonb)
 returns jsonb
 language plpgsql
@@ -74,19 +65,14 @@ begin
     into v_replies, v_earlier_pending
     from outbox;
 
-  update public.inbound_messages set status = 'done', finished_at = v_now
+  -- The turn's record goes on the row of the message it answered, numbered after the session's
+  -- latest turn not rewound (`user_sessions.turns`). The record arrives as compact JSON text and
+  -- is kept as such (`json`): `jsonb` would store it half again as large or more. A commit
+  -- without one (a caller of the function other than the store) leaves an empty record.
+  update public.inbound_messages
+    set status = 'done', finished_at = v_now, turn = v_s.turns + 1,
+      record = coalesce((request ->> 'record')::json, '{}'::json)
     where id = v_s.lease_inbound_id;
-
-  -- The turn's record, numbered after the latest turn not rewound (the primary key's backward
-  -- scan from the session's newest record: one index page). The record arrives as compact JSON
-  -- text and is kept as such (`json`): `jsonb` would store it half again as large or more. A
-  -- commit without one (a caller of the function other than the store) leaves an empty record.
-  insert into public.turn_log (session_id, turn, inbound_id, committed_at, record)
-    values (v_session,
-      coalesce((select t.turn from public.turn_log t
-                  where t.session_id = v_session and not t.rewound
-                  order by t.seq desc limit 1), 0) + 1,
-      v_s.lease_inbound_id, v_now, coalesce((request ->> 'record')::json, '{}'::json));
 
   if not exists (
     select 1 from public.inbound_messages where session_id = v_session and waiting
@@ -94,14 +80,15 @@ begin
     -- What `soul_start_next` does when nothing waits, in the same update as the count.
     update public.user_sessions
       set total_messages = total_messages + v_replies, last_active_at = v_now,
-        lease_token = null, lease_expires_at = null, lease_inbound_id = null
+        turns = turns + 1, lease_token = null, lease_expires_at = null, lease_inbound_id = null
       where id = v_session;
     return pg_catalog.jsonb_build_object('outcome', 'committed', 'next', null,
       'opted_out', v_s.opted_out_at is not null, 'earlier_pending', v_earlier_pending);
   end if;
 
   update public.user_sessions
-    set total_messages = total_messages + v_replies, last_active_at = v_now
+    set total_messages = total_messages + v_replies, last_active_at = v_now,
+      turns = turns + 1
     where id = v_session;
   return pg_catalog.jsonb_build_object(
     'outcome', 'committed',
@@ -128,21 +115,19 @@ begin
   end if;
   perform public.soul_apply_changes(
     v_session, request -> 'changes', request -> 'settings', (request ->> 'now')::timestamptz);
-  -- Their part of the record of the turn they ran after (the latest: no turn began since),
-  -- appended to its compact text as the `sub` field.
-  update public.turn_log t
-    set record = (pg_catalog.left(t.record::text, -1)
-      || case when t.record::text = '{}' then '' else ',' end
+  -- Their part of the record of the turn they ran after (the message it answered, named by the
+  -- request), appended to its compact text as the `sub` field.
+  update public.inbound_messages i
+    set record = (pg_catalog.left(i.record::text, -1)
+      || case when i.record::text = '{}' then '' else ',' end
       || '"sub":' || coalesce(request ->> 'record', '{}') || '}')::json
-    where t.session_id = v_session
-      and t.seq = (select l.seq from public.turn_log l
-                     where l.session_id = v_session and not l.rewound
-                     order by l.seq desc limit 1);
+    where i.id = (request ->> 'inbound_id')::uuid and i.session_id = v_session
+      and i.record is not null;
   return pg_catalog.jsonb_build_object('outcome', 'applied');
 end
 $$;
 
--- The export, as before, with the turn log.
+-- The export, as before, with each turn's record on the message it answered.
 create or replace function public.soul_export_user(request jsonb)
 returns jsonb
 language sql
@@ -173,17 +158,14 @@ as $$
     'inbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'external_id', t.external_id, 'body', t.body, 'received_at', t.received_at,
         'status', t.status, 'attempts', t.attempts, 'started_at', t.started_at,
-        'finished_at', t.finished_at, 'kind', t.kind, 'event', t.event) order by t.seq), '[]'::jsonb)
+        'finished_at', t.finished_at, 'kind', t.kind, 'event', t.event, 'turn', t.turn,
+        'rewound', t.rewound, 'record', t.record) order by t.seq), '[]'::jsonb)
       from public.inbound_messages t where t.session_id = s.id),
     'outbound_messages', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'body', t.body, 'status', t.status, 'claimed_until', t.claimed_until,
         'provider_id', t.provider_id, 'error', t.error, 'created_at', t.created_at,
         'updated_at', t.updated_at) order by t.seq), '[]'::jsonb)
       from public.outbound_messages t where t.session_id = s.id),
-    'turn_log', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-        'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
-        'rewound', t.rewound, 'record', t.record) order by t.seq), '[]'::jsonb)
-      from public.turn_log t where t.session_id = s.id),
     'scheduled_events', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', t.id, 'key', t.key, 'kind', t.kind, 'payload', t.payload, 'due_at', t.due_at,
         'claimed_until', t.claimed_until, 'created_at', t.created_at)
@@ -195,7 +177,7 @@ as $$
   having pg_catalog.count(*) > 0
 $$;
 
--- Retention, as before, with the turn records as old.
+-- Retention, as before: a turn's record goes with the message it answered.
 create or replace function public.soul_delete_old_messages(request jsonb)
 returns jsonb
 language plpgsql
@@ -238,11 +220,6 @@ begin
     where s.id = p.session_id
       and (v_address is null or s.phone_number = v_address)
       and s.last_active_at < v_before;
-  delete from public.turn_log t
-    using public.user_sessions s
-    where s.id = t.session_id
-      and (v_address is null or s.phone_number = v_address)
-      and t.committed_at < v_before;
   return pg_catalog.jsonb_build_object('deleted', v_count);
 end
 $$;
@@ -258,15 +235,14 @@ security invoker
 set search_path = ''
 as $$
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-      'turn', t.turn, 'inbound_id', t.inbound_id, 'committed_at', t.committed_at,
+      'turn', t.turn, 'inbound_id', t.id, 'committed_at', t.finished_at,
       'rewound', t.rewound, 'record', t.record,
-      'perception', (select pg_catalog.jsonb_build_object(
-          'id', i.id, 'external_id', i.external_id, 'body', i.body,
-          'received_at', i.received_at,
-          'kind', case when i.kind = 'event'
-            then i.event || pg_catalog.jsonb_build_object('type', 'event')
-            else pg_catalog.jsonb_build_object('type', 'message') end)
-        from public.inbound_messages i where i.id = t.inbound_id),
+      'perception', pg_catalog.jsonb_build_object(
+          'id', t.id, 'external_id', t.external_id, 'body', t.body,
+          'received_at', t.received_at,
+          'kind', case when t.kind = 'event'
+            then t.event || pg_catalog.jsonb_build_object('type', 'event')
+            else pg_catalog.jsonb_build_object('type', 'message') end),
       'replies', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
           'id', o.id, 'body', o.body, 'status', o.status, 'error', o.error) order by r.n),
           '[]'::jsonb)
@@ -274,13 +250,14 @@ as $$
           with ordinality as r(id, n)
         join public.outbound_messages o on o.id = r.id::uuid))
       order by t.seq), '[]'::jsonb)
-  from public.turn_log t
+  from public.inbound_messages t
   where t.session_id = (request ->> 'session_id')::uuid
     and t.turn >= (request ->> 'from')::integer
     and (request ->> 'to' is null or t.turn <= (request ->> 'to')::integer)
 $$;
 
--- A session's whole state between turns, read in one snapshot: what a rewind starts from.
+-- A session's whole state between turns, read in one snapshot: what a rewind starts from, and
+-- the soul the conversation is assigned to (a re-run runs the turn with it).
 create function public.soul_session_state(request jsonb)
 returns jsonb
 language sql
@@ -291,9 +268,8 @@ as $$
   select pg_catalog.jsonb_build_object(
     'version', s.version,
     'lease_expires_at', case when s.lease_token is not null then s.lease_expires_at end,
-    'turn', coalesce((select t.turn from public.turn_log t
-                        where t.session_id = s.id and not t.rewound
-                        order by t.seq desc limit 1), 0),
+    'turn', s.turns,
+    'persona', s.assigned_persona,
     'soul_memories', (select coalesce(pg_catalog.jsonb_object_agg(m.key, m.value), '{}'::jsonb)
       from public.soul_memories m where m.session_id = s.id),
     'process_memories', (select coalesce(pg_catalog.jsonb_object_agg(p.process_name, p.memory),
@@ -315,10 +291,10 @@ as $$
 $$;
 
 -- A rewind's write: the session's state replaced by the one given (its memories, process state,
--- snapshot and scheduled events), the turns after `after_turn` marked rewound and the version
--- bumped (so that the subprocesses of an earlier turn cannot commit over it), in one
--- transaction. Refused while a turn runs (a live lease), and when the version moved since the
--- caller read the state it rebuilt this one from.
+-- snapshot and scheduled events), the turns after `after_turn` marked rewound, the session's
+-- latest turn set to it and the version bumped (so that the subprocesses of an earlier turn
+-- cannot commit over it), in one transaction. Refused while a turn runs (a live lease), and when
+-- the version moved since the caller read the state it rebuilt this one from.
 create function public.soul_restore_session(request jsonb)
 returns jsonb
 language plpgsql
@@ -373,10 +349,12 @@ begin
         coalesce(e -> 'p', '{}'::jsonb), (e ->> 'd')::timestamptz, v_now
       from pg_catalog.jsonb_array_elements(coalesce(v_state -> 'events', '[]'::jsonb)) e;
 
-  update public.turn_log set rewound = true
+  update public.inbound_messages set rewound = true
     where session_id = v_session and turn > (request ->> 'after_turn')::integer and not rewound;
   get diagnostics v_rewound = row_count;
-  update public.user_sessions set version = version + 1 where id = v_session;
+  update public.user_sessions
+    set version = version + 1, turns = (request ->> 'after_turn')::integer
+    where id = v_session;
   return pg_catalog.jsonb_build_object('outcome', 'rewound', 'rewound', v_rewound);
 end
 $$;

@@ -1,13 +1,13 @@
 -- The operator's inspector: its audit table, and the reads it lists conversations with.
 
--- Who revealed a number, exported or erased a person's data or rewound a conversation, which
--- conversation, and when. It holds no number and no text of the person's; no foreign key, since
--- an entry outlives the erasure it records.
+-- Who revealed a number, exported or erased a person's data, or rewound or re-ran a turn of a
+-- conversation, which conversation, and when. It holds no number and no text of the person's; no
+-- foreign key, since an entry outlives the erasure it records.
 create table public.inspector_audit (
   id uuid primary key,
   at timestamptz not null,
   actor text not null,
-  action text not null check (action in ('reveal', 'export', 'erase', 'rewind')),
+  action text not null check (action in ('reveal', 'export', 'erase', 'rewind', 'rerun')),
   session_id uuid not null
 );
 

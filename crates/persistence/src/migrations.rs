@@ -64,21 +64,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inspector",
         sql: include_str!("../../../migrations/20260104000200_inspector.sql"),
     },
-    Migration {
-        version: "20260105000000",
-        name: "turn_record_on_inbound",
-        sql: include_str!("../../../migrations/20260105000000_turn_record_on_inbound.sql"),
-    },
-    Migration {
-        version: "20260105000100",
-        name: "reset_keeps_what_it_cleared",
-        sql: include_str!("../../../migrations/20260105000100_reset_keeps_what_it_cleared.sql"),
-    },
-    Migration {
-        version: "20260106000000",
-        name: "inspector_rerun_audit",
-        sql: include_str!("../../../migrations/20260106000000_inspector_rerun_audit.sql"),
-    },
 ];
 
 /// An arbitrary constant identifying this runner's advisory lock.

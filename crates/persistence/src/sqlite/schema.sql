@@ -102,7 +102,7 @@ create table inbound_messages (
   kind text not null default 'message' check (kind in ('message', 'event')),
   -- For an event: {event_id, key, kind, payload}, copied from the completed scheduled event.
   event text check ((kind = 'event') = (event is not null)),
-  -- The turn log (migrations/20260105000000_turn_record_on_inbound.sql): the number of the turn
+  -- The turn log (migrations/20260104000100_turn_log.sql): the number of the turn
   -- that answered this message, whether a rewind went back before it, and its record.
   turn integer,
   rewound integer not null default 0,
