@@ -235,7 +235,7 @@ security invoker
 set search_path = ''
 as $$
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-      'turn', t.turn, 'inbound_id', t.id, 'committed_at', t.finished_at,
+      'turn', t.turn, 'committed_at', t.finished_at,
       'rewound', t.rewound, 'record', t.record,
       'perception', pg_catalog.jsonb_build_object(
           'id', t.id, 'external_id', t.external_id, 'body', t.body,

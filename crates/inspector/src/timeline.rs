@@ -284,7 +284,7 @@ pub(crate) fn json(turn: &LoggedTurn) -> Value {
     let inbound = &turn.perception;
     json!({
         "turn": turn.turn,
-        "inbound_id": turn.inbound_id,
+        "inbound_id": inbound.id,
         "committed_at": turn.committed_at,
         "rewound": turn.rewound,
         "perception": match &inbound.kind {

@@ -1447,7 +1447,7 @@ CREATE OR REPLACE FUNCTION public.soul_turn_log(request jsonb)
  SET search_path TO ''
 AS $function$
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-      'turn', t.turn, 'inbound_id', t.id, 'committed_at', t.finished_at,
+      'turn', t.turn, 'committed_at', t.finished_at,
       'rewound', t.rewound, 'record', t.record,
       'perception', pg_catalog.jsonb_build_object(
           'id', t.id, 'external_id', t.external_id, 'body', t.body,

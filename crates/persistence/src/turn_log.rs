@@ -476,15 +476,14 @@ pub struct LoggedTurn {
     /// The turn's number in the conversation, from 1. After a rewind to turn N the next turn is
     /// N + 1 again: the rewound one keeps its number and [`rewound`](Self::rewound).
     pub turn: u32,
-    /// The inbound message (or due event) the turn answered.
-    pub inbound_id: Uuid,
     /// When the turn was committed.
     pub committed_at: DateTime<Utc>,
     /// A rewind went back to before this turn: it is history, no longer part of the state.
     pub rewound: bool,
     /// The record.
     pub record: TurnRecord,
-    /// What the turn perceived: the inbound message (or event), which holds the record.
+    /// What the turn perceived: the inbound message (or due event) it answered, which holds the
+    /// record.
     pub perception: QueuedInbound,
     /// The replies, in order, with their delivery status (those retention left).
     pub replies: Vec<LoggedReply>,

@@ -165,7 +165,7 @@ pub async fn the_commit_writes_the_turn_record(harness: &dyn Harness) {
         [(1, false), (2, false)]
     );
     let logged = &turns[0];
-    assert_eq!(logged.inbound_id, first.inbound.id);
+    assert_eq!(logged.perception.id, first.inbound.id);
     assert_eq!(logged.committed_at, t0());
     assert_eq!(logged.record.steps, [step("external_dialog", "a reply")]);
     assert_eq!(logged.record.replies, [commit.replies[0].id.0]);
@@ -190,7 +190,7 @@ pub async fn the_commit_writes_the_turn_record(harness: &dyn Harness) {
             .await
             .expect("turn log")
             .iter()
-            .map(|t| t.inbound_id)
+            .map(|t| t.perception.id)
             .collect::<Vec<_>>(),
         [second.inbound.id]
     );

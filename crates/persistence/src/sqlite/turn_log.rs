@@ -1,12 +1,13 @@
 //! The turn log: the record a commit writes, the subprocesses' part a subprocess commit adds,
 //! the log read back, and a session's whole state read and restored (a rewind).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use uuid::Uuid;
 
 use super::rows::{json_text, lease_live, parse_json, parse_ts, parse_uuid, session_row, ts};
 use super::start::inbound_kind;
@@ -55,54 +56,62 @@ pub(super) async fn turn_log(
     .bind(to.map(i64::from))
     .fetch_all(&mut *conn)
     .await?;
-    let mut turns = Vec::with_capacity(rows.len());
-    for row in rows {
-        let inbound_id = parse_uuid(&row.try_get::<String, _>("id")?)?;
-        let mut stored = parse_json(&row.try_get::<String, _>("record")?)?;
-        let reply_ids: Vec<uuid::Uuid> = match stored.get("r") {
+    let mut stored = Vec::with_capacity(rows.len());
+    let mut reply_ids = Vec::new();
+    for row in &rows {
+        let record = parse_json(&row.try_get::<String, _>("record")?)?;
+        let ids: Vec<Uuid> = match record.get("r") {
             Some(ids) => serde_json::from_value(ids.clone())?,
             None => Vec::new(),
         };
-        let perception = QueuedInbound {
-            id: inbound_id,
-            external_id: row.try_get("external_id")?,
-            body: row.try_get("body")?,
-            received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
-            kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
-        };
-        let mut replies = Vec::with_capacity(reply_ids.len());
-        for id in &reply_ids {
-            let reply =
-                sqlx::query("select body, status, error from outbound_messages where id = ?")
-                    .bind(id.to_string())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if let Some(reply) = reply {
-                let status: String = reply.try_get("status")?;
-                replies.push(LoggedReply {
-                    id: *id,
-                    body: reply.try_get("body")?,
-                    status: DeliveryStatus::parse(&status).ok_or_else(|| {
-                        StoreError::Corrupt(format!("delivery status {status:?}"))
-                    })?,
-                    error: reply.try_get("error")?,
-                });
-            }
-        }
-        crate::turn_log::restore_spoken_answers(&mut stored, |id| {
+        reply_ids.extend(ids.iter().map(Uuid::to_string));
+        stored.push((record, ids));
+    }
+    // Every turn's replies in one read.
+    let mut found = HashMap::new();
+    for reply in sqlx::query(
+        "select id, body, status, error from outbound_messages
+         where id in (select value from json_each(?))",
+    )
+    .bind(serde_json::to_string(&reply_ids)?)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let status: String = reply.try_get("status")?;
+        let id = parse_uuid(&reply.try_get::<String, _>("id")?)?;
+        found.insert(
+            id,
+            LoggedReply {
+                id,
+                body: reply.try_get("body")?,
+                status: DeliveryStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+                error: reply.try_get("error")?,
+            },
+        );
+    }
+    let mut turns = Vec::with_capacity(rows.len());
+    for (row, (mut record, ids)) in rows.iter().zip(stored) {
+        let replies: Vec<LoggedReply> =
+            ids.iter().filter_map(|id| found.get(id).cloned()).collect();
+        crate::turn_log::restore_spoken_answers(&mut record, |id| {
             replies
                 .iter()
                 .find(|reply| reply.id.to_string() == id)
                 .map(|reply| reply.body.clone())
         });
-        let record: crate::turn_log::TurnRecord = serde_json::from_value(stored)?;
         turns.push(LoggedTurn {
             turn: u32::try_from(row.try_get::<i64, _>("turn")?).unwrap_or(u32::MAX),
-            inbound_id,
             committed_at: parse_ts(&row.try_get::<String, _>("finished_at")?)?,
             rewound: row.try_get("rewound")?,
-            record,
-            perception,
+            record: serde_json::from_value(record)?,
+            perception: QueuedInbound {
+                id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+                external_id: row.try_get("external_id")?,
+                body: row.try_get("body")?,
+                received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
+                kind: inbound_kind(row.try_get::<Option<String>, _>("event")?.as_deref())?,
+            },
             replies,
         });
     }
