@@ -833,7 +833,8 @@ pub fn state_after(
 
 /// The state the first of `turns` (oldest first) started on, rebuilt from `current`: the later
 /// turns undone as [`state_after`] does, then that turn's own commits, leaving cleared what the
-/// session timeout cleared when the turn began a new session.
+/// session timeout cleared when the turn began a new session and completed the event it answers
+/// (its begin completed it).
 pub fn state_before(
     current: SessionState,
     turns: &[LoggedTurn],
@@ -849,6 +850,9 @@ pub fn state_before(
         state.undo(&subprocesses.changes)?;
     }
     state.undo_changes(&turn.record.changes)?;
+    if let Some(answered) = answered_event_of(&turn.perception) {
+        state.events.retain(|event| event.key != answered.key);
+    }
     Ok(Ok(state))
 }
 

@@ -271,11 +271,6 @@ impl TurnDriver {
         &self.store
     }
 
-    /// The runtime turns run in.
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
     /// The reply sent when a turn fails.
     pub fn fallback_reply(&self) -> &str {
         &self.fallback_reply

@@ -17,7 +17,7 @@ use crate::record::{self, Recorder};
 
 /// What a turn did, as a re-run compares it: what it said and changed, without the ids a run
 /// makes up (its memories', its events' keys).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct TurnOutcome {
     /// How it ended.
     pub end: TurnEnd,
@@ -34,6 +34,24 @@ pub struct TurnOutcome {
     pub scheduled: Vec<EventValue>,
     /// Events it cancelled (or answered), as they were before.
     pub cancelled: Vec<EventValue>,
+}
+
+impl std::fmt::Debug for TurnOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The replies quote the soul speaking to the person: their lengths only.
+        f.debug_struct("TurnOutcome")
+            .field("end", &self.end)
+            .field(
+                "replies",
+                &self.replies.iter().map(String::len).collect::<Vec<_>>(),
+            )
+            .field("process", &self.process)
+            .field("soul_memory", &self.soul_memory)
+            .field("process_memory", &self.process_memory)
+            .field("scheduled", &self.scheduled)
+            .field("cancelled", &self.cancelled)
+            .finish()
+    }
 }
 
 impl TurnOutcome {

@@ -1087,6 +1087,12 @@ async fn a_rewind_to_before_an_event_turn_schedules_the_event_again(fixture: Fix
     assert!(events(store.session_state(session).await.unwrap().unwrap()).is_empty());
     let log = store.turn_log(session, 0, None).await.unwrap();
     assert!(matches!(log[1].perception.kind, InboundKind::Event { .. }));
+    // The event's turn started with its event completed: what a re-run of it starts from too.
+    let current = store.session_state(session).await.unwrap().unwrap();
+    let started_on = soul_persistence::turn_log::state_before(current, &log[1..])
+        .unwrap()
+        .unwrap();
+    assert!(events(started_on).is_empty());
 
     assert_eq!(
         rewind(&**store, session, 1, clock.now()).await.unwrap(),
