@@ -88,11 +88,15 @@ impl Limiter {
         let mut failures = self.lock();
         expire(&mut failures.all, window, now);
         let overall = wait(&failures.all, self.limit.overall, window, now);
-        let mine = failures.by_address.get_mut(&client).and_then(|times| {
+        // Every address's failures expire here, so an address that never comes back is dropped.
+        failures.by_address.retain(|_, times| {
             expire(times, window, now);
-            wait(times, self.limit.per_address, window, now)
+            !times.is_empty()
         });
-        failures.by_address.retain(|_, times| !times.is_empty());
+        let mine = failures
+            .by_address
+            .get(&client)
+            .and_then(|times| wait(times, self.limit.per_address, window, now));
         match (overall, mine) {
             (None, None) => Ok(()),
             (Some(a), Some(b)) => Err(a.max(b)),

@@ -933,7 +933,7 @@ pub(crate) async fn api_turns(
     State(shared): SharedState,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, Failure> {
-    let (conversation, _) = load(&shared, id).await?;
+    let conversation = find(&shared, id).await?;
     let (turns, state) = timeline_of(&shared, conversation.id).await?;
     let now = shared.inspector.clock.now();
     Ok(Json(json!({

@@ -1,9 +1,10 @@
 //! What every handler shares, the login every protected route requires, and how a failure is
 //! answered.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -77,15 +78,39 @@ pub(crate) async fn require_login(
     let now = shared.inspector.clock.now();
     let headers = request.headers();
     let from_cookie = cookie_login(&shared.keys, headers, now);
-    let bearer = bearer_token(headers)
-        .is_some_and(|token| shared.inspector.access.accepts(token))
-        .then(|| Authed {
-            login: Login {
-                id: auth::API_LOGIN.to_owned(),
-                expires_at: now,
-            },
-            bearer: true,
-        });
+    // A bearer token is a login attempt as much as the form's: the same limit on wrong ones.
+    let bearer = match bearer_token(headers) {
+        None => None,
+        Some(token) => {
+            let client = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| address.ip());
+            if let Err(wait) = shared.logins.check(client, now) {
+                tracing::warn!("inspector: a bearer token refused, too many wrong tokens");
+                let seconds = wait.num_seconds().max(1);
+                let mut response =
+                    (StatusCode::TOO_MANY_REQUESTS, "too many wrong tokens\n").into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return response;
+            }
+            if shared.inspector.access.accepts(token) {
+                Some(Authed {
+                    login: Login {
+                        id: auth::API_LOGIN.to_owned(),
+                        expires_at: now,
+                    },
+                    bearer: true,
+                })
+            } else {
+                shared.logins.failed(client, now);
+                tracing::warn!("inspector: a request with a wrong bearer token");
+                None
+            }
+        }
+    };
     let authed = from_cookie
         .map(|login| Authed {
             login,

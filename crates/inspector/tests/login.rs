@@ -125,6 +125,45 @@ async fn failed_logins_from_every_address_together_are_limited() {
     assert_eq!(limited.headers()["retry-after"], "600");
 }
 
+/// A script guessing the token as a bearer token is limited as a login form is, and counts
+/// against the same limit.
+#[tokio::test]
+async fn wrong_bearer_tokens_are_limited_as_wrong_logins_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(store(&dir).await, TOKEN, |i| {
+        i.with_login_limit(small_limit())
+    })
+    .await;
+    let guesser = client(1);
+    let audit = |token: &str| {
+        guesser
+            .get(format!("{}/api/audit", served.url))
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            audit("guess").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for token in ["guess", TOKEN] {
+        let limited = audit(token).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()["retry-after"], "600");
+    }
+    // The form from that address is refused too; another address's script gets in.
+    let form = log_in(&guesser, &served, TOKEN).await;
+    assert_eq!(form.status(), StatusCode::TOO_MANY_REQUESTS);
+    let script = client(2)
+        .get(format!("{}/api/audit", served.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+}
+
 /// The session cookie of a login with `token`, as the browser sends it back.
 async fn session_cookie(served: &Served, token: &str) -> String {
     let login = log_in(&client(1), served, token).await;
