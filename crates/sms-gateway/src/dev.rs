@@ -38,7 +38,14 @@ pub(crate) async fn run(config: Config) -> Result<(), InspectorError> {
         .with_chat(Arc::new(chat))
         .with_driver(driver);
     let stop = CancellationToken::new();
-    let served = inspector::spawn(inspector, address, stop.clone()).await?;
+    let served = inspector::spawn(
+        inspector,
+        address,
+        &config.http,
+        config.shutdown_timeout,
+        stop.clone(),
+    )
+    .await?;
     tracing::info!("dev: chat with the soul at http://{address}/chat (no login: loopback only)");
     server::shutdown_signal().await;
     stop.cancel();

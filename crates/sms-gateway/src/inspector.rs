@@ -7,6 +7,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::ConnectInfo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 use soul_engine::model::BoxFuture;
 use soul_engine::process::ReplyStream;
@@ -17,10 +23,12 @@ use soul_persistence::{
 };
 use soul_turns::{Delivery, OutboundBatch, TurnDriver};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::StartError;
-use crate::config::Config;
+use crate::config::{Config, HttpLimits};
+use crate::listen;
 
 /// Why the inspector could not run.
 #[derive(Debug, thiserror::Error)]
@@ -45,26 +53,45 @@ pub(crate) enum InspectorError {
     NotLoopback(SocketAddr),
 }
 
-/// Serves `inspector` on `address` until `stop` is cancelled. Binding happens before this
-/// returns, so that a taken address fails the start.
+/// How many connections the inspector serves at once: it answers a few operators (and, in
+/// `dev`, one author's browser), so a small cap keeps any client from holding the process.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves `inspector` on `address` until `stop` is cancelled, through the gateway's own bounded
+/// accept loop (`listen::accept`: a header read timeout and a connection cap), then waits up to
+/// `limits`' shutdown time for open connections (a browser chat's stream) to end. Binding
+/// happens before this returns, so that a taken address fails the start.
 pub(crate) async fn spawn(
     inspector: Inspector,
     address: SocketAddr,
+    limits: &HttpLimits,
+    shutdown_timeout: Duration,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, InspectorError> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| InspectorError::Bind { address, source })?;
     let router = soul_inspector::router(inspector);
+    let builder = listen::connection_builder(limits);
     tracing::info!(%address, "the inspector is listening");
     Ok(tokio::spawn(async move {
-        // With the client's address: failed logins are limited per address.
-        let router = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(%error, "the inspector stopped");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let graceful = GracefulShutdown::new();
+        // Each request carries the client's address: failed logins are limited per address.
+        listen::accept(
+            listener,
+            &builder,
+            &slots,
+            &graceful,
+            std::pin::pin!(stop.cancelled()),
+            |client| TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(client)))),
+        )
+        .await;
+        if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the inspector stopped with connections still open");
         }
     }))
 }

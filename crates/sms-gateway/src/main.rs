@@ -32,6 +32,7 @@ mod health;
 mod inbound_text;
 mod inspector;
 mod keywords;
+mod listen;
 mod marks;
 mod metrics;
 mod model_hint;

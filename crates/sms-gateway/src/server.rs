@@ -1,7 +1,8 @@
 //! `sms-gateway serve`: listen within bounds, sweep, and shut down within `SHUTDOWN_TIMEOUT`.
 //!
-//! Connections are served by hyper directly (`axum::serve` sets no timer, so no header timeout,
-//! and has no connection cap), bounded so that no client, signed or not, can hold the gateway:
+//! Connections are served by hyper directly (`listen.rs`: `axum::serve` sets no timer, so no
+//! header timeout, and has no connection cap), bounded so that no client, signed or not, can
+//! hold the gateway:
 //! - at most `MAX_CONNECTIONS` are served at once, and never more than half the open-file limit
 //!   (raised to its hard limit at start), so that the store, the model and Twilio always have
 //!   descriptors left; further clients wait in the kernel's accept queue until one closes;
@@ -22,9 +23,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -33,13 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, App, StartError};
-use crate::config::{Config, HttpLimits, Summary};
+use crate::config::{Config, Summary};
 use crate::inspector::{self, InspectorError};
-use crate::{routes, sweeper};
-
-/// How long accepting pauses after an error that is not one client's (out of descriptors):
-/// retrying at once would spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+use crate::{listen, routes, sweeper};
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -89,19 +84,28 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     let inspector = match inspector::for_serve(&app.config, app.inspect.clone(), app.driver.clone())
     {
         Some(inspector) => Some(
-            inspector::spawn(inspector, app.config.inspector.bind, stop_sweeping.clone()).await?,
+            inspector::spawn(
+                inspector,
+                app.config.inspector.bind,
+                &app.config.http,
+                app.config.shutdown_timeout,
+                stop_sweeping.clone(),
+            )
+            .await?,
         ),
         None => None,
     };
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_sweeping.clone()));
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
-    accept(
+    let service = TowerToHyperService::new(routes::router(app.clone()));
+    listen::accept(
         listener,
-        &app,
+        &listen::connection_builder(&app.config.http),
         &slots,
         &graceful,
         std::pin::pin!(shutdown_signal()),
+        |_| service.clone(),
     )
     .await;
     let deadline = Instant::now() + app.config.shutdown_timeout;
@@ -125,71 +129,6 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     } else {
         Err(ServeError::LeftWork { connections, tasks })
     }
-}
-
-/// Serves connections from `listener` until `stop` resolves, each watched by `graceful`, at most
-/// as many at once as `slots` has permits.
-async fn accept(
-    listener: TcpListener,
-    app: &Arc<App>,
-    slots: &Arc<Semaphore>,
-    graceful: &GracefulShutdown,
-    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
-) {
-    let builder = connection_builder(&app.config.http);
-    let service = TowerToHyperService::new(routes::router(app.clone()));
-    loop {
-        // Taken before accepting: beyond the cap, clients wait in the accept queue, holding none
-        // of this process's descriptors.
-        let slot = tokio::select! {
-            () = stop.as_mut() => return,
-            slot = slots.clone().acquire_owned() => slot,
-        };
-        let Ok(slot) = slot else {
-            // Never closed.
-            return;
-        };
-        let stream = tokio::select! {
-            () = stop.as_mut() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    if !is_connection_error(&error) {
-                        tracing::warn!(%error, "cannot accept a connection; pausing");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    }
-                    continue;
-                }
-            },
-        };
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
-        tokio::spawn(async move {
-            // A client that went away, or was cut by a timeout: nothing to do but close.
-            let _ = connection.await;
-            drop(slot);
-        });
-    }
-}
-
-/// HTTP/1 connections with a timer, so that hyper's header read timeout applies.
-fn connection_builder(limits: &HttpLimits) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder
-}
-
-/// An error of one client's connection (it went away before it was accepted), not of the
-/// listener's.
-fn is_connection_error(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
 }
 
 /// The process's open-file limit, raised first to the hard limit; `None` when that failed.

@@ -361,3 +361,34 @@ async fn serve_runs_the_inspector_only_when_its_token_is_set() {
         .unwrap();
     assert_eq!(api.status(), 200);
 }
+
+/// The inspector's listener is bounded as the gateway's is: a client whose request headers never
+/// end is cut once `HEADER_READ_TIMEOUT` has passed (`axum::serve`, which served it before, has
+/// no header timeout: such clients could hold it for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_cuts_a_client_whose_headers_never_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let twilio = twilio().await;
+    let model = OpenAiDouble::start().await;
+    let database = format!("sqlite://{}/soul.db", dir.path().display());
+    let port = free_port();
+    let settings = Settings::new(dir.path(), &database, &twilio, &model.base_url())
+        .set("INSPECTOR_BIND", &format!("127.0.0.1:{port}"))
+        .set("INSPECTOR_TOKEN", "operator-secret")
+        .set("HEADER_READ_TIMEOUT", "1s");
+    let _gateway = Gateway::start(&settings).await;
+    answering(&format!("http://127.0.0.1:{port}/login")).await;
+
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /login HTTP/1.1\r\nHost: inspector\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0; 256];
+    let read = tokio::time::timeout(PATIENCE, slow.read(&mut buffer))
+        .await
+        .expect("the inspector kept a client without headers");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
